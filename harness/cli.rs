@@ -1,0 +1,137 @@
+//! The harness command line (SPEC §7): what the user typed, checked by clap, then
+//! turned into a [`Config`] in one place, where every default is decided.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+
+/// Apply a batch of playlist changes to a mixtape document, with N worker
+/// processes over a SQLite work database. The output is the same bytes for any N:
+/// exactly what applying the changes one by one, in file order, gives.
+#[derive(Parser, Debug)]
+#[command(name = "harness", version, max_term_width = 100)]
+pub struct Cli {
+    /// The mixtape document (JSON: users, playlists, songs).
+    pub mixtape: PathBuf,
+    /// The changes: an object with a `changes` array, a bare array, or JSON Lines.
+    pub changes: PathBuf,
+    /// Where the resulting document is written (replaced whole, or not at all).
+    pub output: PathBuf,
+    /// Worker processes [default: number of CPUs].
+    #[arg(short, long, value_name = "N")]
+    pub workers: Option<NonZeroUsize>,
+    /// Work database [default: OUTPUT with .work.db appended].
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Keep the work database after a successful run.
+    #[arg(long)]
+    pub keep_db: bool,
+    /// Discard an existing work database instead of resuming from it.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Rejects report, JSON Lines [default: OUTPUT with .rejects.jsonl appended].
+    #[arg(long, value_name = "PATH")]
+    pub rejects: Option<PathBuf>,
+    /// Any rejected change fails the run: exit 3 and no OUTPUT (the rejects
+    /// report is still written).
+    #[arg(long)]
+    pub strict: bool,
+    /// When to draw progress bars (auto: only when stderr is a terminal).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ProgressWhen::Auto)]
+    pub progress: ProgressWhen,
+    /// Stop after this stage and keep the work database (run again to continue).
+    #[arg(long, value_enum, value_name = "STAGE")]
+    pub stop_after: Option<Stage>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProgressWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The stages `--stop-after` can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Stage {
+    Import,
+    Plan,
+    Apply,
+    Merge,
+}
+
+/// The run's configuration, every default resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mixtape: PathBuf,
+    pub changes: PathBuf,
+    pub output: PathBuf,
+    pub workers: usize,
+    pub db: PathBuf,
+    pub rejects: PathBuf,
+    pub keep_db: bool,
+    pub fresh: bool,
+    pub strict: bool,
+    pub draw_progress: bool,
+    pub stop_after: Option<Stage>,
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+impl Cli {
+    pub fn into_config(self, stderr_is_terminal: bool) -> Config {
+        let workers = self
+            .workers
+            .map(NonZeroUsize::get)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get));
+        Config {
+            db: self
+                .db
+                .unwrap_or_else(|| with_suffix(&self.output, ".work.db")),
+            rejects: self
+                .rejects
+                .unwrap_or_else(|| with_suffix(&self.output, ".rejects.jsonl")),
+            draw_progress: match self.progress {
+                ProgressWhen::Auto => stderr_is_terminal,
+                ProgressWhen::Always => true,
+                ProgressWhen::Never => false,
+            },
+            mixtape: self.mixtape,
+            changes: self.changes,
+            output: self.output,
+            workers,
+            keep_db: self.keep_db,
+            fresh: self.fresh,
+            strict: self.strict,
+            stop_after: self.stop_after,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_derive_from_output() {
+        let cli = Cli::try_parse_from(["harness", "m.json", "c.json", "out/o.json"]).unwrap();
+        let c = cli.into_config(false);
+        assert_eq!(c.db, PathBuf::from("out/o.json.work.db"));
+        assert_eq!(c.rejects, PathBuf::from("out/o.json.rejects.jsonl"));
+        assert!(c.workers >= 1);
+        assert!(!c.draw_progress);
+        assert!(Cli::try_parse_from(["harness", "-w", "0", "m", "c", "o"]).is_err());
+    }
+}

@@ -1,0 +1,506 @@
+//! Stage 3, apply: what one `worker` process does with one chunk.
+//!
+//! A worker reads its chunk's byte range of CHANGES (streaming, a few MiB at a
+//! time), and for every change decides what can be decided without knowing the
+//! order of changes (SPEC §4, the first five reasons):
+//!
+//! 1. the shape ([`crate::change`]): `invalid_change`;
+//! 2. lookups in the imported document: `unknown_user`, `unknown_song`;
+//! 3. the song list of a new playlist: `empty_playlist`, `duplicate_song`.
+//!
+//! A change that passes is *recorded*, with its global index, for the merge to
+//! settle in order. Rejects go to the `rejects` table at once.
+//!
+//! ## Batches and the write lock
+//!
+//! Work goes in batches of [`BATCH_CHANGES`] changes. Parsing and lookups happen
+//! inside a read transaction (WAL readers never wait for writers); the recorded
+//! changes are encoded into one blob per merge partition ([`crate::record`]).
+//! Only then does the worker take the write lock (`BEGIN IMMEDIATE`), write those
+//! few rows, its rejects and its new position in the chunk, and commit. So the
+//! serial part of the stage is a few row inserts per batch, not one per change.
+//!
+//! ## Resuming
+//!
+//! The chunk's position (`next_offset`, `next_index`, and the running figures the
+//! merge needs) is committed in the same transaction as the batch it follows. A
+//! worker that is killed loses only its uncommitted batch, and running it again
+//! continues from the last commit: no change is recorded twice or skipped. A
+//! chunk marked done is not applied again.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::change::{self, Change, Op};
+use crate::fingerprint;
+use crate::json;
+use crate::record::{self, Body, NewId, Recorded};
+use crate::workdb;
+
+/// Changes per batch (one read transaction and one write transaction each).
+pub const BATCH_CHANGES: u64 = 32_768;
+
+/// Bytes read from CHANGES at a time.
+const READ_SIZE: usize = 4 << 20;
+
+/// How the worker was asked to run.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerOptions {
+    /// Log every change's index, op and outcome to stderr.
+    pub trace: bool,
+    /// Write `progress BYTES CHANGES` lines to stdout after every batch (for the
+    /// harness, which draws the bars).
+    pub report_progress: bool,
+}
+
+/// What one run of a worker did.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkSummary {
+    pub chunk: u64,
+    pub already_done: bool,
+    pub changes: u64,
+    pub recorded: u64,
+    pub rejected: u64,
+}
+
+/// A chunk's row in the `chunks` table.
+struct ChunkState {
+    start: u64,
+    end: u64,
+    next_offset: u64,
+    next_index: u64,
+    auto_count: u64,
+    max_playlist_id: u64,
+    done: bool,
+}
+
+/// Applies chunk `chunk` of the plan in the work database at `db`.
+pub fn run_chunk(db: &Path, chunk: u64, options: &WorkerOptions) -> Result<ChunkSummary> {
+    let conn = workdb::open_existing(db)?;
+    if !workdb::is_done(&conn, "plan")? {
+        bail!(
+            "the work database {} has no plan yet: run the harness with --stop-after plan first",
+            db.display()
+        );
+    }
+    let Some(state) = load_chunk(&conn, chunk)? else {
+        let count: u64 = conn.query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))?;
+        bail!(
+            "chunk {chunk} does not exist: the plan has {count} chunk(s){}",
+            if count > 0 {
+                format!(", numbered 0 to {}", count - 1)
+            } else {
+                String::new()
+            }
+        );
+    };
+    let mut summary = ChunkSummary {
+        chunk,
+        ..Default::default()
+    };
+    if state.done {
+        summary.already_done = true;
+        return Ok(summary);
+    }
+    let changes_path = PathBuf::from(workdb::meta_require(&conn, "changes_path")?);
+    let expected = workdb::meta_require(&conn, "changes_fingerprint")?;
+    let actual = fingerprint::of_file(&changes_path)
+        .with_context(|| format!("reading CHANGES {}", changes_path.display()))?;
+    if actual != expected {
+        bail!(
+            "CHANGES {} changed since the plan was made; run the harness again to start afresh",
+            changes_path.display()
+        );
+    }
+    let partitions = workdb::meta_number(&conn, "partitions")?.max(1);
+    let mut worker = Worker {
+        conn: &conn,
+        chunk,
+        partitions,
+        options,
+        parts: vec![Vec::new(); partitions as usize],
+        rejects: Vec::new(),
+        in_batch: 0,
+        next_index: state.next_index,
+        auto_count: state.auto_count,
+        max_playlist_id: state.max_playlist_id,
+        start: state.start,
+        summary,
+        minified: Vec::new(),
+        reading: false,
+    };
+    worker.run(&changes_path, state.next_offset, state.end)?;
+    Ok(worker.summary)
+}
+
+fn load_chunk(conn: &Connection, chunk: u64) -> Result<Option<ChunkState>> {
+    Ok(conn
+        .query_row(
+            "SELECT start, end, next_offset, next_index, auto_count, max_playlist_id, done
+             FROM chunks WHERE chunk = ?1",
+            [chunk],
+            |r| {
+                Ok(ChunkState {
+                    start: r.get(0)?,
+                    end: r.get(1)?,
+                    next_offset: r.get(2)?,
+                    next_index: r.get(3)?,
+                    auto_count: r.get(4)?,
+                    max_playlist_id: r.get(5)?,
+                    done: r.get(6)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// A change rejected by a worker.
+struct Reject {
+    index: u64,
+    op_json: String,
+    reason: &'static str,
+    detail: String,
+}
+
+struct Worker<'a> {
+    conn: &'a Connection,
+    chunk: u64,
+    partitions: u64,
+    options: &'a WorkerOptions,
+    /// Encoded records of the current batch, one buffer per merge partition.
+    parts: Vec<Vec<u8>>,
+    rejects: Vec<Reject>,
+    in_batch: u64,
+    /// Index of the next change.
+    next_index: u64,
+    /// `add_playlist` changes without `playlist_id` seen so far in this chunk.
+    auto_count: u64,
+    /// Largest auto-id-like `playlist_id` seen so far in this chunk.
+    max_playlist_id: u64,
+    start: u64,
+    summary: ChunkSummary,
+    minified: Vec<u8>,
+    /// Whether the batch's read transaction is open.
+    reading: bool,
+}
+
+impl Worker<'_> {
+    fn run(&mut self, path: &Path, from: u64, end: u64) -> Result<()> {
+        let mut file =
+            File::open(path).with_context(|| format!("opening CHANGES {}", path.display()))?;
+        file.seek(SeekFrom::Start(from))?;
+        let mut source = file.take(end.saturating_sub(from));
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+        let mut buf_offset = from; // file offset of buf[0]
+        let mut at_end = false;
+        while !at_end {
+            let have = buf.len();
+            buf.resize(have + READ_SIZE, 0);
+            let n = read_full(&mut source, &mut buf[have..])?;
+            buf.truncate(have + n);
+            at_end = n == 0 || buf_offset + buf.len() as u64 >= end;
+            let mut i = 0;
+            loop {
+                while i < buf.len() && (json::is_ws(buf[i]) || buf[i] == b',') {
+                    i += 1;
+                }
+                if i == buf.len() {
+                    break;
+                }
+                let Some(value_end) = json::value_end(&buf, i, at_end) else {
+                    if at_end {
+                        bail!(
+                            "CHANGES {}: chunk {} ends inside a change at byte {}; the file changed since the plan was made",
+                            path.display(),
+                            self.chunk,
+                            buf_offset + i as u64
+                        );
+                    }
+                    break;
+                };
+                self.change(&buf[i..value_end])?;
+                i = value_end;
+                if self.in_batch >= BATCH_CHANGES {
+                    self.flush(buf_offset + i as u64, false)?;
+                }
+            }
+            buf.drain(..i);
+            buf_offset += i as u64;
+        }
+        self.flush(end, true)
+    }
+
+    /// Handles one change (its raw text).
+    fn change(&mut self, raw: &[u8]) -> Result<()> {
+        if !self.reading {
+            self.conn.execute_batch("BEGIN DEFERRED")?;
+            self.reading = true;
+        }
+        let index = self.next_index;
+        self.next_index += 1;
+        self.in_batch += 1;
+        self.summary.changes += 1;
+        let mut minified = std::mem::take(&mut self.minified);
+        minified.clear();
+        json::minify_into(raw, &mut minified);
+        let parsed = change::parse(&minified);
+        if let Some(id) = parsed.named_playlist_id {
+            self.max_playlist_id = self.max_playlist_id.max(id);
+        }
+        let auto_ordinal = if parsed.counts_as_auto {
+            self.auto_count += 1;
+            Some(self.auto_count)
+        } else {
+            None
+        };
+        let outcome = match parsed.change {
+            Err(detail) => Err(("invalid_change", detail)),
+            Ok(change) => self.check_and_record(index, change, auto_ordinal)?,
+        };
+        match outcome {
+            Ok(op) => {
+                self.summary.recorded += 1;
+                if self.options.trace {
+                    eprintln!("change {index}: {} recorded", op.name());
+                }
+            }
+            Err((reason, detail)) => {
+                self.summary.rejected += 1;
+                if self.options.trace {
+                    eprintln!(
+                        "change {index}: {} rejected: {reason}: {detail}",
+                        parsed.op_json
+                    );
+                }
+                self.rejects.push(Reject {
+                    index,
+                    op_json: parsed.op_json.into_owned(),
+                    reason,
+                    detail,
+                });
+            }
+        }
+        self.minified = minified;
+        Ok(())
+    }
+
+    fn lookup(&self, table: &str, raw_id: &[u8]) -> Result<Option<String>> {
+        let id = json::id_text(raw_id).unwrap_or_default();
+        let sql = if table == "users" {
+            "SELECT written FROM user_ids WHERE id = ?1"
+        } else {
+            "SELECT written FROM song_ids WHERE id = ?1"
+        };
+        Ok(self
+            .conn
+            .prepare_cached(sql)?
+            .query_row([id.as_ref()], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The lookups and list checks; records the change when it passes. Returns
+    /// the op, or the reject reason and detail.
+    #[allow(clippy::type_complexity)]
+    fn check_and_record(
+        &mut self,
+        index: u64,
+        change: Change,
+        auto_ordinal: Option<u64>,
+    ) -> Result<Result<Op, (&'static str, String)>> {
+        let text = |raw: &[u8]| json::id_text(raw).unwrap_or_default().into_owned();
+        let (op, body_owned);
+        match change {
+            Change::AddPlaylist {
+                id,
+                owner,
+                songs,
+                copied,
+            } => {
+                op = Op::AddPlaylist;
+                let Some(owner_written) = self.lookup("users", owner)? else {
+                    return Ok(Err((
+                        "unknown_user",
+                        format!("user {} does not exist", text(owner)),
+                    )));
+                };
+                let mut songs_written = Vec::with_capacity(songs.len());
+                for song in &songs {
+                    match self.lookup("songs", song)? {
+                        Some(w) => songs_written.push(w),
+                        None => {
+                            return Ok(Err((
+                                "unknown_song",
+                                format!("song {} does not exist", text(song)),
+                            )))
+                        }
+                    }
+                }
+                if songs.is_empty() {
+                    return Ok(Err(("empty_playlist", "song_ids is empty".into())));
+                }
+                let mut seen = HashSet::with_capacity(songs.len());
+                for song in &songs {
+                    let t = text(song);
+                    if !seen.insert(t.clone()) {
+                        return Ok(Err((
+                            "duplicate_song",
+                            format!("song {t} appears more than once in song_ids"),
+                        )));
+                    }
+                }
+                let mut rendered = Vec::new();
+                for (key, value) in copied {
+                    rendered.push(b',');
+                    rendered.extend_from_slice(key);
+                    rendered.push(b':');
+                    rendered.extend_from_slice(value);
+                }
+                let new_id = match (id, auto_ordinal) {
+                    (Some(given), _) => NewId::Given(given),
+                    (None, Some(ordinal)) => NewId::Auto {
+                        chunk: self.chunk,
+                        ordinal,
+                    },
+                    (None, None) => {
+                        unreachable!("an add_playlist without playlist_id counts as auto")
+                    }
+                };
+                let body = Body::AddPlaylist {
+                    id: new_id,
+                    owner: owner_written.as_bytes(),
+                    songs: songs_written.iter().map(|s| s.as_bytes()).collect(),
+                    copied: &rendered,
+                };
+                self.record(Recorded { index, body });
+                return Ok(Ok(op));
+            }
+            Change::RemovePlaylist { playlist } => {
+                op = Op::RemovePlaylist;
+                body_owned = (playlist.to_vec(), None);
+            }
+            Change::AddSong { playlist, song } => {
+                op = Op::AddSong;
+                let Some(written) = self.lookup("songs", song)? else {
+                    return Ok(Err((
+                        "unknown_song",
+                        format!("song {} does not exist", text(song)),
+                    )));
+                };
+                body_owned = (playlist.to_vec(), Some(written.into_bytes()));
+            }
+            Change::RemoveSong { playlist, song } => {
+                op = Op::RemoveSong;
+                body_owned = (playlist.to_vec(), Some(song.to_vec()));
+            }
+        }
+        let (playlist, song) = &body_owned;
+        let body = match (op, song) {
+            (Op::RemovePlaylist, _) => Body::RemovePlaylist { playlist },
+            (Op::AddSong, Some(song)) => Body::AddSong { playlist, song },
+            (Op::RemoveSong, Some(song)) => Body::RemoveSong { playlist, song },
+            _ => unreachable!("every op with a song has one"),
+        };
+        self.record(Recorded { index, body });
+        Ok(Ok(op))
+    }
+
+    /// Encodes `rec` into its partition's buffer.
+    fn record(&mut self, rec: Recorded) {
+        let part = match rec.body.playlist() {
+            Some(p) => partition_of(&json::id_text(p).unwrap_or_default(), self.partitions),
+            None => rec.index % self.partitions,
+        };
+        record::encode(&rec, &mut self.parts[part as usize]);
+    }
+
+    /// Writes the batch and the chunk's new position in one transaction.
+    fn flush(&mut self, next_offset: u64, done: bool) -> Result<()> {
+        if self.reading {
+            self.conn.execute_batch("COMMIT")?;
+            self.reading = false;
+        }
+        // IMMEDIATE: take the write lock up front. A deferred transaction that
+        // starts writing later can fail with SQLITE_BUSY_SNAPSHOT, which no busy
+        // timeout cures.
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = self.write_batch(next_offset, done);
+        match result {
+            Ok(()) => self.conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        for part in &mut self.parts {
+            part.clear();
+        }
+        self.rejects.clear();
+        self.in_batch = 0;
+        if self.options.report_progress {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "progress {} {}",
+                next_offset - self.start,
+                self.summary.changes
+            )?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    fn write_batch(&self, next_offset: u64, done: bool) -> Result<()> {
+        let mut insert_block = self
+            .conn
+            .prepare_cached("INSERT INTO blocks(part, chunk, data) VALUES (?1, ?2, ?3)")?;
+        for (part, data) in self.parts.iter().enumerate() {
+            if !data.is_empty() {
+                insert_block.execute(params![part as u64, self.chunk, data])?;
+            }
+        }
+        let mut insert_reject = self.conn.prepare_cached(
+            "INSERT INTO rejects(idx, op, reason, detail, by_merge) VALUES (?1, ?2, ?3, ?4, 0)",
+        )?;
+        for r in &self.rejects {
+            insert_reject.execute(params![r.index, r.op_json, r.reason, r.detail])?;
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE chunks SET next_offset = ?1, next_index = ?2, auto_count = ?3,
+                 max_playlist_id = ?4, batches = batches + 1, done = ?5 WHERE chunk = ?6",
+            )?
+            .execute(params![
+                next_offset,
+                self.next_index,
+                self.auto_count,
+                self.max_playlist_id,
+                done,
+                self.chunk
+            ])?;
+        Ok(())
+    }
+}
+
+/// The merge partition of playlist id `text`.
+pub fn partition_of(text: &str, partitions: u64) -> u64 {
+    fingerprint::fnv1a(text.as_bytes()) % partitions
+}
+
+/// Reads until `buf` is full or the source ends.
+fn read_full(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match source.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

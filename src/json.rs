@@ -1,0 +1,300 @@
+//! Byte-level helpers for JSON text that has already been checked by [`crate::scan`].
+//!
+//! The tool never re-serialises a value it does not have to: users, songs,
+//! unchanged playlists and copied members are written back token for token, only
+//! without insignificant white space (so that every array element fits on one
+//! line). These helpers work on such raw text: minify it, split an object into its
+//! members or an array into its elements, and read ids.
+//!
+//! Every function here is total: on malformed input (which the scanner should
+//! have rejected already) it returns `None` or a shorter result, never panics.
+
+use std::borrow::Cow;
+
+/// JSON's four white-space bytes.
+#[inline]
+pub fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Appends `raw` to `out` without white space outside strings.
+pub fn minify_into(raw: &[u8], out: &mut Vec<u8>) {
+    let mut i = 0;
+    while i < raw.len() {
+        let b = raw[i];
+        if b == b'"' {
+            let end = string_end(raw, i).unwrap_or(raw.len());
+            out.extend_from_slice(&raw[i..end]);
+            i = end;
+        } else {
+            if !is_ws(b) {
+                out.push(b);
+            }
+            i += 1;
+        }
+    }
+}
+
+/// `raw` without white space outside strings.
+pub fn minify(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    minify_into(raw, &mut out);
+    out
+}
+
+/// Given `raw[start] == b'"'`, the index just past the closing quote, or `None`
+/// when the string does not end inside `raw`.
+#[inline]
+pub fn string_end(raw: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i <= raw.len() {
+        let j = i + memchr::memchr2(b'"', b'\\', &raw[i..])?;
+        if raw[j] == b'"' {
+            return Some(j + 1);
+        }
+        i = j + 2; // skip the escaped byte; `\uXXXX` has no quote or backslash after it
+    }
+    None
+}
+
+/// The index just past the value that starts at `raw[start]` (no leading white
+/// space), or `None` when the value does not end inside `raw`. A number or
+/// literal that runs to the end of `raw` is complete only if `at_end` says no
+/// more bytes follow.
+pub fn value_end(raw: &[u8], start: usize, at_end: bool) -> Option<usize> {
+    let first = *raw.get(start)?;
+    match first {
+        b'"' => string_end(raw, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = start;
+            while i < raw.len() {
+                match raw[i] {
+                    b'"' => {
+                        i = string_end(raw, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            None
+        }
+        _ => {
+            let len = raw[start..]
+                .iter()
+                .position(|&b| is_ws(b) || matches!(b, b',' | b']' | b'}' | b':'));
+            match len {
+                Some(n) => Some(start + n),
+                None if at_end => Some(raw.len()),
+                None => None,
+            }
+        }
+    }
+}
+
+/// The members of a minified JSON object, as (raw key with its quotes, raw value),
+/// in order. `None` when `raw` is not a minified object.
+pub fn object_members(raw: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    if raw.first() != Some(&b'{') {
+        return None;
+    }
+    let mut members = Vec::new();
+    let mut i = 1;
+    if raw.get(i) == Some(&b'}') {
+        return Some(members);
+    }
+    loop {
+        if raw.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(raw, i)?;
+        if raw.get(key_end) != Some(&b':') {
+            return None;
+        }
+        let value_start = key_end + 1;
+        let end = value_end(raw, value_start, true)?;
+        members.push((&raw[i..key_end], &raw[value_start..end]));
+        match raw.get(end) {
+            Some(b',') => i = end + 1,
+            Some(b'}') => return Some(members),
+            _ => return None,
+        }
+    }
+}
+
+/// The elements of a minified JSON array, raw, in order. `None` when `raw` is not
+/// a minified array.
+pub fn array_elements(raw: &[u8]) -> Option<Vec<&[u8]>> {
+    if raw.first() != Some(&b'[') {
+        return None;
+    }
+    let mut elements = Vec::new();
+    let mut i = 1;
+    if raw.get(i) == Some(&b']') {
+        return Some(elements);
+    }
+    loop {
+        let end = value_end(raw, i, true)?;
+        if end == i {
+            return None;
+        }
+        elements.push(&raw[i..end]);
+        match raw.get(end) {
+            Some(b',') => i = end + 1,
+            Some(b']') => return Some(elements),
+            _ => return None,
+        }
+    }
+}
+
+/// Decodes a raw JSON string token (with its quotes). `None` when `raw` is not a
+/// string, or holds an escape that is no Unicode scalar value (a lone surrogate).
+pub fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
+    if raw.len() < 2 || raw[0] != b'"' || raw[raw.len() - 1] != b'"' {
+        return None;
+    }
+    let inner = &raw[1..raw.len() - 1];
+    if memchr::memchr(b'\\', inner).is_none() {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    serde_json::from_slice::<String>(raw).ok().map(Cow::Owned)
+}
+
+/// The text of an id: a JSON string's value, or a JSON integer's digits (any
+/// length, an optional leading minus). `None` for anything else (floats,
+/// booleans, null, objects, arrays).
+pub fn id_text(raw: &[u8]) -> Option<Cow<'_, str>> {
+    match raw.first()? {
+        b'"' => decode_string(raw),
+        b'-' | b'0'..=b'9' => {
+            let digits = raw.strip_prefix(b"-").unwrap_or(raw);
+            if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
+                std::str::from_utf8(raw).ok().map(Cow::Borrowed)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The value of an id text that takes part in automatic playlist ids (SPEC §3:
+/// text matching `[1-9][0-9]{0,17}`).
+pub fn auto_id_value(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    if bytes.is_empty() || bytes.len() > 18 || bytes[0] == b'0' {
+        return None;
+    }
+    if !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// The decoded name of a raw member key. Keys almost never hold escapes, so the
+/// common case borrows.
+pub fn key_name(raw_key: &[u8]) -> Option<Cow<'_, str>> {
+    decode_string(raw_key)
+}
+
+/// The first member named `name`, raw. The tool reads the first occurrence of a
+/// repeated member everywhere (documented in the README).
+pub fn member<'a>(members: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
+    members
+        .iter()
+        .find(|(k, _)| key_name(k).as_deref() == Some(name))
+        .map(|&(_, v)| v)
+}
+
+/// Appends `s` as a JSON string.
+pub fn write_string(s: &str, out: &mut Vec<u8>) {
+    // serde_json escapes exactly what JSON requires; writing to a Vec cannot fail.
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minify_keeps_strings_verbatim() {
+        let raw = br#"{ "a" : [ 1 , "x y\" }" ], "\u00e9" : 1.50 }"#;
+        assert_eq!(
+            minify(raw),
+            br#"{"a":[1,"x y\" }"],"\u00e9":1.50}"#.to_vec()
+        );
+    }
+
+    #[test]
+    fn members_and_elements() {
+        let raw = br#"{"a":[1,{"b":"]}"}],"c":"d\\","e":-1.5e3}"#;
+        let m = object_members(raw).unwrap();
+        let got: Vec<(&str, &str)> = m
+            .iter()
+            .map(|(k, v)| {
+                (
+                    std::str::from_utf8(k).unwrap(),
+                    std::str::from_utf8(v).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (r#""a""#, r#"[1,{"b":"]}"}]"#),
+                (r#""c""#, r#""d\\""#),
+                (r#""e""#, "-1.5e3")
+            ]
+        );
+        let e = array_elements(br#"[1,"2",[3],{}]"#).unwrap();
+        assert_eq!(e, vec![&b"1"[..], b"\"2\"", b"[3]", b"{}"]);
+        assert_eq!(array_elements(b"[]").unwrap().len(), 0);
+        assert_eq!(object_members(b"{}").unwrap().len(), 0);
+        assert!(object_members(b"[1]").is_none());
+        assert!(object_members(br#"{"a":1"#).is_none());
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(id_text(b"7").as_deref(), Some("7"));
+        assert_eq!(id_text(br#""7""#).as_deref(), Some("7"));
+        assert_eq!(id_text(br#""\u0037""#).as_deref(), Some("7"));
+        assert_eq!(id_text(b"-12").as_deref(), Some("-12"));
+        assert_eq!(
+            id_text(b"123456789012345678901234567890").as_deref(),
+            Some("123456789012345678901234567890")
+        );
+        assert_eq!(id_text(b"7.0"), None);
+        assert_eq!(id_text(b"1e3"), None);
+        assert_eq!(id_text(b"true"), None);
+        assert_eq!(id_text(b"null"), None);
+        assert_eq!(id_text(br#""\ud800""#), None);
+        assert_eq!(auto_id_value("12"), Some(12));
+        assert_eq!(auto_id_value("012"), None);
+        assert_eq!(
+            auto_id_value("999999999999999999"),
+            Some(999_999_999_999_999_999)
+        );
+        assert_eq!(auto_id_value("1000000000000000000"), None);
+        assert_eq!(auto_id_value("-1"), None);
+        assert_eq!(auto_id_value(""), None);
+    }
+
+    #[test]
+    fn value_end_needs_more_bytes() {
+        assert_eq!(value_end(b"123", 0, false), None);
+        assert_eq!(value_end(b"123", 0, true), Some(3));
+        assert_eq!(value_end(br#"{"a":"}"#, 0, true), None);
+        assert_eq!(value_end(br#"{"a":"}"} x"#, 0, true), Some(9));
+        assert_eq!(value_end(b"", 0, true), None);
+        assert_eq!(string_end(b"\"\\", 0), None);
+    }
+}

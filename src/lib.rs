@@ -1,0 +1,26 @@
+//! mixtape: apply a batch of playlist changes to a mixtape document, in a SQLite
+//! work database, with any number of worker processes, and get the same bytes as
+//! applying the changes one after another.
+//!
+//! The crate is the shared code of the two binaries:
+//!
+//! - `harness` (in `harness/`) owns the run: it imports, plans, spawns workers,
+//!   merges and exports, each stage being one module here.
+//! - `worker` (in `worker/`) applies one chunk of the plan ([`apply`]).
+//!
+//! The stages, in order: [`import`] → [`plan`] → [`apply`] (N worker processes) →
+//! [`merge`] → [`export`]. [`workdb`] owns the database layout they share.
+
+pub mod apply;
+pub mod change;
+pub mod errors;
+pub mod exit_codes;
+pub mod export;
+pub mod fingerprint;
+pub mod import;
+pub mod json;
+pub mod merge;
+pub mod plan;
+pub mod record;
+pub mod scan;
+pub mod workdb;

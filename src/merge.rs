@@ -1,0 +1,404 @@
+//! Stage 4, merge: settle everything that depends on the order of changes.
+//!
+//! Workers ran in any order and at any speed, so they could not decide whether a
+//! playlist exists "at that moment" or already holds a song (SPEC §4, the last
+//! four reasons). Every change that passed the workers' checks is about exactly
+//! one playlist id, and changes about different playlists never affect each other.
+//! So the merge replays, for each playlist id on its own, the recorded changes
+//! about it in index order, starting from the document's playlist of that id (if
+//! any). That gives exactly what applying all changes one by one would give.
+//!
+//! New playlists without a `playlist_id` cannot be named by any other change
+//! (their id `M + k` is larger than every id the changes name), so they need no
+//! replay: they are created, with `k` counted across chunks from each chunk's
+//! count of such changes.
+//!
+//! ## Memory
+//!
+//! Records are spread over partitions by a hash of the playlist id
+//! ([`crate::apply::partition_of`]); the merge holds one partition at a time, and
+//! the plan chose the number of partitions so that one is a few MiB whatever the
+//! input size.
+//!
+//! ## Output and resuming
+//!
+//! For every playlist whose fate differs from the document the merge writes one
+//! `results` row (changed songs, removed, or new), and every rejected change a
+//! `rejects` row. Each partition is written, together with the number of the next
+//! partition, in one transaction: an interrupted merge continues with the first
+//! partition not written.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::json;
+use crate::record::{Body, Decoder, NewId, Recorded};
+use crate::workdb::{self, RESULT_CHANGED, RESULT_NEW, RESULT_REMOVED};
+
+/// Runs the merge (or continues it); `progress` gets (partitions done, total).
+pub fn merge(conn: &mut Connection, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    if workdb::is_done(conn, "merge")? {
+        return Ok(());
+    }
+    let partitions = workdb::meta_number(conn, "partitions")?;
+    let owner_key = workdb::meta_require(conn, "owner_key")?;
+    let mut max_id = workdb::meta_number(conn, "document_max_playlist_id")?;
+    // k of a chunk's first automatic id = the automatic ids of all earlier chunks.
+    let mut auto_before: Vec<u64> = Vec::new();
+    {
+        let mut stmt =
+            conn.prepare("SELECT auto_count, max_playlist_id FROM chunks ORDER BY chunk")?;
+        let mut rows = stmt.query([])?;
+        let mut total = 0u64;
+        while let Some(row) = rows.next()? {
+            auto_before.push(total);
+            total += row.get::<_, u64>(0)?;
+            max_id = max_id.max(row.get(1)?);
+        }
+    }
+    let first = match workdb::meta_get(conn, "merge_next_part")? {
+        Some(p) => p.parse().context("work database: merge_next_part")?,
+        None => {
+            conn.execute_batch("DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1;")?;
+            0
+        }
+    };
+    let context = Context_ {
+        owner_key,
+        max_id,
+        auto_before,
+    };
+    for part in first..partitions {
+        let blobs: Vec<Vec<u8>> = {
+            let mut stmt = conn.prepare_cached("SELECT data FROM blocks WHERE part = ?1")?;
+            let rows = stmt.query_map([part], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        merge_partition(&tx, &context, &blobs)?;
+        workdb::meta_set(&tx, "merge_next_part", part + 1)?;
+        if part + 1 == partitions {
+            workdb::mark_done(&tx, "merge")?;
+        }
+        tx.commit()?;
+        progress(part + 1, partitions);
+    }
+    if partitions == 0 {
+        workdb::mark_done(conn, "merge")?;
+    }
+    workdb::checkpoint(conn)?;
+    Ok(())
+}
+
+/// What every partition needs to know.
+struct Context_ {
+    owner_key: String,
+    /// `M` of SPEC §3.
+    max_id: u64,
+    auto_before: Vec<u64>,
+}
+
+/// The state of one playlist id while its changes are replayed.
+struct Playlist {
+    /// Song ids as written, in order.
+    songs: Vec<Vec<u8>>,
+    /// How often each song id text occurs in `songs`.
+    counts: HashMap<String, u32>,
+    origin: Origin,
+}
+
+enum Origin {
+    /// The document's playlist; `changed` once its songs differ.
+    Document { changed: bool },
+    /// Created by change `created`.
+    New {
+        created: u64,
+        id: Vec<u8>,
+        owner: Vec<u8>,
+        copied: Vec<u8>,
+    },
+}
+
+fn text(raw: &[u8]) -> Cow<'_, str> {
+    json::id_text(raw).unwrap_or_default()
+}
+
+fn merge_partition(conn: &Connection, cx: &Context_, blobs: &[Vec<u8>]) -> Result<()> {
+    let mut by_playlist: Vec<(Cow<str>, Recorded)> = Vec::new();
+    let mut insert_result = conn
+        .prepare_cached("INSERT INTO results(id, state, created, json) VALUES (?1, ?2, ?3, ?4)")?;
+    for blob in blobs {
+        for rec in Decoder::new(blob) {
+            let rec = rec?;
+            match (&rec.body, rec.body.playlist()) {
+                (
+                    Body::AddPlaylist {
+                        id: NewId::Auto { chunk, ordinal },
+                        owner,
+                        songs,
+                        copied,
+                    },
+                    _,
+                ) => {
+                    let before = cx.auto_before.get(*chunk as usize).copied().unwrap_or(0);
+                    let id = (cx.max_id + before + ordinal).to_string();
+                    let mut id_written = Vec::new();
+                    json::write_string(&id, &mut id_written);
+                    let json = render_new(cx, &id_written, owner, songs.iter().copied(), copied);
+                    insert_result.execute(params![id, RESULT_NEW, rec.index, json])?;
+                }
+                (_, Some(playlist)) => by_playlist.push((text(playlist), rec)),
+                (_, None) => unreachable!("only automatic ids have no playlist"),
+            }
+        }
+    }
+    by_playlist.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.index.cmp(&b.1.index)));
+    let mut start = 0;
+    while start < by_playlist.len() {
+        let id = &by_playlist[start].0;
+        let mut end = start + 1;
+        while end < by_playlist.len() && by_playlist[end].0 == *id {
+            end += 1;
+        }
+        replay(conn, cx, id, by_playlist[start..end].iter().map(|(_, r)| r))?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Replays the changes of playlist `id`, in index order, from the document's state.
+fn replay<'a>(
+    conn: &Connection,
+    cx: &Context_,
+    id: &str,
+    records: impl Iterator<Item = &'a Recorded<'a>>,
+) -> Result<()> {
+    let document: Option<String> = conn
+        .prepare_cached("SELECT raw FROM playlists WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let mut state = document.as_ref().map(|raw| {
+        let members = json::object_members(raw.as_bytes()).unwrap_or_default();
+        let songs: Vec<Vec<u8>> = json::member(&members, "song_ids")
+            .and_then(json::array_elements)
+            .unwrap_or_default()
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        Playlist {
+            counts: count(&songs),
+            songs,
+            origin: Origin::Document { changed: false },
+        }
+    });
+    let mut reject = conn.prepare_cached(
+        "INSERT INTO rejects(idx, op, reason, detail, by_merge) VALUES (?1, ?2, ?3, ?4, 1)",
+    )?;
+    for rec in records {
+        let outcome: Result<(), (&str, &str, String)> = match (&rec.body, state.as_mut()) {
+            (Body::AddPlaylist { .. }, Some(_)) => Err((
+                "add_playlist",
+                "playlist_exists",
+                format!("playlist {id} already exists"),
+            )),
+            (
+                Body::AddPlaylist {
+                    id: new_id,
+                    owner,
+                    songs,
+                    copied,
+                },
+                None,
+            ) => {
+                let written = match new_id {
+                    NewId::Given(w) => w.to_vec(),
+                    NewId::Auto { .. } => unreachable!("automatic ids are not replayed"),
+                };
+                let songs: Vec<Vec<u8>> = songs.iter().map(|s| s.to_vec()).collect();
+                state = Some(Playlist {
+                    counts: count(&songs),
+                    songs,
+                    origin: Origin::New {
+                        created: rec.index,
+                        id: written,
+                        owner: owner.to_vec(),
+                        copied: copied.to_vec(),
+                    },
+                });
+                Ok(())
+            }
+            (Body::RemovePlaylist { .. }, Some(_)) => {
+                state = None;
+                Ok(())
+            }
+            (Body::AddSong { song, .. }, Some(p)) => {
+                let song_text = text(song);
+                if p.counts.get(song_text.as_ref()).is_some_and(|&n| n > 0) {
+                    Err((
+                        "add_song",
+                        "song_already_in_playlist",
+                        format!("song {song_text} is already in playlist {id}"),
+                    ))
+                } else {
+                    p.counts.insert(song_text.into_owned(), 1);
+                    p.songs.push(song.to_vec());
+                    p.mark_changed();
+                    Ok(())
+                }
+            }
+            (Body::RemoveSong { song, .. }, Some(p)) => {
+                let song_text = text(song);
+                if p.counts.remove(song_text.as_ref()).is_some_and(|n| n > 0) {
+                    p.songs.retain(|s| text(s) != song_text);
+                    p.mark_changed();
+                    Ok(())
+                } else {
+                    Err((
+                        "remove_song",
+                        "song_not_in_playlist",
+                        format!("song {song_text} is not in playlist {id}"),
+                    ))
+                }
+            }
+            (body, None) => Err((
+                match body {
+                    Body::RemovePlaylist { .. } => "remove_playlist",
+                    Body::AddSong { .. } => "add_song",
+                    _ => "remove_song",
+                },
+                "unknown_playlist",
+                format!("playlist {id} does not exist"),
+            )),
+        };
+        if let Err((op, reason, detail)) = outcome {
+            reject.execute(params![rec.index, format!("\"{op}\""), reason, detail])?;
+        }
+    }
+    let mut insert = conn
+        .prepare_cached("INSERT INTO results(id, state, created, json) VALUES (?1, ?2, ?3, ?4)")?;
+    match (&document, state) {
+        (Some(_), None) => {
+            insert.execute(params![id, RESULT_REMOVED, None::<u64>, None::<String>])?;
+        }
+        (
+            Some(raw),
+            Some(Playlist {
+                songs,
+                origin: Origin::Document { changed: true },
+                ..
+            }),
+        ) => {
+            let json = render_changed(raw.as_bytes(), &songs);
+            insert.execute(params![id, RESULT_CHANGED, None::<u64>, json])?;
+        }
+        (
+            _,
+            Some(Playlist {
+                songs,
+                origin:
+                    Origin::New {
+                        created,
+                        id: written,
+                        owner,
+                        copied,
+                    },
+                ..
+            }),
+        ) => {
+            let json = render_new(
+                cx,
+                &written,
+                &owner,
+                songs.iter().map(Vec::as_slice),
+                &copied,
+            );
+            insert.execute(params![id, RESULT_NEW, created, json])?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+impl Playlist {
+    fn mark_changed(&mut self) {
+        if let Origin::Document { changed } = &mut self.origin {
+            *changed = true;
+        }
+    }
+}
+
+fn count(songs: &[Vec<u8>]) -> HashMap<String, u32> {
+    let mut counts = HashMap::with_capacity(songs.len());
+    for s in songs {
+        *counts.entry(text(s).into_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn push_song_list<'a>(out: &mut Vec<u8>, songs: impl Iterator<Item = &'a [u8]>) {
+    out.push(b'[');
+    for (i, s) in songs.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(s);
+    }
+    out.push(b']');
+}
+
+/// A new playlist: `id`, owner, `song_ids`, then the copied members (SPEC §3).
+fn render_new<'a>(
+    cx: &Context_,
+    id: &[u8],
+    owner: &[u8],
+    songs: impl Iterator<Item = &'a [u8]>,
+    copied: &[u8],
+) -> String {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id);
+    out.push(b',');
+    json::write_string(&cx.owner_key, &mut out);
+    out.push(b':');
+    out.extend_from_slice(owner);
+    out.extend_from_slice(b",\"song_ids\":");
+    push_song_list(&mut out, songs);
+    out.extend_from_slice(copied);
+    out.push(b'}');
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A document playlist with new songs: every member as it was, `song_ids`
+/// replaced (or added at the end when the document had none).
+fn render_changed(raw: &[u8], songs: &[Vec<u8>]) -> String {
+    let members = json::object_members(raw).unwrap_or_default();
+    let position = members
+        .iter()
+        .position(|(k, _)| json::key_name(k).as_deref() == Some("song_ids"));
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    out.push(b'{');
+    for (i, (key, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(key);
+        out.push(b':');
+        if Some(i) == position {
+            push_song_list(&mut out, songs.iter().map(Vec::as_slice));
+        } else {
+            out.extend_from_slice(value);
+        }
+    }
+    if position.is_none() {
+        if !members.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"song_ids\":");
+        push_song_list(&mut out, songs.iter().map(Vec::as_slice));
+    }
+    out.push(b'}');
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,443 @@
+//! Stage 2, plan: find where every change starts and cut CHANGES into chunks.
+//!
+//! One pass of the validating [`Scanner`] over CHANGES, so the whole file is known
+//! to be JSON before any worker starts, and a syntax error is reported once, with
+//! its line and column. The pass recognises the file's form (SPEC §3) from the
+//! first non-blank byte:
+//!
+//! - `[`: a bare array of changes;
+//! - `{`: an object with a `changes` array (the object form), or, when that first
+//!   object has no `changes` member, the first line of JSON Lines;
+//! - anything else (or nothing): JSON Lines.
+//!
+//! While scanning it cuts the file into at most N chunks of about equal bytes, on
+//! change boundaries only: a chunk is a byte range that starts at a change and
+//! ends where the next chunk starts (or where the last change ends), plus the
+//! global index of its first change, so every change keeps its index whichever
+//! worker applies it. Between two changes of one chunk there is only white space
+//! and commas, which is all a worker needs to know to walk its range.
+//!
+//! Memory: constant (the scanner's buffer and the list of chunks).
+
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rusqlite::{params, Connection};
+
+use crate::errors;
+use crate::scan::{ScanResult, Scanner};
+use crate::workdb;
+
+/// The form of a changes file (SPEC §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// `{"changes": [...], ...}`
+    Object,
+    /// `[...]`
+    Array,
+    /// values one after another
+    Lines,
+}
+
+impl Form {
+    pub fn name(self) -> &'static str {
+        match self {
+            Form::Object => "object",
+            Form::Array => "array",
+            Form::Lines => "lines",
+        }
+    }
+}
+
+/// One chunk of CHANGES for one worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// Byte offset of its first change.
+    pub start: u64,
+    /// Byte offset just past its range (the next chunk's start, or the end of the
+    /// last change).
+    pub end: u64,
+    /// Index of its first change in the whole file.
+    pub first_index: u64,
+    /// How many changes it holds.
+    pub changes: u64,
+}
+
+/// The result of the plan stage.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub form: Form,
+    pub changes: u64,
+    pub chunks: Vec<Chunk>,
+}
+
+/// Cuts chunks as change starts go by (see module docs).
+struct Cutter {
+    size: u64,
+    workers: u64,
+    /// Index of the next target cut (target `i` is at `size * i / workers`).
+    next_cut: u64,
+    chunks: Vec<Chunk>,
+    changes: u64,
+}
+
+impl Cutter {
+    fn target(&self, i: u64) -> u64 {
+        if i >= self.workers {
+            u64::MAX
+        } else {
+            (u128::from(self.size) * u128::from(i) / u128::from(self.workers)) as u64
+        }
+    }
+
+    fn change_starts(&mut self, offset: u64) {
+        let cut = match self.chunks.last() {
+            None => true,
+            Some(_) => offset >= self.target(self.next_cut),
+        };
+        if cut {
+            if let Some(last) = self.chunks.last_mut() {
+                last.end = offset;
+            }
+            while self.target(self.next_cut) <= offset {
+                self.next_cut += 1;
+            }
+            self.chunks.push(Chunk {
+                start: offset,
+                end: offset,
+                first_index: self.changes,
+                changes: 0,
+            });
+        }
+        let current = self.chunks.last_mut().expect("a chunk was just made");
+        current.changes += 1;
+        self.changes += 1;
+    }
+
+    fn change_ends(&mut self, offset: u64) {
+        if let Some(last) = self.chunks.last_mut() {
+            last.end = offset;
+        }
+    }
+}
+
+/// Scans CHANGES at `path` and cuts it for `workers` workers; `progress` gets the
+/// number of bytes read so far.
+pub fn plan(path: &Path, workers: usize, progress: &mut dyn FnMut(u64)) -> Result<Plan> {
+    let file = File::open(path).with_context(|| format!("opening CHANGES {}", path.display()))?;
+    let size = file.metadata()?.len();
+    let mut cutter = Cutter {
+        size,
+        workers: workers.max(1) as u64,
+        next_cut: 1,
+        chunks: Vec::new(),
+        changes: 0,
+    };
+    let mut scanner = Scanner::new(file, 0);
+    let form = scan(&mut scanner, &mut cutter, progress)
+        .map_err(|e| errors::scan_error("CHANGES", path, e))?;
+    progress(size);
+    Ok(Plan {
+        form,
+        changes: cutter.changes,
+        chunks: cutter.chunks,
+    })
+}
+
+fn scan(
+    s: &mut Scanner<File>,
+    cutter: &mut Cutter,
+    progress: &mut dyn FnMut(u64),
+) -> ScanResult<Form> {
+    s.skip_bom()?;
+    let form = match s.peek()? {
+        Some(b'[') => {
+            s.expect(b'[', "'['")?;
+            changes_array(s, cutter, progress)?;
+            Form::Array
+        }
+        Some(b'{') => {
+            let first_start = s.offset();
+            s.expect(b'{', "'{'")?;
+            let mut found_changes = false;
+            if !s.eat(b'}')? {
+                loop {
+                    s.peek()?;
+                    let key_offset = s.offset();
+                    if s.key()? == "changes" {
+                        if found_changes {
+                            return Err(s.error_at(key_offset, "member changes appears twice"));
+                        }
+                        found_changes = true;
+                        if s.peek()? != Some(b'[') {
+                            let at = s.offset();
+                            return Err(
+                                s.error_at(at, "member changes must be an array of changes")
+                            );
+                        }
+                        s.expect(b'[', "'['")?;
+                        changes_array(s, cutter, progress)?;
+                    } else {
+                        s.value()?;
+                    }
+                    if s.eat(b',')? {
+                        continue;
+                    }
+                    s.expect(b'}', "',' or '}' after an object member")?;
+                    break;
+                }
+            }
+            if found_changes {
+                Form::Object
+            } else {
+                // The first value was a change: JSON Lines.
+                cutter.change_starts(first_start);
+                cutter.change_ends(s.offset());
+                lines(s, cutter, progress)?;
+                return Ok(Form::Lines);
+            }
+        }
+        _ => {
+            lines(s, cutter, progress)?;
+            return Ok(Form::Lines);
+        }
+    };
+    if s.peek()?.is_some() {
+        return Err(s.unexpected(
+            "end of input after the changes document (only JSON Lines may hold several values)",
+        ));
+    }
+    Ok(form)
+}
+
+/// The elements of a changes array, after its `[`, up to and including its `]`.
+fn changes_array(
+    s: &mut Scanner<File>,
+    cutter: &mut Cutter,
+    progress: &mut dyn FnMut(u64),
+) -> ScanResult<()> {
+    if s.eat(b']')? {
+        return Ok(());
+    }
+    loop {
+        one_change(s, cutter, progress)?;
+        if s.eat(b',')? {
+            continue;
+        }
+        return s.expect(b']', "',' or ']' after a change");
+    }
+}
+
+/// JSON Lines: values until the end of input.
+fn lines(
+    s: &mut Scanner<File>,
+    cutter: &mut Cutter,
+    progress: &mut dyn FnMut(u64),
+) -> ScanResult<()> {
+    while s.peek()?.is_some() {
+        one_change(s, cutter, progress)?;
+    }
+    Ok(())
+}
+
+fn one_change(
+    s: &mut Scanner<File>,
+    cutter: &mut Cutter,
+    progress: &mut dyn FnMut(u64),
+) -> ScanResult<()> {
+    s.peek()?;
+    cutter.change_starts(s.offset());
+    s.value()?;
+    cutter.change_ends(s.offset());
+    if cutter.changes % 4096 == 0 {
+        progress(s.offset());
+    }
+    Ok(())
+}
+
+/// How many merge partitions for a changes file of `size` bytes: enough that one
+/// partition's records fit in a few MiB, so the merge's memory stays bounded
+/// whatever the input size.
+pub fn partitions_for(size: u64) -> u64 {
+    ((size >> 22) + 1).next_power_of_two().clamp(8, 4096)
+}
+
+/// Stores `plan` in the work database and marks the stage done.
+pub fn store(conn: &mut Connection, plan: &Plan, changes_size: u64) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute("DELETE FROM chunks", [])?;
+    {
+        let mut insert = tx.prepare(
+            "INSERT INTO chunks(chunk, start, end, first_index, changes, next_offset, next_index)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?2, ?4)",
+        )?;
+        for (k, c) in plan.chunks.iter().enumerate() {
+            insert.execute(params![k as u64, c.start, c.end, c.first_index, c.changes])?;
+        }
+    }
+    workdb::meta_set(&tx, "form", plan.form.name())?;
+    workdb::meta_set(&tx, "changes", plan.changes)?;
+    workdb::meta_set(&tx, "partitions", partitions_for(changes_size))?;
+    workdb::mark_done(&tx, "plan")?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The chunks stored in the work database.
+pub fn load_chunks(conn: &Connection) -> Result<Vec<(u64, Chunk, bool)>> {
+    let mut stmt = conn.prepare(
+        "SELECT chunk, start, end, first_index, changes, done FROM chunks ORDER BY chunk",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, u64>(0)?,
+            Chunk {
+                start: r.get(1)?,
+                end: r.get(2)?,
+                first_index: r.get(3)?,
+                changes: r.get(4)?,
+            },
+            r.get::<_, bool>(5)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn plan_text(text: &str, workers: usize) -> Result<Plan> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        plan(f.path(), workers, &mut |_| {})
+    }
+
+    /// The text of every change, by cutting each chunk at its white space and
+    /// commas the way a worker does.
+    fn change_texts(text: &str, plan: &Plan) -> Vec<String> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        for c in &plan.chunks {
+            let range = &bytes[c.start as usize..c.end as usize];
+            let mut i = 0;
+            let mut n = 0;
+            while i < range.len() {
+                if crate::json::is_ws(range[i]) || range[i] == b',' {
+                    i += 1;
+                    continue;
+                }
+                let end = crate::json::value_end(range, i, true).unwrap();
+                out.push(String::from_utf8(range[i..end].to_vec()).unwrap());
+                i = end;
+                n += 1;
+            }
+            assert_eq!(n, c.changes);
+        }
+        out
+    }
+
+    /// What serde_json sees as the changes of `text`.
+    fn serde_changes(text: &str) -> Vec<String> {
+        let t = text.trim_start();
+        let values: Vec<serde_json::Value> = if t.starts_with('[') {
+            serde_json::from_str(t).unwrap()
+        } else if t.starts_with('{') {
+            let first = serde_json::Deserializer::from_str(t)
+                .into_iter::<serde_json::Value>()
+                .next()
+                .unwrap()
+                .unwrap();
+            match first.get("changes") {
+                Some(serde_json::Value::Array(a)) => a.clone(),
+                _ => serde_json::Deserializer::from_str(t)
+                    .into_iter::<serde_json::Value>()
+                    .map(|v| v.unwrap())
+                    .collect(),
+            }
+        } else {
+            serde_json::Deserializer::from_str(t)
+                .into_iter::<serde_json::Value>()
+                .map(|v| v.unwrap())
+                .collect()
+        };
+        values.iter().map(|v| v.to_string()).collect()
+    }
+
+    fn agrees(text: &str) {
+        let reparse = |s: &String| {
+            serde_json::from_str::<serde_json::Value>(s)
+                .unwrap()
+                .to_string()
+        };
+        for workers in [1, 2, 3, 7, 50] {
+            let p = plan_text(text, workers).unwrap();
+            assert!(p.chunks.len() <= workers);
+            let ours: Vec<String> = change_texts(text, &p).iter().map(reparse).collect();
+            assert_eq!(ours, serde_changes(text), "workers={workers} text={text:?}");
+            assert_eq!(p.changes as usize, ours.len());
+            let mut index = 0;
+            for c in &p.chunks {
+                assert_eq!(c.first_index, index);
+                assert!(c.changes > 0);
+                index += c.changes;
+            }
+        }
+    }
+
+    #[test]
+    fn boundaries_match_serde_json_in_every_form() {
+        let nasty = r#"{"op":"add_song","playlist_id":"1","song_id":"2","x":"}],\"{[\\","u":"\u00e9\ud83d\ude00"}"#;
+        let pretty = "{\n  \"op\": \"remove_playlist\",\n  \"playlist_id\": 7\n}";
+        agrees(&format!("[{nasty}, {pretty}, 5, \"s\", null, [1,[2]]]"));
+        agrees(&format!(
+            "{{\"version\": 1, \"changes\": [{nasty},\n{pretty}], \"after\": {{\"changes\": 1}}}}"
+        ));
+        agrees(&format!("{nasty}\n{pretty}\n\n{nasty}\n"));
+        agrees(&format!("{pretty}\n1\n\"x\"\n[2]\n"));
+        agrees("[]");
+        agrees("{\"changes\": []}");
+        agrees("");
+        agrees("  \n ");
+    }
+
+    #[test]
+    fn object_form_is_decided_by_the_first_value() {
+        let p = plan_text("{\"a\": 1, \"changes\": [{}, {}]}", 2).unwrap();
+        assert_eq!((p.form, p.changes), (Form::Object, 2));
+        let p = plan_text("{\"a\": 1}\n{\"changes\": [{}, {}]}", 2).unwrap();
+        assert_eq!((p.form, p.changes), (Form::Lines, 2));
+    }
+
+    #[test]
+    fn cuts_into_about_equal_chunks() {
+        let text: String = (0..1000)
+            .map(|i| format!("{{\"op\":\"x\",\"n\":{i}}}\n"))
+            .collect();
+        let p = plan_text(&text, 4).unwrap();
+        assert_eq!(p.chunks.len(), 4);
+        for c in &p.chunks {
+            let share = (c.end - c.start) as f64 / text.len() as f64;
+            assert!((0.2..0.3).contains(&share), "{share}");
+        }
+        let p = plan_text("{}\n{}\n", 8).unwrap();
+        assert_eq!(p.chunks.len(), 2);
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        for bad in [
+            "[{}, {},]",
+            "[{}",
+            "{\"changes\": [1] } x",
+            "{\"changes\": 5}",
+            "{} {",
+            "[1] [2]",
+            "{\"changes\":[],\"changes\":[]}",
+        ] {
+            assert!(plan_text(bad, 2).is_err(), "{bad}");
+        }
+    }
+}
