@@ -127,7 +127,7 @@ pub fn open_existing(path: &Path) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("opening work database {}", path.display()))?;
-    configure(&conn)?;
+    configure(&conn).with_context(|| format!("{} is not a work database", path.display()))?;
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .with_context(|| format!("{} is not a work database", path.display()))?;

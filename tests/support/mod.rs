@@ -1,0 +1,91 @@
+//! Shared test support: running the real binaries in a fresh temporary directory,
+//! comparing files with a readable diff, the reference implementation and the
+//! case generator.
+
+#![allow(dead_code)]
+
+pub mod gen;
+pub mod reference;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn harness_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_harness"))
+}
+
+pub fn worker_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_worker"))
+}
+
+/// The repository's `fixtures/` folder.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Runs the harness with `args` (progress off), returning its output.
+pub fn harness(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut cmd = Command::new(harness_bin());
+    cmd.arg("--progress").arg("never");
+    for a in args {
+        cmd.arg(a);
+    }
+    cmd.output().expect("running harness")
+}
+
+/// Runs the harness on MIXTAPE, CHANGES, OUTPUT with `workers` and extra args.
+pub fn run(
+    dir: &Path,
+    mixtape: &Path,
+    changes: &Path,
+    out: &str,
+    workers: usize,
+    extra: &[&str],
+) -> Output {
+    let mut cmd = Command::new(harness_bin());
+    cmd.arg("--progress")
+        .arg("never")
+        .arg("--workers")
+        .arg(workers.to_string());
+    cmd.args(extra);
+    cmd.arg(mixtape).arg(changes).arg(dir.join(out));
+    cmd.output().expect("running harness")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Panics with the first differing line (and a little context) when `actual`
+/// differs from `expected`.
+pub fn assert_same_text(what: &str, expected: &str, actual: &str) {
+    if expected == actual {
+        return;
+    }
+    let e: Vec<&str> = expected.lines().collect();
+    let a: Vec<&str> = actual.lines().collect();
+    let first = e
+        .iter()
+        .zip(&a)
+        .position(|(x, y)| x != y)
+        .unwrap_or(e.len().min(a.len()));
+    let from = first.saturating_sub(2);
+    let mut msg = format!(
+        "{what} differs at line {} (expected {} lines, got {}):\n",
+        first + 1,
+        e.len(),
+        a.len()
+    );
+    for i in from..(first + 3) {
+        if let Some(x) = e.get(i) {
+            msg.push_str(&format!("  expected {:>4}: {x}\n", i + 1));
+        }
+        if let Some(y) = a.get(i) {
+            msg.push_str(&format!("  actual   {:>4}: {y}\n", i + 1));
+        }
+    }
+    if e.len() == a.len() && first == e.len() {
+        msg.push_str("  (only the final newline differs)\n");
+    }
+    panic!("{msg}");
+}
