@@ -79,11 +79,14 @@ pub fn write_atomically(
     Ok(())
 }
 
-/// Writes one array member: `"name": [` elements `]`.
+/// Receives one array element.
+type Sink<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
+
+/// Writes one array member: `"name": [` elements `]`; `rows` feeds the elements.
 fn write_array(
     out: &mut dyn Write,
     name: &str,
-    rows: &mut dyn FnMut(&mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>,
+    rows: &mut dyn FnMut(&mut Sink) -> Result<()>,
 ) -> Result<()> {
     write!(out, "\"{name}\": [")?;
     let mut first = true;
@@ -98,7 +101,7 @@ fn write_array(
 }
 
 /// Streams every row of `sql` (one text column) to `each`.
-fn each_row(conn: &Connection, sql: &str, each: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+fn each_row(conn: &Connection, sql: &str, each: &mut Sink) -> Result<()> {
     let mut stmt = conn.prepare(sql)?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {

@@ -239,7 +239,7 @@ impl Importer<'_> {
             self.element(array, position, s.captured(), offset)?;
             s.end_capture();
             position += 1;
-            if position % 1024 == 0 {
+            if position.is_multiple_of(1024) {
                 progress(s.offset());
             }
             if s.eat(b',')? {

@@ -250,7 +250,7 @@ fn one_change(
     cutter.change_starts(s.offset());
     s.value()?;
     cutter.change_ends(s.offset());
-    if cutter.changes % 4096 == 0 {
+    if cutter.changes.is_multiple_of(4096) {
         progress(s.offset());
     }
     Ok(())

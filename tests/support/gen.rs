@@ -60,7 +60,7 @@ fn ws(rng: &mut Rng, pretty: bool) -> &'static str {
     if !pretty {
         return "";
     }
-    *rng.pick(&["", " ", "\n  ", "\n\t", "  "])
+    ["", " ", "\n  ", "\n\t", "  "][rng.below(5) as usize]
 }
 
 /// An id written as a string or an integer (numeric texts only can be integers).
