@@ -73,8 +73,19 @@ pub struct Config {
     pub keep_db: bool,
     pub fresh: bool,
     pub strict: bool,
-    pub draw_progress: bool,
+    pub draw_progress: DrawProgress,
     pub stop_after: Option<Stage>,
+}
+
+/// Whether and how bars are drawn, `--progress` and the terminal considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrawProgress {
+    /// Nothing but plain message lines.
+    No,
+    /// On stderr, which is a terminal.
+    OnTerminal,
+    /// On stderr, whatever it is (`--progress always`).
+    Forced,
 }
 
 /// `path` with `suffix` appended to its file name.
@@ -98,9 +109,9 @@ impl Cli {
                 .rejects
                 .unwrap_or_else(|| with_suffix(&self.output, ".rejects.jsonl")),
             draw_progress: match self.progress {
-                ProgressWhen::Auto => stderr_is_terminal,
-                ProgressWhen::Always => true,
-                ProgressWhen::Never => false,
+                ProgressWhen::Auto if stderr_is_terminal => DrawProgress::OnTerminal,
+                ProgressWhen::Auto | ProgressWhen::Never => DrawProgress::No,
+                ProgressWhen::Always => DrawProgress::Forced,
             },
             mixtape: self.mixtape,
             changes: self.changes,
@@ -131,7 +142,7 @@ mod tests {
         assert_eq!(c.db, PathBuf::from("out/o.json.work.db"));
         assert_eq!(c.rejects, PathBuf::from("out/o.json.rejects.jsonl"));
         assert!(c.workers >= 1);
-        assert!(!c.draw_progress);
+        assert_eq!(c.draw_progress, DrawProgress::No);
         assert!(Cli::try_parse_from(["harness", "-w", "0", "m", "c", "o"]).is_err());
     }
 }

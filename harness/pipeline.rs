@@ -253,14 +253,14 @@ pub fn run(config: &Config) -> Result<u8> {
     } else {
         String::new()
     };
-    ui.message(&format!(
+    ui.final_message(&format!(
         "harness: {changes} changes read, {} applied, {rejected} rejected{reasons}{warning_text}; {:.2}s",
         changes - rejected.min(changes),
         started.elapsed().as_secs_f64()
     ));
 
     if strict_failure {
-        ui.message(&format!(
+        ui.final_message(&format!(
             "harness: --strict: {rejected} change(s) rejected, so no output was written; see {}",
             config.rejects.display()
         ));

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::cli::DrawProgress;
+
 /// Where the harness's progress and messages go.
 pub struct Ui {
     multi: Option<MultiProgress>,
@@ -29,9 +31,19 @@ const BYTES_TEMPLATE: &str =
 const COUNT_TEMPLATE: &str = "{prefix:>10} [{bar:30}] {pos:>10}/{len:<10} {msg}";
 
 impl Ui {
-    pub fn new(draw: bool) -> Ui {
+    pub fn new(draw: DrawProgress) -> Ui {
+        let target = match draw {
+            DrawProgress::No => None,
+            DrawProgress::OnTerminal => Some(ProgressDrawTarget::stderr()),
+            // indicatif hides bars on a non-terminal; a TermLike target is
+            // always drawn, which is what `--progress always` asks for.
+            DrawProgress::Forced => Some(ProgressDrawTarget::term_like_with_hz(
+                Box::new(console::Term::stderr()),
+                20,
+            )),
+        };
         Ui {
-            multi: draw.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+            multi: target.map(MultiProgress::with_draw_target),
         }
     }
 
@@ -45,6 +57,12 @@ impl Ui {
             }
             None => eprintln!("{text}"),
         }
+    }
+
+    /// Prints the run's last lines, below every bar (all bars are finished by
+    /// then, so nothing redraws over them).
+    pub fn final_message(&self, text: &str) {
+        eprintln!("{text}");
     }
 
     fn bar(&self, prefix: &str, total: u64, template: &str) -> Bar {

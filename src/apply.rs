@@ -30,7 +30,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -53,9 +53,9 @@ const READ_SIZE: usize = 4 << 20;
 pub struct WorkerOptions {
     /// Log every change's index, op and outcome to stderr.
     pub trace: bool,
-    /// Write `progress BYTES CHANGES` lines to stdout after every batch (for the
-    /// harness, which draws the bars).
-    pub report_progress: bool,
+    /// Apply the chunk again from its start, even if it is done (what it recorded
+    /// before is discarded in the same transaction, so nothing is recorded twice).
+    pub redo: bool,
 }
 
 /// What one run of a worker did.
@@ -79,8 +79,18 @@ struct ChunkState {
     done: bool,
 }
 
-/// Applies chunk `chunk` of the plan in the work database at `db`.
-pub fn run_chunk(db: &Path, chunk: u64, options: &WorkerOptions) -> Result<ChunkSummary> {
+/// Progress after a batch: bytes of the chunk done, bytes in the chunk, changes
+/// done by this run.
+pub type ProgressFn<'a> = dyn FnMut(u64, u64, u64) + 'a;
+
+/// Applies chunk `chunk` of the plan in the work database at `db`; `progress` is
+/// called after every committed batch.
+pub fn run_chunk(
+    db: &Path,
+    chunk: u64,
+    options: &WorkerOptions,
+    progress: &mut ProgressFn,
+) -> Result<ChunkSummary> {
     let conn = workdb::open_existing(db)?;
     if !workdb::is_done(&conn, "plan")? {
         bail!(
@@ -102,6 +112,12 @@ pub fn run_chunk(db: &Path, chunk: u64, options: &WorkerOptions) -> Result<Chunk
     let mut summary = ChunkSummary {
         chunk,
         ..Default::default()
+    };
+    let state = if options.redo {
+        reset_chunk(&conn, chunk)?;
+        load_chunk(&conn, chunk)?.context("chunk vanished")?
+    } else {
+        state
     };
     if state.done {
         summary.already_done = true;
@@ -133,9 +149,34 @@ pub fn run_chunk(db: &Path, chunk: u64, options: &WorkerOptions) -> Result<Chunk
         summary,
         minified: Vec::new(),
         reading: false,
+        committed_offset: state.next_offset,
+        end: state.end,
+        progress,
     };
     worker.run(&changes_path, state.next_offset, state.end)?;
     Ok(worker.summary)
+}
+
+/// Undoes everything chunk `chunk` recorded, and the merge (which read it), in
+/// one transaction.
+fn reset_chunk(conn: &Connection, chunk: u64) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = conn.execute_batch(&format!(
+        "DELETE FROM blocks WHERE chunk = {chunk};
+         DELETE FROM rejects WHERE by_merge = 0 AND idx >= (SELECT first_index FROM chunks WHERE chunk = {chunk})
+             AND idx < (SELECT first_index + changes FROM chunks WHERE chunk = {chunk});
+         UPDATE chunks SET next_offset = start, next_index = first_index, auto_count = 0,
+             max_playlist_id = 0, batches = 0, done = 0 WHERE chunk = {chunk};
+         DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1;
+         DELETE FROM meta WHERE key IN ('merge_done', 'merge_next_part');"
+    ));
+    match result {
+        Ok(()) => Ok(conn.execute_batch("COMMIT")?),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e.into())
+        }
+    }
 }
 
 fn load_chunk(conn: &Connection, chunk: u64) -> Result<Option<ChunkState>> {
@@ -187,6 +228,10 @@ struct Worker<'a> {
     minified: Vec<u8>,
     /// Whether the batch's read transaction is open.
     reading: bool,
+    /// The chunk position this worker last committed (or started from).
+    committed_offset: u64,
+    end: u64,
+    progress: &'a mut ProgressFn<'a>,
 }
 
 impl Worker<'_> {
@@ -263,18 +308,18 @@ impl Worker<'_> {
             Ok(change) => self.check_and_record(index, change, auto_ordinal)?,
         };
         match outcome {
-            Ok(op) => {
+            Ok(_) => {
                 self.summary.recorded += 1;
                 if self.options.trace {
-                    eprintln!("change {index}: {} recorded", op.name());
+                    eprintln!("change {index}: {} -> recorded", shorten(&minified));
                 }
             }
             Err((reason, detail)) => {
                 self.summary.rejected += 1;
                 if self.options.trace {
                     eprintln!(
-                        "change {index}: {} rejected: {reason}: {detail}",
-                        parsed.op_json
+                        "change {index}: {} -> rejected: {reason}: {detail}",
+                        shorten(&minified)
                     );
                 }
                 self.rejects.push(Reject {
@@ -436,21 +481,17 @@ impl Worker<'_> {
                 return Err(e);
             }
         }
+        self.committed_offset = next_offset;
         for part in &mut self.parts {
             part.clear();
         }
         self.rejects.clear();
         self.in_batch = 0;
-        if self.options.report_progress {
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "progress {} {}",
-                next_offset - self.start,
-                self.summary.changes
-            )?;
-            out.flush()?;
-        }
+        (self.progress)(
+            next_offset - self.start,
+            self.end - self.start,
+            self.summary.changes,
+        );
         Ok(())
     }
 
@@ -469,10 +510,14 @@ impl Worker<'_> {
         for r in &self.rejects {
             insert_reject.execute(params![r.index, r.op_json, r.reason, r.detail])?;
         }
-        self.conn
+        // Only if nobody else moved the chunk meanwhile: two workers on one chunk
+        // (a hand-run worker beside the harness's, say) must not both record it.
+        let moved = self
+            .conn
             .prepare_cached(
                 "UPDATE chunks SET next_offset = ?1, next_index = ?2, auto_count = ?3,
-                 max_playlist_id = ?4, batches = batches + 1, done = ?5 WHERE chunk = ?6",
+                 max_playlist_id = ?4, batches = batches + 1, done = ?5
+                 WHERE chunk = ?6 AND next_offset = ?7 AND done = 0",
             )?
             .execute(params![
                 next_offset,
@@ -480,9 +525,25 @@ impl Worker<'_> {
                 self.auto_count,
                 self.max_playlist_id,
                 done,
-                self.chunk
+                self.chunk,
+                self.committed_offset
             ])?;
+        if moved != 1 {
+            bail!(
+                "chunk {} was applied by another worker meanwhile; nothing of this run was recorded",
+                self.chunk
+            );
+        }
         Ok(())
+    }
+}
+
+/// A change's text for a trace line: at most 120 characters.
+fn shorten(minified: &[u8]) -> String {
+    let text = String::from_utf8_lossy(minified);
+    match text.char_indices().nth(120) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.into_owned(),
     }
 }
 

@@ -504,7 +504,7 @@ mod tests {
 
     fn agrees_with_serde(text: &[u8]) {
         let ours = scan_document(text).is_ok();
-        let theirs = serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok();
+        let theirs = serde_json::from_slice::<serde_json::Value>(text).is_ok();
         assert_eq!(
             ours,
             theirs,

@@ -4,9 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::{IsTerminal, Write};
+
 use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
 use mixtape::apply::{self, WorkerOptions};
-use mixtape::exit_codes;
+use mixtape::{exit_codes, workdb};
 
 /// Apply chunk K of the plan stored in a mixtape work database.
 ///
@@ -17,7 +20,8 @@ use mixtape::exit_codes;
 /// the reason it was rejected). Each batch is committed together with the
 /// chunk's position, so an interrupted worker continues where it stopped, and a
 /// chunk already applied is not applied again. Running the same harness command
-/// afterwards continues from the work database.
+/// afterwards continues from the work database. `--redo` applies a finished chunk
+/// again (to see its trace again, say), replacing what it recorded before.
 #[derive(Parser, Debug)]
 #[command(name = "worker", version, max_term_width = 100)]
 struct Cli {
@@ -30,9 +34,21 @@ struct Cli {
     /// Log every change's index, op and outcome to stderr.
     #[arg(long)]
     trace: bool,
+    /// Apply the chunk again from its start even if it is done; what it recorded
+    /// before is discarded first, in the same transaction.
+    #[arg(long)]
+    redo: bool,
     /// Report progress on stdout for the harness (set by the harness).
     #[arg(long, hide = true)]
     report_progress: bool,
+}
+
+/// One `progress BYTES CHANGES` line per batch on stdout, read by the harness.
+fn report_to_harness(done: u64, _total: u64, changes: u64) {
+    let mut out = std::io::stdout().lock();
+    // A harness that stopped reading is going away; the worker carries on.
+    let _ = writeln!(out, "progress {done} {changes}");
+    let _ = out.flush();
 }
 
 fn main() -> ExitCode {
@@ -43,14 +59,52 @@ fn main() -> ExitCode {
     }
     let options = WorkerOptions {
         trace: cli.trace,
-        report_progress: cli.report_progress,
+        redo: cli.redo,
     };
-    match apply::run_chunk(&cli.db, cli.chunk, &options) {
+    // By hand, hold the run lock like a harness would, so a worker cannot run
+    // beside a harness on the same database. Under the harness, it holds it.
+    let lock = if cli.report_progress || !cli.db.is_file() {
+        None
+    } else {
+        match workdb::RunLock::acquire(&cli.db) {
+            Ok(lock) => Some(lock),
+            Err(e) => {
+                eprintln!("worker: error: {e:#}");
+                return exit_codes::exit(exit_codes::FAILURE);
+            }
+        }
+    };
+    let outcome = if cli.report_progress {
+        apply::run_chunk(&cli.db, cli.chunk, &options, &mut report_to_harness)
+    } else if std::io::stderr().is_terminal() && !cli.trace {
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "chunk {prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(cli.chunk.to_string());
+        let outcome =
+            apply::run_chunk(&cli.db, cli.chunk, &options, &mut |done, total, changes| {
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(format!("{changes} changes"));
+            });
+        bar.finish_and_clear();
+        outcome
+    } else {
+        apply::run_chunk(&cli.db, cli.chunk, &options, &mut |_, _, _| {})
+    };
+    if let Some(lock) = lock {
+        lock.release_and_remove();
+    }
+    match outcome {
         Ok(summary) => {
             if !cli.report_progress {
                 if summary.already_done {
                     eprintln!(
-                        "worker: chunk {} is already applied; nothing to do",
+                        "worker: chunk {} is already applied; nothing to do (--redo applies it again)",
                         cli.chunk
                     );
                 } else {

@@ -1,0 +1,152 @@
+//! Debugging a chunk by hand (README "Debugging a chunk by hand"): stop after a
+//! stage, run one worker with --trace, run it again, finish with the harness,
+//! and get exactly the output of a plain run.
+
+mod support;
+
+use std::fs;
+use std::process::Command;
+
+use support::{fixtures, run, stderr, worker_bin};
+
+#[test]
+fn stop_after_plan_then_worker_by_hand_then_finish_equals_a_plain_run() {
+    let f = fixtures();
+    let (m, c) = (f.join("mixtape.json"), f.join("changes.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &m, &c, "plain.json", 3, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let o = run(dir.path(), &m, &c, "out.json", 3, &["--stop-after", "plan"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("stopped after plan"), "{}", stderr(&o));
+    assert!(!dir.path().join("out.json").exists());
+    let db = dir.path().join("out.json.work.db");
+    assert!(db.exists());
+
+    let worker = |extra: &[&str]| {
+        Command::new(worker_bin())
+            .arg("--db")
+            .arg(&db)
+            .args(["--chunk", "0", "--trace"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = worker(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let trace = stderr(&first);
+    assert!(
+        trace.contains("change 0: {\"op\":\"add_playlist\""),
+        "{trace}"
+    );
+    assert!(trace.contains("-> recorded"), "{trace}");
+    let traced = trace.lines().filter(|l| l.starts_with("change ")).count();
+    assert!(traced > 0);
+
+    let second = worker(&[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("already applied"),
+        "{}",
+        stderr(&second)
+    );
+
+    let redo = worker(&["--redo"]);
+    assert!(redo.status.success(), "{}", stderr(&redo));
+    assert_eq!(
+        stderr(&redo)
+            .lines()
+            .filter(|l| l.starts_with("change "))
+            .count(),
+        traced,
+        "a redo traces the same changes"
+    );
+
+    let o = run(dir.path(), &m, &c, "out.json", 3, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 of 3 chunks applied"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        fs::read(dir.path().join("out.json")).unwrap(),
+        fs::read(dir.path().join("plain.json")).unwrap()
+    );
+    assert_eq!(
+        fs::read(dir.path().join("out.json.rejects.jsonl")).unwrap(),
+        fs::read(dir.path().join("plain.json.rejects.jsonl")).unwrap()
+    );
+    assert!(!db.exists(), "the work database is removed after success");
+}
+
+#[test]
+fn every_stop_after_stage_resumes_to_the_same_output() {
+    let f = fixtures();
+    let (m, c) = (f.join("mixtape.json"), f.join("changes.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &m, &c, "plain.json", 2, &[]);
+    assert!(o.status.success());
+    let plain = fs::read(dir.path().join("plain.json")).unwrap();
+    for stage in ["import", "plan", "apply", "merge"] {
+        let out = format!("{stage}.json");
+        let o = run(dir.path(), &m, &c, &out, 2, &["--stop-after", stage]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(!dir.path().join(&out).exists());
+        let o = run(dir.path(), &m, &c, &out, 2, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            fs::read(dir.path().join(&out)).unwrap(),
+            plain,
+            "after --stop-after {stage}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_beside_a_running_harness_is_refused() {
+    // The harness holds the run lock for the whole run; a hand-run worker on the
+    // same database takes the same lock, so it cannot apply a chunk twice.
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &f.join("mixtape.json"),
+        &f.join("changes.json"),
+        "out.json",
+        2,
+        &["--stop-after", "plan"],
+    );
+    assert!(o.status.success());
+    let db = dir.path().join("out.json.work.db");
+    let lock = mixtape::workdb::RunLock::acquire(&db).unwrap();
+    let o = Command::new(worker_bin())
+        .arg("--db")
+        .arg(&db)
+        .args(["--chunk", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("another harness run is using the work database"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(
+        dir.path(),
+        &f.join("mixtape.json"),
+        &f.join("changes.json"),
+        "out.json",
+        2,
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("another harness run is using the work database"),
+        "{}",
+        stderr(&o)
+    );
+    drop(lock);
+}
