@@ -154,6 +154,7 @@ pub fn run(config: &Config) -> Result<u8> {
             figures.users, figures.playlists, figures.songs
         ));
     }
+    mixtape::interrupt::check()?;
     if config.stop_after == Some(Stage::Import) {
         return stopped("import");
     }
@@ -170,6 +171,7 @@ pub fn run(config: &Config) -> Result<u8> {
             planned.chunks.len()
         ));
     }
+    mixtape::interrupt::check()?;
     if config.stop_after == Some(Stage::Plan) {
         return stopped("plan");
     }
@@ -213,6 +215,7 @@ pub fn run(config: &Config) -> Result<u8> {
         merge::merge(&mut conn, &mut |done, _| bar.set(done))?;
         bar.finish(&format!("{partitions} partitions"));
     }
+    mixtape::interrupt::check()?;
     if config.stop_after == Some(Stage::Merge) {
         return stopped("merge");
     }

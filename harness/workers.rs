@@ -12,6 +12,7 @@
 //! [`Children`] guard that does: no worker outlives a harness that returns early.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -115,6 +116,9 @@ pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Resul
     let mut children = Children(Vec::new());
     for (slot, p) in pending.iter().enumerate() {
         let mut child = Command::new(worker)
+            // Their own process group: a terminal's Ctrl-C reaches the harness
+            // only, which forwards it (and waits for the current batch).
+            .process_group(0)
             .arg("--db")
             .arg(db)
             .arg("--chunk")
@@ -165,6 +169,10 @@ pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Resul
     let mut changes_done = vec![0u64; pending.len()];
     let mut running = pending.len();
     while running > 0 {
+        if mixtape::interrupt::requested() {
+            children.stop_all();
+            return Err(mixtape::interrupt::Interrupted.into());
+        }
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Event::Progress {
                 slot,

@@ -150,6 +150,7 @@ pub fn run_chunk(
         minified: Vec::new(),
         reading: false,
         committed_offset: state.next_offset,
+        batch_size: crate::fault::batch_size(BATCH_CHANGES),
         end: state.end,
         progress,
     };
@@ -230,6 +231,8 @@ struct Worker<'a> {
     reading: bool,
     /// The chunk position this worker last committed (or started from).
     committed_offset: u64,
+    /// Changes per batch ([`BATCH_CHANGES`] unless a test says otherwise).
+    batch_size: u64,
     end: u64,
     progress: &'a mut ProgressFn<'a>,
 }
@@ -270,7 +273,13 @@ impl Worker<'_> {
                 };
                 self.change(&buf[i..value_end])?;
                 i = value_end;
-                if self.in_batch >= BATCH_CHANGES {
+                crate::fault::point("worker-change");
+                if crate::interrupt::requested() {
+                    // Commit what is done, so the next run continues from here.
+                    self.flush(buf_offset + i as u64, false)?;
+                    return Err(crate::interrupt::Interrupted.into());
+                }
+                if self.in_batch >= self.batch_size {
                     self.flush(buf_offset + i as u64, false)?;
                 }
             }
@@ -475,7 +484,11 @@ impl Worker<'_> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = self.write_batch(next_offset, done);
         match result {
-            Ok(()) => self.conn.execute_batch("COMMIT")?,
+            Ok(()) => {
+                crate::fault::point("worker-write");
+                self.conn.execute_batch("COMMIT")?;
+                crate::fault::point("worker-commit");
+            }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 return Err(e);

@@ -29,5 +29,6 @@ pub fn scan_error(label: &str, path: &Path, error: ScanError) -> anyhow::Error {
         ScanError::Syntax { offset, message } => {
             at_offset(label, path, offset, &format!("invalid JSON: {message}"))
         }
+        ScanError::Interrupted => crate::interrupt::Interrupted.into(),
     }
 }

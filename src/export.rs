@@ -90,10 +90,16 @@ fn write_array(
 ) -> Result<()> {
     write!(out, "\"{name}\": [")?;
     let mut first = true;
+    let mut written = 0u64;
     rows(&mut |element: &[u8]| {
         out.write_all(if first { b"\n" } else { b",\n" })?;
         first = false;
         out.write_all(element)?;
+        crate::fault::point("export-row");
+        written += 1;
+        if written.is_multiple_of(4096) {
+            crate::interrupt::check()?;
+        }
         Ok(())
     })?;
     out.write_all(if first { b"]" } else { b"\n]" })?;

@@ -239,8 +239,10 @@ impl Importer<'_> {
             self.element(array, position, s.captured(), offset)?;
             s.end_capture();
             position += 1;
+            crate::fault::point("import-element");
             if position.is_multiple_of(1024) {
                 progress(s.offset());
+                crate::interrupt::check()?;
             }
             if s.eat(b',')? {
                 continue;

@@ -72,6 +72,7 @@ pub fn merge(conn: &mut Connection, progress: &mut dyn FnMut(u64, u64)) -> Resul
         auto_before,
     };
     for part in first..partitions {
+        crate::interrupt::check()?;
         let blobs: Vec<Vec<u8>> = {
             let mut stmt = conn.prepare_cached("SELECT data FROM blocks WHERE part = ?1")?;
             let rows = stmt.query_map([part], |r| r.get(0))?;
@@ -83,6 +84,7 @@ pub fn merge(conn: &mut Connection, progress: &mut dyn FnMut(u64, u64)) -> Resul
         if part + 1 == partitions {
             workdb::mark_done(&tx, "merge")?;
         }
+        crate::fault::point("merge-partition");
         tx.commit()?;
         progress(part + 1, partitions);
     }

@@ -250,8 +250,12 @@ fn one_change(
     cutter.change_starts(s.offset());
     s.value()?;
     cutter.change_ends(s.offset());
+    crate::fault::point("plan-change");
     if cutter.changes.is_multiple_of(4096) {
         progress(s.offset());
+        if crate::interrupt::requested() {
+            return Err(crate::scan::ScanError::Interrupted);
+        }
     }
     Ok(())
 }

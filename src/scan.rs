@@ -36,7 +36,12 @@ const READ_SIZE: usize = 1 << 20;
 #[derive(Debug)]
 pub enum ScanError {
     Io(io::Error),
-    Syntax { offset: u64, message: String },
+    Syntax {
+        offset: u64,
+        message: String,
+    },
+    /// A stop was requested ([`crate::interrupt`]) while scanning.
+    Interrupted,
 }
 
 impl From<io::Error> for ScanError {
@@ -498,7 +503,7 @@ mod tests {
         match check(&mut s) {
             Ok(()) => Ok(()),
             Err(ScanError::Syntax { offset, .. }) => Err(offset),
-            Err(ScanError::Io(e)) => panic!("{e}"),
+            Err(e) => panic!("{e:?}"),
         }
     }
 

@@ -53,9 +53,11 @@ fn report_to_harness(done: u64, _total: u64, changes: u64) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    mixtape::interrupt::install();
     if cli.report_progress {
         // Run by the harness: stop if the harness dies, whatever kills it.
-        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM);
+        // SIGKILL: a batch not yet committed is simply not there; nothing is lost.
+        let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     }
     let options = WorkerOptions {
         trace: cli.trace,
@@ -115,6 +117,13 @@ fn main() -> ExitCode {
                 }
             }
             exit_codes::exit(exit_codes::SUCCESS)
+        }
+        Err(e) if mixtape::interrupt::is_interrupted(&e) => {
+            eprintln!(
+                "worker: interrupted; chunk {} continues from its last commit next time",
+                cli.chunk
+            );
+            exit_codes::exit(exit_codes::INTERRUPTED)
         }
         Err(e) => {
             eprintln!("worker: error: {e:#}");

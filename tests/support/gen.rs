@@ -116,6 +116,15 @@ pub struct Case {
 
 /// The case for `seed`. `max_changes` bounds the number of changes.
 pub fn case(seed: u64, max_changes: u64) -> Case {
+    build(seed, max_changes, false)
+}
+
+/// The case for `seed`, with exactly `changes` changes.
+pub fn case_of(seed: u64, changes: u64) -> Case {
+    build(seed, changes, true)
+}
+
+fn build(seed: u64, max_changes: u64, exact: bool) -> Case {
     let mut rng = Rng::new(seed);
     let pretty = rng.chance(50);
     let n_users = 1 + rng.below(6);
@@ -232,7 +241,11 @@ pub fn case(seed: u64, max_changes: u64) -> Case {
     // Playlist ids that changes may name: existing, new, and some that never exist.
     let mut pool: Vec<String> = playlist_ids.clone();
     pool.extend(["3", "12", "21", "p-2", "25"].iter().map(|s| s.to_string()));
-    let n_changes = rng.below(max_changes + 1);
+    let n_changes = if exact {
+        max_changes
+    } else {
+        rng.below(max_changes + 1)
+    };
     let mut changes = Vec::new();
     for _ in 0..n_changes {
         let change_pretty = pretty && rng.chance(50);

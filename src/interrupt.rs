@@ -1,0 +1,67 @@
+//! Ctrl-C and SIGTERM: stop at the next safe point, keep what is committed.
+//!
+//! [`install`] sets a handler for SIGINT and SIGTERM that only raises a flag,
+//! and resets itself, so a *second* signal has its default effect and kills the
+//! process at once. Long loops call [`check`] at points where stopping loses
+//! nothing committed (between elements, batches, partitions); it returns the
+//! [`Interrupted`] error, which the binaries turn into exit code 130.
+//!
+//! The harness, on the first signal, also forwards SIGTERM to its workers and
+//! gives them a moment to commit their current batch (see `harness/workers.rs`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    // Only async-signal-safe work here: one atomic store.
+    REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs the handler for SIGINT and SIGTERM (see module docs).
+pub fn install() {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESETHAND | SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe {
+            let _ = sigaction(signal, &action);
+        }
+    }
+}
+
+/// Whether a stop was requested.
+pub fn requested() -> bool {
+    REQUESTED.load(Ordering::SeqCst)
+}
+
+/// The error of a run stopped by a signal.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// `Err(Interrupted)` once a stop was requested.
+pub fn check() -> anyhow::Result<()> {
+    if requested() {
+        Err(Interrupted.into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether `error` (or its cause) is an interruption.
+pub fn is_interrupted(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| e.is::<Interrupted>())
+}

@@ -1,0 +1,285 @@
+//! Crash safety: a crash, `kill -9` or Ctrl-C at any point never leaves a
+//! half-written OUTPUT, and running the same command again finishes with exactly
+//! the output of an uninterrupted run.
+//!
+//! Crashes are injected with the `MIXTAPE_FAULT` testing aid (src/fault.rs),
+//! which aborts the process on the spot, as a crash would; `MIXTAPE_BATCH`
+//! makes workers commit often, so a crash lands between many commits.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{gen, harness_bin, reference, stderr};
+
+struct Case {
+    dir: tempfile::TempDir,
+    mixtape: PathBuf,
+    changes: PathBuf,
+    expected: reference::Outcome,
+}
+
+fn case(seed: u64, changes: u64) -> Case {
+    let c = gen::case_of(seed, changes);
+    let dir = tempfile::tempdir().unwrap();
+    let mixtape = dir.path().join("mixtape.json");
+    let changes = dir.path().join("changes.json");
+    fs::write(&mixtape, &c.mixtape).unwrap();
+    fs::write(&changes, &c.changes).unwrap();
+    let expected = reference::run(&c.mixtape, &c.changes).unwrap();
+    Case {
+        dir,
+        mixtape,
+        changes,
+        expected,
+    }
+}
+
+fn command(case: &Case, out: &Path, workers: usize, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(harness_bin());
+    cmd.args(["--progress", "never", "--workers", &workers.to_string()])
+        .arg(&case.mixtape)
+        .arg(&case.changes)
+        .arg(out)
+        .env_remove("MIXTAPE_FAULT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn run(case: &Case, out: &Path, workers: usize, env: &[(&str, &str)]) -> Output {
+    command(case, out, workers, env).output().unwrap()
+}
+
+/// The output and rejects equal the reference's, and the work db is gone.
+fn assert_finished_right(case: &Case, out: &Path, what: &str) {
+    let output = fs::read_to_string(out).unwrap_or_else(|e| panic!("{what}: no output: {e}"));
+    support::assert_same_text(&format!("{what}: output"), &case.expected.output, &output);
+    let mut rejects = out.as_os_str().to_owned();
+    rejects.push(".rejects.jsonl");
+    support::assert_same_text(
+        &format!("{what}: rejects"),
+        &case.expected.rejects,
+        &fs::read_to_string(PathBuf::from(rejects)).unwrap(),
+    );
+}
+
+#[test]
+fn an_injected_crash_at_any_point_resumes_to_identical_output() {
+    let case = case(77, 600);
+    let points = [
+        ("import-element", vec![1, 3]),
+        ("plan-change", vec![1, 250]),
+        ("worker-change", vec![1, 40, 130]),
+        ("worker-write", vec![1, 3, 9]),
+        ("worker-commit", vec![1, 4, 11]),
+        ("merge-partition", vec![1, 5, 8]),
+        ("export-row", vec![1, 4]),
+    ];
+    for (point, hits) in points {
+        for n in hits {
+            for workers in [1, 3] {
+                let what = format!("{point}@{n}, {workers} workers");
+                let out = case.dir.path().join(format!("{point}-{n}-{workers}.json"));
+                fs::write(&out, "precious").unwrap();
+                let fault = format!("{point}@{n}");
+                let o = run(
+                    &case,
+                    &out,
+                    workers,
+                    &[("MIXTAPE_FAULT", &fault), ("MIXTAPE_BATCH", "16")],
+                );
+                assert!(
+                    !o.status.success(),
+                    "{what}: the fault did not fire: {}",
+                    stderr(&o)
+                );
+                assert_eq!(
+                    fs::read_to_string(&out).unwrap(),
+                    "precious",
+                    "{what}: OUTPUT touched"
+                );
+                let o = run(&case, &out, workers, &[("MIXTAPE_BATCH", "16")]);
+                assert!(o.status.success(), "{what}: resume failed: {}", stderr(&o));
+                assert!(
+                    stderr(&o).contains("resuming from") || point == "import-element",
+                    "{what}: {}",
+                    stderr(&o)
+                );
+                assert_finished_right(&case, &out, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_worker_crash_fails_the_run_names_the_chunk_and_keeps_the_db() {
+    let case = case(78, 300);
+    let out = case.dir.path().join("out.json");
+    let o = run(&case, &out, 2, &[("MIXTAPE_FAULT", "worker-change@10")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("worker for chunk"), "{e}");
+    assert!(
+        e.contains("fault injection: aborting at worker-change@10"),
+        "{e}"
+    );
+    assert!(
+        e.contains("--db") && e.contains("--chunk") && e.contains("--trace"),
+        "{e}"
+    );
+    assert!(case.dir.path().join("out.json.work.db").exists());
+    assert!(!out.exists());
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(needle) && pid != std::process::id() {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn wait_until_gone(needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if processes_mentioning(needle).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Waits until the work database has at least one committed batch.
+fn wait_for_apply(db: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(conn) =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        {
+            let batches: Result<i64, _> =
+                conn.query_row("SELECT coalesce(sum(batches), 0) FROM chunks", [], |r| {
+                    r.get(0)
+                });
+            if batches.is_ok_and(|b| b > 0) {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("apply never started");
+}
+
+#[test]
+fn kill_9_of_the_harness_at_several_moments_resumes_to_identical_output() {
+    let case = case(79, 4000);
+    for (i, delay_ms) in [0u64, 15, 40, 90].into_iter().enumerate() {
+        let out = case.dir.path().join(format!("kill-{i}.json"));
+        let db = case.dir.path().join(format!("kill-{i}.json.work.db"));
+        let mut child = command(&case, &out, 3, &[("MIXTAPE_BATCH", "2")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if delay_ms > 0 {
+            wait_for_apply(&db);
+            std::thread::sleep(Duration::from_millis(delay_ms));
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+        assert!(
+            wait_until_gone(&db.display().to_string()),
+            "a worker outlived the killed harness"
+        );
+        assert!(!out.exists() || fs::read_to_string(&out).unwrap() == case.expected.output);
+        let o = run(&case, &out, 3, &[]);
+        assert!(
+            o.status.success(),
+            "kill after {delay_ms} ms: resume failed: {}",
+            stderr(&o)
+        );
+        assert_finished_right(&case, &out, &format!("kill -9 after {delay_ms} ms"));
+    }
+}
+
+#[test]
+fn sigint_exits_130_keeps_the_db_leaves_no_worker_and_resumes() {
+    let case = case(80, 4000);
+    let out = case.dir.path().join("int.json");
+    let db = case.dir.path().join("int.json.work.db");
+    let mut child = command(&case, &out, 3, &[("MIXTAPE_BATCH", "2")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_apply(&db);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{e}");
+    assert!(e.contains("interrupted; the work database is kept"), "{e}");
+    assert!(!out.exists());
+    assert!(db.exists());
+    assert!(
+        wait_until_gone(&db.display().to_string()),
+        "a worker outlived the harness"
+    );
+    let o = run(&case, &out, 3, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));
+    assert_finished_right(&case, &out, "after SIGINT");
+}
+
+#[test]
+fn changed_input_starts_fresh_and_says_why() {
+    let case = case(81, 50);
+    let out = case.dir.path().join("o.json");
+    let o = run(&case, &out, 2, &[("MIXTAPE_FAULT", "merge-partition@1")]);
+    assert!(!o.status.success());
+    // Append a change: another size, so another fingerprint.
+    let c = gen::case_of(82, 50);
+    fs::write(&case.changes, &c.changes).unwrap();
+    let o = run(&case, &out, 2, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("starting fresh: CHANGES changed since the work database was made"),
+        "{}",
+        stderr(&o)
+    );
+    let expected = reference::run(&fs::read_to_string(&case.mixtape).unwrap(), &c.changes).unwrap();
+    support::assert_same_text(
+        "output",
+        &expected.output,
+        &fs::read_to_string(&out).unwrap(),
+    );
+
+    // --fresh discards a database that would otherwise be resumed.
+    let o = run(&case, &out, 2, &[("MIXTAPE_FAULT", "merge-partition@1")]);
+    assert!(!o.status.success());
+    let o = command(&case, &out, 2, &[])
+        .arg("--fresh")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("resuming"), "{}", stderr(&o));
+}
