@@ -223,7 +223,7 @@ fn sigint_exits_130_keeps_the_db_leaves_no_worker_and_resumes() {
     let case = case(80, 4000);
     let out = case.dir.path().join("int.json");
     let db = case.dir.path().join("int.json.work.db");
-    let mut child = command(&case, &out, 3, &[("MIXTAPE_BATCH", "2")])
+    let child = command(&case, &out, 3, &[("MIXTAPE_BATCH", "2")])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
