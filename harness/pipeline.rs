@@ -129,6 +129,15 @@ pub fn run(config: &Config) -> Result<u8> {
         Input::open("MIXTAPE", &config.mixtape)?,
         Input::open("CHANGES", &config.changes)?,
     ];
+    for (what, path) in [("OUTPUT", &config.output), ("work database", &config.db), ("rejects report", &config.rejects)] {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            anyhow::bail!("{what} directory {} does not exist", dir.display());
+        }
+    }
     let lock = workdb::RunLock::acquire(&config.db)?;
     let mut conn = open_or_create(config, &inputs, &ui)?;
     if let Some(done) = describe_resume(&conn)? {
