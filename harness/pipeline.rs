@@ -129,7 +129,11 @@ pub fn run(config: &Config) -> Result<u8> {
         Input::open("MIXTAPE", &config.mixtape)?,
         Input::open("CHANGES", &config.changes)?,
     ];
-    for (what, path) in [("OUTPUT", &config.output), ("work database", &config.db), ("rejects report", &config.rejects)] {
+    for (what, path) in [
+        ("OUTPUT", &config.output),
+        ("work database", &config.db),
+        ("rejects report", &config.rejects),
+    ] {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),

@@ -346,16 +346,29 @@ impl<R: Read> Scanner<R> {
                         }
                         Some(b'u') => {
                             self.pos += 1;
-                            for _ in 0..4 {
-                                match self.peek_byte()? {
-                                    Some(h) if h.is_ascii_hexdigit() => self.pos += 1,
-                                    _ => {
-                                        return Err(self.error_at(
-                                            at,
-                                            "invalid \\u escape: expected four hex digits",
-                                        ))
+                            let unit = self.hex4(at)?;
+                            // Escapes must spell Unicode text: a high surrogate
+                            // needs a low one right after it, a low one alone is
+                            // not a character (serde_json agrees).
+                            if (0xD800..0xDC00).contains(&unit) {
+                                let low = if self.peek_byte()? == Some(b'\\') {
+                                    self.pos += 1;
+                                    if self.peek_byte()? == Some(b'u') {
+                                        self.pos += 1;
+                                        Some(self.hex4(at)?)
+                                    } else {
+                                        None
                                     }
+                                } else {
+                                    None
+                                };
+                                if !low.is_some_and(|l| (0xDC00..0xE000).contains(&l)) {
+                                    return Err(
+                                        self.error_at(at, "invalid \\u escape: lone surrogate")
+                                    );
                                 }
+                            } else if (0xDC00..0xE000).contains(&unit) {
+                                return Err(self.error_at(at, "invalid \\u escape: lone surrogate"));
                             }
                         }
                         Some(_) => return Err(self.error_at(at, "invalid escape in string")),
@@ -371,6 +384,21 @@ impl<R: Read> Scanner<R> {
                 _ => self.utf8_char(b)?,
             }
         }
+    }
+
+    /// Four hex digits of a `\\u` escape (the escape began at `at`).
+    fn hex4(&mut self, at: u64) -> ScanResult<u32> {
+        let mut unit = 0u32;
+        for _ in 0..4 {
+            match self.peek_byte()? {
+                Some(h) if h.is_ascii_hexdigit() => {
+                    unit = unit * 16 + (h as char).to_digit(16).expect("hex digit");
+                    self.pos += 1;
+                }
+                _ => return Err(self.error_at(at, "invalid \\u escape: expected four hex digits")),
+            }
+        }
+        Ok(unit)
     }
 
     /// Checks one multi-byte UTF-8 character starting with `lead`.
@@ -543,6 +571,11 @@ mod tests {
             b"\"a\x01b\"",
             b"\"\\x\"",
             b"\"\\u12G4\"",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"\\ud800\\u0041\"",
+            b"\"\\ud800x\"",
+            b"\"\\ud83d\\ude00\"",
             b"\"\xff\"",
             b"\"\xc3\"",
             b"\"\xed\xa0\x80\"",

@@ -1,0 +1,168 @@
+//! A long-running randomized test (our fuzzer) for the boundary scanner and the
+//! change parser: mutated JSON never panics, the scanner accepts exactly what
+//! serde_json accepts, and what it cuts agrees with serde_json.
+//!
+//! `MIXTAPE_FUZZ_ITERS` sets the number of inputs (default 3000, a few seconds);
+//! README "Fuzzing" says how long it was run and what it found.
+
+mod support;
+
+use mixtape::scan::{ScanError, Scanner};
+use mixtape::{change, json};
+use support::gen::{self, Rng};
+
+fn iterations() -> u64 {
+    std::env::var("MIXTAPE_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
+}
+
+/// Tokens that make interesting insertions.
+const TOKENS: &[&[u8]] = &[
+    b"\"",
+    b"\\",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b" ",
+    b"\n",
+    b"\\u",
+    b"\\ud800",
+    b"0",
+    b"-",
+    b"1e",
+    b".",
+    b"true",
+    b"nul",
+    b"\xff",
+    b"\xc3\xa9",
+    b"\x00",
+    b"\t",
+    b"\"changes\":",
+];
+
+fn mutate(rng: &mut Rng, input: &mut Vec<u8>) {
+    for _ in 0..1 + rng.below(3) {
+        let at = if input.is_empty() {
+            0
+        } else {
+            rng.below(input.len() as u64 + 1) as usize
+        };
+        match rng.below(5) {
+            0 if !input.is_empty() => {
+                let i = at.min(input.len() - 1);
+                input[i] = rng.next() as u8;
+            }
+            1 if !input.is_empty() => {
+                let i = at.min(input.len() - 1);
+                input.remove(i);
+            }
+            2 => input.truncate(at),
+            _ => {
+                let t = TOKENS[rng.below(TOKENS.len() as u64) as usize];
+                input.splice(at..at, t.iter().copied());
+            }
+        }
+    }
+}
+
+/// Scans `text` as one document: a value, then only white space.
+fn scan_document(text: &[u8]) -> bool {
+    let mut s = Scanner::new(text, 0);
+    let result = (|| -> Result<(), ScanError> {
+        s.value()?;
+        match s.peek()? {
+            None => Ok(()),
+            Some(_) => Err(s.unexpected("end")),
+        }
+    })();
+    result.is_ok()
+}
+
+#[test]
+fn scanner_agrees_with_serde_json_on_mutated_documents() {
+    let mut rng = Rng::new(0xF022);
+    let n = iterations();
+    let mut accepted = 0u64;
+    for i in 0..n {
+        let case = gen::case(i, 8);
+        let mut text = if rng.chance(50) {
+            case.mixtape.into_bytes()
+        } else {
+            case.changes.into_bytes()
+        };
+        if !rng.chance(10) {
+            mutate(&mut rng, &mut text);
+        }
+        let ours = scan_document(&text);
+        let theirs = serde_json::from_slice::<serde_json::Value>(&text).is_ok();
+        assert_eq!(
+            ours,
+            theirs,
+            "iteration {i}: scanner {ours}, serde_json {theirs} on {:?}",
+            String::from_utf8_lossy(&text)
+        );
+        if ours {
+            accepted += 1;
+        }
+    }
+    assert!(
+        accepted > n / 20,
+        "too few mutated inputs stay valid: {accepted} of {n}"
+    );
+}
+
+/// For every value the scanner accepts: minify, split into members and read as a
+/// change without panicking, and the split agrees with serde_json.
+#[test]
+fn change_parser_never_panics_and_splits_like_serde_json() {
+    let mut rng = Rng::new(0xC4A6);
+    let n = iterations();
+    for i in 0..n {
+        let case = gen::case(i, 6);
+        let mut text = case.changes.into_bytes();
+        mutate(&mut rng, &mut text);
+        if !scan_document(&text) {
+            continue;
+        }
+        let minified = json::minify(&text);
+        let parsed = change::parse(&minified);
+        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        match (json::object_members(&minified), &value) {
+            (Some(members), serde_json::Value::Object(map)) => {
+                // Same member names (serde_json keeps the last of a repeated name).
+                let names: std::collections::BTreeSet<String> = members
+                    .iter()
+                    .map(|(k, _)| json::key_name(k).unwrap().into_owned())
+                    .collect();
+                let theirs: std::collections::BTreeSet<String> = map.keys().cloned().collect();
+                assert_eq!(names, theirs, "iteration {i}");
+                for (k, v) in &members {
+                    let v: serde_json::Value = serde_json::from_slice(v).unwrap();
+                    let name = json::key_name(k).unwrap();
+                    if members
+                        .iter()
+                        .filter(|(k2, _)| json::key_name(k2).unwrap() == name)
+                        .count()
+                        == 1
+                    {
+                        assert_eq!(&v, &map[name.as_ref()], "iteration {i}");
+                    }
+                }
+            }
+            (None, serde_json::Value::Object(_)) => {
+                panic!("iteration {i}: an object was not split")
+            }
+            (Some(_), _) => panic!("iteration {i}: a non-object was split"),
+            (None, _) => assert_eq!(parsed.change.unwrap_err(), "change is not an object"),
+        }
+        if let serde_json::Value::Array(items) = &value {
+            let ours = json::array_elements(&minified).expect("an array splits");
+            assert_eq!(ours.len(), items.len(), "iteration {i}");
+        }
+    }
+}
