@@ -124,6 +124,7 @@ fn describe_resume(conn: &Connection) -> Result<Option<String>> {
 /// Runs the job; returns the exit code.
 pub fn run(config: &Config) -> Result<u8> {
     let started = Instant::now();
+    let mut times = StageTimes::default();
     let ui = Ui::new(config.draw_progress);
     let inputs = [
         Input::open("MIXTAPE", &config.mixtape)?,
@@ -160,6 +161,7 @@ pub fn run(config: &Config) -> Result<u8> {
 
     if !workdb::is_done(&conn, "import")? {
         let size = std::fs::metadata(&config.mixtape)?.len();
+        let _t = times.start(0);
         let bar = ui.bytes_bar("import", size);
         let figures = import::import(&mut conn, &config.mixtape, &mut |b| bar.set(b))?;
         bar.finish(&format!(
@@ -174,6 +176,7 @@ pub fn run(config: &Config) -> Result<u8> {
 
     if !workdb::is_done(&conn, "plan")? {
         let size = std::fs::metadata(&config.changes)?.len();
+        let _t = times.start(1);
         let bar = ui.bytes_bar("plan", size);
         let planned = plan::plan(&config.changes, config.workers, &mut |b| bar.set(b))?;
         plan::store(&mut conn, &planned, size)?;
@@ -215,6 +218,7 @@ pub fn run(config: &Config) -> Result<u8> {
         let worker = std::env::current_exe()
             .context("finding the harness executable")?
             .with_file_name("worker");
+        let _t = times.start(2);
         workers::run(&worker, &config.db, &pending, &ui)?;
         workdb::checkpoint(&conn)?;
     }
@@ -224,6 +228,7 @@ pub fn run(config: &Config) -> Result<u8> {
 
     if !workdb::is_done(&conn, "merge")? {
         let partitions = workdb::meta_number(&conn, "partitions")?;
+        let _t = times.start(3);
         let bar = ui.count_bar("merge", partitions);
         merge::merge(&mut conn, &mut |done, _| bar.set(done))?;
         bar.finish(&format!("{partitions} partitions"));
@@ -233,6 +238,7 @@ pub fn run(config: &Config) -> Result<u8> {
         return stopped("merge");
     }
 
+    let export_started = times.start(4);
     let bar = ui.count_bar("export", 2);
     let by_reason = export::rejects_by_reason(&conn)?;
     let rejected: u64 = by_reason.iter().map(|(_, n)| n).sum();
@@ -256,6 +262,7 @@ pub fn run(config: &Config) -> Result<u8> {
         )
     });
 
+    drop(export_started);
     let changes = workdb::meta_number(&conn, "changes")?;
     let warnings = workdb::meta_number(&conn, "warnings")?;
     let reasons = if by_reason.is_empty() {
@@ -270,10 +277,14 @@ pub fn run(config: &Config) -> Result<u8> {
         String::new()
     };
     ui.final_message(&format!(
-        "harness: {changes} changes read, {} applied, {rejected} rejected{reasons}{warning_text}; {:.2}s",
+        "harness: {changes} changes read, {} applied, {rejected} rejected{reasons}{warning_text}; {:.2}s ({})",
         changes - rejected.min(changes),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        times.describe()
     ));
+    if std::env::var_os("MIXTAPE_BENCH").is_some() {
+        ui.final_message(&times.bench_line(started.elapsed().as_secs_f64()));
+    }
 
     if strict_failure {
         ui.final_message(&format!(
@@ -288,4 +299,64 @@ pub fn run(config: &Config) -> Result<u8> {
     }
     lock.release_and_remove();
     Ok(exit_codes::SUCCESS)
+}
+
+/// Wall time of each stage this run did (a resumed run skips some).
+#[derive(Default)]
+struct StageTimes {
+    seconds: std::rc::Rc<std::cell::RefCell<[Option<f64>; 5]>>,
+}
+
+const STAGE_NAMES: [&str; 5] = ["import", "plan", "apply", "merge", "export"];
+
+/// Adds the time until it is dropped to its stage.
+struct StageTimer {
+    stage: usize,
+    started: Instant,
+    seconds: std::rc::Rc<std::cell::RefCell<[Option<f64>; 5]>>,
+}
+
+impl Drop for StageTimer {
+    fn drop(&mut self) {
+        self.seconds.borrow_mut()[self.stage] = Some(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl StageTimes {
+    fn start(&mut self, stage: usize) -> StageTimer {
+        StageTimer {
+            stage,
+            started: Instant::now(),
+            seconds: self.seconds.clone(),
+        }
+    }
+
+    /// `import 1.20s, plan 0.40s, ...` for the stages this run did.
+    fn describe(&self) -> String {
+        let seconds = self.seconds.borrow();
+        let done: Vec<String> = STAGE_NAMES
+            .iter()
+            .zip(seconds.iter())
+            .filter_map(|(name, s)| s.map(|s| format!("{name} {s:.2}s")))
+            .collect();
+        done.join(", ")
+    }
+
+    /// One machine-readable line for the benchmark (`MIXTAPE_BENCH=1`): stage
+    /// times, total, and the peak RSS of the harness and of its largest worker.
+    fn bench_line(&self, total: f64) -> String {
+        use nix::sys::resource::{getrusage, UsageWho};
+        let rss = |who| getrusage(who).map(|u| u.max_rss()).unwrap_or(0);
+        let seconds = self.seconds.borrow();
+        let mut line = String::from("bench:");
+        for (name, s) in STAGE_NAMES.iter().zip(seconds.iter()) {
+            line.push_str(&format!(" {name}={:.3}", s.unwrap_or(0.0)));
+        }
+        line.push_str(&format!(
+            " total={total:.3} harness_rss_kb={} worker_rss_kb={}",
+            rss(UsageWho::RUSAGE_SELF),
+            rss(UsageWho::RUSAGE_CHILDREN)
+        ));
+        line
+    }
 }

@@ -125,15 +125,32 @@ pub fn write_output(conn: &Connection, path: &Path) -> Result<()> {
         })?;
         out.write_all(b",\n")?;
         write_array(out, "playlists", &mut |each| {
-            let mut stmt = conn.prepare(
-                "SELECT p.raw, r.state, r.json FROM playlists p
-                 LEFT JOIN results r ON r.id = p.id ORDER BY p.seq",
+            // Two streams in document order, joined as they go: the document's
+            // playlists, and the merge's results about them (sorted once here).
+            let mut docs = conn.prepare("SELECT seq, raw FROM playlists ORDER BY seq")?;
+            let mut docs = docs.query([])?;
+            let mut fates = conn.prepare(
+                "SELECT doc_seq, state, json FROM results WHERE doc_seq IS NOT NULL ORDER BY doc_seq",
             )?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                match row.get::<_, Option<i64>>(1)? {
-                    None => each(row.get_ref(0)?.as_bytes()?)?,
-                    Some(RESULT_CHANGED) => each(row.get_ref(2)?.as_bytes()?)?,
+            let mut fates = fates.query([])?;
+            let mut fate = fates.next()?;
+            while let Some(doc) = docs.next()? {
+                let seq: i64 = doc.get(0)?;
+                while let Some(f) = fate {
+                    if f.get::<_, i64>(0)? >= seq {
+                        break;
+                    }
+                    fate = fates.next()?;
+                }
+                let this_fate = match fate {
+                    Some(f) if f.get::<_, i64>(0)? == seq => Some(f),
+                    _ => None,
+                };
+                match this_fate {
+                    None => each(doc.get_ref(1)?.as_bytes()?)?,
+                    Some(f) if f.get::<_, i64>(1)? == RESULT_CHANGED => {
+                        each(f.get_ref(2)?.as_bytes()?)?
+                    }
                     Some(_) => {} // removed, or removed and created anew (written below)
                 }
             }

@@ -129,7 +129,9 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
 }
 
 fn merge_partition(conn: &Connection, cx: &Context_, blobs: &[Vec<u8>]) -> Result<()> {
-    let mut by_playlist: Vec<(Cow<str>, Recorded)> = Vec::new();
+    // (hash of the playlist id, its text, the change): sorting on the hash
+    // first keeps string comparisons out of the sort's inner loop.
+    let mut by_playlist: Vec<(u64, Cow<str>, Recorded)> = Vec::new();
     let mut insert_result = conn
         .prepare_cached("INSERT INTO results(id, state, created, json) VALUES (?1, ?2, ?3, ?4)")?;
     for blob in blobs {
@@ -152,20 +154,37 @@ fn merge_partition(conn: &Connection, cx: &Context_, blobs: &[Vec<u8>]) -> Resul
                     let json = render_new(cx, &id_written, owner, songs.iter().copied(), copied);
                     insert_result.execute(params![id, RESULT_NEW, rec.index, json])?;
                 }
-                (_, Some(playlist)) => by_playlist.push((text(playlist), rec)),
+                (_, Some(playlist)) => {
+                    let t = text(playlist);
+                    by_playlist.push((crate::fingerprint::fnv1a(t.as_bytes()), t, rec));
+                }
                 (_, None) => unreachable!("only automatic ids have no playlist"),
             }
         }
     }
-    by_playlist.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.index.cmp(&b.1.index)));
+    by_playlist.sort_unstable_by_key(|(hash, _, rec)| (*hash, rec.index));
     let mut start = 0;
     while start < by_playlist.len() {
-        let id = &by_playlist[start].0;
+        let hash = by_playlist[start].0;
         let mut end = start + 1;
-        while end < by_playlist.len() && by_playlist[end].0 == *id {
+        while end < by_playlist.len() && by_playlist[end].0 == hash {
             end += 1;
         }
-        replay(conn, cx, id, by_playlist[start..end].iter().map(|(_, r)| r))?;
+        let run = &mut by_playlist[start..end];
+        // Two ids with one hash: order the run by id text too (stable, so index
+        // order holds within each id).
+        if run.iter().any(|r| r.1 != run[0].1) {
+            run.sort_by(|a, b| a.1.cmp(&b.1));
+        }
+        let mut i = 0;
+        while i < run.len() {
+            let mut j = i + 1;
+            while j < run.len() && run[j].1 == run[i].1 {
+                j += 1;
+            }
+            replay(conn, cx, &run[i].1, run[i..j].iter().map(|(_, _, r)| r))?;
+            i = j;
+        }
         start = end;
     }
     Ok(())
@@ -178,11 +197,11 @@ fn replay<'a>(
     id: &str,
     records: impl Iterator<Item = &'a Recorded<'a>>,
 ) -> Result<()> {
-    let document: Option<String> = conn
-        .prepare_cached("SELECT raw FROM playlists WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
+    let document: Option<(i64, String)> = conn
+        .prepare_cached("SELECT seq, raw FROM playlists WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let mut state = document.as_ref().map(|raw| {
+    let mut state = document.as_ref().map(|(_, raw)| {
         let members = json::object_members(raw.as_bytes()).unwrap_or_default();
         let songs: Vec<Vec<u8>> = json::member(&members, "song_ids")
             .and_then(json::array_elements)
@@ -279,14 +298,22 @@ fn replay<'a>(
             reject.execute(params![rec.index, format!("\"{op}\""), reason, detail])?;
         }
     }
-    let mut insert = conn
-        .prepare_cached("INSERT INTO results(id, state, created, json) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO results(id, state, doc_seq, created, json) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let doc_seq = document.as_ref().map(|(seq, _)| *seq);
     match (&document, state) {
         (Some(_), None) => {
-            insert.execute(params![id, RESULT_REMOVED, None::<u64>, None::<String>])?;
+            insert.execute(params![
+                id,
+                RESULT_REMOVED,
+                doc_seq,
+                None::<u64>,
+                None::<String>
+            ])?;
         }
         (
-            Some(raw),
+            Some((_, raw)),
             Some(Playlist {
                 songs,
                 origin: Origin::Document { changed: true },
@@ -294,7 +321,7 @@ fn replay<'a>(
             }),
         ) => {
             let json = render_changed(raw.as_bytes(), &songs);
-            insert.execute(params![id, RESULT_CHANGED, None::<u64>, json])?;
+            insert.execute(params![id, RESULT_CHANGED, doc_seq, None::<u64>, json])?;
         }
         (
             _,
@@ -317,7 +344,7 @@ fn replay<'a>(
                 songs.iter().map(Vec::as_slice),
                 &copied,
             );
-            insert.execute(params![id, RESULT_NEW, created, json])?;
+            insert.execute(params![id, RESULT_NEW, doc_seq, created, json])?;
         }
         _ => {}
     }

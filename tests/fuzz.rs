@@ -99,7 +99,13 @@ fn scanner_agrees_with_serde_json_on_mutated_documents() {
             mutate(&mut rng, &mut text);
         }
         let ours = scan_document(&text);
-        let theirs = serde_json::from_slice::<serde_json::Value>(&text).is_ok();
+        let theirs = match serde_json::from_slice::<serde_json::Value>(&text) {
+            Ok(_) => true,
+            // serde_json cannot hold 1e400 in an f64; JSON allows it, and the
+            // tool keeps numbers as written. Not a disagreement about syntax.
+            Err(e) if e.to_string().starts_with("number out of range") => continue,
+            Err(_) => false,
+        };
         assert_eq!(
             ours,
             theirs,
@@ -131,7 +137,11 @@ fn change_parser_never_panics_and_splits_like_serde_json() {
         }
         let minified = json::minify(&text);
         let parsed = change::parse(&minified);
-        let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        let value: serde_json::Value = match serde_json::from_slice(&text) {
+            Ok(v) => v,
+            Err(e) if e.to_string().starts_with("number out of range") => continue,
+            Err(e) => panic!("iteration {i}: the scanner accepted what serde_json rejects: {e}"),
+        };
         match (json::object_members(&minified), &value) {
             (Some(members), serde_json::Value::Object(map)) => {
                 // Same member names (serde_json keeps the last of a repeated name).

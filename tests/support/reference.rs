@@ -9,27 +9,50 @@
 //! format, documented in the README): elements are written minified, and the
 //! detail messages of rejects.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-/// A JSON object with its members in order, values raw.
-struct Object(Vec<(String, Box<RawValue>)>);
+/// A member name, borrowed from the text unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Object {
+impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Object;
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON object with its members in order, values raw, borrowed from the text.
+struct Object<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Object<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Object<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
                 let mut members = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
-                    members.push(entry);
+                while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    members.push((k.0, v));
                 }
                 Ok(Object(members))
             }
@@ -38,12 +61,12 @@ impl<'de> Deserialize<'de> for Object {
     }
 }
 
-impl Object {
-    fn parse(raw: &str) -> Option<Object> {
+impl<'a> Object<'a> {
+    fn parse(raw: &'a str) -> Option<Object<'a>> {
         serde_json::from_str(raw).ok()
     }
     /// The first member called `name` (a repeated member counts once, first).
-    fn get(&self, name: &str) -> Option<&str> {
+    fn get(&self, name: &str) -> Option<&'a str> {
         self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.get())
     }
 }
@@ -115,17 +138,18 @@ struct Live {
     doc: usize,
     id_written: String,
     owner_written: String,
-    songs: Vec<String>,
+    /// (id text, id as written) of each song, in order.
+    songs: Vec<(String, String)>,
     copied: Vec<(String, String)>,
     changed: bool,
 }
 
 /// The changes of a changes file, raw, in order (SPEC §3).
-fn changes_of(text: &str) -> Result<Vec<Box<RawValue>>, String> {
+fn changes_of(text: &str) -> Result<Vec<&RawValue>, String> {
     let t = text.trim_start_matches('\u{feff}').trim_start();
-    let stream = || -> Result<Vec<Box<RawValue>>, String> {
+    let stream = || -> Result<Vec<&RawValue>, String> {
         serde_json::Deserializer::from_str(t)
-            .into_iter::<Box<RawValue>>()
+            .into_iter::<&RawValue>()
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())
     };
@@ -133,8 +157,8 @@ fn changes_of(text: &str) -> Result<Vec<Box<RawValue>>, String> {
         return serde_json::from_str(t).map_err(|e| e.to_string());
     }
     if t.starts_with('{') {
-        let first: Box<RawValue> = serde_json::Deserializer::from_str(t)
-            .into_iter::<Box<RawValue>>()
+        let first: &RawValue = serde_json::Deserializer::from_str(t)
+            .into_iter::<&RawValue>()
             .next()
             .unwrap()
             .map_err(|e| e.to_string())?;
@@ -155,8 +179,8 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
     let mut extras = Vec::new();
     for (key, value) in &top.0 {
         let list =
-            || serde_json::from_str::<Vec<Box<RawValue>>>(value.get()).map_err(|e| e.to_string());
-        match key.as_str() {
+            || serde_json::from_str::<Vec<&RawValue>>(value.get()).map_err(|e| e.to_string());
+        match key.as_ref() {
             "users" => users_raw = list()?,
             "playlists" => playlists_raw = list()?,
             "songs" => songs_raw = list()?,
@@ -164,7 +188,7 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
         }
     }
     // id text -> id as written, for users and songs.
-    let index = |elements: &[Box<RawValue>]| -> Result<HashMap<String, String>, String> {
+    let index = |elements: &[&RawValue]| -> Result<HashMap<String, String>, String> {
         let mut ids = HashMap::new();
         for e in elements {
             let o = Object::parse(e.get()).ok_or("element is not an object")?;
@@ -185,11 +209,11 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
         let o = Object::parse(e.get()).ok_or("playlist is not an object")?;
         let text = id_text(o.get("id").ok_or("playlist has no id")?).ok_or("invalid id")?;
         max_id = max_id.max(auto_value(&text).unwrap_or(0));
-        let song_list: Vec<String> = match o.get("song_ids") {
-            Some(raw) => serde_json::from_str::<Vec<Box<RawValue>>>(raw)
+        let song_list: Vec<(String, String)> = match o.get("song_ids") {
+            Some(raw) => serde_json::from_str::<Vec<&RawValue>>(raw)
                 .map_err(|e| e.to_string())?
                 .iter()
-                .map(|s| minify(s.get()))
+                .map(|s| (id_text(s.get()).unwrap_or_default(), minify(s.get())))
                 .collect(),
             None => vec![],
         };
@@ -211,7 +235,7 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
             members: o
                 .0
                 .iter()
-                .map(|(k, v)| (k.clone(), minify(v.get())))
+                .map(|(k, v)| (k.to_string(), minify(v.get())))
                 .collect(),
         });
     }
@@ -221,8 +245,9 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
     };
 
     let changes = changes_of(changes)?;
-    let objects: Vec<Option<Object>> = changes.iter().map(|c| Object::parse(c.get())).collect();
-    for o in objects.iter().flatten() {
+    // Two passes over the changes, parsing each twice, rather than holding five
+    // million parsed objects: M needs every playlist_id before the first change.
+    for o in changes.iter().filter_map(|c| Object::parse(c.get())) {
         if let Some(t) = o.get("playlist_id").and_then(id_text) {
             max_id = max_id.max(auto_value(&t).unwrap_or(0));
         }
@@ -231,10 +256,11 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
     let mut created_order: Vec<(usize, String)> = Vec::new();
     let mut rejects = String::new();
     let mut rejected = 0;
-    for (index, object) in objects.iter().enumerate() {
+    for (index, change) in changes.iter().enumerate() {
+        let object = Object::parse(change.get());
         let outcome = apply_one(
             index,
-            object,
+            &object,
             &users,
             &songs,
             &mut live,
@@ -258,7 +284,8 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
                 if !l.changed {
                     playlists_out.push(d.minified.clone());
                 } else {
-                    let list = format!("[{}]", l.songs.join(","));
+                    let written: Vec<&str> = l.songs.iter().map(|(_, w)| w.as_str()).collect();
+                    let list = format!("[{}]", written.join(","));
                     let mut members: Vec<String> = Vec::new();
                     let mut replaced = false;
                     for (k, v) in &d.members {
@@ -286,7 +313,11 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
                     l.id_written,
                     quoted(owner_key),
                     l.owner_written,
-                    l.songs.join(",")
+                    l.songs
+                        .iter()
+                        .map(|(_, w)| w.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 );
                 for (k, v) in &l.copied {
                     s.push_str(&format!(",{}:{v}", quoted(k)));
@@ -303,7 +334,7 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
             format!("\"{name}\": [\n{}\n]", items.join(",\n"))
         }
     };
-    let minified = |list: &[Box<RawValue>]| list.iter().map(|e| minify(e.get())).collect();
+    let minified = |list: &[&RawValue]| list.iter().map(|e| minify(e.get())).collect();
     let mut output = String::from("{\n");
     output.push_str(&array("users", minified(&users_raw)));
     output.push_str(",\n");
@@ -379,7 +410,7 @@ fn apply_one(
             let list_raw = o
                 .get("song_ids")
                 .ok_or_else(|| invalid("missing member song_ids".into()))?;
-            let list: Vec<String> = serde_json::from_str::<Vec<Box<RawValue>>>(list_raw)
+            let list: Vec<String> = serde_json::from_str::<Vec<&RawValue>>(list_raw)
                 .ok()
                 .and_then(|l| {
                     l.iter()
@@ -422,9 +453,9 @@ fn apply_one(
                 o.0.iter()
                     .filter(|(k, _)| {
                         !["op", "id", "owner_id", "user_id", "song_ids", "playlist_id"]
-                            .contains(&k.as_str())
+                            .contains(&k.as_ref())
                     })
-                    .map(|(k, v)| (k.clone(), minify(v.get())))
+                    .map(|(k, v)| (k.to_string(), minify(v.get())))
                     .collect();
             live.insert(
                 text.clone(),
@@ -433,7 +464,7 @@ fn apply_one(
                     doc: usize::MAX,
                     id_written: written,
                     owner_written: owner_written.clone(),
-                    songs: list.iter().map(|s| songs[s].clone()).collect(),
+                    songs: list.iter().map(|s| (s.clone(), songs[s].clone())).collect(),
                     copied,
                     changed: false,
                 },
@@ -450,17 +481,14 @@ fn apply_one(
         }
         _ => {
             let (p, _) = id("playlist_id")?;
-            let (s, s_written) = id("song_id")?;
+            let (s, _) = id("song_id")?;
             if op == "add_song" && !songs.contains_key(&s) {
                 return reject("unknown_song", format!("song {s} does not exist"));
             }
             let Some(pl) = live.get_mut(&p) else {
                 return reject("unknown_playlist", format!("playlist {p} does not exist"));
             };
-            let holds = pl
-                .songs
-                .iter()
-                .any(|w| id_text(w).as_deref() == Some(s.as_str()));
+            let holds = pl.songs.iter().any(|(t, _)| *t == s);
             if op == "add_song" {
                 if holds {
                     return reject(
@@ -468,7 +496,7 @@ fn apply_one(
                         format!("song {s} is already in playlist {p}"),
                     );
                 }
-                pl.songs.push(songs[&s].clone());
+                pl.songs.push((s.clone(), songs[&s].clone()));
             } else {
                 if !holds {
                     return reject(
@@ -476,9 +504,7 @@ fn apply_one(
                         format!("song {s} is not in playlist {p}"),
                     );
                 }
-                pl.songs
-                    .retain(|w| id_text(w).as_deref() != Some(s.as_str()));
-                let _ = s_written;
+                pl.songs.retain(|(t, _)| *t != s);
             }
             pl.changed = true;
             Ok(())

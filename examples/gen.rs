@@ -1,0 +1,271 @@
+//! Benchmark case generator: `cargo run --release --example gen -- SIZE DIR [SEED]`.
+//!
+//! Writes `DIR/mixtape.json` and `DIR/changes.jsonl` for a named size:
+//!
+//! | size | changes | users | songs | playlists |
+//! |---|---|---|---|---|
+//! | S | the bundled fixtures (copied) | 7 | 40 | 3 |
+//! | M | 1,000,000 | 20,000 | 200,000 | 40,000 |
+//! | L | 5,000,000 | 100,000 | 1,000,000 | 200,000 |
+//! | XL | 50,000,000 | 100,000 | 1,000,000 | 200,000 |
+//!
+//! The mix is realistic: mostly `add_song`, some `remove_song` (of songs the
+//! playlist holds), `add_playlist` (half with an id, half automatic) and
+//! `remove_playlist`, and a few percent of rejects of every kind. It streams
+//! (memory: the playlists' song lists, a few hundred MB for XL) and is seeded,
+//! so a case is the same bytes every time.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// xorshift64*: fast and good enough for data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        ((self.next() >> 32) * n) >> 32
+    }
+    fn percent(&mut self) -> u64 {
+        self.below(100)
+    }
+}
+
+struct Size {
+    changes: u64,
+    users: u64,
+    songs: u64,
+    playlists: u64,
+}
+
+fn size(name: &str) -> Option<Size> {
+    Some(match name {
+        "M" => Size {
+            changes: 1_000_000,
+            users: 20_000,
+            songs: 200_000,
+            playlists: 40_000,
+        },
+        "L" => Size {
+            changes: 5_000_000,
+            users: 100_000,
+            songs: 1_000_000,
+            playlists: 200_000,
+        },
+        "XL" => Size {
+            changes: 50_000_000,
+            users: 100_000,
+            songs: 1_000_000,
+            playlists: 200_000,
+        },
+        _ => return None,
+    })
+}
+
+const ARTISTS: [&str; 8] = [
+    "Zedd",
+    "Drake",
+    "Bebe Rexha",
+    "Maroon 5",
+    "The Weeknd",
+    "Imagine Dragons",
+    "Camila Cabello",
+    "Dua Lipa",
+];
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: gen S|M|L|XL DIR [SEED]");
+        std::process::exit(2);
+    }
+    let dir = PathBuf::from(&args[2]);
+    std::fs::create_dir_all(&dir)?;
+    let seed: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+    if args[1] == "S" {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        std::fs::copy(fixtures.join("mixtape.json"), dir.join("mixtape.json"))?;
+        std::fs::copy(fixtures.join("changes.json"), dir.join("changes.jsonl"))?;
+        return Ok(());
+    }
+    let Some(size) = size(&args[1]) else {
+        eprintln!("unknown size {} (S, M, L or XL)", args[1]);
+        std::process::exit(2);
+    };
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let started = std::time::Instant::now();
+
+    // The document: users, playlists, songs, one element per line.
+    let mut songs_of: Vec<Vec<u32>> = Vec::with_capacity(size.playlists as usize);
+    {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(dir.join("mixtape.json"))?);
+        writeln!(out, "{{\"users\": [")?;
+        for u in 1..=size.users {
+            let sep = if u < size.users { "," } else { "" };
+            writeln!(out, "{{\"id\": \"{u}\", \"name\": \"User {u}\"}}{sep}")?;
+        }
+        writeln!(out, "],\n\"playlists\": [")?;
+        for p in 1..=size.playlists {
+            let n = 1 + rng.below(20);
+            let mut list = Vec::with_capacity(n as usize);
+            while (list.len() as u64) < n {
+                let s = 1 + rng.below(size.songs) as u32;
+                if !list.contains(&s) {
+                    list.push(s);
+                }
+            }
+            let owner = 1 + rng.below(size.users);
+            write!(
+                out,
+                "{{\"id\": \"{p}\", \"owner_id\": \"{owner}\", \"song_ids\": ["
+            )?;
+            for (i, s) in list.iter().enumerate() {
+                write!(out, "{}\"{s}\"", if i > 0 { ", " } else { "" })?;
+            }
+            let sep = if p < size.playlists { "," } else { "" };
+            writeln!(out, "]}}{sep}")?;
+            songs_of.push(list);
+        }
+        writeln!(out, "],\n\"songs\": [")?;
+        for s in 1..=size.songs {
+            let sep = if s < size.songs { "," } else { "" };
+            let artist = ARTISTS[(s % ARTISTS.len() as u64) as usize];
+            writeln!(
+                out,
+                "{{\"id\": \"{s}\", \"artist\": \"{artist}\", \"title\": \"Song {s}\"}}{sep}"
+            )?;
+        }
+        writeln!(out, "]}}")?;
+        out.flush()?;
+    }
+
+    // The changes, JSON Lines. Playlists alive are tracked roughly so that most
+    // changes apply; `None` marks a removed playlist.
+    let mut alive: Vec<Option<u64>> = (1..=size.playlists).map(Some).collect();
+    let mut next_explicit = size.playlists + 1_000_000;
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(dir.join("changes.jsonl"))?);
+    for _ in 0..size.changes {
+        // Mostly changes to live playlists: retry a few times past removed ones.
+        let mut slot = rng.below(alive.len() as u64) as usize;
+        for _ in 0..4 {
+            if alive[slot].is_some() {
+                break;
+            }
+            slot = rng.below(alive.len() as u64) as usize;
+        }
+        let roll = rng.percent();
+        match (roll, alive[slot]) {
+            (0..=69, Some(p)) => {
+                // add_song; 2% of songs do not exist.
+                let song = if rng.percent() < 2 {
+                    size.songs + 1 + rng.below(1000)
+                } else {
+                    1 + rng.below(size.songs)
+                };
+                writeln!(
+                    out,
+                    "{{\"op\":\"add_song\",\"playlist_id\":\"{p}\",\"song_id\":\"{song}\"}}"
+                )?;
+                if song <= size.songs && songs_of[slot].len() < 1000 {
+                    songs_of[slot].push(song as u32);
+                }
+            }
+            (70..=84, Some(p)) => {
+                let list = &mut songs_of[slot];
+                let song = if list.is_empty() || rng.percent() < 5 {
+                    1 + rng.below(size.songs)
+                } else {
+                    let i = rng.below(list.len() as u64) as usize;
+                    u64::from(list.swap_remove(i))
+                };
+                writeln!(
+                    out,
+                    "{{\"op\":\"remove_song\",\"playlist_id\":\"{p}\",\"song_id\":\"{song}\"}}"
+                )?;
+            }
+            (85..=93, _) => {
+                let owner = if rng.percent() < 1 {
+                    size.users + 7
+                } else {
+                    1 + rng.below(size.users)
+                };
+                let n = 1 + rng.below(10);
+                let mut list = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    list.push(1 + rng.below(size.songs) as u32);
+                }
+                write!(
+                    out,
+                    "{{\"op\":\"add_playlist\",\"owner_id\":\"{owner}\",\"song_ids\":["
+                )?;
+                for (i, s) in list.iter().enumerate() {
+                    write!(out, "{}\"{s}\"", if i > 0 { "," } else { "" })?;
+                }
+                write!(out, "],\"name\":\"Mix {}\"", rng.below(1_000_000))?;
+                if rng.percent() < 50 {
+                    writeln!(out, ",\"playlist_id\":\"{next_explicit}\"}}")?;
+                    alive.push(Some(next_explicit));
+                    songs_of.push(list);
+                    next_explicit += 1;
+                } else {
+                    writeln!(out, "}}")?;
+                }
+            }
+            (94..=95, Some(p)) => {
+                writeln!(
+                    out,
+                    "{{\"op\":\"remove_playlist\",\"playlist_id\":\"{p}\"}}"
+                )?;
+                alive[slot] = None;
+                songs_of[slot].clear();
+            }
+            (96..=98, None) => {
+                // A removed playlist comes back.
+                let p = (slot as u64) + 1;
+                let p = if p <= size.playlists {
+                    p
+                } else {
+                    size.playlists + 1_000_000 + p - size.playlists - 1
+                };
+                writeln!(
+                    out,
+                    "{{\"op\":\"add_playlist\",\"owner_id\":\"{}\",\"song_ids\":[\"{}\"],\"playlist_id\":\"{p}\"}}",
+                    1 + rng.below(size.users),
+                    1 + rng.below(size.songs)
+                )?;
+                alive[slot] = Some(p);
+            }
+            (_, Some(p)) if roll >= 99 => {
+                writeln!(
+                    out,
+                    "{{\"op\":\"rename\",\"playlist_id\":\"{p}\",\"name\":\"x\"}}"
+                )?;
+            }
+            (_, p) => {
+                // add_song on whatever this slot is (unknown_playlist when removed).
+                let p = p.unwrap_or(slot as u64 + 1);
+                writeln!(
+                    out,
+                    "{{\"op\":\"add_song\",\"playlist_id\":\"{p}\",\"song_id\":\"{}\"}}",
+                    1 + rng.below(size.songs)
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    let bytes = std::fs::metadata(dir.join("changes.jsonl"))?.len();
+    eprintln!(
+        "gen {}: {} changes ({} MB) in {:.1}s",
+        args[1],
+        size.changes,
+        bytes >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
