@@ -151,11 +151,14 @@ pub fn run(config: &Config) -> Result<u8> {
             config.db.display()
         ));
     }
-    let stopped = |stage: &str| {
+    let stopped = |stage: &str, times: &StageTimes| {
         ui.message(&format!(
             "harness: stopped after {stage}; the work database is kept at {} (run the same command without --stop-after to continue)",
             config.db.display()
         ));
+        if std::env::var_os("MIXTAPE_BENCH").is_some() {
+            ui.final_message(&times.bench_line(started.elapsed().as_secs_f64()));
+        }
         Ok(exit_codes::SUCCESS)
     };
 
@@ -171,7 +174,7 @@ pub fn run(config: &Config) -> Result<u8> {
     }
     mixtape::interrupt::check()?;
     if config.stop_after == Some(Stage::Import) {
-        return stopped("import");
+        return stopped("import", &times);
     }
 
     if !workdb::is_done(&conn, "plan")? {
@@ -189,7 +192,7 @@ pub fn run(config: &Config) -> Result<u8> {
     }
     mixtape::interrupt::check()?;
     if config.stop_after == Some(Stage::Plan) {
-        return stopped("plan");
+        return stopped("plan", &times);
     }
 
     let chunks = plan::load_chunks(&conn)?;
@@ -223,19 +226,21 @@ pub fn run(config: &Config) -> Result<u8> {
         workdb::checkpoint(&conn)?;
     }
     if config.stop_after == Some(Stage::Apply) {
-        return stopped("apply");
+        return stopped("apply", &times);
     }
 
     if !workdb::is_done(&conn, "merge")? {
         let partitions = workdb::meta_number(&conn, "partitions")?;
         let _t = times.start(3);
         let bar = ui.count_bar("merge", partitions);
-        merge::merge(&mut conn, &mut |done, _| bar.set(done))?;
+        merge::merge(&mut conn, &config.db, config.workers, &mut |done, _| {
+            bar.set(done)
+        })?;
         bar.finish(&format!("{partitions} partitions"));
     }
     mixtape::interrupt::check()?;
     if config.stop_after == Some(Stage::Merge) {
-        return stopped("merge");
+        return stopped("merge", &times);
     }
 
     let export_started = times.start(4);

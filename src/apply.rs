@@ -92,6 +92,7 @@ pub fn run_chunk(
     progress: &mut ProgressFn,
 ) -> Result<ChunkSummary> {
     let conn = workdb::open_existing(db)?;
+    workdb::use_lookup_cache(&conn)?;
     if !workdb::is_done(&conn, "plan")? {
         bail!(
             "the work database {} has no plan yet: run the harness with --stop-after plan first",
@@ -168,8 +169,8 @@ fn reset_chunk(conn: &Connection, chunk: u64) -> Result<()> {
              AND idx < (SELECT first_index + changes FROM chunks WHERE chunk = {chunk});
          UPDATE chunks SET next_offset = start, next_index = first_index, auto_count = 0,
              max_playlist_id = 0, batches = 0, done = 0 WHERE chunk = {chunk};
-         DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1;
-         DELETE FROM meta WHERE key IN ('merge_done', 'merge_next_part');"
+         DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1; DELETE FROM merged;
+         DELETE FROM meta WHERE key = 'merge_done';"
     ));
     match result {
         Ok(()) => Ok(conn.execute_batch("COMMIT")?),

@@ -103,7 +103,9 @@ pub fn import(
         max_playlist_id,
         ..
     } = importer;
+    workdb::use_lookup_cache(conn)?;
     figures.warnings = count_warnings(conn)?;
+    workdb::release_memory(conn)?;
     workdb::meta_set(
         conn,
         "owner_key",

@@ -20,26 +20,41 @@
 //! the plan chose the number of partitions so that one is a few MiB whatever the
 //! input size.
 //!
+//! ## Parallelism
+//!
+//! Partitions are independent, so the harness merges them on up to `--workers`
+//! threads, each with its own connection. Reading blocks and replaying run in
+//! parallel (WAL readers do not wait); a thread holds the write lock only to
+//! write one partition's rows.
+//!
 //! ## Output and resuming
 //!
 //! For every playlist whose fate differs from the document the merge writes one
 //! `results` row (changed songs, removed, or new), and every rejected change a
-//! `rejects` row. Each partition is written, together with the number of the next
-//! partition, in one transaction: an interrupted merge continues with the first
-//! partition not written.
+//! `rejects` row. Each partition's rows are written, together with the
+//! partition's number in `merged`, in one transaction: an interrupted merge
+//! continues with the partitions not yet written.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::json;
 use crate::record::{Body, Decoder, NewId, Recorded};
 use crate::workdb::{self, RESULT_CHANGED, RESULT_NEW, RESULT_REMOVED};
 
-/// Runs the merge (or continues it); `progress` gets (partitions done, total).
-pub fn merge(conn: &mut Connection, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+/// Runs the merge (or continues it) on the work database at `db`, with up to
+/// `threads` threads; `progress` gets (partitions done, total).
+pub fn merge(
+    conn: &mut Connection,
+    db: &Path,
+    threads: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
     if workdb::is_done(conn, "merge")? {
         return Ok(());
     }
@@ -59,40 +74,117 @@ pub fn merge(conn: &mut Connection, progress: &mut dyn FnMut(u64, u64)) -> Resul
             max_id = max_id.max(row.get(1)?);
         }
     }
-    let first = match workdb::meta_get(conn, "merge_next_part")? {
-        Some(p) => p.parse().context("work database: merge_next_part")?,
-        None => {
-            conn.execute_batch("DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1;")?;
-            0
-        }
+    let merged: Vec<u64> = {
+        let mut stmt = conn.prepare("SELECT part FROM merged")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect::<Result<_, _>>()?
     };
+    if merged.is_empty() {
+        // Nothing of a merge is committed: clear what a merge of an older
+        // state of the apply stage (a chunk redone by hand) may have left.
+        conn.execute_batch("DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1;")?;
+    }
+    let pending: Vec<u64> = (0..partitions).filter(|p| !merged.contains(p)).collect();
     let context = Context_ {
         owner_key,
         max_id,
         auto_before,
     };
-    for part in first..partitions {
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(merged.len() as u64);
+    let threads = threads.clamp(1, pending.len().max(1));
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| merge_some(db, &context, &pending, &next, &done)))
+            .collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            progress(done.load(Ordering::Relaxed), partitions);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for handle in handles {
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a merge thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    progress(partitions, partitions);
+    workdb::release_memory(conn)?;
+    workdb::mark_done(conn, "merge")?;
+    workdb::checkpoint(conn)?;
+    Ok(())
+}
+
+/// One merge thread: takes partitions from `pending` until none is left. Each
+/// thread has its own connection; reading and replaying run in parallel, only
+/// the short write of each partition's rows holds the write lock.
+fn merge_some(
+    db: &Path,
+    cx: &Context_,
+    pending: &[u64],
+    next: &AtomicUsize,
+    done: &AtomicU64,
+) -> Result<()> {
+    let conn = workdb::open_existing(db)?;
+    // Blocks are read once, in order; a small cache is enough, and keeps the
+    // harness small with several merge threads.
+    conn.pragma_update(None, "cache_size", -8192)?;
+    loop {
         crate::interrupt::check()?;
+        let Some(&part) = pending.get(next.fetch_add(1, Ordering::Relaxed)) else {
+            return Ok(());
+        };
         let blobs: Vec<Vec<u8>> = {
             let mut stmt = conn.prepare_cached("SELECT data FROM blocks WHERE part = ?1")?;
             let rows = stmt.query_map([part], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        merge_partition(&tx, &context, &blobs)?;
-        workdb::meta_set(&tx, "merge_next_part", part + 1)?;
-        if part + 1 == partitions {
-            workdb::mark_done(&tx, "merge")?;
+        let mut out = Rows::default();
+        merge_partition(&conn, cx, &blobs, &mut out)?;
+        drop(blobs);
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let written = out.write(&conn, part).and_then(|()| {
+            crate::fault::point("merge-partition");
+            Ok(conn.execute_batch("COMMIT")?)
+        });
+        if let Err(e) = written {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
         }
-        crate::fault::point("merge-partition");
-        tx.commit()?;
-        progress(part + 1, partitions);
+        done.fetch_add(1, Ordering::Relaxed);
     }
-    if partitions == 0 {
-        workdb::mark_done(conn, "merge")?;
+}
+
+/// A `results` row: (playlist id, state, document position, created by
+/// change, JSON).
+type ResultRow = (String, i64, Option<i64>, Option<u64>, Option<String>);
+
+/// What merging one partition gives, written in one transaction.
+#[derive(Default)]
+struct Rows {
+    results: Vec<ResultRow>,
+    /// (index, op, reason, detail)
+    rejects: Vec<(u64, &'static str, &'static str, String)>,
+}
+
+impl Rows {
+    fn write(&self, conn: &Connection, part: u64) -> Result<()> {
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO results(id, state, doc_seq, created, json) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for r in &self.results {
+            insert.execute(params![r.0, r.1, r.2, r.3, r.4])?;
+        }
+        let mut reject = conn.prepare_cached(
+            "INSERT INTO rejects(idx, op, reason, detail, by_merge) VALUES (?1, ?2, ?3, ?4, 1)",
+        )?;
+        for (index, op, reason, detail) in &self.rejects {
+            reject.execute(params![index, format!("\"{op}\""), reason, detail])?;
+        }
+        conn.prepare_cached("INSERT INTO merged(part) VALUES (?1)")?
+            .execute([part])?;
+        Ok(())
     }
-    workdb::checkpoint(conn)?;
-    Ok(())
 }
 
 /// What every partition needs to know.
@@ -128,12 +220,15 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
     json::id_text(raw).unwrap_or_default()
 }
 
-fn merge_partition(conn: &Connection, cx: &Context_, blobs: &[Vec<u8>]) -> Result<()> {
+fn merge_partition(
+    conn: &Connection,
+    cx: &Context_,
+    blobs: &[Vec<u8>],
+    out: &mut Rows,
+) -> Result<()> {
     // (hash of the playlist id, its text, the change): sorting on the hash
     // first keeps string comparisons out of the sort's inner loop.
     let mut by_playlist: Vec<(u64, Cow<str>, Recorded)> = Vec::new();
-    let mut insert_result = conn
-        .prepare_cached("INSERT INTO results(id, state, created, json) VALUES (?1, ?2, ?3, ?4)")?;
     for blob in blobs {
         for rec in Decoder::new(blob) {
             let rec = rec?;
@@ -152,7 +247,8 @@ fn merge_partition(conn: &Connection, cx: &Context_, blobs: &[Vec<u8>]) -> Resul
                     let mut id_written = Vec::new();
                     json::write_string(&id, &mut id_written);
                     let json = render_new(cx, &id_written, owner, songs.iter().copied(), copied);
-                    insert_result.execute(params![id, RESULT_NEW, rec.index, json])?;
+                    out.results
+                        .push((id, RESULT_NEW, None, Some(rec.index), Some(json)));
                 }
                 (_, Some(playlist)) => {
                     let t = text(playlist);
@@ -182,7 +278,13 @@ fn merge_partition(conn: &Connection, cx: &Context_, blobs: &[Vec<u8>]) -> Resul
             while j < run.len() && run[j].1 == run[i].1 {
                 j += 1;
             }
-            replay(conn, cx, &run[i].1, run[i..j].iter().map(|(_, _, r)| r))?;
+            replay(
+                conn,
+                cx,
+                &run[i].1,
+                run[i..j].iter().map(|(_, _, r)| r),
+                out,
+            )?;
             i = j;
         }
         start = end;
@@ -196,6 +298,7 @@ fn replay<'a>(
     cx: &Context_,
     id: &str,
     records: impl Iterator<Item = &'a Recorded<'a>>,
+    out: &mut Rows,
 ) -> Result<()> {
     let document: Option<(i64, String)> = conn
         .prepare_cached("SELECT seq, raw FROM playlists WHERE id = ?1")?
@@ -215,9 +318,6 @@ fn replay<'a>(
             origin: Origin::Document { changed: false },
         }
     });
-    let mut reject = conn.prepare_cached(
-        "INSERT INTO rejects(idx, op, reason, detail, by_merge) VALUES (?1, ?2, ?3, ?4, 1)",
-    )?;
     for rec in records {
         let outcome: Result<(), (&str, &str, String)> = match (&rec.body, state.as_mut()) {
             (Body::AddPlaylist { .. }, Some(_)) => Err((
@@ -295,22 +395,14 @@ fn replay<'a>(
             )),
         };
         if let Err((op, reason, detail)) = outcome {
-            reject.execute(params![rec.index, format!("\"{op}\""), reason, detail])?;
+            out.rejects.push((rec.index, op, reason, detail));
         }
     }
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO results(id, state, doc_seq, created, json) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
     let doc_seq = document.as_ref().map(|(seq, _)| *seq);
     match (&document, state) {
         (Some(_), None) => {
-            insert.execute(params![
-                id,
-                RESULT_REMOVED,
-                doc_seq,
-                None::<u64>,
-                None::<String>
-            ])?;
+            out.results
+                .push((id.to_string(), RESULT_REMOVED, doc_seq, None, None));
         }
         (
             Some((_, raw)),
@@ -321,7 +413,8 @@ fn replay<'a>(
             }),
         ) => {
             let json = render_changed(raw.as_bytes(), &songs);
-            insert.execute(params![id, RESULT_CHANGED, doc_seq, None::<u64>, json])?;
+            out.results
+                .push((id.to_string(), RESULT_CHANGED, doc_seq, None, Some(json)));
         }
         (
             _,
@@ -344,7 +437,13 @@ fn replay<'a>(
                 songs.iter().map(Vec::as_slice),
                 &copied,
             );
-            insert.execute(params![id, RESULT_NEW, doc_seq, created, json])?;
+            out.results.push((
+                id.to_string(),
+                RESULT_NEW,
+                doc_seq,
+                Some(created),
+                Some(json),
+            ));
         }
         _ => {}
     }

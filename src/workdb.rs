@@ -12,6 +12,7 @@
 //! | `blocks` | workers | recorded changes, encoded ([`crate::record`]), one row per batch and partition |
 //! | `rejects` | workers, merge | every rejected change, with its index |
 //! | `results` | merge | every playlist whose fate differs from the document |
+//! | `merged` | merge | the partitions already merged |
 //!
 //! `rejects` and `results` are append-only (no key but the rowid): writers add
 //! rows in whatever order their work comes, and the export sorts once. Keyed
@@ -43,10 +44,35 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Large pages suit the workload: big blobs and long sequential scans.
 const PAGE_SIZE: i64 = 16384;
+
+/// Page cache of a connection that does many random lookups (workers checking
+/// users and songs, import counting warnings), in KiB: enough to hold the id
+/// tables of a few million users and songs, so lookups stop costing a read
+/// each, while every process stays well under 100 MB.
+pub const LOOKUP_CACHE_KIB: i64 = 48 * 1024;
+
+/// Gives `conn` the larger page cache for random lookups.
+pub fn use_lookup_cache(conn: &Connection) -> Result<()> {
+    conn.pragma_update(None, "cache_size", -LOOKUP_CACHE_KIB)?;
+    Ok(())
+}
+
+/// Gives back what `conn`'s page cache holds, and what the allocator keeps of
+/// freed memory, between stages: each stage's peak then stays its own instead
+/// of adding up in the harness's resident size.
+pub fn release_memory(conn: &Connection) -> Result<()> {
+    conn.pragma_update(None, "cache_size", -16_384)?;
+    conn.execute_batch("PRAGMA shrink_memory")?;
+    // SAFETY: malloc_trim only returns free heap pages to the OS.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+    Ok(())
+}
 
 /// How long a writer waits for the write lock before it gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -81,6 +107,7 @@ CREATE TABLE rejects(
     detail TEXT NOT NULL,
     by_merge INTEGER NOT NULL
 );
+CREATE TABLE merged(part INTEGER PRIMARY KEY);
 CREATE TABLE results(
     id TEXT NOT NULL,
     state INTEGER NOT NULL,
@@ -104,12 +131,6 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "cache_size", -16_384)?; // 16 MiB
-    if let Ok(mb) = std::env::var("MIXTAPE_MMAP_MB") {
-        conn.pragma_update(None, "mmap_size", mb.parse::<i64>().unwrap_or(0) << 20)?;
-    }
-    if let Ok(mb) = std::env::var("MIXTAPE_CACHE_MB") {
-        conn.pragma_update(None, "cache_size", -(mb.parse::<i64>().unwrap_or(16) << 10))?;
-    }
     Ok(())
 }
 
