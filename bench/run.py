@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""The benchmark: builds in release mode, generates the cases, runs the harness
+with 1, 2 and all CPUs' workers and the in-memory reference on each case, side by
+side (the configurations take turns, repetition after repetition, so that the
+machine's noise hits them alike), and prints a Markdown table of medians.
+
+    python3 bench/run.py [--sizes M,L] [--reps 3] [--workers 1,2,4]
+
+Cases go to bench/cases/SIZE (generated once, kept). Every harness run checks
+its output against the reference's (when the reference ran) and the runs against
+each other: a benchmark of a wrong answer is worthless. XL (50M changes) is not
+run by default: it takes minutes, and the reference would need tens of GB.
+"""
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import filecmp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+STAGES = ["import", "plan", "apply", "merge", "export"]
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def build():
+    sh(["cargo", "build", "--release", "--bins", "--examples", "-q"], cwd=ROOT)
+
+
+def case_dir(size):
+    d = os.path.join(ROOT, "bench", "cases", size)
+    if not os.path.exists(os.path.join(d, "changes.jsonl")):
+        sh([os.path.join(BIN, "examples", "gen"), size, d])
+    return d
+
+
+def run_harness(d, workers, out):
+    for suffix in ["", ".rejects.jsonl"]:
+        if os.path.exists(out + suffix):
+            os.remove(out + suffix)
+    env = dict(os.environ, MIXTAPE_BENCH="1")
+    start = time.monotonic()
+    p = subprocess.run(
+        [os.path.join(BIN, "harness"), "--fresh", "--progress", "never", "--workers", str(workers),
+         os.path.join(d, "mixtape.json"), os.path.join(d, "changes.jsonl"), out],
+        env=env, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    if p.returncode != 0:
+        sys.exit(f"harness failed ({p.returncode}): {p.stderr}")
+    line = next(l for l in p.stderr.splitlines() if l.startswith("bench:"))
+    figures = dict(kv.split("=") for kv in line.split()[1:])
+    result = {k: float(v) for k, v in figures.items()}
+    result["wall"] = wall
+    summary = next(l for l in p.stderr.splitlines() if "changes read" in l)
+    result["changes"] = int(re.search(r"(\d+) changes read", summary).group(1))
+    return result
+
+
+def run_reference(d, out):
+    start = time.monotonic()
+    p = subprocess.run(
+        [os.path.join(BIN, "examples", "reference"),
+         os.path.join(d, "mixtape.json"), os.path.join(d, "changes.jsonl"), out],
+        capture_output=True, text=True)
+    wall = time.monotonic() - start
+    if p.returncode != 0:
+        sys.exit(f"reference failed: {p.stderr}")
+    rss = int(re.search(r"rss_kb=(\d+)", p.stderr).group(1))
+    changes = int(re.search(r"reference: (\d+) changes", p.stderr).group(1))
+    return {"wall": wall, "total": wall, "harness_rss_kb": rss, "worker_rss_kb": 0, "changes": changes}
+
+
+def same(a, b):
+    return filecmp.cmp(a, b, shallow=False) and filecmp.cmp(
+        a + ".rejects.jsonl", b + ".rejects.jsonl", shallow=False)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="M,L")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workers", default=f"1,2,{os.cpu_count()}")
+    ap.add_argument("--no-reference", action="store_true")
+    args = ap.parse_args()
+    build()
+    worker_counts = sorted({int(w) for w in args.workers.split(",")})
+    out_dir = os.path.join(ROOT, "bench", "cases", "out")
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for size in args.sizes.split(","):
+        d = case_dir(size)
+        configs = [("reference", None)] if not args.no_reference else []
+        configs += [(f"harness -w {w}", w) for w in worker_counts]
+        runs = {name: [] for name, _ in configs}
+        for rep in range(args.reps):
+            for name, w in configs:
+                out = os.path.join(out_dir, f"{size}-{name.replace(' ', '')}.json")
+                r = run_reference(d, out) if w is None else run_harness(d, w, out)
+                runs[name].append(r)
+                print(f"{size} rep {rep + 1} {name}: {r['total']:.2f}s", file=sys.stderr)
+            outs = [os.path.join(out_dir, f"{size}-{name.replace(' ', '')}.json") for name, _ in configs]
+            for o in outs[1:]:
+                if not same(outs[0], o):
+                    sys.exit(f"{size}: {o} differs from {outs[0]}")
+        for name, _ in configs:
+            med = lambda k: statistics.median(r.get(k, 0.0) for r in runs[name])
+            rows.append((size, name, {k: med(k) for k in
+                         STAGES + ["total", "harness_rss_kb", "worker_rss_kb", "changes"]}))
+    print()
+    print("| case | run | import | plan | apply | merge | export | total (median) | changes/s | peak RSS harness | peak RSS largest worker |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size, name, m in rows:
+        stage = lambda k: "" if name == "reference" else f"{m[k]:.2f}"
+        print(f"| {size} | {name} | " + " | ".join(stage(k) for k in STAGES)
+              + f" | **{m['total']:.2f} s** | {m['changes'] / m['total'] / 1e6:.2f} M"
+              + f" | {m['harness_rss_kb'] / 1024:.0f} MB | "
+              + ("" if name == "reference" else f"{m['worker_rss_kb'] / 1024:.0f} MB") + " |")
+    print()
+    for size in args.sizes.split(","):
+        by = {name: m for s, name, m in rows if s == size}
+        if "harness -w 1" in by and "harness -w 2" in by:
+            w1, w2 = by["harness -w 1"], by["harness -w 2"]
+            print(f"- {size}: apply -w 2 / -w 1 = {w2['apply'] / w1['apply']:.2f}; "
+                  f"end-to-end -w 2 / -w 1 = {w2['total'] / w1['total']:.2f}"
+                  + (f"; -w 2 / reference = {w2['total'] / by['reference']['total']:.2f}"
+                     if "reference" in by else ""))
+
+
+if __name__ == "__main__":
+    main()
