@@ -269,7 +269,7 @@ pub fn run(config: &Config) -> Result<u8> {
 
     drop(export_started);
     let changes = workdb::meta_number(&conn, "changes")?;
-    let warnings = workdb::meta_number(&conn, "warnings")?;
+    let warnings = merge::warnings(&conn)?;
     let reasons = if by_reason.is_empty() {
         String::new()
     } else {

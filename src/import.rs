@@ -12,8 +12,10 @@
 //! `song_ids` is not an array of ids. The message names the array, the element's
 //! position (0-based) and the id, with the element's line and column.
 //!
-//! After the elements are in, one pass over the playlists counts those whose owner
-//! or songs do not exist (a warning, not an error: they are kept as they are).
+//! Playlists whose owner or songs do not exist are a warning, not an error: they
+//! are kept as they are. Counting them takes a lookup per song, and the songs may
+//! come after the playlists in the document, so [`count_warnings`] runs later, in
+//! parallel, one slice of playlists per merge partition.
 //!
 //! ## Restarting
 //!
@@ -41,8 +43,6 @@ pub struct ImportFigures {
     pub users: u64,
     pub playlists: u64,
     pub songs: u64,
-    /// Playlists whose owner or some song does not exist.
-    pub warnings: u64,
 }
 
 /// The three arrays the tool understands.
@@ -98,14 +98,11 @@ pub fn import(
     }
     let Importer {
         conn,
-        mut figures,
+        figures,
         owner_key,
         max_playlist_id,
         ..
     } = importer;
-    workdb::use_lookup_cache(conn)?;
-    figures.warnings = count_warnings(conn)?;
-    workdb::release_memory(conn)?;
     workdb::meta_set(
         conn,
         "owner_key",
@@ -115,7 +112,6 @@ pub fn import(
     workdb::meta_set(conn, "users", figures.users)?;
     workdb::meta_set(conn, "playlists", figures.playlists)?;
     workdb::meta_set(conn, "songs", figures.songs)?;
-    workdb::meta_set(conn, "warnings", figures.warnings)?;
     workdb::mark_done(conn, "import")?;
     conn.execute_batch("COMMIT")?;
     workdb::checkpoint(conn)?;
@@ -386,11 +382,13 @@ impl Importer<'_> {
 
 /// Counts playlists whose owner or some song does not exist (SPEC §2: kept, but
 /// reported as a warning).
-fn count_warnings(conn: &Connection) -> Result<u64> {
+/// Counts them among the document's playlists at positions `from..to`.
+pub fn count_warnings(conn: &Connection, from: u64, to: u64) -> Result<u64> {
     let mut user_exists = conn.prepare_cached("SELECT 1 FROM user_ids WHERE id = ?1")?;
     let mut song_exists = conn.prepare_cached("SELECT 1 FROM song_ids WHERE id = ?1")?;
-    let mut all = conn.prepare("SELECT raw FROM playlists ORDER BY seq")?;
-    let mut rows = all.query([])?;
+    let mut slice =
+        conn.prepare_cached("SELECT raw FROM playlists WHERE seq >= ?1 AND seq < ?2")?;
+    let mut rows = slice.query([from, to])?;
     let mut warnings = 0;
     while let Some(row) = rows.next()? {
         let raw = row.get_ref(0)?.as_bytes()?;

@@ -47,6 +47,21 @@ use crate::json;
 use crate::record::{Body, Decoder, NewId, Recorded};
 use crate::workdb::{self, RESULT_CHANGED, RESULT_NEW, RESULT_REMOVED};
 
+/// Page cache shared by the merge threads, in KiB (each gets its share). Less
+/// than a worker's lookup cache: the harness also holds the sorted partition
+/// and its own connection's cache.
+const MERGE_CACHE_KIB: i64 = 32 * 1024;
+
+/// Document playlists that name a missing owner or song (SPEC §2: a warning),
+/// counted by the merge.
+pub fn warnings(conn: &Connection) -> Result<u64> {
+    Ok(
+        conn.query_row("SELECT coalesce(sum(warnings), 0) FROM merged", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
 /// Runs the merge (or continues it) on the work database at `db`, with up to
 /// `threads` threads; `progress` gets (partitions done, total).
 pub fn merge(
@@ -89,13 +104,15 @@ pub fn merge(
         owner_key,
         max_id,
         auto_before,
+        partitions,
+        playlists: workdb::meta_number(conn, "playlists")?,
     };
     let next = AtomicUsize::new(0);
     let done = AtomicU64::new(merged.len() as u64);
     let threads = threads.clamp(1, pending.len().max(1));
     std::thread::scope(|scope| -> Result<()> {
         let handles: Vec<_> = (0..threads)
-            .map(|_| scope.spawn(|| merge_some(db, &context, &pending, &next, &done)))
+            .map(|_| scope.spawn(|| merge_some(db, threads, &context, &pending, &next, &done)))
             .collect();
         while !handles.iter().all(|h| h.is_finished()) {
             progress(done.load(Ordering::Relaxed), partitions);
@@ -120,15 +137,20 @@ pub fn merge(
 /// the short write of each partition's rows holds the write lock.
 fn merge_some(
     db: &Path,
+    threads: usize,
     cx: &Context_,
     pending: &[u64],
     next: &AtomicUsize,
     done: &AtomicU64,
 ) -> Result<()> {
     let conn = workdb::open_existing(db)?;
-    // Blocks are read once, in order; a small cache is enough, and keeps the
-    // harness small with several merge threads.
-    conn.pragma_update(None, "cache_size", -8192)?;
+    // The warning check looks users and songs up at random: the threads share
+    // the lookup cache's budget, so the harness stays small however many run.
+    conn.pragma_update(
+        None,
+        "cache_size",
+        -(MERGE_CACHE_KIB / threads as i64).max(8192),
+    )?;
     loop {
         crate::interrupt::check()?;
         let Some(&part) = pending.get(next.fetch_add(1, Ordering::Relaxed)) else {
@@ -142,6 +164,10 @@ fn merge_some(
         let mut out = Rows::default();
         merge_partition(&conn, cx, &blobs, &mut out)?;
         drop(blobs);
+        // This partition's share of the document check: a slice of playlists.
+        let from = cx.playlists * part / cx.partitions;
+        let to = cx.playlists * (part + 1) / cx.partitions;
+        out.warnings = crate::import::count_warnings(&conn, from, to)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let written = out.write(&conn, part).and_then(|()| {
             crate::fault::point("merge-partition");
@@ -165,6 +191,8 @@ struct Rows {
     results: Vec<ResultRow>,
     /// (index, op, reason, detail)
     rejects: Vec<(u64, &'static str, &'static str, String)>,
+    /// Document playlists (of this partition's slice) naming a missing owner or song.
+    warnings: u64,
 }
 
 impl Rows {
@@ -181,8 +209,8 @@ impl Rows {
         for (index, op, reason, detail) in &self.rejects {
             reject.execute(params![index, format!("\"{op}\""), reason, detail])?;
         }
-        conn.prepare_cached("INSERT INTO merged(part) VALUES (?1)")?
-            .execute([part])?;
+        conn.prepare_cached("INSERT INTO merged(part, warnings) VALUES (?1, ?2)")?
+            .execute([part, self.warnings])?;
         Ok(())
     }
 }
@@ -193,6 +221,9 @@ struct Context_ {
     /// `M` of SPEC §3.
     max_id: u64,
     auto_before: Vec<u64>,
+    partitions: u64,
+    /// How many playlists the document has.
+    playlists: u64,
 }
 
 /// The state of one playlist id while its changes are replayed.

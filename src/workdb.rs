@@ -12,7 +12,7 @@
 //! | `blocks` | workers | recorded changes, encoded ([`crate::record`]), one row per batch and partition |
 //! | `rejects` | workers, merge | every rejected change, with its index |
 //! | `results` | merge | every playlist whose fate differs from the document |
-//! | `merged` | merge | the partitions already merged |
+//! | `merged` | merge | the partitions already merged, and the warnings each counted |
 //!
 //! `rejects` and `results` are append-only (no key but the rowid): writers add
 //! rows in whatever order their work comes, and the export sorts once. Keyed
@@ -50,7 +50,7 @@ pub const SCHEMA_VERSION: i64 = 3;
 const PAGE_SIZE: i64 = 16384;
 
 /// Page cache of a connection that does many random lookups (workers checking
-/// users and songs, import counting warnings), in KiB: enough to hold the id
+/// users and songs, merge threads counting warnings), in KiB: enough to hold the id
 /// tables of a few million users and songs, so lookups stop costing a read
 /// each, while every process stays well under 100 MB.
 pub const LOOKUP_CACHE_KIB: i64 = 48 * 1024;
@@ -107,7 +107,7 @@ CREATE TABLE rejects(
     detail TEXT NOT NULL,
     by_merge INTEGER NOT NULL
 );
-CREATE TABLE merged(part INTEGER PRIMARY KEY);
+CREATE TABLE merged(part INTEGER PRIMARY KEY, warnings INTEGER NOT NULL);
 CREATE TABLE results(
     id TEXT NOT NULL,
     state INTEGER NOT NULL,

@@ -69,6 +69,15 @@ fn check_seeds(seeds: std::ops::Range<u64>, max_changes: u64) {
                 summary.contains(&want),
                 "seed {seed}: summary {summary:?} lacks {want:?}"
             );
+            let warned = format!(
+                "; {} input playlist(s) name a missing owner or song",
+                expected.warnings
+            );
+            assert_eq!(
+                summary.contains(&warned),
+                expected.warnings > 0,
+                "seed {seed}: warnings: {summary:?}"
+            );
             assert!(
                 !dir.path().join(format!("{out}.work.db")).exists(),
                 "work db left behind"

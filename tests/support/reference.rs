@@ -71,6 +71,33 @@ impl<'a> Object<'a> {
     }
 }
 
+/// The first `playlist_id` member of an object, skipping everything else.
+struct PlaylistIdOnly<'a>(Option<&'a RawValue>);
+
+impl<'de> Deserialize<'de> for PlaylistIdOnly<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PlaylistIdOnly<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(k) = map.next_key::<Key<'de>>()? {
+                    if k.0 == "playlist_id" && found.is_none() {
+                        found = Some(map.next_value::<&'de RawValue>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(PlaylistIdOnly(found))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// JSON text without white space outside strings.
 pub fn minify(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
@@ -123,6 +150,8 @@ pub struct Outcome {
     pub rejects: String,
     pub changes: usize,
     pub rejected: usize,
+    /// Input playlists naming an owner or song that does not exist.
+    pub warnings: usize,
 }
 
 struct DocPlaylist {
@@ -239,17 +268,38 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
                 .collect(),
         });
     }
+    let warnings = playlists_raw
+        .iter()
+        .filter(|p| {
+            let o = Object::parse(p.get()).unwrap();
+            let owner = o
+                .get("owner_id")
+                .or_else(|| o.get("user_id"))
+                .and_then(id_text);
+            let owner_ok = owner.is_some_and(|u| users.contains_key(&u));
+            let songs_ok = o.get("song_ids").is_none_or(|raw| {
+                serde_json::from_str::<Vec<&RawValue>>(raw)
+                    .unwrap()
+                    .iter()
+                    .all(|s| id_text(s.get()).is_some_and(|t| songs.contains_key(&t)))
+            });
+            !(owner_ok && songs_ok)
+        })
+        .count();
     let owner_key = match playlists_raw.first().and_then(|p| Object::parse(p.get())) {
         Some(o) if o.get("owner_id").is_none() && o.get("user_id").is_some() => "user_id",
         _ => "owner_id",
     };
 
     let changes = changes_of(changes)?;
-    // Two passes over the changes, parsing each twice, rather than holding five
-    // million parsed objects: M needs every playlist_id before the first change.
-    for o in changes.iter().filter_map(|c| Object::parse(c.get())) {
-        if let Some(t) = o.get("playlist_id").and_then(id_text) {
-            max_id = max_id.max(auto_value(&t).unwrap_or(0));
+    // Two passes over the changes rather than holding five million parsed
+    // objects: M needs every playlist_id before the first change. The first pass
+    // reads only `playlist_id`.
+    for c in &changes {
+        if let Ok(PlaylistIdOnly(Some(raw))) = serde_json::from_str::<PlaylistIdOnly>(c.get()) {
+            if let Some(t) = id_text(raw.get()) {
+                max_id = max_id.max(auto_value(&t).unwrap_or(0));
+            }
         }
     }
     let mut auto_k = 0u64;
@@ -350,6 +400,7 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
         rejects,
         changes: changes.len(),
         rejected,
+        warnings,
     })
 }
 
