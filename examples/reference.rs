@@ -32,9 +32,10 @@ fn main() {
         .map(|u| u.max_rss())
         .unwrap_or(0);
     eprintln!(
-        "reference: {} changes, {} rejected; wall={:.2}s rss_kb={rss_kb}",
+        "reference: {} changes, {} rejected, {} warnings; wall={:.2}s rss_kb={rss_kb}",
         outcome.changes,
         outcome.rejected,
+        outcome.warnings,
         started.elapsed().as_secs_f64()
     );
 }
