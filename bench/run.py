@@ -112,16 +112,18 @@ def main():
         for name, _ in configs:
             med = lambda k: statistics.median(r.get(k, 0.0) for r in runs[name])
             rows.append((size, name, {k: med(k) for k in
-                         STAGES + ["total", "harness_rss_kb", "worker_rss_kb", "changes"]}))
+                         STAGES + ["total", "harness_rss_kb", "worker_rss_kb", "changes",
+                                   "apply_lock_held", "apply_lock_wait"]}))
     print()
-    print("| case | run | import | plan | apply | merge | export | total (median) | changes/s | peak RSS harness | peak RSS largest worker |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| case | run | import | plan | apply | merge | export | total (median) | changes/s | peak RSS harness | peak RSS largest worker | write lock held / waited (apply, all workers) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, name, m in rows:
         stage = lambda k: "" if name == "reference" else f"{m[k]:.2f}"
         print(f"| {size} | {name} | " + " | ".join(stage(k) for k in STAGES)
               + f" | **{m['total']:.2f} s** | {m['changes'] / m['total'] / 1e6:.2f} M"
               + f" | {m['harness_rss_kb'] / 1024:.0f} MB | "
-              + ("" if name == "reference" else f"{m['worker_rss_kb'] / 1024:.0f} MB") + " |")
+              + ("" if name == "reference" else f"{m['worker_rss_kb'] / 1024:.0f} MB") + " | "
+              + ("" if name == "reference" else f"{m['apply_lock_held']:.2f} s / {m['apply_lock_wait']:.2f} s") + " |")
     print()
     for size in args.sizes.split(","):
         by = {name: m for s, name, m in rows if s == size}

@@ -5,7 +5,7 @@
 //! | size | changes | users | songs | playlists |
 //! |---|---|---|---|---|
 //! | S | the bundled fixtures (copied) | 7 | 40 | 3 |
-//! | M | 1,000,000 | 20,000 | 200,000 | 40,000 |
+//! | M | 1,000,000 | 100,000 | 1,000,000 | 200,000 |
 //! | L | 5,000,000 | 100,000 | 1,000,000 | 200,000 |
 //! | XL | 50,000,000 | 100,000 | 1,000,000 | 200,000 |
 //!
@@ -46,11 +46,13 @@ struct Size {
 
 fn size(name: &str) -> Option<Size> {
     Some(match name {
+        // M and XL share L's document, so that M, L and XL differ in the
+        // changes alone (the memory-flatness comparison is about those).
         "M" => Size {
             changes: 1_000_000,
-            users: 20_000,
-            songs: 200_000,
-            playlists: 40_000,
+            users: 100_000,
+            songs: 1_000_000,
+            playlists: 200_000,
         },
         "L" => Size {
             changes: 5_000_000,

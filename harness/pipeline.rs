@@ -222,7 +222,7 @@ pub fn run(config: &Config) -> Result<u8> {
             .context("finding the harness executable")?
             .with_file_name("worker");
         let _t = times.start(2);
-        workers::run(&worker, &config.db, &pending, &ui)?;
+        times.lock = workers::run(&worker, &config.db, &pending, &ui)?;
         workdb::checkpoint(&conn)?;
     }
     if config.stop_after == Some(Stage::Apply) {
@@ -310,6 +310,8 @@ pub fn run(config: &Config) -> Result<u8> {
 #[derive(Default)]
 struct StageTimes {
     seconds: std::rc::Rc<std::cell::RefCell<[Option<f64>; 5]>>,
+    /// The workers' time with the write lock (summed over workers).
+    lock: workers::LockFigures,
 }
 
 const STAGE_NAMES: [&str; 5] = ["import", "plan", "apply", "merge", "export"];
@@ -357,6 +359,11 @@ impl StageTimes {
         for (name, s) in STAGE_NAMES.iter().zip(seconds.iter()) {
             line.push_str(&format!(" {name}={:.3}", s.unwrap_or(0.0)));
         }
+        line.push_str(&format!(
+            " apply_lock_held={:.3} apply_lock_wait={:.3}",
+            self.lock.held.as_secs_f64(),
+            self.lock.waited.as_secs_f64()
+        ));
         line.push_str(&format!(
             " total={total:.3} harness_rss_kb={} worker_rss_kb={}",
             rss(UsageWho::RUSAGE_SELF),

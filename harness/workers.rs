@@ -44,6 +44,9 @@ enum Event {
         slot: usize,
         bytes: u64,
         changes: u64,
+        /// Microseconds the worker held, and waited for, the write lock so far.
+        held_us: u64,
+        waited_us: u64,
     },
     Stderr {
         slot: usize,
@@ -95,7 +98,7 @@ pub fn reproduce_command(worker: &Path, db: &Path, chunk: u64) -> String {
 }
 
 /// Runs one worker per chunk in `pending` and waits for all of them.
-pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Result<()> {
+pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Result<LockFigures> {
     if !worker.is_file() {
         bail!(
             "worker executable not found at {} (it must sit beside harness)",
@@ -139,11 +142,14 @@ pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Resul
                 let mut words = line.split_whitespace();
                 if words.next() == Some("progress") {
                     let bytes = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-                    let changes = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                    let mut number = || words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+                    let (changes, held_us, waited_us) = (number(), number(), number());
                     let _ = progress_tx.send(Event::Progress {
                         slot,
                         bytes,
                         changes,
+                        held_us,
+                        waited_us,
                     });
                 }
             }
@@ -167,6 +173,7 @@ pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Resul
     let mut stderr_of: Vec<Vec<u8>> = vec![Vec::new(); pending.len()];
     let mut done_bytes: Vec<u64> = pending.iter().map(|p| p.done_bytes).collect();
     let mut changes_done = vec![0u64; pending.len()];
+    let mut lock_us = vec![(0u64, 0u64); pending.len()];
     let mut running = pending.len();
     while running > 0 {
         if mixtape::interrupt::requested() {
@@ -178,7 +185,10 @@ pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Resul
                 slot,
                 bytes,
                 changes,
+                held_us,
+                waited_us,
             }) => {
+                lock_us[slot] = (held_us, waited_us);
                 done_bytes[slot] = bytes;
                 changes_done[slot] = changes;
                 bars[slot].set(bytes);
@@ -228,7 +238,31 @@ pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Resul
             );
         }
     }
+    // The last progress lines may still be in the pipes: read until every
+    // reader thread is done.
+    while let Ok(event) = rx.recv_timeout(Duration::from_secs(5)) {
+        if let Event::Progress {
+            slot,
+            held_us,
+            waited_us,
+            ..
+        } = event
+        {
+            lock_us[slot] = (held_us, waited_us);
+        }
+    }
     total_bar.set(total_bytes);
     total_bar.finish(&format!("{} chunk(s)", pending.len()));
-    Ok(())
+    Ok(LockFigures {
+        held: Duration::from_micros(lock_us.iter().map(|l| l.0).sum()),
+        waited: Duration::from_micros(lock_us.iter().map(|l| l.1).sum()),
+    })
+}
+
+/// How long the workers of a run held, and waited for, the write lock, summed
+/// over workers: the serial part of the apply stage, for the benchmark.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LockFigures {
+    pub held: Duration,
+    pub waited: Duration,
 }

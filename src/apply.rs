@@ -66,6 +66,10 @@ pub struct ChunkSummary {
     pub changes: u64,
     pub recorded: u64,
     pub rejected: u64,
+    /// Time spent holding the write lock: the serial part of the apply stage.
+    pub lock_held: std::time::Duration,
+    /// Time spent waiting for the write lock.
+    pub lock_wait: std::time::Duration,
 }
 
 /// A chunk's row in the `chunks` table.
@@ -79,9 +83,9 @@ struct ChunkState {
     done: bool,
 }
 
-/// Progress after a batch: bytes of the chunk done, bytes in the chunk, changes
-/// done by this run.
-pub type ProgressFn<'a> = dyn FnMut(u64, u64, u64) + 'a;
+/// Progress after a batch: bytes of the chunk done, bytes in the chunk, and
+/// what this run did so far.
+pub type ProgressFn<'a> = dyn FnMut(u64, u64, &ChunkSummary) + 'a;
 
 /// Applies chunk `chunk` of the plan in the work database at `db`; `progress` is
 /// called after every committed batch.
@@ -482,12 +486,16 @@ impl Worker<'_> {
         // IMMEDIATE: take the write lock up front. A deferred transaction that
         // starts writing later can fail with SQLITE_BUSY_SNAPSHOT, which no busy
         // timeout cures.
+        let asked = std::time::Instant::now();
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let got = std::time::Instant::now();
+        self.summary.lock_wait += got - asked;
         let result = self.write_batch(next_offset, done);
         match result {
             Ok(()) => {
                 crate::fault::point("worker-write");
                 self.conn.execute_batch("COMMIT")?;
+                self.summary.lock_held += got.elapsed();
                 crate::fault::point("worker-commit");
             }
             Err(e) => {
@@ -504,7 +512,7 @@ impl Worker<'_> {
         (self.progress)(
             next_offset - self.start,
             self.end - self.start,
-            self.summary.changes,
+            &self.summary,
         );
         Ok(())
     }

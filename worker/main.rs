@@ -44,10 +44,16 @@ struct Cli {
 }
 
 /// One `progress BYTES CHANGES` line per batch on stdout, read by the harness.
-fn report_to_harness(done: u64, _total: u64, changes: u64) {
+fn report_to_harness(done: u64, _total: u64, so_far: &apply::ChunkSummary) {
     let mut out = std::io::stdout().lock();
     // A harness that stopped reading is going away; the worker carries on.
-    let _ = writeln!(out, "progress {done} {changes}");
+    let _ = writeln!(
+        out,
+        "progress {done} {} {} {}",
+        so_far.changes,
+        so_far.lock_held.as_micros(),
+        so_far.lock_wait.as_micros()
+    );
     let _ = out.flush();
 }
 
@@ -87,12 +93,11 @@ fn main() -> ExitCode {
             .progress_chars("=> "),
         );
         bar.set_prefix(cli.chunk.to_string());
-        let outcome =
-            apply::run_chunk(&cli.db, cli.chunk, &options, &mut |done, total, changes| {
-                bar.set_length(total);
-                bar.set_position(done);
-                bar.set_message(format!("{changes} changes"));
-            });
+        let outcome = apply::run_chunk(&cli.db, cli.chunk, &options, &mut |done, total, so_far| {
+            bar.set_length(total);
+            bar.set_position(done);
+            bar.set_message(format!("{} changes", so_far.changes));
+        });
         bar.finish_and_clear();
         outcome
     } else {
@@ -111,8 +116,13 @@ fn main() -> ExitCode {
                     );
                 } else {
                     eprintln!(
-                        "worker: chunk {}: {} changes, {} recorded, {} rejected",
-                        summary.chunk, summary.changes, summary.recorded, summary.rejected
+                        "worker: chunk {}: {} changes, {} recorded, {} rejected; write lock held {:.2?}, waited for {:.2?}",
+                        summary.chunk,
+                        summary.changes,
+                        summary.recorded,
+                        summary.rejected,
+                        summary.lock_held,
+                        summary.lock_wait
                     );
                 }
             }
