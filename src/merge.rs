@@ -100,7 +100,7 @@ pub fn merge(
         conn.execute_batch("DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1;")?;
     }
     let pending: Vec<u64> = (0..partitions).filter(|p| !merged.contains(p)).collect();
-    let context = Context_ {
+    let context = MergeContext {
         owner_key,
         max_id,
         auto_before,
@@ -138,7 +138,7 @@ pub fn merge(
 fn merge_some(
     db: &Path,
     threads: usize,
-    cx: &Context_,
+    cx: &MergeContext,
     pending: &[u64],
     next: &AtomicUsize,
     done: &AtomicU64,
@@ -216,7 +216,7 @@ impl Rows {
 }
 
 /// What every partition needs to know.
-struct Context_ {
+struct MergeContext {
     owner_key: String,
     /// `M` of SPEC §3.
     max_id: u64,
@@ -253,7 +253,7 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
 
 fn merge_partition(
     conn: &Connection,
-    cx: &Context_,
+    cx: &MergeContext,
     blobs: &[Vec<u8>],
     out: &mut Rows,
 ) -> Result<()> {
@@ -326,7 +326,7 @@ fn merge_partition(
 /// Replays the changes of playlist `id`, in index order, from the document's state.
 fn replay<'a>(
     conn: &Connection,
-    cx: &Context_,
+    cx: &MergeContext,
     id: &str,
     records: impl Iterator<Item = &'a Recorded<'a>>,
     out: &mut Rows,
@@ -510,7 +510,7 @@ fn push_song_list<'a>(out: &mut Vec<u8>, songs: impl Iterator<Item = &'a [u8]>) 
 
 /// A new playlist: `id`, owner, `song_ids`, then the copied members (SPEC §3).
 fn render_new<'a>(
-    cx: &Context_,
+    cx: &MergeContext,
     id: &[u8],
     owner: &[u8],
     songs: impl Iterator<Item = &'a [u8]>,

@@ -283,3 +283,16 @@ fn changed_input_starts_fresh_and_says_why() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stderr(&o).contains("resuming"), "{}", stderr(&o));
 }
+
+/// Eight workers committing after every change contend for the write lock all
+/// the time: "database is locked" must never surface (BEGIN IMMEDIATE and the
+/// busy timeout make them wait instead).
+#[test]
+fn many_workers_with_tiny_batches_never_see_busy() {
+    let case = case(83, 3000);
+    let out = case.dir.path().join("busy.json");
+    let o = run(&case, &out, 8, &[("MIXTAPE_BATCH", "1")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("locked"), "{}", stderr(&o));
+    assert_finished_right(&case, &out, "8 workers, batches of 1");
+}
