@@ -60,17 +60,12 @@ fn expected_fixtures_agree_with_the_reference() {
 fn fixture_changes_hit_every_reason() {
     let f = fixtures();
     let rejects = fs::read_to_string(f.join("expected-rejects.jsonl")).unwrap();
-    for reason in [
-        "invalid_change",
-        "unknown_user",
-        "unknown_song",
-        "empty_playlist",
-        "duplicate_song",
-        "playlist_exists",
-        "unknown_playlist",
-        "song_already_in_playlist",
-        "song_not_in_playlist",
-    ] {
+    assert_eq!(
+        mixtape::export::REASONS.len(),
+        9,
+        "SPEC §4 has nine reasons"
+    );
+    for reason in mixtape::export::REASONS {
         assert!(
             rejects.contains(&format!("\"reason\": \"{reason}\"")),
             "no {reason}"
