@@ -296,3 +296,51 @@ fn many_workers_with_tiny_batches_never_see_busy() {
     assert!(!stderr(&o).contains("locked"), "{}", stderr(&o));
     assert_finished_right(&case, &out, "8 workers, batches of 1");
 }
+
+/// A second Ctrl-C kills at once. The workers are frozen (SIGSTOP) so that the
+/// first Ctrl-C's graceful stop would wait its full grace period for them; the
+/// second one must end the harness long before, by the signal itself, and the
+/// frozen workers must die with it.
+#[test]
+fn a_second_sigint_kills_at_once() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::os::unix::process::ExitStatusExt;
+    let case = case(84, 4000);
+    let out = case.dir.path().join("twice.json");
+    let db = case.dir.path().join("twice.json.work.db");
+    let mut child = command(&case, &out, 2, &[("MIXTAPE_BATCH", "2")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_apply(&db);
+    let harness = child.id();
+    let workers: Vec<u32> = processes_mentioning(&db.display().to_string())
+        .into_iter()
+        .filter(|&p| p != harness)
+        .collect();
+    assert!(!workers.is_empty(), "no worker found");
+    for &w in &workers {
+        let _ = kill(Pid::from_raw(w as i32), Signal::SIGSTOP);
+    }
+    let started = Instant::now();
+    kill(Pid::from_raw(harness as i32), Signal::SIGINT).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(harness as i32), Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(Signal::SIGINT as i32), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        wait_until_gone(&db.display().to_string()),
+        "a frozen worker outlived the harness"
+    );
+    assert!(!out.exists());
+    let o = run(&case, &out, 2, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_finished_right(&case, &out, "after two SIGINTs");
+}
