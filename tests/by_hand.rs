@@ -150,3 +150,73 @@ fn a_worker_beside_a_running_harness_is_refused() {
     );
     drop(lock);
 }
+
+#[test]
+fn a_resumed_run_keeps_the_stored_plan_whatever_workers_says() {
+    let f = fixtures();
+    let (m, c) = (f.join("mixtape.json"), f.join("changes.json"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(dir.path(), &m, &c, "plain.json", 1, &[]);
+    assert!(o.status.success());
+    let o = run(dir.path(), &m, &c, "out.json", 4, &["--stop-after", "plan"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(dir.path(), &m, &c, "out.json", 1, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("0 of 4 chunks applied"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        fs::read(dir.path().join("out.json")).unwrap(),
+        fs::read(dir.path().join("plain.json")).unwrap()
+    );
+}
+
+#[test]
+fn a_worker_before_the_plan_or_on_a_foreign_file_says_so() {
+    let f = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(
+        dir.path(),
+        &f.join("mixtape.json"),
+        &f.join("changes.json"),
+        "out.json",
+        2,
+        &["--stop-after", "import"],
+    );
+    assert!(o.status.success());
+    let o = Command::new(worker_bin())
+        .arg("--db")
+        .arg(dir.path().join("out.json.work.db"))
+        .args(["--chunk", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("has no plan yet"), "{}", stderr(&o));
+
+    // The harness never overwrites a file at --db that is not its database.
+    let foreign = dir.path().join("precious.sqlite");
+    fs::write(
+        &foreign,
+        "not a database, and not ours to delete........................",
+    )
+    .unwrap();
+    let o = run(
+        dir.path(),
+        &f.join("mixtape.json"),
+        &f.join("changes.json"),
+        "o2.json",
+        2,
+        &["--db", foreign.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("pass --fresh to discard"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(fs::read_to_string(&foreign)
+        .unwrap()
+        .starts_with("not a database"));
+}
