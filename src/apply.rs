@@ -9,7 +9,7 @@
 //! 3. the song list of a new playlist: `empty_playlist`, `duplicate_song`.
 //!
 //! A change that passes is *recorded*, with its global index, for the merge to
-//! settle in order. Rejects go to the `rejects` table at once.
+//! settle in order; a change that does not goes to `rejects` with the batch.
 //!
 //! ## Batches and the write lock
 //!
@@ -26,7 +26,12 @@
 //! merge needs) is committed in the same transaction as the batch it follows. A
 //! worker that is killed loses only its uncommitted batch, and running it again
 //! continues from the last commit: no change is recorded twice or skipped. A
-//! chunk marked done is not applied again.
+//! chunk marked done is not applied again, unless `--redo` asks, which discards
+//! what the chunk recorded in the same transaction that restarts it.
+//!
+//! A batch commits only if the chunk's position is still the one this worker
+//! started from, so two workers on one chunk (by accident) cannot both record it.
+//! On Ctrl-C or SIGTERM the worker commits what it has and stops.
 
 use std::collections::HashSet;
 use std::fs::File;
