@@ -16,9 +16,11 @@
 //! ## Memory
 //!
 //! Records are spread over partitions by a hash of the playlist id
-//! ([`crate::apply::partition_of`]); the merge holds one partition at a time, and
-//! the plan chose the number of partitions so that one is a few MiB whatever the
-//! input size.
+//! ([`crate::apply::partition_of`]), and the plan chose the number of partitions
+//! so that one holds a few MiB of records whatever the input size. A merge
+//! thread streams one partition's records in index order ([`merge_partition`])
+//! and holds the state of the playlists they touch (their song lists), never the
+//! records themselves.
 //!
 //! ## Parallelism
 //!
@@ -40,7 +42,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::json;
@@ -156,14 +158,8 @@ fn merge_some(
         let Some(&part) = pending.get(next.fetch_add(1, Ordering::Relaxed)) else {
             return Ok(());
         };
-        let blobs: Vec<Vec<u8>> = {
-            let mut stmt = conn.prepare_cached("SELECT data FROM blocks WHERE part = ?1")?;
-            let rows = stmt.query_map([part], |r| r.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
         let mut out = Rows::default();
-        merge_partition(&conn, cx, &blobs, &mut out)?;
-        drop(blobs);
+        merge_partition(&conn, cx, part, &mut out)?;
         // This partition's share of the document check: a slice of playlists.
         let from = cx.playlists * part / cx.partitions;
         let to = cx.playlists * (part + 1) / cx.partitions;
@@ -251,18 +247,28 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
     json::id_text(raw).unwrap_or_default()
 }
 
-fn merge_partition(
-    conn: &Connection,
-    cx: &MergeContext,
-    blobs: &[Vec<u8>],
-    out: &mut Rows,
-) -> Result<()> {
-    // (hash of the playlist id, its text, the change): sorting on the hash
-    // first keeps string comparisons out of the sort's inner loop.
-    let mut by_playlist: Vec<(u64, Cow<str>, Recorded)> = Vec::new();
-    for blob in blobs {
-        for rec in Decoder::new(blob) {
+/// Replays every change of partition `part`, in index order, in one streaming
+/// pass.
+///
+/// Blocks read in (chunk, rowid) order hold the partition's changes in index
+/// order: a chunk's changes all come before the next chunk's, a worker appends
+/// its batches in order, and a batch's records are in order. So no sort is
+/// needed, and memory holds the state of each playlist the partition touches,
+/// not its changes: a playlist named by millions of changes costs its song list,
+/// nothing more.
+fn merge_partition(conn: &Connection, cx: &MergeContext, part: u64, out: &mut Rows) -> Result<()> {
+    let mut replays: HashMap<String, Replay> = HashMap::new();
+    let mut blocks =
+        conn.prepare_cached("SELECT data FROM blocks WHERE part = ?1 ORDER BY chunk, id")?;
+    let mut rows = blocks.query([part])?;
+    let mut last_index: Option<u64> = None;
+    while let Some(row) = rows.next()? {
+        for rec in Decoder::new(row.get_ref(0)?.as_blob()?) {
             let rec = rec?;
+            if last_index.is_some_and(|last| rec.index <= last) {
+                bail!("work database: partition {part} holds changes out of order; rerun with --fresh");
+            }
+            last_index = Some(rec.index);
             match (&rec.body, rec.body.playlist()) {
                 (
                     Body::AddPlaylist {
@@ -282,75 +288,58 @@ fn merge_partition(
                         .push((id, RESULT_NEW, None, Some(rec.index), Some(json)));
                 }
                 (_, Some(playlist)) => {
-                    let t = text(playlist);
-                    by_playlist.push((crate::fingerprint::fnv1a(t.as_bytes()), t, rec));
+                    let id = text(playlist);
+                    if !replays.contains_key(id.as_ref()) {
+                        replays.insert(id.to_string(), Replay::load(conn, &id)?);
+                    }
+                    let replay = replays.get_mut(id.as_ref()).expect("inserted above");
+                    replay.apply(&id, &rec, out);
                 }
                 (_, None) => unreachable!("only automatic ids have no playlist"),
             }
         }
     }
-    by_playlist.sort_unstable_by_key(|(hash, _, rec)| (*hash, rec.index));
-    let mut start = 0;
-    while start < by_playlist.len() {
-        let hash = by_playlist[start].0;
-        let mut end = start + 1;
-        while end < by_playlist.len() && by_playlist[end].0 == hash {
-            end += 1;
-        }
-        let run = &mut by_playlist[start..end];
-        // Two ids with one hash: order the run by id text too (stable, so index
-        // order holds within each id).
-        if run.iter().any(|r| r.1 != run[0].1) {
-            run.sort_by(|a, b| a.1.cmp(&b.1));
-        }
-        let mut i = 0;
-        while i < run.len() {
-            let mut j = i + 1;
-            while j < run.len() && run[j].1 == run[i].1 {
-                j += 1;
-            }
-            replay(
-                conn,
-                cx,
-                &run[i].1,
-                run[i..j].iter().map(|(_, _, r)| r),
-                out,
-            )?;
-            i = j;
-        }
-        start = end;
+    for (id, replay) in replays {
+        replay.finish(cx, id, out);
     }
     Ok(())
 }
 
-/// Replays the changes of playlist `id`, in index order, from the document's state.
-fn replay<'a>(
-    conn: &Connection,
-    cx: &MergeContext,
-    id: &str,
-    records: impl Iterator<Item = &'a Recorded<'a>>,
-    out: &mut Rows,
-) -> Result<()> {
-    let document: Option<(i64, String)> = conn
-        .prepare_cached("SELECT seq, raw FROM playlists WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let mut state = document.as_ref().map(|(_, raw)| {
-        let members = json::object_members(raw.as_bytes()).unwrap_or_default();
-        let songs: Vec<Vec<u8>> = json::member(&members, "song_ids")
-            .and_then(json::array_elements)
-            .unwrap_or_default()
-            .into_iter()
-            .map(<[u8]>::to_vec)
-            .collect();
-        Playlist {
-            counts: count(&songs),
-            songs,
-            origin: Origin::Document { changed: false },
-        }
-    });
-    for rec in records {
-        let outcome: Result<(), (&str, &str, String)> = match (&rec.body, state.as_mut()) {
+/// One playlist id while its changes are replayed: the document's playlist of
+/// that id, if any, and the state after the changes replayed so far.
+struct Replay {
+    /// (position, raw text) in the document.
+    document: Option<(i64, String)>,
+    state: Option<Playlist>,
+}
+
+impl Replay {
+    /// The state before any change: the document's playlist `id`, or none.
+    fn load(conn: &Connection, id: &str) -> Result<Replay> {
+        let document: Option<(i64, String)> = conn
+            .prepare_cached("SELECT seq, raw FROM playlists WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let state = document.as_ref().map(|(_, raw)| {
+            let members = json::object_members(raw.as_bytes()).unwrap_or_default();
+            let songs: Vec<Vec<u8>> = json::member(&members, "song_ids")
+                .and_then(json::array_elements)
+                .unwrap_or_default()
+                .into_iter()
+                .map(<[u8]>::to_vec)
+                .collect();
+            Playlist {
+                counts: count(&songs),
+                songs,
+                origin: Origin::Document { changed: false },
+            }
+        });
+        Ok(Replay { document, state })
+    }
+
+    /// Applies one change about playlist `id`, or rejects it.
+    fn apply(&mut self, id: &str, rec: &Recorded, out: &mut Rows) {
+        let outcome: Result<(), (&str, &str, String)> = match (&rec.body, self.state.as_mut()) {
             (Body::AddPlaylist { .. }, Some(_)) => Err((
                 "add_playlist",
                 "playlist_exists",
@@ -370,7 +359,7 @@ fn replay<'a>(
                     NewId::Auto { .. } => unreachable!("automatic ids are not replayed"),
                 };
                 let songs: Vec<Vec<u8>> = songs.iter().map(|s| s.to_vec()).collect();
-                state = Some(Playlist {
+                self.state = Some(Playlist {
                     counts: count(&songs),
                     songs,
                     origin: Origin::New {
@@ -383,7 +372,7 @@ fn replay<'a>(
                 Ok(())
             }
             (Body::RemovePlaylist { .. }, Some(_)) => {
-                state = None;
+                self.state = None;
                 Ok(())
             }
             (Body::AddSong { song, .. }, Some(p)) => {
@@ -429,56 +418,53 @@ fn replay<'a>(
             out.rejects.push((rec.index, op, reason, detail));
         }
     }
-    let doc_seq = document.as_ref().map(|(seq, _)| *seq);
-    match (&document, state) {
-        (Some(_), None) => {
-            out.results
-                .push((id.to_string(), RESULT_REMOVED, doc_seq, None, None));
+
+    /// The playlist's fate, when it differs from the document's.
+    fn finish(self, cx: &MergeContext, id: String, out: &mut Rows) {
+        let doc_seq = self.document.as_ref().map(|(seq, _)| *seq);
+        match (&self.document, self.state) {
+            (Some(_), None) => {
+                out.results.push((id, RESULT_REMOVED, doc_seq, None, None));
+            }
+            (
+                Some((_, raw)),
+                Some(Playlist {
+                    songs,
+                    origin: Origin::Document { changed: true },
+                    ..
+                }),
+            ) => {
+                let json = render_changed(raw.as_bytes(), &songs);
+                out.results
+                    .push((id, RESULT_CHANGED, doc_seq, None, Some(json)));
+            }
+            (
+                _,
+                Some(Playlist {
+                    songs,
+                    origin:
+                        Origin::New {
+                            created,
+                            id: written,
+                            owner,
+                            copied,
+                        },
+                    ..
+                }),
+            ) => {
+                let json = render_new(
+                    cx,
+                    &written,
+                    &owner,
+                    songs.iter().map(Vec::as_slice),
+                    &copied,
+                );
+                out.results
+                    .push((id, RESULT_NEW, doc_seq, Some(created), Some(json)));
+            }
+            _ => {}
         }
-        (
-            Some((_, raw)),
-            Some(Playlist {
-                songs,
-                origin: Origin::Document { changed: true },
-                ..
-            }),
-        ) => {
-            let json = render_changed(raw.as_bytes(), &songs);
-            out.results
-                .push((id.to_string(), RESULT_CHANGED, doc_seq, None, Some(json)));
-        }
-        (
-            _,
-            Some(Playlist {
-                songs,
-                origin:
-                    Origin::New {
-                        created,
-                        id: written,
-                        owner,
-                        copied,
-                    },
-                ..
-            }),
-        ) => {
-            let json = render_new(
-                cx,
-                &written,
-                &owner,
-                songs.iter().map(Vec::as_slice),
-                &copied,
-            );
-            out.results.push((
-                id.to_string(),
-                RESULT_NEW,
-                doc_seq,
-                Some(created),
-                Some(json),
-            ));
-        }
-        _ => {}
     }
-    Ok(())
 }
 
 impl Playlist {

@@ -44,7 +44,7 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Large pages suit the workload: big blobs and long sequential scans.
 const PAGE_SIZE: i64 = 16384;
@@ -99,7 +99,7 @@ CREATE TABLE chunks(
     done INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE blocks(id INTEGER PRIMARY KEY, part INTEGER NOT NULL, chunk INTEGER NOT NULL, data BLOB NOT NULL);
-CREATE INDEX blocks_by_part ON blocks(part);
+CREATE INDEX blocks_by_part ON blocks(part, chunk);
 CREATE TABLE rejects(
     idx INTEGER NOT NULL,
     op TEXT NOT NULL,
