@@ -260,11 +260,16 @@ fn one_change(
     Ok(())
 }
 
-/// How many merge partitions for a changes file of `size` bytes: enough that one
-/// partition's records fit in a few MiB, so the merge's memory stays bounded
-/// whatever the input size.
-pub fn partitions_for(size: u64) -> u64 {
-    ((size >> 22) + 1).next_power_of_two().clamp(8, 4096)
+/// How many merge partitions for a changes file of `size` bytes and a document
+/// of `playlists` playlists. A merge thread holds the state of every playlist its
+/// partition touches, so a partition should cover a few MiB of changes (which
+/// bounds the playlists they create) and about a thousand of the document's
+/// playlists: the merge's memory then stays bounded whatever the input size.
+pub fn partitions_for(size: u64, playlists: u64) -> u64 {
+    ((size >> 22) + 1)
+        .max((playlists >> 10) + 1)
+        .next_power_of_two()
+        .clamp(8, 4096)
 }
 
 /// Stores `plan` in the work database and marks the stage done.
@@ -282,7 +287,8 @@ pub fn store(conn: &mut Connection, plan: &Plan, changes_size: u64) -> Result<()
     }
     workdb::meta_set(&tx, "form", plan.form.name())?;
     workdb::meta_set(&tx, "changes", plan.changes)?;
-    workdb::meta_set(&tx, "partitions", partitions_for(changes_size))?;
+    let playlists = workdb::meta_number(&tx, "playlists")?;
+    workdb::meta_set(&tx, "partitions", partitions_for(changes_size, playlists))?;
     workdb::mark_done(&tx, "plan")?;
     tx.commit()?;
     Ok(())
