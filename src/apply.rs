@@ -47,8 +47,25 @@ use crate::json;
 use crate::record::{self, Body, NewId, Recorded};
 use crate::workdb;
 
-/// Changes per batch (one read transaction and one write transaction each).
+/// Changes per batch, at least (one read transaction and one write transaction
+/// each). A chunk is cut into about [`BATCHES_PER_CHUNK`] batches, within
+/// [`BATCH_CHANGES`]..=[`MAX_BATCH_CHANGES`].
+///
+/// ## Why batches grow with the chunk
+///
+/// Every batch writes one row per merge partition, and each of those rows adds
+/// an entry at its own place in the `blocks` index, so a batch dirties about one
+/// index page per partition whatever its size. With thousands of partitions
+/// (50M changes) and small batches, those pages (and the checkpoints that copy
+/// them back) were most of the write lock's time. Fewer, larger batches write the
+/// same records with far fewer dirty pages; memory stays bounded by the maximum.
 pub const BATCH_CHANGES: u64 = 32_768;
+
+/// Changes per batch, at most: about 10 MB of encoded records.
+pub const MAX_BATCH_CHANGES: u64 = 262_144;
+
+/// How many batches a chunk is cut into, roughly.
+pub const BATCHES_PER_CHUNK: u64 = 64;
 
 /// Bytes read from CHANGES at a time.
 const READ_SIZE: usize = 4 << 20;
@@ -79,6 +96,8 @@ pub struct ChunkSummary {
 
 /// A chunk's row in the `chunks` table.
 struct ChunkState {
+    /// Changes in the whole chunk.
+    changes: u64,
     start: u64,
     end: u64,
     next_offset: u64,
@@ -102,6 +121,10 @@ pub fn run_chunk(
 ) -> Result<ChunkSummary> {
     let conn = workdb::open_existing(db)?;
     workdb::use_lookup_cache(&conn)?;
+    // Checkpoint less often than every 1000 pages: each checkpoint syncs the
+    // database file, and batches write thousands of pages in all. The harness
+    // checkpoints (and truncates the WAL) after the stage.
+    conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
     if !workdb::is_done(&conn, "plan")? {
         bail!(
             "the work database {} has no plan yet: run the harness with --stop-after plan first",
@@ -160,7 +183,9 @@ pub fn run_chunk(
         minified: Vec::new(),
         reading: false,
         committed_offset: state.next_offset,
-        batch_size: crate::fault::batch_size(BATCH_CHANGES),
+        batch_size: crate::fault::batch_size(
+            (state.changes / BATCHES_PER_CHUNK).clamp(BATCH_CHANGES, MAX_BATCH_CHANGES),
+        ),
         end: state.end,
         progress,
     };
@@ -193,7 +218,7 @@ fn reset_chunk(conn: &Connection, chunk: u64) -> Result<()> {
 fn load_chunk(conn: &Connection, chunk: u64) -> Result<Option<ChunkState>> {
     Ok(conn
         .query_row(
-            "SELECT start, end, next_offset, next_index, auto_count, max_playlist_id, done
+            "SELECT start, end, next_offset, next_index, auto_count, max_playlist_id, done, changes
              FROM chunks WHERE chunk = ?1",
             [chunk],
             |r| {
@@ -205,6 +230,7 @@ fn load_chunk(conn: &Connection, chunk: u64) -> Result<Option<ChunkState>> {
                     auto_count: r.get(4)?,
                     max_playlist_id: r.get(5)?,
                     done: r.get(6)?,
+                    changes: r.get(7)?,
                 })
             },
         )
