@@ -13,7 +13,7 @@
 //!
 //! ## Batches and the write lock
 //!
-//! Work goes in batches of [`BATCH_CHANGES`] changes. Parsing and lookups happen
+//! Work goes in batches (sized by [`BATCH_CHANGES`] and its neighbours). Parsing and lookups happen
 //! inside a read transaction (WAL readers never wait for writers); the recorded
 //! changes are encoded into one blob per merge partition ([`crate::record`]).
 //! Only then does the worker take the write lock (`BEGIN IMMEDIATE`), write those
