@@ -19,7 +19,7 @@
 //!
 //! ## Restarting
 //!
-//! Import commits every [`BATCH`] elements to keep the WAL small, but is not
+//! Import commits every `BATCH` elements to keep the WAL small, but is not
 //! resumed half-way: a rerun clears the tables and starts over. It is one
 //! sequential read, so redoing it is cheap next to keeping track of it.
 

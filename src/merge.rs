@@ -18,7 +18,7 @@
 //! Records are spread over partitions by a hash of the playlist id
 //! ([`crate::apply::partition_of`]), and the plan chose the number of partitions
 //! so that one holds a few MiB of records whatever the input size. A merge
-//! thread streams one partition's records in index order ([`merge_partition`])
+//! thread streams one partition's records in index order (`merge_partition`)
 //! and holds the state of the playlists they touch (their song lists), never the
 //! records themselves.
 //!
