@@ -7,17 +7,15 @@ mod support;
 use std::fs;
 use std::process::Command;
 
-use support::{fixtures, run, stderr, worker_bin};
+use support::{run_on_fixtures, stderr, worker_bin};
 
 #[test]
 fn stop_after_plan_then_worker_by_hand_then_finish_equals_a_plain_run() {
-    let f = fixtures();
-    let (m, c) = (f.join("mixtape.json"), f.join("changes.json"));
     let dir = tempfile::tempdir().unwrap();
-    let o = run(dir.path(), &m, &c, "plain.json", 3, &[]);
+    let o = run_on_fixtures(dir.path(), "plain.json", 3, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let o = run(dir.path(), &m, &c, "out.json", 3, &["--stop-after", "plan"]);
+    let o = run_on_fixtures(dir.path(), "out.json", 3, &["--stop-after", "plan"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("stopped after plan"), "{}", stderr(&o));
     assert!(!dir.path().join("out.json").exists());
@@ -63,7 +61,7 @@ fn stop_after_plan_then_worker_by_hand_then_finish_equals_a_plain_run() {
         "a redo traces the same changes"
     );
 
-    let o = run(dir.path(), &m, &c, "out.json", 3, &[]);
+    let o = run_on_fixtures(dir.path(), "out.json", 3, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("resuming from"), "{}", stderr(&o));
     assert!(
@@ -84,18 +82,16 @@ fn stop_after_plan_then_worker_by_hand_then_finish_equals_a_plain_run() {
 
 #[test]
 fn every_stop_after_stage_resumes_to_the_same_output() {
-    let f = fixtures();
-    let (m, c) = (f.join("mixtape.json"), f.join("changes.json"));
     let dir = tempfile::tempdir().unwrap();
-    let o = run(dir.path(), &m, &c, "plain.json", 2, &[]);
+    let o = run_on_fixtures(dir.path(), "plain.json", 2, &[]);
     assert!(o.status.success());
     let plain = fs::read(dir.path().join("plain.json")).unwrap();
     for stage in ["import", "plan", "apply", "merge"] {
         let out = format!("{stage}.json");
-        let o = run(dir.path(), &m, &c, &out, 2, &["--stop-after", stage]);
+        let o = run_on_fixtures(dir.path(), &out, 2, &["--stop-after", stage]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(!dir.path().join(&out).exists());
-        let o = run(dir.path(), &m, &c, &out, 2, &[]);
+        let o = run_on_fixtures(dir.path(), &out, 2, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert_eq!(
             fs::read(dir.path().join(&out)).unwrap(),
@@ -109,16 +105,8 @@ fn every_stop_after_stage_resumes_to_the_same_output() {
 fn a_worker_beside_a_running_harness_is_refused() {
     // The harness holds the run lock for the whole run; a hand-run worker on the
     // same database takes the same lock, so it cannot apply a chunk twice.
-    let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
-    let o = run(
-        dir.path(),
-        &f.join("mixtape.json"),
-        &f.join("changes.json"),
-        "out.json",
-        2,
-        &["--stop-after", "plan"],
-    );
+    let o = run_on_fixtures(dir.path(), "out.json", 2, &["--stop-after", "plan"]);
     assert!(o.status.success());
     let db = dir.path().join("out.json.work.db");
     let lock = mixtape::workdb::RunLock::acquire(&db).unwrap();
@@ -134,14 +122,7 @@ fn a_worker_beside_a_running_harness_is_refused() {
         "{}",
         stderr(&o)
     );
-    let o = run(
-        dir.path(),
-        &f.join("mixtape.json"),
-        &f.join("changes.json"),
-        "out.json",
-        2,
-        &[],
-    );
+    let o = run_on_fixtures(dir.path(), "out.json", 2, &[]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("another harness run is using the work database"),
@@ -153,14 +134,12 @@ fn a_worker_beside_a_running_harness_is_refused() {
 
 #[test]
 fn a_resumed_run_keeps_the_stored_plan_whatever_workers_says() {
-    let f = fixtures();
-    let (m, c) = (f.join("mixtape.json"), f.join("changes.json"));
     let dir = tempfile::tempdir().unwrap();
-    let o = run(dir.path(), &m, &c, "plain.json", 1, &[]);
+    let o = run_on_fixtures(dir.path(), "plain.json", 1, &[]);
     assert!(o.status.success());
-    let o = run(dir.path(), &m, &c, "out.json", 4, &["--stop-after", "plan"]);
+    let o = run_on_fixtures(dir.path(), "out.json", 4, &["--stop-after", "plan"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = run(dir.path(), &m, &c, "out.json", 1, &[]);
+    let o = run_on_fixtures(dir.path(), "out.json", 1, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("0 of 4 chunks applied"),
@@ -175,16 +154,8 @@ fn a_resumed_run_keeps_the_stored_plan_whatever_workers_says() {
 
 #[test]
 fn a_worker_before_the_plan_or_on_a_foreign_file_says_so() {
-    let f = fixtures();
     let dir = tempfile::tempdir().unwrap();
-    let o = run(
-        dir.path(),
-        &f.join("mixtape.json"),
-        &f.join("changes.json"),
-        "out.json",
-        2,
-        &["--stop-after", "import"],
-    );
+    let o = run_on_fixtures(dir.path(), "out.json", 2, &["--stop-after", "import"]);
     assert!(o.status.success());
     let o = Command::new(worker_bin())
         .arg("--db")
@@ -202,10 +173,8 @@ fn a_worker_before_the_plan_or_on_a_foreign_file_says_so() {
         "not a database, and not ours to delete........................",
     )
     .unwrap();
-    let o = run(
+    let o = run_on_fixtures(
         dir.path(),
-        &f.join("mixtape.json"),
-        &f.join("changes.json"),
         "o2.json",
         2,
         &["--db", foreign.to_str().unwrap()],

@@ -6,7 +6,7 @@ mod support;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use support::{fixtures, run, stderr};
+use support::{fixtures, run, run_on_fixtures, stderr};
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -102,14 +102,7 @@ fn unreadable_input_is_exit_1() {
 #[test]
 fn strict_fails_with_3_and_writes_no_output_but_the_rejects() {
     let dir = tempfile::tempdir().unwrap();
-    let o = run(
-        dir.path(),
-        &fixture_mixtape(),
-        &fixture_changes(),
-        "out.json",
-        2,
-        &["--strict"],
-    );
+    let o = run_on_fixtures(dir.path(), "out.json", 2, &["--strict"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(!dir.path().join("out.json").exists());
     let rejects = fs::read_to_string(dir.path().join("out.json.rejects.jsonl")).unwrap();
@@ -162,10 +155,8 @@ fn custom_db_and_rejects_paths_and_keep_db() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("work.sqlite");
     let rejects = dir.path().join("r.jsonl");
-    let o = run(
+    let o = run_on_fixtures(
         dir.path(),
-        &fixture_mixtape(),
-        &fixture_changes(),
         "out.json",
         3,
         &[
@@ -209,14 +200,7 @@ fn worker_gives_clear_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not a work database"), "{}", stderr(&o));
 
-    let o = run(
-        dir.path(),
-        &fixture_mixtape(),
-        &fixture_changes(),
-        "out.json",
-        2,
-        &["--stop-after", "plan"],
-    );
+    let o = run_on_fixtures(dir.path(), "out.json", 2, &["--stop-after", "plan"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = std::process::Command::new(support::worker_bin())
         .args([

@@ -6,7 +6,7 @@ mod support;
 
 use std::fs;
 
-use support::{assert_same_text, fixtures, reference, run, stderr};
+use support::{assert_same_text, fixtures, reference, run_on_fixtures, stderr};
 
 #[test]
 fn fixtures_give_the_expected_output_with_any_worker_count() {
@@ -15,14 +15,7 @@ fn fixtures_give_the_expected_output_with_any_worker_count() {
     let expected_rejects = fs::read_to_string(f.join("expected-rejects.jsonl")).unwrap();
     for workers in [1, 2, 4, 16] {
         let dir = tempfile::tempdir().unwrap();
-        let o = run(
-            dir.path(),
-            &f.join("mixtape.json"),
-            &f.join("changes.json"),
-            "out.json",
-            workers,
-            &[],
-        );
+        let o = run_on_fixtures(dir.path(), "out.json", workers, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
         let output = fs::read_to_string(dir.path().join("out.json")).unwrap();
         let rejects = fs::read_to_string(dir.path().join("out.json.rejects.jsonl")).unwrap();

@@ -52,6 +52,19 @@ pub fn run(
     cmd.output().expect("running harness")
 }
 
+/// Runs the harness on the bundled fixtures, writing `out` in `dir`.
+pub fn run_on_fixtures(dir: &Path, out: &str, workers: usize, extra: &[&str]) -> Output {
+    let f = fixtures();
+    run(
+        dir,
+        &f.join("mixtape.json"),
+        &f.join("changes.json"),
+        out,
+        workers,
+        extra,
+    )
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
