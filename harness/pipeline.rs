@@ -208,10 +208,7 @@ pub fn run(config: &Config) -> Result<u8> {
         rows.collect::<Result<_, _>>()?
     };
     if !pending.is_empty() {
-        if chunks.len() != config.workers
-            && workdb::is_done(&conn, "plan")?
-            && pending.len() < chunks.len()
-        {
+        if chunks.len() != config.workers && pending.len() < chunks.len() {
             ui.message(&format!(
                 "harness: continuing the stored plan of {} chunk(s); {} remain",
                 chunks.len(),
