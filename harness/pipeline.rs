@@ -230,9 +230,11 @@ pub fn run(config: &Config) -> Result<u8> {
         let partitions = workdb::meta_number(&conn, "partitions")?;
         let _t = times.start(3);
         let bar = ui.count_bar("merge", partitions);
-        merge::merge(&mut conn, &config.db, config.workers, &mut |done, _| {
-            bar.set(done)
-        })?;
+        // More merge threads than cores only adds memory (each has a cache and
+        // a partition's playlists), so --workers is capped by the CPU count.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = config.workers.min(cpus);
+        merge::merge(&mut conn, &config.db, threads, &mut |done, _| bar.set(done))?;
         bar.finish(&format!("{partitions} partitions"));
     }
     mixtape::interrupt::check()?;

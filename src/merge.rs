@@ -151,7 +151,7 @@ fn merge_some(
     conn.pragma_update(
         None,
         "cache_size",
-        -(MERGE_CACHE_KIB / threads as i64).max(8192),
+        -(MERGE_CACHE_KIB / threads as i64).max(2048),
     )?;
     loop {
         crate::interrupt::check()?;
