@@ -50,8 +50,8 @@ use crate::record::{Body, Decoder, NewId, Recorded};
 use crate::workdb::{self, RESULT_CHANGED, RESULT_NEW, RESULT_REMOVED};
 
 /// Page cache shared by the merge threads, in KiB (each gets its share). Less
-/// than a worker's lookup cache: the harness also holds the sorted partition
-/// and its own connection's cache.
+/// than a worker's lookup cache: the harness also holds each thread's playlist
+/// states and its own connection's cache.
 const MERGE_CACHE_KIB: i64 = 32 * 1024;
 
 /// Document playlists that name a missing owner or song (SPEC §2: a warning),
