@@ -403,7 +403,7 @@ impl Worker<'_> {
         auto_ordinal: Option<u64>,
     ) -> Result<Result<Op, (&'static str, String)>> {
         let text = |raw: &[u8]| json::id_text(raw).unwrap_or_default().into_owned();
-        let (op, body_owned);
+        let op;
         match change {
             Change::AddPlaylist {
                 id,
@@ -467,11 +467,13 @@ impl Worker<'_> {
                     copied: &rendered,
                 };
                 self.record(Recorded { index, body });
-                return Ok(Ok(op));
             }
             Change::RemovePlaylist { playlist } => {
                 op = Op::RemovePlaylist;
-                body_owned = (playlist.to_vec(), None);
+                self.record(Recorded {
+                    index,
+                    body: Body::RemovePlaylist { playlist },
+                });
             }
             Change::AddSong { playlist, song } => {
                 op = Op::AddSong;
@@ -481,21 +483,22 @@ impl Worker<'_> {
                         format!("song {} does not exist", text(song)),
                     )));
                 };
-                body_owned = (playlist.to_vec(), Some(written.into_bytes()));
+                self.record(Recorded {
+                    index,
+                    body: Body::AddSong {
+                        playlist,
+                        song: written.as_bytes(),
+                    },
+                });
             }
             Change::RemoveSong { playlist, song } => {
                 op = Op::RemoveSong;
-                body_owned = (playlist.to_vec(), Some(song.to_vec()));
+                self.record(Recorded {
+                    index,
+                    body: Body::RemoveSong { playlist, song },
+                });
             }
         }
-        let (playlist, song) = &body_owned;
-        let body = match (op, song) {
-            (Op::RemovePlaylist, _) => Body::RemovePlaylist { playlist },
-            (Op::AddSong, Some(song)) => Body::AddSong { playlist, song },
-            (Op::RemoveSong, Some(song)) => Body::RemoveSong { playlist, song },
-            _ => unreachable!("every op with a song has one"),
-        };
-        self.record(Recorded { index, body });
         Ok(Ok(op))
     }
 
