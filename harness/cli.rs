@@ -1,14 +1,19 @@
-//! The harness command line (SPEC §7): what the user typed, checked by clap, then
+//! The harness command line (README "Command line"): what the user typed, checked by clap, then
 //! turned into a [`Config`] in one place, where every default is decided.
 
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
+use mixtape::paths::with_suffix;
+use mixtape::stage::Stage;
 
 /// Apply a batch of playlist changes to a mixtape document, with N worker
 /// processes over a SQLite work database. The output is the same bytes for any N:
 /// exactly what applying the changes one by one, in file order, gives.
+///
+/// The arguments come in this order: the document first, then the changes, then
+/// where to write the result.
 #[derive(Parser, Debug)]
 #[command(name = "harness", version, max_term_width = 100)]
 pub struct Cli {
@@ -16,7 +21,8 @@ pub struct Cli {
     pub mixtape: PathBuf,
     /// The changes: an object with a `changes` array, a bare array, or JSON Lines.
     pub changes: PathBuf,
-    /// Where the resulting document is written (replaced whole, or not at all).
+    /// Where the resulting document is written (replaced whole, or not at all; an
+    /// existing file keeps its permissions). Checked before any work is done.
     pub output: PathBuf,
     /// Worker processes [default: number of CPUs].
     #[arg(short, long, value_name = "N")]
@@ -52,15 +58,6 @@ pub enum ProgressWhen {
     Never,
 }
 
-/// The stages `--stop-after` can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum Stage {
-    Import,
-    Plan,
-    Apply,
-    Merge,
-}
-
 /// The run's configuration, every default resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -86,13 +83,6 @@ pub enum DrawProgress {
     OnTerminal,
     /// On stderr, whatever it is (`--progress always`).
     Forced,
-}
-
-/// `path` with `suffix` appended to its file name.
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 impl Cli {

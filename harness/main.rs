@@ -1,6 +1,7 @@
-//! `harness`: runs the whole job (SPEC §1). `main` is a thin wrapper: parse the
-//! command line, run the pipeline, turn the outcome into an exit code. Errors
-//! print with their whole context chain.
+//! `harness`: runs the whole job (README "Command line"). `main` is a thin
+//! wrapper: parse the command line, run the pipeline, turn the outcome into an
+//! exit code ([`Exit`], the one place codes are decided). Errors print with
+//! their whole context chain.
 
 mod cli;
 mod pipeline;
@@ -11,25 +12,27 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mixtape::exit_codes;
+use mixtape::exit_codes::Exit;
 
 fn main() -> ExitCode {
     // clap exits with code 2 on a usage error, 0 for --help and --version.
     let cli = cli::Cli::parse();
     let config = cli.into_config(std::io::stderr().is_terminal());
     mixtape::interrupt::install();
-    match pipeline::run(&config) {
-        Ok(code) => exit_codes::exit(code),
-        Err(e) if mixtape::interrupt::is_interrupted(&e) => {
-            eprintln!(
-                "harness: interrupted; the work database is kept at {} (run the same command to resume)",
-                config.db.display()
-            );
-            exit_codes::exit(exit_codes::INTERRUPTED)
-        }
+    let exit = match pipeline::run(&config) {
+        Ok(exit) => exit,
         Err(e) => {
-            eprintln!("harness: error: {e:#}");
-            exit_codes::exit(exit_codes::FAILURE)
+            let exit = Exit::of_error(&e);
+            if exit == Exit::Interrupted {
+                eprintln!(
+                    "harness: interrupted; the work database is kept at {} (run the same command to resume)",
+                    config.db.display()
+                );
+            } else {
+                eprintln!("harness: error: {e:#}");
+            }
+            exit
         }
-    }
+    };
+    exit.into()
 }

@@ -1,84 +1,114 @@
-//! The run, stage after stage, each skipped when the work database says it is
-//! done: import → plan → apply (workers) → merge → export.
+//! The run, stage after stage, each skipped when the store says it is done:
+//! import → plan → apply (workers) → merge → export.
 //!
-//! This module decides whether to resume or start fresh, takes the run lock,
-//! draws each stage's bar, honours `--stop-after`, and prints the summary. The
-//! stages themselves live in the library, one module each.
+//! [`run`] is the dispatcher: it checks where the results will go, takes the run
+//! lock, decides whether to resume or start fresh, then walks [`Stage::ALL`],
+//! handing each stage to one small function of [`Run`] and honouring
+//! `--stop-after`. The stages themselves live in the library, one module each;
+//! this module only draws their bars and says what they did.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use rusqlite::Connection;
 
-use mixtape::{exit_codes, export, fingerprint, import, merge, plan, workdb};
+use mixtape::exit_codes::Exit;
+use mixtape::stage::Stage;
+use mixtape::store::{InputKind, Key, RunLock, Store};
+use mixtape::{export, fingerprint, import, merge, output_file, plan, store};
 
-use crate::cli::{Config, Stage};
+use crate::cli::Config;
 use crate::progress::Ui;
-use crate::workers::{self, PendingChunk};
+use crate::workers::{self, LockFigures, PendingChunk};
 
-/// An input, as recorded in the work database.
+/// An input, as the store records it.
 struct Input {
-    label: &'static str,
+    kind: InputKind,
     path: PathBuf,
     fingerprint: String,
 }
 
 impl Input {
-    fn open(label: &'static str, path: &Path) -> Result<Input> {
-        let fingerprint = fingerprint::of_file(path)
-            .with_context(|| format!("cannot read {label} {}", path.display()))?;
-        let path = path
-            .canonicalize()
-            .with_context(|| format!("cannot read {label} {}", path.display()))?;
+    fn open(kind: InputKind, path: &Path) -> Result<Input> {
+        let cannot_read = || format!("cannot read {} {}", kind.label(), path.display());
+        let fingerprint = fingerprint::of_file(path).with_context(cannot_read)?;
+        let path = path.canonicalize().with_context(cannot_read)?;
         Ok(Input {
-            label,
+            kind,
             path,
             fingerprint,
         })
     }
 
-    fn key(&self) -> String {
-        self.label.to_ascii_lowercase()
-    }
-
-    /// Why the database's record of this input differs from the file, if it does.
-    fn changed_since(&self, conn: &Connection) -> Result<Option<String>> {
-        let path = workdb::meta_get(conn, &format!("{}_path", self.key()))?;
-        let print = workdb::meta_get(conn, &format!("{}_fingerprint", self.key()))?;
+    /// Why the store's record of this input differs from the file, if it does.
+    fn changed_since(&self, store: &Store) -> Result<Option<String>> {
+        let (path, print) = store.recorded_input(self.kind)?;
+        let label = self.kind.label();
         Ok(if path.as_deref() != Some(&*self.path.to_string_lossy()) {
             Some(format!(
-                "{} is another file than the work database was made from",
-                self.label
+                "{label} is another file than the work database was made from"
             ))
         } else if print.as_deref() != Some(&self.fingerprint) {
-            Some(format!(
-                "{} changed since the work database was made",
-                self.label
-            ))
+            Some(format!("{label} changed since the work database was made"))
         } else {
             None
         })
     }
 
-    fn record(&self, conn: &Connection) -> Result<()> {
-        workdb::meta_set(
-            conn,
-            &format!("{}_path", self.key()),
-            self.path.to_string_lossy(),
-        )?;
-        workdb::meta_set(
-            conn,
-            &format!("{}_fingerprint", self.key()),
-            &self.fingerprint,
-        )
+    fn record(&self, store: &Store) -> Result<()> {
+        store.record_input(self.kind, &self.path.to_string_lossy(), &self.fingerprint)
     }
 }
 
+/// Runs the job; returns how the process should exit.
+pub fn run(config: &Config) -> Result<Exit> {
+    let started = Instant::now();
+    let ui = Ui::new(config.draw_progress);
+    let inputs = [
+        Input::open(InputKind::Mixtape, &config.mixtape)?,
+        Input::open(InputKind::Changes, &config.changes)?,
+    ];
+    // Before any work: a run that cannot write its results must not spend an
+    // hour finding out, nor leave a work database behind.
+    output_file::check_writable("OUTPUT", &config.output)?;
+    output_file::check_writable("rejects report", &config.rejects)?;
+    output_file::check_writable("work database", &config.db)?;
+    let lock = RunLock::acquire(&config.db)?;
+    output_file::remove_stale_temporaries(&config.output)?;
+    output_file::remove_stale_temporaries(&config.rejects)?;
+    let store = open_or_create(config, &inputs, &ui)?;
+    let mut run = Run {
+        config,
+        ui,
+        store,
+        times: StageTimes::default(),
+        started,
+    };
+    run.say_what_resumes()?;
+    for stage in Stage::ALL {
+        if stage == Stage::Export {
+            break;
+        }
+        run.stage(stage)?;
+        if config.stop_after == Some(stage) {
+            return Ok(run.stopped_after(stage));
+        }
+    }
+    let exit = run.export()?;
+    if exit == Exit::Success {
+        drop(run.store);
+        if !config.keep_db {
+            store::remove_files(&config.db)?;
+        }
+        lock.release_and_remove();
+    }
+    Ok(exit)
+}
+
 /// Opens the work database to resume from, or makes a new one.
-fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<Connection> {
+fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<Store> {
     if config.db.exists() && !config.fresh {
-        let conn = workdb::open_existing(&config.db).with_context(|| {
+        let store = Store::open(&config.db).with_context(|| {
             format!(
                 "cannot resume; pass --fresh to discard {}",
                 config.db.display()
@@ -86,130 +116,114 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<Connecti
         })?;
         let mut why_fresh = None;
         for input in inputs {
-            if let Some(why) = input.changed_since(&conn)? {
-                why_fresh = Some(why);
+            why_fresh = input.changed_since(&store)?;
+            if why_fresh.is_some() {
                 break;
             }
         }
         match why_fresh {
-            None => return Ok(conn),
+            None => return Ok(store),
             Some(why) => ui.message(&format!("harness: starting fresh: {why}")),
         }
     }
-    let conn = workdb::create(&config.db)?;
+    let store = Store::create(&config.db)?;
     for input in inputs {
-        input.record(&conn)?;
+        input.record(&store)?;
     }
-    Ok(conn)
+    Ok(store)
 }
 
-/// Says what a resumed run finds already done.
-fn describe_resume(conn: &Connection) -> Result<Option<String>> {
-    if !workdb::is_done(conn, "import")? {
-        return Ok(None);
-    }
-    let mut done = vec!["import".to_string()];
-    if workdb::is_done(conn, "plan")? {
-        done.push("plan".into());
-        let chunks = plan::load_chunks(conn)?;
-        let applied = chunks.iter().filter(|c| c.2).count();
-        done.push(format!("{applied} of {} chunks applied", chunks.len()));
-    }
-    if workdb::is_done(conn, "merge")? {
-        done.push("merge".into());
-    }
-    Ok(Some(done.join(", ")))
+/// One run in progress: what every stage needs.
+struct Run<'a> {
+    config: &'a Config,
+    ui: Ui,
+    store: Store,
+    times: StageTimes,
+    started: Instant,
 }
 
-/// Runs the job; returns the exit code.
-pub fn run(config: &Config) -> Result<u8> {
-    let started = Instant::now();
-    let mut times = StageTimes::default();
-    let ui = Ui::new(config.draw_progress);
-    let inputs = [
-        Input::open("MIXTAPE", &config.mixtape)?,
-        Input::open("CHANGES", &config.changes)?,
-    ];
-    for (what, path) in [
-        ("OUTPUT", &config.output),
-        ("work database", &config.db),
-        ("rejects report", &config.rejects),
-    ] {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        if !dir.is_dir() {
-            anyhow::bail!("{what} directory {} does not exist", dir.display());
+impl Run<'_> {
+    /// Runs `stage` unless the store says it is done.
+    fn stage(&mut self, stage: Stage) -> Result<()> {
+        if !self.store.is_done(stage)? {
+            let started = Instant::now();
+            match stage {
+                Stage::Import => self.import()?,
+                Stage::Plan => self.plan()?,
+                Stage::Apply => self.apply()?,
+                Stage::Merge => self.merge()?,
+                Stage::Export => unreachable!("export ends the run: Run::export"),
+            }
+            self.times.record(stage, started);
         }
+        mixtape::interrupt::check()
     }
-    let lock = workdb::RunLock::acquire(&config.db)?;
-    let mut conn = open_or_create(config, &inputs, &ui)?;
-    if let Some(done) = describe_resume(&conn)? {
-        ui.message(&format!(
-            "harness: resuming from {}: {done}",
-            config.db.display()
-        ));
-    }
-    let stopped = |stage: &str, times: &StageTimes| {
-        ui.message(&format!(
-            "harness: stopped after {stage}; the work database is kept at {} (run the same command without --stop-after to continue)",
-            config.db.display()
-        ));
-        if std::env::var_os("MIXTAPE_BENCH").is_some() {
-            ui.final_message(&times.bench_line(started.elapsed().as_secs_f64()));
-        }
-        Ok(exit_codes::SUCCESS)
-    };
 
-    if !workdb::is_done(&conn, "import")? {
-        let size = std::fs::metadata(&config.mixtape)?.len();
-        let _t = times.start(0);
-        let bar = ui.bytes_bar("import", size);
-        let figures = import::import(&mut conn, &config.mixtape, &mut |b| bar.set(b))?;
+    /// Says what a resumed run finds already done.
+    fn say_what_resumes(&self) -> Result<()> {
+        if !self.store.is_done(Stage::Import)? {
+            return Ok(());
+        }
+        let mut done = vec![Stage::Import.name().to_string()];
+        if self.store.is_done(Stage::Plan)? {
+            done.push(Stage::Plan.name().into());
+            let chunks = self.store.chunks()?;
+            let applied = chunks.iter().filter(|c| c.done).count();
+            done.push(format!("{applied} of {} chunks applied", chunks.len()));
+        }
+        if self.store.is_done(Stage::Merge)? {
+            done.push(Stage::Merge.name().into());
+        }
+        self.ui.message(&format!(
+            "harness: resuming from {}: {}",
+            self.config.db.display(),
+            done.join(", ")
+        ));
+        Ok(())
+    }
+
+    fn import(&mut self) -> Result<()> {
+        let size = std::fs::metadata(&self.config.mixtape)?.len();
+        let bar = self.ui.bytes_bar(Stage::Import.name(), size);
+        let figures = import::import(&self.store, &self.config.mixtape, &mut |b| bar.set(b))?;
         bar.finish(&format!(
             "{} users, {} playlists, {} songs",
             figures.users, figures.playlists, figures.songs
         ));
-    }
-    mixtape::interrupt::check()?;
-    if config.stop_after == Some(Stage::Import) {
-        return stopped("import", &times);
+        Ok(())
     }
 
-    if !workdb::is_done(&conn, "plan")? {
-        let size = std::fs::metadata(&config.changes)?.len();
-        let _t = times.start(1);
-        let bar = ui.bytes_bar("plan", size);
-        let planned = plan::plan(&config.changes, config.workers, &mut |b| bar.set(b))?;
-        plan::store(&mut conn, &planned, size)?;
+    fn plan(&mut self) -> Result<()> {
+        let size = std::fs::metadata(&self.config.changes)?.len();
+        let bar = self.ui.bytes_bar(Stage::Plan.name(), size);
+        let planned = plan::plan(&self.config.changes, self.config.workers, &mut |b| {
+            bar.set(b)
+        })?;
+        let playlists = self.store.meta_number(Key::Playlists)?;
+        self.store
+            .save_plan(&planned, plan::partitions_for(size, playlists))?;
         bar.finish(&format!(
             "{} changes ({} form) in {} chunk(s)",
             planned.changes,
             planned.form.name(),
             planned.chunks.len()
         ));
-    }
-    mixtape::interrupt::check()?;
-    if config.stop_after == Some(Stage::Plan) {
-        return stopped("plan", &times);
+        Ok(())
     }
 
-    let chunks = plan::load_chunks(&conn)?;
-    let pending: Vec<PendingChunk> = {
-        let mut stmt = conn.prepare("SELECT chunk, end - start, next_offset - start FROM chunks WHERE done = 0 ORDER BY chunk")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(PendingChunk {
-                chunk: r.get(0)?,
-                bytes: r.get(1)?,
-                done_bytes: r.get(2)?,
+    fn apply(&mut self) -> Result<()> {
+        let chunks = self.store.chunks()?;
+        let pending: Vec<PendingChunk> = chunks
+            .iter()
+            .filter(|c| !c.done)
+            .map(|c| PendingChunk {
+                chunk: c.chunk,
+                bytes: c.end - c.start,
+                done_bytes: c.next_offset - c.start,
             })
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
-    if !pending.is_empty() {
-        if chunks.len() != config.workers && pending.len() < chunks.len() {
-            ui.message(&format!(
+            .collect();
+        if chunks.len() != self.config.workers && pending.len() < chunks.len() {
+            self.ui.message(&format!(
                 "harness: continuing the stored plan of {} chunk(s); {} remain",
                 chunks.len(),
                 pending.len()
@@ -218,132 +232,130 @@ pub fn run(config: &Config) -> Result<u8> {
         let worker = std::env::current_exe()
             .context("finding the harness executable")?
             .with_file_name("worker");
-        let _t = times.start(2);
-        times.lock = workers::run(&worker, &config.db, &pending, &ui)?;
-        workdb::checkpoint(&conn)?;
-    }
-    if config.stop_after == Some(Stage::Apply) {
-        return stopped("apply", &times);
+        self.times.lock = workers::run(&worker, &self.config.db, &pending, &self.ui)?;
+        self.store.checkpoint()
     }
 
-    if !workdb::is_done(&conn, "merge")? {
-        let partitions = workdb::meta_number(&conn, "partitions")?;
-        let _t = times.start(3);
-        let bar = ui.count_bar("merge", partitions);
+    fn merge(&mut self) -> Result<()> {
+        let partitions = self.store.meta_number(Key::Partitions)?;
+        let bar = self.ui.count_bar(Stage::Merge.name(), partitions);
         // More merge threads than cores only adds memory (each has a cache and
         // a partition's playlists), so --workers is capped by the CPU count.
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = config.workers.min(cpus);
-        merge::merge(&mut conn, &config.db, threads, &mut |done, _| bar.set(done))?;
+        let threads = self.config.workers.min(cpus);
+        merge::merge(&self.store, threads, &mut |done, _| bar.set(done))?;
         bar.finish(&format!("{partitions} partitions"));
-    }
-    mixtape::interrupt::check()?;
-    if config.stop_after == Some(Stage::Merge) {
-        return stopped("merge", &times);
+        Ok(())
     }
 
-    let export_started = times.start(4);
-    let bar = ui.count_bar("export", 2);
-    let by_reason = export::rejects_by_reason(&conn)?;
-    let rejected: u64 = by_reason.iter().map(|(_, n)| n).sum();
-    export::write_rejects(&conn, &config.rejects)?;
-    bar.set(1);
-    let strict_failure = config.strict && rejected > 0;
-    if !strict_failure {
-        export::write_output(&conn, &config.output)?;
-    }
-    bar.set(2);
-    bar.finish(&if strict_failure {
-        format!(
-            "rejects to {} (no output: --strict)",
-            config.rejects.display()
-        )
-    } else {
-        format!(
-            "{} and {}",
-            config.output.display(),
-            config.rejects.display()
-        )
-    });
-
-    drop(export_started);
-    let changes = workdb::meta_number(&conn, "changes")?;
-    let warnings = merge::warnings(&conn)?;
-    let reasons = if by_reason.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
-        format!(" ({})", list.join(", "))
-    };
-    let warning_text = if warnings > 0 {
-        format!("; {warnings} input playlist(s) name a missing owner or song")
-    } else {
-        String::new()
-    };
-    ui.final_message(&format!(
-        "harness: {changes} changes read, {} applied, {rejected} rejected{reasons}{warning_text}; {:.2}s ({})",
-        changes - rejected.min(changes),
-        started.elapsed().as_secs_f64(),
-        times.describe()
-    ));
-    if std::env::var_os("MIXTAPE_BENCH").is_some() {
-        ui.final_message(&times.bench_line(started.elapsed().as_secs_f64()));
+    /// Writes the rejects report and (unless `--strict` fails) OUTPUT, then
+    /// the summary.
+    fn export(&mut self) -> Result<Exit> {
+        let started = Instant::now();
+        let config = self.config;
+        let bar = self.ui.count_bar(Stage::Export.name(), 2);
+        let by_reason = self.store.rejects_by_reason()?;
+        let rejected: u64 = by_reason.iter().map(|(_, n)| n).sum();
+        export::write_rejects(&self.store, &config.rejects)?;
+        bar.set(1);
+        let strict_failure = config.strict && rejected > 0;
+        if !strict_failure {
+            export::write_output(&self.store, &config.output)?;
+        }
+        bar.set(2);
+        bar.finish(&if strict_failure {
+            format!(
+                "rejects to {} (no output: --strict)",
+                config.rejects.display()
+            )
+        } else {
+            format!(
+                "{} and {}",
+                config.output.display(),
+                config.rejects.display()
+            )
+        });
+        self.times.record(Stage::Export, started);
+        self.summarize(&by_reason)?;
+        if strict_failure {
+            self.ui.final_message(&format!(
+                "harness: --strict: {rejected} change(s) rejected, so no output was written; see {}",
+                config.rejects.display()
+            ));
+            return Ok(Exit::Rejected);
+        }
+        Ok(Exit::Success)
     }
 
-    if strict_failure {
-        ui.final_message(&format!(
-            "harness: --strict: {rejected} change(s) rejected, so no output was written; see {}",
-            config.rejects.display()
+    /// The run's one-line summary (and the benchmark's line when asked for).
+    fn summarize(&self, by_reason: &[(mixtape::reject::Reason, u64)]) -> Result<()> {
+        let changes = self.store.meta_number(Key::Changes)?;
+        let rejected: u64 = by_reason.iter().map(|(_, n)| n).sum();
+        let warnings = self.store.warnings()?;
+        let reasons = if by_reason.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = by_reason
+                .iter()
+                .map(|(r, n)| format!("{} {n}", r.name()))
+                .collect();
+            format!(" ({})", list.join(", "))
+        };
+        let warning_text = if warnings > 0 {
+            format!("; {warnings} input playlist(s) name a missing owner or song")
+        } else {
+            String::new()
+        };
+        self.ui.final_message(&format!(
+            "harness: {changes} changes read, {} applied, {rejected} rejected{reasons}{warning_text}; {:.2}s ({})",
+            changes - rejected.min(changes),
+            self.started.elapsed().as_secs_f64(),
+            self.times.describe()
         ));
-        return Ok(exit_codes::REJECTED);
+        self.bench_line();
+        Ok(())
     }
-    drop(conn);
-    if !config.keep_db {
-        workdb::remove_files(&config.db)?;
+
+    /// Says where the run stopped, for `--stop-after`.
+    fn stopped_after(&self, stage: Stage) -> Exit {
+        self.ui.message(&format!(
+            "harness: stopped after {}; the work database is kept at {} (run the same command without --stop-after to continue)",
+            stage.name(),
+            self.config.db.display()
+        ));
+        self.bench_line();
+        Exit::Success
     }
-    lock.release_and_remove();
-    Ok(exit_codes::SUCCESS)
+
+    /// With `MIXTAPE_BENCH` set, the machine-readable line the benchmark reads.
+    fn bench_line(&self) {
+        if std::env::var_os("MIXTAPE_BENCH").is_some() {
+            let total = self.started.elapsed().as_secs_f64();
+            self.ui.final_message(&self.times.bench_line(total));
+        }
+    }
 }
 
 /// Wall time of each stage this run did (a resumed run skips some).
 #[derive(Default)]
 struct StageTimes {
-    seconds: std::rc::Rc<std::cell::RefCell<[Option<f64>; 5]>>,
+    seconds: [Option<f64>; Stage::ALL.len()],
     /// The workers' time with the write lock (summed over workers).
-    lock: workers::LockFigures,
-}
-
-const STAGE_NAMES: [&str; 5] = ["import", "plan", "apply", "merge", "export"];
-
-/// Adds the time until it is dropped to its stage.
-struct StageTimer {
-    stage: usize,
-    started: Instant,
-    seconds: std::rc::Rc<std::cell::RefCell<[Option<f64>; 5]>>,
-}
-
-impl Drop for StageTimer {
-    fn drop(&mut self) {
-        self.seconds.borrow_mut()[self.stage] = Some(self.started.elapsed().as_secs_f64());
-    }
+    lock: LockFigures,
 }
 
 impl StageTimes {
-    fn start(&mut self, stage: usize) -> StageTimer {
-        StageTimer {
-            stage,
-            started: Instant::now(),
-            seconds: self.seconds.clone(),
-        }
+    fn record(&mut self, stage: Stage, started: Instant) {
+        self.seconds[stage.slot()] = Some(started.elapsed().as_secs_f64());
     }
 
     /// `import 1.20s, plan 0.40s, ...` for the stages this run did.
     fn describe(&self) -> String {
-        let seconds = self.seconds.borrow();
-        let done: Vec<String> = STAGE_NAMES
+        let done: Vec<String> = Stage::ALL
             .iter()
-            .zip(seconds.iter())
-            .filter_map(|(name, s)| s.map(|s| format!("{name} {s:.2}s")))
+            .filter_map(|stage| {
+                self.seconds[stage.slot()].map(|s| format!("{} {s:.2}s", stage.name()))
+            })
             .collect();
         done.join(", ")
     }
@@ -353,10 +365,10 @@ impl StageTimes {
     fn bench_line(&self, total: f64) -> String {
         use nix::sys::resource::{getrusage, UsageWho};
         let rss = |who| getrusage(who).map(|u| u.max_rss()).unwrap_or(0);
-        let seconds = self.seconds.borrow();
         let mut line = String::from("bench:");
-        for (name, s) in STAGE_NAMES.iter().zip(seconds.iter()) {
-            line.push_str(&format!(" {name}={:.3}", s.unwrap_or(0.0)));
+        for stage in Stage::ALL {
+            let seconds = self.seconds[stage.slot()].unwrap_or(0.0);
+            line.push_str(&format!(" {}={seconds:.3}", stage.name()));
         }
         line.push_str(&format!(
             " apply_lock_held={:.3} apply_lock_wait={:.3}",

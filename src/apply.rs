@@ -2,7 +2,7 @@
 //!
 //! A worker reads its chunk's byte range of CHANGES (streaming, a few MiB at a
 //! time), and for every change decides what can be decided without knowing the
-//! order of changes (SPEC §4, the first five reasons):
+//! order of changes (README "Semantics and rejects", the first five reasons):
 //!
 //! 1. the shape ([`crate::change`]): `invalid_change`;
 //! 2. lookups in the imported document: `unknown_user`, `unknown_song`;
@@ -13,12 +13,14 @@
 //!
 //! ## Batches and the write lock
 //!
-//! Work goes in batches (sized by [`BATCH_CHANGES`] and its neighbours). Parsing and lookups happen
-//! inside a read transaction (WAL readers never wait for writers); the recorded
-//! changes are encoded into one blob per merge partition ([`crate::record`]).
-//! Only then does the worker take the write lock (`BEGIN IMMEDIATE`), write those
-//! few rows, its rejects and its new position in the chunk, and commit. So the
-//! serial part of the stage is a few row inserts per batch, not one per change.
+//! Work goes in batches: a chunk is cut into about [`BATCHES_PER_CHUNK`]
+//! batches of [`BATCH_CHANGES`] to [`MAX_BATCH_CHANGES`] changes. Parsing and
+//! lookups happen inside a read transaction ([`Snapshot`]; WAL readers never
+//! wait for writers); the recorded changes are encoded into one blob per merge
+//! partition ([`crate::record`]). Only then does the worker take the write lock
+//! ([`Store::commit_batch`]) to write those few rows, its rejects and its new
+//! position in the chunk. So the serial part of the stage is a few row inserts
+//! per batch, not one per change.
 //!
 //! ## Resuming
 //!
@@ -37,19 +39,20 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::change::{self, Change, Op};
 use crate::fingerprint;
 use crate::json;
 use crate::record::{self, Body, NewId, Recorded};
-use crate::workdb;
+use crate::reject::{Reason, Reject, Rejection};
+use crate::stage::Stage;
+use crate::store::{Batch, ChunkRow, InputKind, Key, Snapshot, Store, LOOKUP_CACHE_KIB};
 
 /// Changes per batch, at least (one read transaction and one write transaction
-/// each). A chunk is cut into about [`BATCHES_PER_CHUNK`] batches, within
-/// [`BATCH_CHANGES`]..=[`MAX_BATCH_CHANGES`].
+/// each).
 ///
 /// ## Why batches grow with the chunk
 ///
@@ -70,6 +73,11 @@ pub const BATCHES_PER_CHUNK: u64 = 64;
 /// Bytes read from CHANGES at a time.
 const READ_SIZE: usize = 4 << 20;
 
+/// WAL pages between automatic checkpoints in a worker (SQLite's default is
+/// 1000): each checkpoint syncs the database file, and batches write thousands
+/// of pages in all. The harness checkpoints, and truncates the WAL, after the stage.
+const WORKER_CHECKPOINT_PAGES: u32 = 8192;
+
 /// How the worker was asked to run.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerOptions {
@@ -89,22 +97,9 @@ pub struct ChunkSummary {
     pub recorded: u64,
     pub rejected: u64,
     /// Time spent holding the write lock: the serial part of the apply stage.
-    pub lock_held: std::time::Duration,
+    pub lock_held: Duration,
     /// Time spent waiting for the write lock.
-    pub lock_wait: std::time::Duration,
-}
-
-/// A chunk's row in the `chunks` table.
-struct ChunkState {
-    /// Changes in the whole chunk.
-    changes: u64,
-    start: u64,
-    end: u64,
-    next_offset: u64,
-    next_index: u64,
-    auto_count: u64,
-    max_playlist_id: u64,
-    done: bool,
+    pub lock_wait: Duration,
 }
 
 /// Progress after a batch: bytes of the chunk done, bytes in the chunk, and
@@ -119,56 +114,23 @@ pub fn run_chunk(
     options: &WorkerOptions,
     progress: &mut ProgressFn,
 ) -> Result<ChunkSummary> {
-    let conn = workdb::open_existing(db)?;
-    workdb::use_lookup_cache(&conn)?;
-    // Checkpoint less often than every 1000 pages: each checkpoint syncs the
-    // database file, and batches write thousands of pages in all. The harness
-    // checkpoints (and truncates the WAL) after the stage.
-    conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
-    if !workdb::is_done(&conn, "plan")? {
-        bail!(
-            "the work database {} has no plan yet: run the harness with --stop-after plan first",
-            db.display()
-        );
-    }
-    let Some(state) = load_chunk(&conn, chunk)? else {
-        let count: u64 = conn.query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))?;
-        bail!(
-            "chunk {chunk} does not exist: the plan has {count} chunk(s){}",
-            if count > 0 {
-                format!(", numbered 0 to {}", count - 1)
-            } else {
-                String::new()
-            }
-        );
-    };
+    let store = Store::open(db)?;
+    store.set_cache_kib(LOOKUP_CACHE_KIB)?;
+    store.checkpoint_every(WORKER_CHECKPOINT_PAGES)?;
+    let state = chunk_to_apply(&store, chunk, options)?;
     let mut summary = ChunkSummary {
         chunk,
         ..Default::default()
-    };
-    let state = if options.redo {
-        reset_chunk(&conn, chunk)?;
-        load_chunk(&conn, chunk)?.context("chunk vanished")?
-    } else {
-        state
     };
     if state.done {
         summary.already_done = true;
         return Ok(summary);
     }
-    let changes_path = PathBuf::from(workdb::meta_require(&conn, "changes_path")?);
-    let expected = workdb::meta_require(&conn, "changes_fingerprint")?;
-    let actual = fingerprint::of_file(&changes_path)
-        .with_context(|| format!("reading CHANGES {}", changes_path.display()))?;
-    if actual != expected {
-        bail!(
-            "CHANGES {} changed since the plan was made; run the harness again to start afresh",
-            changes_path.display()
-        );
-    }
-    let partitions = workdb::meta_number(&conn, "partitions")?.max(1);
+    let changes_path = checked_changes_path(&store)?;
+    let partitions = store.meta_number(Key::Partitions)?.max(1);
     let mut worker = Worker {
-        conn: &conn,
+        store: &store,
+        snapshot: None,
         chunk,
         partitions,
         options,
@@ -181,7 +143,6 @@ pub fn run_chunk(
         start: state.start,
         summary,
         minified: Vec::new(),
-        reading: false,
         committed_offset: state.next_offset,
         batch_size: crate::fault::batch_size(
             (state.changes / BATCHES_PER_CHUNK).clamp(BATCH_CHANGES, MAX_BATCH_CHANGES),
@@ -193,60 +154,55 @@ pub fn run_chunk(
     Ok(worker.summary)
 }
 
-/// Undoes everything chunk `chunk` recorded, and the merge (which read it), in
-/// one transaction.
-fn reset_chunk(conn: &Connection, chunk: u64) -> Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = conn.execute_batch(&format!(
-        "DELETE FROM blocks WHERE chunk = {chunk};
-         DELETE FROM rejects WHERE by_merge = 0 AND idx >= (SELECT first_index FROM chunks WHERE chunk = {chunk})
-             AND idx < (SELECT first_index + changes FROM chunks WHERE chunk = {chunk});
-         UPDATE chunks SET next_offset = start, next_index = first_index, auto_count = 0,
-             max_playlist_id = 0, batches = 0, done = 0 WHERE chunk = {chunk};
-         DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1; DELETE FROM merged;
-         DELETE FROM meta WHERE key = 'merge_done';"
-    ));
-    match result {
-        Ok(()) => Ok(conn.execute_batch("COMMIT")?),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e.into())
-        }
+/// Chunk `chunk` as stored, after `--redo` reset it; a clear error when there
+/// is no plan or no such chunk.
+fn chunk_to_apply(store: &Store, chunk: u64, options: &WorkerOptions) -> Result<ChunkRow> {
+    if !store.is_done(Stage::Plan)? {
+        bail!(
+            "the work database {} has no plan yet: run the harness with --stop-after plan first",
+            store.path().display()
+        );
     }
+    if store.chunk(chunk)?.is_none() {
+        let count = store.chunks()?.len();
+        bail!(
+            "chunk {chunk} does not exist: the plan has {count} chunk(s){}",
+            if count > 0 {
+                format!(", numbered 0 to {}", count - 1)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if options.redo {
+        store.reset_chunk(chunk)?;
+    }
+    store.chunk(chunk)?.context("chunk vanished")
 }
 
-fn load_chunk(conn: &Connection, chunk: u64) -> Result<Option<ChunkState>> {
-    Ok(conn
-        .query_row(
-            "SELECT start, end, next_offset, next_index, auto_count, max_playlist_id, done, changes
-             FROM chunks WHERE chunk = ?1",
-            [chunk],
-            |r| {
-                Ok(ChunkState {
-                    start: r.get(0)?,
-                    end: r.get(1)?,
-                    next_offset: r.get(2)?,
-                    next_index: r.get(3)?,
-                    auto_count: r.get(4)?,
-                    max_playlist_id: r.get(5)?,
-                    done: r.get(6)?,
-                    changes: r.get(7)?,
-                })
-            },
-        )
-        .optional()?)
-}
-
-/// A change rejected by a worker.
-struct Reject {
-    index: u64,
-    op_json: String,
-    reason: &'static str,
-    detail: String,
+/// CHANGES as the plan saw it: a chunk is byte offsets, never applied to
+/// another file.
+fn checked_changes_path(store: &Store) -> Result<PathBuf> {
+    let (path, expected) = store.recorded_input(InputKind::Changes)?;
+    let (Some(path), Some(expected)) = (path, expected) else {
+        bail!("work database has no CHANGES: was it made by an unfinished run?");
+    };
+    let path = PathBuf::from(path);
+    let actual = fingerprint::of_file(&path)
+        .with_context(|| format!("reading CHANGES {}", path.display()))?;
+    if actual != expected {
+        bail!(
+            "CHANGES {} changed since the plan was made; run the harness again to start afresh",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 struct Worker<'a> {
-    conn: &'a Connection,
+    store: &'a Store,
+    /// The batch's read transaction, while it is open.
+    snapshot: Option<Snapshot<'a>>,
     chunk: u64,
     partitions: u64,
     options: &'a WorkerOptions,
@@ -263,16 +219,13 @@ struct Worker<'a> {
     start: u64,
     summary: ChunkSummary,
     minified: Vec<u8>,
-    /// Whether the batch's read transaction is open.
-    reading: bool,
     /// The chunk position this worker last committed (or started from).
     committed_offset: u64,
-    /// Changes per batch ([`BATCH_CHANGES`] unless a test says otherwise).
+    /// Changes per batch (see [`BATCH_CHANGES`]; `MIXTAPE_BATCH` in tests).
     batch_size: u64,
     end: u64,
     progress: &'a mut ProgressFn<'a>,
 }
-
 impl Worker<'_> {
     fn run(&mut self, path: &Path, from: u64, end: u64) -> Result<()> {
         let mut file =
@@ -327,9 +280,8 @@ impl Worker<'_> {
 
     /// Handles one change (its raw text).
     fn change(&mut self, raw: &[u8]) -> Result<()> {
-        if !self.reading {
-            self.conn.execute_batch("BEGIN DEFERRED")?;
-            self.reading = true;
+        if self.snapshot.is_none() {
+            self.snapshot = Some(self.store.snapshot()?);
         }
         let index = self.next_index;
         self.next_index += 1;
@@ -349,7 +301,7 @@ impl Worker<'_> {
             None
         };
         let outcome = match parsed.change {
-            Err(detail) => Err(("invalid_change", detail)),
+            Err(detail) => Err(Rejection::new(Reason::InvalidChange, detail)),
             Ok(change) => self.check_and_record(index, change, auto_ordinal)?,
         };
         match outcome {
@@ -359,12 +311,13 @@ impl Worker<'_> {
                     eprintln!("change {index}: {} -> recorded", shorten(&minified));
                 }
             }
-            Err((reason, detail)) => {
+            Err(Rejection { reason, detail }) => {
                 self.summary.rejected += 1;
                 if self.options.trace {
                     eprintln!(
-                        "change {index}: {} -> rejected: {reason}: {detail}",
-                        shorten(&minified)
+                        "change {index}: {} -> rejected: {}: {detail}",
+                        shorten(&minified),
+                        reason.name()
                     );
                 }
                 self.rejects.push(Reject {
@@ -379,29 +332,14 @@ impl Worker<'_> {
         Ok(())
     }
 
-    fn lookup(&self, table: &str, raw_id: &[u8]) -> Result<Option<String>> {
-        let id = json::id_text(raw_id).unwrap_or_default();
-        let sql = if table == "users" {
-            "SELECT written FROM user_ids WHERE id = ?1"
-        } else {
-            "SELECT written FROM song_ids WHERE id = ?1"
-        };
-        Ok(self
-            .conn
-            .prepare_cached(sql)?
-            .query_row([id.as_ref()], |r| r.get(0))
-            .optional()?)
-    }
-
     /// The lookups and list checks; records the change when it passes. Returns
-    /// the op, or the reject reason and detail.
-    #[allow(clippy::type_complexity)]
+    /// the op, or why the change is rejected.
     fn check_and_record(
         &mut self,
         index: u64,
         change: Change,
         auto_ordinal: Option<u64>,
-    ) -> Result<Result<Op, (&'static str, String)>> {
+    ) -> Result<Result<Op, Rejection>> {
         let text = |raw: &[u8]| json::id_text(raw).unwrap_or_default().into_owned();
         let op;
         match change {
@@ -412,33 +350,36 @@ impl Worker<'_> {
                 copied,
             } => {
                 op = Op::AddPlaylist;
-                let Some(owner_written) = self.lookup("users", owner)? else {
-                    return Ok(Err((
-                        "unknown_user",
+                let Some(owner_written) = self.store.user_written(&text(owner))? else {
+                    return Ok(Err(Rejection::new(
+                        Reason::UnknownUser,
                         format!("user {} does not exist", text(owner)),
                     )));
                 };
                 let mut songs_written = Vec::with_capacity(songs.len());
                 for song in &songs {
-                    match self.lookup("songs", song)? {
+                    match self.store.song_written(&text(song))? {
                         Some(w) => songs_written.push(w),
                         None => {
-                            return Ok(Err((
-                                "unknown_song",
+                            return Ok(Err(Rejection::new(
+                                Reason::UnknownSong,
                                 format!("song {} does not exist", text(song)),
                             )))
                         }
                     }
                 }
                 if songs.is_empty() {
-                    return Ok(Err(("empty_playlist", "song_ids is empty".into())));
+                    return Ok(Err(Rejection::new(
+                        Reason::EmptyPlaylist,
+                        "song_ids is empty",
+                    )));
                 }
                 let mut seen = HashSet::with_capacity(songs.len());
                 for song in &songs {
                     let t = text(song);
                     if !seen.insert(t.clone()) {
-                        return Ok(Err((
-                            "duplicate_song",
+                        return Ok(Err(Rejection::new(
+                            Reason::DuplicateSong,
                             format!("song {t} appears more than once in song_ids"),
                         )));
                     }
@@ -477,9 +418,9 @@ impl Worker<'_> {
             }
             Change::AddSong { playlist, song } => {
                 op = Op::AddSong;
-                let Some(written) = self.lookup("songs", song)? else {
-                    return Ok(Err((
-                        "unknown_song",
+                let Some(written) = self.store.song_written(&text(song))? else {
+                    return Ok(Err(Rejection::new(
+                        Reason::UnknownSong,
                         format!("song {} does not exist", text(song)),
                     )));
                 };
@@ -513,30 +454,22 @@ impl Worker<'_> {
 
     /// Writes the batch and the chunk's new position in one transaction.
     fn flush(&mut self, next_offset: u64, done: bool) -> Result<()> {
-        if self.reading {
-            self.conn.execute_batch("COMMIT")?;
-            self.reading = false;
+        if let Some(snapshot) = self.snapshot.take() {
+            snapshot.end()?;
         }
-        // IMMEDIATE: take the write lock up front. A deferred transaction that
-        // starts writing later can fail with SQLITE_BUSY_SNAPSHOT, which no busy
-        // timeout cures.
-        let asked = std::time::Instant::now();
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let got = std::time::Instant::now();
-        self.summary.lock_wait += got - asked;
-        let result = self.write_batch(next_offset, done);
-        match result {
-            Ok(()) => {
-                crate::fault::point("worker-write");
-                self.conn.execute_batch("COMMIT")?;
-                self.summary.lock_held += got.elapsed();
-                crate::fault::point("worker-commit");
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        }
+        let timing = self.store.commit_batch(&Batch {
+            chunk: self.chunk,
+            parts: &self.parts,
+            rejects: &self.rejects,
+            from_offset: self.committed_offset,
+            next_offset,
+            next_index: self.next_index,
+            auto_count: self.auto_count,
+            max_playlist_id: self.max_playlist_id,
+            done,
+        })?;
+        self.summary.lock_wait += timing.waited;
+        self.summary.lock_held += timing.held;
         self.committed_offset = next_offset;
         for part in &mut self.parts {
             part.clear();
@@ -548,48 +481,6 @@ impl Worker<'_> {
             self.end - self.start,
             &self.summary,
         );
-        Ok(())
-    }
-
-    fn write_batch(&self, next_offset: u64, done: bool) -> Result<()> {
-        let mut insert_block = self
-            .conn
-            .prepare_cached("INSERT INTO blocks(part, chunk, data) VALUES (?1, ?2, ?3)")?;
-        for (part, data) in self.parts.iter().enumerate() {
-            if !data.is_empty() {
-                insert_block.execute(params![part as u64, self.chunk, data])?;
-            }
-        }
-        let mut insert_reject = self.conn.prepare_cached(
-            "INSERT INTO rejects(idx, op, reason, detail, by_merge) VALUES (?1, ?2, ?3, ?4, 0)",
-        )?;
-        for r in &self.rejects {
-            insert_reject.execute(params![r.index, r.op_json, r.reason, r.detail])?;
-        }
-        // Only if nobody else moved the chunk meanwhile: two workers on one chunk
-        // (a hand-run worker beside the harness's, say) must not both record it.
-        let moved = self
-            .conn
-            .prepare_cached(
-                "UPDATE chunks SET next_offset = ?1, next_index = ?2, auto_count = ?3,
-                 max_playlist_id = ?4, batches = batches + 1, done = ?5
-                 WHERE chunk = ?6 AND next_offset = ?7 AND done = 0",
-            )?
-            .execute(params![
-                next_offset,
-                self.next_index,
-                self.auto_count,
-                self.max_playlist_id,
-                done,
-                self.chunk,
-                self.committed_offset
-            ])?;
-        if moved != 1 {
-            bail!(
-                "chunk {} was applied by another worker meanwhile; nothing of this run was recorded",
-                self.chunk
-            );
-        }
         Ok(())
     }
 }

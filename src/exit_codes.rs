@@ -1,20 +1,49 @@
-//! Exit codes of `harness` and `worker`, in one place (SPEC §6).
+//! Exit codes of `harness` and `worker`, in one place (README "Errors and exit
+//! codes"), and the one conversion from an error to its exit code.
 
-use std::process::ExitCode;
+/// How a process ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Done. Rejected changes are not an error (unless `--strict`).
+    Success = 0,
+    /// An input is unreadable or not valid JSON, an input document is invalid, a
+    /// worker failed, the disk is full: anything that stops the run.
+    Failure = 1,
+    /// Bad command line (clap exits with this code itself).
+    Usage = 2,
+    /// `--strict` and at least one change was rejected; no OUTPUT was written.
+    Rejected = 3,
+    /// Interrupted by Ctrl-C or SIGTERM; the work database is kept for a resume.
+    Interrupted = 130,
+}
 
-/// Done. Rejected changes are not an error (unless `--strict`).
-pub const SUCCESS: u8 = 0;
-/// An input is unreadable or not valid JSON, an input document is invalid, a
-/// worker failed, the disk is full: anything that stops the run.
-pub const FAILURE: u8 = 1;
-/// Bad command line (clap exits with this code itself).
-pub const USAGE: u8 = 2;
-/// `--strict` and at least one change was rejected; no OUTPUT was written.
-pub const REJECTED: u8 = 3;
-/// Interrupted by Ctrl-C or SIGTERM; the work database is kept for a resume.
-pub const INTERRUPTED: u8 = 130;
+impl Exit {
+    /// The exit code for a run that failed with `error`: the error's type
+    /// decides ([`crate::interrupt::Interrupted`] is 130), never its text.
+    pub fn of_error(error: &anyhow::Error) -> Exit {
+        if crate::interrupt::is_interrupted(error) {
+            Exit::Interrupted
+        } else {
+            Exit::Failure
+        }
+    }
+}
 
-/// `code` as a process exit code.
-pub fn exit(code: u8) -> ExitCode {
-    ExitCode::from(code)
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_by_type() {
+        assert_eq!(Exit::of_error(&anyhow::anyhow!("x")), Exit::Failure);
+        let interrupted = anyhow::Error::new(crate::interrupt::Interrupted).context("applying");
+        assert_eq!(Exit::of_error(&interrupted), Exit::Interrupted);
+        assert_eq!(Exit::Interrupted as u8, 130);
+    }
 }

@@ -6,7 +6,7 @@
 //! of the document. Top-level members may come in any order; members other than
 //! the three arrays are kept in `extras` and written back after them.
 //!
-//! What makes the document invalid (and stops the run, SPEC §2): not JSON, not an
+//! What makes the document invalid (and stops the run, README "The mixtape document"): not JSON, not an
 //! object, one of the three members not an array, an element that is not an
 //! object or has no valid id, a duplicate id in one array, a playlist whose
 //! `song_ids` is not an array of ids. The message names the array, the element's
@@ -14,12 +14,12 @@
 //!
 //! Playlists whose owner or songs do not exist are a warning, not an error: they
 //! are kept as they are. Counting them takes a lookup per song, and the songs may
-//! come after the playlists in the document, so [`count_warnings`] runs later, in
-//! parallel, one slice of playlists per merge partition.
+//! come after the playlists in the document, so the merge counts them later, in
+//! parallel, one slice of playlists per partition.
 //!
 //! ## Restarting
 //!
-//! Import commits every `BATCH` elements to keep the WAL small, but is not
+//! Import commits every 50,000 elements to keep the WAL small, but is not
 //! resumed half-way: a rerun clears the tables and starts over. It is one
 //! sequential read, so redoing it is cheap next to keeping track of it.
 
@@ -27,15 +27,11 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use rusqlite::{params, Connection, ErrorCode};
 
 use crate::errors;
 use crate::json;
 use crate::scan::{ScanError, Scanner};
-use crate::workdb;
-
-/// Elements per transaction.
-const BATCH: u64 = 50_000;
+use crate::store::{DocumentFacts, DocumentWriter, Inserted, Store};
 
 /// What the document held.
 #[derive(Debug, Default, Clone)]
@@ -64,57 +60,39 @@ impl Array {
 }
 
 /// Imports MIXTAPE at `path`; `progress` gets the number of bytes read so far.
-pub fn import(
-    conn: &mut Connection,
-    path: &Path,
-    progress: &mut dyn FnMut(u64),
-) -> Result<ImportFigures> {
+pub fn import(store: &Store, path: &Path, progress: &mut dyn FnMut(u64)) -> Result<ImportFigures> {
     let file = File::open(path).with_context(|| format!("opening MIXTAPE {}", path.display()))?;
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         DELETE FROM users; DELETE FROM user_ids; DELETE FROM songs; DELETE FROM song_ids;
-         DELETE FROM playlists; DELETE FROM extras;",
-    )?;
     let mut importer = Importer {
-        conn,
+        writer: store.document_writer()?,
         path,
         minified: Vec::new(),
         figures: ImportFigures::default(),
         owner_key: None,
         max_playlist_id: 0,
-        in_transaction: 0,
         extras: 0,
+        top_level_keys: Vec::new(),
     };
     let mut scanner = Scanner::new(file, 0);
-    let outcome = importer.document(&mut scanner, progress);
-    let outcome = match outcome {
-        Ok(()) => Ok(()),
-        Err(Failure::Scan(e)) => Err(errors::scan_error("MIXTAPE", path, e)),
-        Err(Failure::Other(e)) => Err(e),
-    };
-    if let Err(e) = outcome {
-        let _ = importer.conn.execute_batch("ROLLBACK");
-        return Err(e);
+    match importer.document(&mut scanner, progress) {
+        Ok(()) => {}
+        // Dropping the importer rolls its transaction back.
+        Err(Failure::Scan(e)) => return Err(errors::scan_error("MIXTAPE", path, e)),
+        Err(Failure::Other(e)) => return Err(e),
     }
     let Importer {
-        conn,
+        writer,
         figures,
         owner_key,
         max_playlist_id,
         ..
     } = importer;
-    workdb::meta_set(
-        conn,
-        "owner_key",
-        owner_key.unwrap_or_else(|| "owner_id".into()),
-    )?;
-    workdb::meta_set(conn, "document_max_playlist_id", max_playlist_id)?;
-    workdb::meta_set(conn, "users", figures.users)?;
-    workdb::meta_set(conn, "playlists", figures.playlists)?;
-    workdb::meta_set(conn, "songs", figures.songs)?;
-    workdb::mark_done(conn, "import")?;
-    conn.execute_batch("COMMIT")?;
-    workdb::checkpoint(conn)?;
+    writer.finish(&DocumentFacts {
+        owner_key: owner_key.unwrap_or_else(|| "owner_id".into()),
+        max_playlist_id,
+        users: figures.users,
+        playlists: figures.playlists,
+        songs: figures.songs,
+    })?;
     Ok(figures)
 }
 
@@ -136,25 +114,20 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-impl From<rusqlite::Error> for Failure {
-    fn from(e: rusqlite::Error) -> Self {
-        Failure::Other(e.into())
-    }
-}
-
 struct Importer<'a> {
-    conn: &'a Connection,
+    writer: DocumentWriter<'a>,
     path: &'a Path,
     /// Reused buffer for the minified element.
     minified: Vec<u8>,
     figures: ImportFigures,
-    /// The owner member name of the first playlist (SPEC §3, new playlists).
+    /// The owner member name of the first playlist (README "The changes file", new playlists).
     owner_key: Option<String>,
-    /// Largest playlist id of the form `[1-9][0-9]{0,17}` (SPEC §3, new ids).
+    /// Largest playlist id of the form `[1-9][0-9]{0,17}` (README "The changes file", automatic ids).
     max_playlist_id: u64,
-    /// Elements written since the last commit.
-    in_transaction: u64,
     extras: u64,
+    /// The document's top-level member names, for the message when it has
+    /// none of the three arrays.
+    top_level_keys: Vec<String>,
 }
 
 impl Importer<'_> {
@@ -166,8 +139,13 @@ impl Importer<'_> {
         s.skip_bom()?;
         match s.peek()? {
             Some(b'{') => s.expect(b'{', "'{'")?,
-            Some(_) => return Err(s.unexpected("a JSON object (the mixtape document)").into()),
-            None => return Err(s.unexpected("a JSON object (the mixtape document)").into()),
+            Some(b'[') => {
+                let message = format!(
+                    "expected a JSON object (the mixtape document), found '[': an array, as a changes file is. {ARGUMENT_ORDER}"
+                );
+                return Err(s.error_at(s.offset(), message).into());
+            }
+            _ => return Err(s.unexpected("a JSON object (the mixtape document)").into()),
         }
         let mut seen: Vec<Array> = Vec::new();
         if !s.eat(b'}')? {
@@ -200,6 +178,9 @@ impl Importer<'_> {
                     }
                     None => self.extra(s, &key_raw)?,
                 }
+                if self.top_level_keys.len() < 8 {
+                    self.top_level_keys.push(name);
+                }
                 if s.eat(b',')? {
                     continue;
                 }
@@ -209,6 +190,12 @@ impl Importer<'_> {
         }
         if s.peek()?.is_some() {
             return Err(s.unexpected("end of input after the document").into());
+        }
+        if seen.is_empty() {
+            return Err(Failure::Other(not_a_mixtape(
+                self.path,
+                &self.top_level_keys,
+            )));
         }
         progress(s.offset());
         Ok(())
@@ -259,9 +246,7 @@ impl Importer<'_> {
         s.end_capture();
         let key = String::from_utf8_lossy(key_raw);
         let raw = String::from_utf8_lossy(&self.minified);
-        self.conn
-            .prepare_cached("INSERT INTO extras(seq, key, raw) VALUES (?1, ?2, ?3)")?
-            .execute(params![self.extras, key, raw])?;
+        self.writer.extra(self.extras, &key, &raw)?;
         self.extras += 1;
         Ok(())
     }
@@ -284,13 +269,7 @@ impl Importer<'_> {
         let minified = std::mem::take(&mut self.minified);
         let result = self.checked_element(array, position, &minified, offset, name);
         self.minified = minified;
-        result?;
-        self.in_transaction += 1;
-        if self.in_transaction >= BATCH {
-            self.conn.execute_batch("COMMIT; BEGIN IMMEDIATE")?;
-            self.in_transaction = 0;
-        }
-        Ok(())
+        result
     }
 
     fn checked_element(
@@ -319,23 +298,8 @@ impl Importer<'_> {
         let raw_text = std::str::from_utf8(minified).map_err(|e| anyhow!(e))?;
         let written = std::str::from_utf8(id_raw).map_err(|e| anyhow!(e))?;
         let inserted = match array {
-            Array::Users | Array::Songs => {
-                let (table, ids) = if array == Array::Users {
-                    ("users", "user_ids")
-                } else {
-                    ("songs", "song_ids")
-                };
-                let first = self
-                    .conn
-                    .prepare_cached(&format!("INSERT INTO {ids}(id, written) VALUES (?1, ?2)"))?
-                    .execute(params![id, written]);
-                if first.is_ok() {
-                    self.conn
-                        .prepare_cached(&format!("INSERT INTO {table}(seq, raw) VALUES (?1, ?2)"))?
-                        .execute(params![position, raw_text])?;
-                }
-                first
-            }
+            Array::Users => self.writer.user(position, &id, written, raw_text)?,
+            Array::Songs => self.writer.song(position, &id, written, raw_text)?,
             Array::Playlists => {
                 if let Some(songs) = json::member(&members, "song_ids") {
                     let valid = json::array_elements(songs)
@@ -355,21 +319,11 @@ impl Importer<'_> {
                 if let Some(v) = json::auto_id_value(&id) {
                     self.max_playlist_id = self.max_playlist_id.max(v);
                 }
-                self.conn
-                    .prepare_cached("INSERT INTO playlists(seq, id, raw) VALUES (?1, ?2, ?3)")?
-                    .execute(params![position, id, raw_text])
+                self.writer.playlist(position, &id, raw_text)?
             }
         };
-        match inserted {
-            Ok(_) => {}
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::ConstraintViolation =>
-            {
-                return Err(
-                    self.located(offset, &format!("{name}[{position}]: duplicate id {id:?}"))
-                );
-            }
-            Err(e) => return Err(e.into()),
+        if inserted == Inserted::DuplicateId {
+            return Err(self.located(offset, &format!("{name}[{position}]: duplicate id {id:?}")));
         }
         match array {
             Array::Users => self.figures.users += 1,
@@ -380,44 +334,23 @@ impl Importer<'_> {
     }
 }
 
-/// Counts playlists whose owner or some song does not exist (SPEC §2: kept, but
-/// reported as a warning).
-/// Counts them among the document's playlists at positions `from..to`.
-pub fn count_warnings(conn: &Connection, from: u64, to: u64) -> Result<u64> {
-    let mut user_exists = conn.prepare_cached("SELECT 1 FROM user_ids WHERE id = ?1")?;
-    let mut song_exists = conn.prepare_cached("SELECT 1 FROM song_ids WHERE id = ?1")?;
-    let mut slice =
-        conn.prepare_cached("SELECT raw FROM playlists WHERE seq >= ?1 AND seq < ?2")?;
-    let mut rows = slice.query([from, to])?;
-    let mut warnings = 0;
-    while let Some(row) = rows.next()? {
-        let raw = row.get_ref(0)?.as_bytes()?;
-        let members = json::object_members(raw).unwrap_or_default();
-        let owner =
-            json::member(&members, "owner_id").or_else(|| json::member(&members, "user_id"));
-        let owner_ok = match owner.and_then(json::id_text) {
-            Some(id) => user_exists.exists([id.as_ref()])?,
-            None => false,
-        };
-        let mut songs_ok = true;
-        if owner_ok {
-            let songs = json::member(&members, "song_ids")
-                .and_then(json::array_elements)
-                .unwrap_or_default();
-            for song in songs {
-                let exists = match json::id_text(song) {
-                    Some(id) => song_exists.exists([id.as_ref()])?,
-                    None => false,
-                };
-                if !exists {
-                    songs_ok = false;
-                    break;
-                }
-            }
-        }
-        if !(owner_ok && songs_ok) {
-            warnings += 1;
-        }
-    }
-    Ok(warnings)
+/// How to call the harness, for messages about swapped arguments.
+const ARGUMENT_ORDER: &str = "The arguments are: harness MIXTAPE CHANGES OUTPUT";
+
+/// The error for an object that has none of `users`, `playlists`, `songs`:
+/// most likely the arguments were swapped. Says what the object looks like.
+fn not_a_mixtape(path: &Path, keys: &[String]) -> anyhow::Error {
+    let looks_like = if keys.iter().any(|k| k == "changes") {
+        "it has a changes member, like a changes file".to_string()
+    } else if keys.iter().any(|k| k == "op") {
+        "it has an op member, like a change (a JSON Lines changes file)".to_string()
+    } else if keys.is_empty() {
+        "it is an empty object".to_string()
+    } else {
+        format!("its members are {}", keys.join(", "))
+    };
+    anyhow!(
+        "MIXTAPE {} is not a mixtape document: it has none of users, playlists, songs ({looks_like}). {ARGUMENT_ORDER}",
+        path.display()
+    )
 }

@@ -40,17 +40,11 @@ pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
 
-/// The error of a run stopped by a signal.
-#[derive(Debug)]
+/// The error of a run stopped by a signal; its type (not its text) makes the
+/// exit code 130 ([`crate::exit_codes::Exit::of_error`]).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
 pub struct Interrupted;
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("interrupted")
-    }
-}
-
-impl std::error::Error for Interrupted {}
 
 /// `Err(Interrupted)` once a stop was requested.
 pub fn check() -> anyhow::Result<()> {

@@ -8,8 +8,9 @@
 //!   merges and exports, each stage being one module here.
 //! - `worker` (in `worker/`) applies one chunk of the plan ([`apply`]).
 //!
-//! The stages, in order: [`import`] → [`plan`] → [`apply`] (N worker processes) →
-//! [`merge`] → [`export`]. [`workdb`] owns the database layout they share.
+//! The stages ([`stage::Stage`]), in order: [`import`] → [`plan`] → [`apply`]
+//! (N worker processes) → [`merge`] → [`export`]. [`store`] owns the work
+//! database they share: every table and every statement of SQL.
 
 pub mod apply;
 pub mod change;
@@ -22,7 +23,12 @@ pub mod import;
 pub mod interrupt;
 pub mod json;
 pub mod merge;
+pub mod output_file;
+pub mod paths;
 pub mod plan;
+pub mod protocol;
 pub mod record;
+pub mod reject;
 pub mod scan;
-pub mod workdb;
+pub mod stage;
+pub mod store;

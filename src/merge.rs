@@ -1,8 +1,8 @@
 //! Stage 4, merge: settle everything that depends on the order of changes.
 //!
 //! Workers ran in any order and at any speed, so they could not decide whether a
-//! playlist exists "at that moment" or already holds a song (SPEC §4, the last
-//! four reasons). Every change that passed the workers' checks is about exactly
+//! playlist exists "at that moment" or already holds a song (README "Semantics and rejects",
+//! the last four reasons). Every change that passed the workers' checks is about exactly
 //! one playlist id, and changes about different playlists never affect each other.
 //! So the merge replays, for each playlist id on its own, the recorded changes
 //! about it in index order, starting from the document's playlist of that id (if
@@ -43,75 +43,41 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{bail, Result};
-use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::change::Op;
 use crate::json;
 use crate::record::{Body, Decoder, NewId, Recorded};
-use crate::workdb::{self, RESULT_CHANGED, RESULT_NEW, RESULT_REMOVED};
+use crate::reject::{Reason, Reject, Rejection};
+use crate::stage::Stage;
+use crate::store::{Fate, Key, PartitionResults, PlaylistResult, Store};
 
 /// Page cache shared by the merge threads, in KiB (each gets its share). Less
 /// than a worker's lookup cache: the harness also holds each thread's playlist
 /// states and its own connection's cache.
 const MERGE_CACHE_KIB: i64 = 32 * 1024;
 
-/// Document playlists that name a missing owner or song (SPEC §2: a warning),
-/// counted by the merge.
-pub fn warnings(conn: &Connection) -> Result<u64> {
-    Ok(
-        conn.query_row("SELECT coalesce(sum(warnings), 0) FROM merged", [], |r| {
-            r.get(0)
-        })?,
-    )
-}
+/// The least page cache a merge thread gets, in KiB.
+const MIN_THREAD_CACHE_KIB: i64 = 2048;
 
-/// Runs the merge (or continues it) on the work database at `db`, with up to
-/// `threads` threads; `progress` gets (partitions done, total).
-pub fn merge(
-    conn: &mut Connection,
-    db: &Path,
-    threads: usize,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<()> {
-    if workdb::is_done(conn, "merge")? {
+/// Runs the merge (or continues it) on `store`, with up to `threads` threads;
+/// `progress` gets (partitions done, total).
+pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    if store.is_done(Stage::Merge)? {
         return Ok(());
     }
-    let partitions = workdb::meta_number(conn, "partitions")?;
-    let owner_key = workdb::meta_require(conn, "owner_key")?;
-    let mut max_id = workdb::meta_number(conn, "document_max_playlist_id")?;
-    // k of a chunk's first automatic id = the automatic ids of all earlier chunks.
-    let mut auto_before: Vec<u64> = Vec::new();
-    {
-        let mut stmt =
-            conn.prepare("SELECT auto_count, max_playlist_id FROM chunks ORDER BY chunk")?;
-        let mut rows = stmt.query([])?;
-        let mut total = 0u64;
-        while let Some(row) = rows.next()? {
-            auto_before.push(total);
-            total += row.get::<_, u64>(0)?;
-            max_id = max_id.max(row.get(1)?);
-        }
-    }
-    let merged: Vec<u64> = {
-        let mut stmt = conn.prepare("SELECT part FROM merged")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let partitions = store.meta_number(Key::Partitions)?;
+    let context = MergeContext::read(store)?;
+    let merged = store.merged_partitions()?;
     if merged.is_empty() {
         // Nothing of a merge is committed: clear what a merge of an older
         // state of the apply stage (a chunk redone by hand) may have left.
-        conn.execute_batch("DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1;")?;
+        store.clear_merge()?;
     }
     let pending: Vec<u64> = (0..partitions).filter(|p| !merged.contains(p)).collect();
-    let context = MergeContext {
-        owner_key,
-        max_id,
-        auto_before,
-        partitions,
-        playlists: workdb::meta_number(conn, "playlists")?,
-    };
     let next = AtomicUsize::new(0);
     let done = AtomicU64::new(merged.len() as u64);
     let threads = threads.clamp(1, pending.len().max(1));
+    let db = store.path();
     std::thread::scope(|scope| -> Result<()> {
         let handles: Vec<_> = (0..threads)
             .map(|_| scope.spawn(|| merge_some(db, threads, &context, &pending, &next, &done)))
@@ -128,10 +94,9 @@ pub fn merge(
         Ok(())
     })?;
     progress(partitions, partitions);
-    workdb::release_memory(conn)?;
-    workdb::mark_done(conn, "merge")?;
-    workdb::checkpoint(conn)?;
-    Ok(())
+    store.release_memory()?;
+    store.finish_merge()?;
+    store.checkpoint()
 }
 
 /// One merge thread: takes partitions from `pending` until none is left. Each
@@ -145,81 +110,93 @@ fn merge_some(
     next: &AtomicUsize,
     done: &AtomicU64,
 ) -> Result<()> {
-    let conn = workdb::open_existing(db)?;
+    let store = Store::open(db)?;
     // The warning check looks users and songs up at random: the threads share
     // the lookup cache's budget, so the harness stays small however many run.
-    conn.pragma_update(
-        None,
-        "cache_size",
-        -(MERGE_CACHE_KIB / threads as i64).max(2048),
-    )?;
+    store.set_cache_kib((MERGE_CACHE_KIB / threads as i64).max(MIN_THREAD_CACHE_KIB))?;
     loop {
         crate::interrupt::check()?;
         let Some(&part) = pending.get(next.fetch_add(1, Ordering::Relaxed)) else {
             return Ok(());
         };
-        let mut out = Rows::default();
-        merge_partition(&conn, cx, part, &mut out)?;
+        let mut out = PartitionResults::default();
+        merge_partition(&store, cx, part, &mut out)?;
         // This partition's share of the document check: a slice of playlists.
         let from = cx.playlists * part / cx.partitions;
         let to = cx.playlists * (part + 1) / cx.partitions;
-        out.warnings = crate::import::count_warnings(&conn, from, to)?;
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let written = out.write(&conn, part).and_then(|()| {
-            crate::fault::point("merge-partition");
-            Ok(conn.execute_batch("COMMIT")?)
-        });
-        if let Err(e) = written {
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(e);
-        }
+        out.warnings = count_warnings(&store, from, to)?;
+        store.commit_partition(part, &out)?;
         done.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// A `results` row: (playlist id, state, document position, created by
-/// change, JSON).
-type ResultRow = (String, i64, Option<i64>, Option<u64>, Option<String>);
-
-/// What merging one partition gives, written in one transaction.
-#[derive(Default)]
-struct Rows {
-    results: Vec<ResultRow>,
-    /// (index, op, reason, detail)
-    rejects: Vec<(u64, &'static str, &'static str, String)>,
-    /// Document playlists (of this partition's slice) naming a missing owner or song.
-    warnings: u64,
-}
-
-impl Rows {
-    fn write(&self, conn: &Connection, part: u64) -> Result<()> {
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO results(id, state, doc_seq, created, json) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        for r in &self.results {
-            insert.execute(params![r.0, r.1, r.2, r.3, r.4])?;
+/// Counts the document's playlists at positions `from..to` whose owner or some
+/// song does not exist (README "The mixtape document": kept, but a warning).
+fn count_warnings(store: &Store, from: u64, to: u64) -> Result<u64> {
+    let mut warnings = 0;
+    store.each_document_playlist_between(from, to, &mut |raw| {
+        let members = json::object_members(raw).unwrap_or_default();
+        let owner =
+            json::member(&members, "owner_id").or_else(|| json::member(&members, "user_id"));
+        let owner_ok = match owner.and_then(json::id_text) {
+            Some(id) => store.user_exists(&id)?,
+            None => false,
+        };
+        let mut songs_ok = true;
+        if owner_ok {
+            let songs = json::member(&members, "song_ids")
+                .and_then(json::array_elements)
+                .unwrap_or_default();
+            for song in songs {
+                let exists = match json::id_text(song) {
+                    Some(id) => store.song_exists(&id)?,
+                    None => false,
+                };
+                if !exists {
+                    songs_ok = false;
+                    break;
+                }
+            }
         }
-        let mut reject = conn.prepare_cached(
-            "INSERT INTO rejects(idx, op, reason, detail, by_merge) VALUES (?1, ?2, ?3, ?4, 1)",
-        )?;
-        for (index, op, reason, detail) in &self.rejects {
-            reject.execute(params![index, format!("\"{op}\""), reason, detail])?;
+        if !(owner_ok && songs_ok) {
+            warnings += 1;
         }
-        conn.prepare_cached("INSERT INTO merged(part, warnings) VALUES (?1, ?2)")?
-            .execute([part, self.warnings])?;
         Ok(())
-    }
+    })?;
+    Ok(warnings)
 }
 
 /// What every partition needs to know.
 struct MergeContext {
     owner_key: String,
-    /// `M` of SPEC §3.
+    /// `M` of the automatic ids (README "The changes file").
     max_id: u64,
+    /// For each chunk, the automatic ids of all earlier chunks: `k` of a
+    /// chunk's first automatic id, less one.
     auto_before: Vec<u64>,
     partitions: u64,
     /// How many playlists the document has.
     playlists: u64,
+}
+
+impl MergeContext {
+    fn read(store: &Store) -> Result<MergeContext> {
+        let mut max_id = store.meta_number(Key::DocumentMaxPlaylistId)?;
+        let mut auto_before = Vec::new();
+        let mut total = 0u64;
+        for chunk in store.chunks()? {
+            auto_before.push(total);
+            total += chunk.auto_count;
+            max_id = max_id.max(chunk.max_playlist_id);
+        }
+        Ok(MergeContext {
+            owner_key: store.meta(Key::OwnerKey)?,
+            max_id,
+            auto_before,
+            partitions: store.meta_number(Key::Partitions)?,
+            playlists: store.meta_number(Key::Playlists)?,
+        })
+    }
 }
 
 /// The state of one playlist id while its changes are replayed.
@@ -256,14 +233,16 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
 /// needed, and memory holds the state of each playlist the partition touches,
 /// not its changes: a playlist named by millions of changes costs its song list,
 /// nothing more.
-fn merge_partition(conn: &Connection, cx: &MergeContext, part: u64, out: &mut Rows) -> Result<()> {
+fn merge_partition(
+    store: &Store,
+    cx: &MergeContext,
+    part: u64,
+    out: &mut PartitionResults,
+) -> Result<()> {
     let mut replays: HashMap<String, Replay> = HashMap::new();
-    let mut blocks =
-        conn.prepare_cached("SELECT data FROM blocks WHERE part = ?1 ORDER BY chunk, id")?;
-    let mut rows = blocks.query([part])?;
     let mut last_index: Option<u64> = None;
-    while let Some(row) = rows.next()? {
-        for rec in Decoder::new(row.get_ref(0)?.as_blob()?) {
+    store.each_block(part, &mut |block| {
+        for rec in Decoder::new(block) {
             let rec = rec?;
             if last_index.is_some_and(|last| rec.index <= last) {
                 bail!("work database: partition {part} holds changes out of order; rerun with --fresh");
@@ -284,13 +263,19 @@ fn merge_partition(conn: &Connection, cx: &MergeContext, part: u64, out: &mut Ro
                     let mut id_written = Vec::new();
                     json::write_string(&id, &mut id_written);
                     let json = render_new(cx, &id_written, owner, songs.iter().copied(), copied);
-                    out.results
-                        .push((id, RESULT_NEW, None, Some(rec.index), Some(json)));
+                    out.results.push(PlaylistResult {
+                        id,
+                        fate: Fate::New {
+                            doc_seq: None,
+                            created: rec.index,
+                            json,
+                        },
+                    });
                 }
                 (_, Some(playlist)) => {
                     let id = text(playlist);
                     if !replays.contains_key(id.as_ref()) {
-                        replays.insert(id.to_string(), Replay::load(conn, &id)?);
+                        replays.insert(id.to_string(), Replay::load(store, &id)?);
                     }
                     let replay = replays.get_mut(id.as_ref()).expect("inserted above");
                     replay.apply(&id, &rec, out);
@@ -298,7 +283,8 @@ fn merge_partition(conn: &Connection, cx: &MergeContext, part: u64, out: &mut Ro
                 (_, None) => unreachable!("only automatic ids have no playlist"),
             }
         }
-    }
+        Ok(())
+    })?;
     for (id, replay) in replays {
         replay.finish(cx, id, out);
     }
@@ -315,11 +301,8 @@ struct Replay {
 
 impl Replay {
     /// The state before any change: the document's playlist `id`, or none.
-    fn load(conn: &Connection, id: &str) -> Result<Replay> {
-        let document: Option<(i64, String)> = conn
-            .prepare_cached("SELECT seq, raw FROM playlists WHERE id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+    fn load(store: &Store, id: &str) -> Result<Replay> {
+        let document = store.document_playlist(id)?;
         let state = document.as_ref().map(|(_, raw)| {
             let members = json::object_members(raw.as_bytes()).unwrap_or_default();
             let songs: Vec<Vec<u8>> = json::member(&members, "song_ids")
@@ -338,12 +321,14 @@ impl Replay {
     }
 
     /// Applies one change about playlist `id`, or rejects it.
-    fn apply(&mut self, id: &str, rec: &Recorded, out: &mut Rows) {
-        let outcome: Result<(), (&str, &str, String)> = match (&rec.body, self.state.as_mut()) {
+    fn apply(&mut self, id: &str, rec: &Recorded, out: &mut PartitionResults) {
+        let outcome: Result<(), (Op, Rejection)> = match (&rec.body, self.state.as_mut()) {
             (Body::AddPlaylist { .. }, Some(_)) => Err((
-                "add_playlist",
-                "playlist_exists",
-                format!("playlist {id} already exists"),
+                Op::AddPlaylist,
+                Rejection::new(
+                    Reason::PlaylistExists,
+                    format!("playlist {id} already exists"),
+                ),
             )),
             (
                 Body::AddPlaylist {
@@ -379,9 +364,11 @@ impl Replay {
                 let song_text = text(song);
                 if p.counts.get(song_text.as_ref()).is_some_and(|&n| n > 0) {
                     Err((
-                        "add_song",
-                        "song_already_in_playlist",
-                        format!("song {song_text} is already in playlist {id}"),
+                        Op::AddSong,
+                        Rejection::new(
+                            Reason::SongAlreadyInPlaylist,
+                            format!("song {song_text} is already in playlist {id}"),
+                        ),
                     ))
                 } else {
                     p.counts.insert(song_text.into_owned(), 1);
@@ -398,46 +385,48 @@ impl Replay {
                     Ok(())
                 } else {
                     Err((
-                        "remove_song",
-                        "song_not_in_playlist",
-                        format!("song {song_text} is not in playlist {id}"),
+                        Op::RemoveSong,
+                        Rejection::new(
+                            Reason::SongNotInPlaylist,
+                            format!("song {song_text} is not in playlist {id}"),
+                        ),
                     ))
                 }
             }
             (body, None) => Err((
-                match body {
-                    Body::RemovePlaylist { .. } => "remove_playlist",
-                    Body::AddSong { .. } => "add_song",
-                    _ => "remove_song",
-                },
-                "unknown_playlist",
-                format!("playlist {id} does not exist"),
+                body.op(),
+                Rejection::new(
+                    Reason::UnknownPlaylist,
+                    format!("playlist {id} does not exist"),
+                ),
             )),
         };
-        if let Err((op, reason, detail)) = outcome {
-            out.rejects.push((rec.index, op, reason, detail));
+        if let Err((op, Rejection { reason, detail })) = outcome {
+            out.rejects.push(Reject {
+                index: rec.index,
+                op_json: format!("\"{}\"", op.name()),
+                reason,
+                detail,
+            });
         }
     }
 
     /// The playlist's fate, when it differs from the document's.
-    fn finish(self, cx: &MergeContext, id: String, out: &mut Rows) {
+    fn finish(self, cx: &MergeContext, id: String, out: &mut PartitionResults) {
         let doc_seq = self.document.as_ref().map(|(seq, _)| *seq);
-        match (&self.document, self.state) {
-            (Some(_), None) => {
-                out.results.push((id, RESULT_REMOVED, doc_seq, None, None));
-            }
+        let fate = match (&self.document, self.state) {
+            (Some((doc_seq, _)), None) => Fate::Removed { doc_seq: *doc_seq },
             (
-                Some((_, raw)),
+                Some((doc_seq, raw)),
                 Some(Playlist {
                     songs,
                     origin: Origin::Document { changed: true },
                     ..
                 }),
-            ) => {
-                let json = render_changed(raw.as_bytes(), &songs);
-                out.results
-                    .push((id, RESULT_CHANGED, doc_seq, None, Some(json)));
-            }
+            ) => Fate::Changed {
+                doc_seq: *doc_seq,
+                json: render_changed(raw.as_bytes(), &songs),
+            },
             (
                 _,
                 Some(Playlist {
@@ -451,19 +440,20 @@ impl Replay {
                         },
                     ..
                 }),
-            ) => {
-                let json = render_new(
+            ) => Fate::New {
+                doc_seq,
+                created,
+                json: render_new(
                     cx,
                     &written,
                     &owner,
                     songs.iter().map(Vec::as_slice),
                     &copied,
-                );
-                out.results
-                    .push((id, RESULT_NEW, doc_seq, Some(created), Some(json)));
-            }
-            _ => {}
-        }
+                ),
+            },
+            _ => return, // the same as in the document
+        };
+        out.results.push(PlaylistResult { id, fate });
     }
 }
 
@@ -494,7 +484,7 @@ fn push_song_list<'a>(out: &mut Vec<u8>, songs: impl Iterator<Item = &'a [u8]>) 
     out.push(b']');
 }
 
-/// A new playlist: `id`, owner, `song_ids`, then the copied members (SPEC §3).
+/// A new playlist: `id`, owner, `song_ids`, then the copied members (README "The changes file").
 fn render_new<'a>(
     cx: &MergeContext,
     id: &[u8],

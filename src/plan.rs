@@ -2,7 +2,7 @@
 //!
 //! One pass of the validating [`Scanner`] over CHANGES, so the whole file is known
 //! to be JSON before any worker starts, and a syntax error is reported once, with
-//! its line and column. The pass recognises the file's form (SPEC §3) from the
+//! its line and column. The pass recognises the file's form (README "The changes file") from the
 //! first non-blank byte:
 //!
 //! - `[`: a bare array of changes;
@@ -23,13 +23,11 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use rusqlite::{params, Connection};
 
 use crate::errors;
 use crate::scan::{ScanResult, Scanner};
-use crate::workdb;
 
-/// The form of a changes file (SPEC §3).
+/// The form of a changes file (README "The changes file").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form {
     /// `{"changes": [...], ...}`
@@ -270,48 +268,6 @@ pub fn partitions_for(size: u64, playlists: u64) -> u64 {
         .max((playlists >> 10) + 1)
         .next_power_of_two()
         .clamp(8, 4096)
-}
-
-/// Stores `plan` in the work database and marks the stage done.
-pub fn store(conn: &mut Connection, plan: &Plan, changes_size: u64) -> Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute("DELETE FROM chunks", [])?;
-    {
-        let mut insert = tx.prepare(
-            "INSERT INTO chunks(chunk, start, end, first_index, changes, next_offset, next_index)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?2, ?4)",
-        )?;
-        for (k, c) in plan.chunks.iter().enumerate() {
-            insert.execute(params![k as u64, c.start, c.end, c.first_index, c.changes])?;
-        }
-    }
-    workdb::meta_set(&tx, "form", plan.form.name())?;
-    workdb::meta_set(&tx, "changes", plan.changes)?;
-    let playlists = workdb::meta_number(&tx, "playlists")?;
-    workdb::meta_set(&tx, "partitions", partitions_for(changes_size, playlists))?;
-    workdb::mark_done(&tx, "plan")?;
-    tx.commit()?;
-    Ok(())
-}
-
-/// The chunks stored in the work database.
-pub fn load_chunks(conn: &Connection) -> Result<Vec<(u64, Chunk, bool)>> {
-    let mut stmt = conn.prepare(
-        "SELECT chunk, start, end, first_index, changes, done FROM chunks ORDER BY chunk",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, u64>(0)?,
-            Chunk {
-                start: r.get(1)?,
-                end: r.get(2)?,
-                first_index: r.get(3)?,
-                changes: r.get(4)?,
-            },
-            r.get::<_, bool>(5)?,
-        ))
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 #[cfg(test)]

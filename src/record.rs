@@ -58,11 +58,22 @@ pub enum NewId<'a> {
     /// As the change wrote it.
     Given(&'a [u8]),
     /// The `ordinal`-th (1-based) `add_playlist` without `playlist_id` in chunk
-    /// `chunk`; the merge turns it into `M + k` (SPEC §3).
+    /// `chunk`; the merge turns it into `M + k` (README "The changes file").
     Auto { chunk: u64, ordinal: u64 },
 }
 
 impl<'a> Body<'a> {
+    /// The op of the change this records.
+    pub fn op(&self) -> crate::change::Op {
+        use crate::change::Op;
+        match self {
+            Body::AddPlaylist { .. } => Op::AddPlaylist,
+            Body::RemovePlaylist { .. } => Op::RemovePlaylist,
+            Body::AddSong { .. } => Op::AddSong,
+            Body::RemoveSong { .. } => Op::RemoveSong,
+        }
+    }
+
     /// The playlist this change is about, as written (`None` for automatic ids).
     pub fn playlist(&self) -> Option<&'a [u8]> {
         match self {

@@ -183,11 +183,19 @@ fn bad_mixtapes() {
         ),
         (
             "missing arrays",
-            b"{}".to_vec(),
+            br#"{"users":[]}"#.to_vec(),
             Works(
                 &["\"users\": []", "\"playlists\": []", "\"songs\": []"],
                 &[],
             ),
+        ),
+        (
+            "none of the three arrays",
+            b"{}".to_vec(),
+            Fails(&[
+                "is not a mixtape document: it has none of users, playlists, songs",
+                "harness MIXTAPE CHANGES OUTPUT",
+            ]),
         ),
         (
             "an array is null",

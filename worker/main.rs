@@ -1,5 +1,7 @@
-//! `worker`: applies one chunk of the plan stored in a work database (SPEC §7).
-//! The harness runs one per chunk; a person can run one by hand to debug a chunk.
+//! `worker`: applies one chunk of the plan stored in a work database (README
+//! "Command line" and "Debugging a chunk by hand"). The harness runs one per
+//! chunk, and reads its progress reports ([`mixtape::protocol`]) on stdout; a
+//! person can run one by hand to debug a chunk.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +11,9 @@ use std::io::{IsTerminal, Write};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mixtape::apply::{self, WorkerOptions};
-use mixtape::{exit_codes, workdb};
+use mixtape::exit_codes::Exit;
+use mixtape::protocol::Progress;
+use mixtape::store::RunLock;
 
 /// Apply chunk K of the plan stored in a mixtape work database.
 ///
@@ -43,17 +47,17 @@ struct Cli {
     report_progress: bool,
 }
 
-/// One `progress BYTES CHANGES` line per batch on stdout, read by the harness.
+/// One progress report per committed batch on stdout, read by the harness.
 fn report_to_harness(done: u64, _total: u64, so_far: &apply::ChunkSummary) {
+    let report = Progress {
+        bytes_done: done,
+        changes: so_far.changes,
+        lock_held: so_far.lock_held,
+        lock_wait: so_far.lock_wait,
+    };
     let mut out = std::io::stdout().lock();
     // A harness that stopped reading is going away; the worker carries on.
-    let _ = writeln!(
-        out,
-        "progress {done} {} {} {}",
-        so_far.changes,
-        so_far.lock_held.as_micros(),
-        so_far.lock_wait.as_micros()
-    );
+    let _ = writeln!(out, "{report}");
     let _ = out.flush();
 }
 
@@ -74,11 +78,11 @@ fn main() -> ExitCode {
     let lock = if cli.report_progress || !cli.db.is_file() {
         None
     } else {
-        match workdb::RunLock::acquire(&cli.db) {
+        match RunLock::acquire(&cli.db) {
             Ok(lock) => Some(lock),
             Err(e) => {
                 eprintln!("worker: error: {e:#}");
-                return exit_codes::exit(exit_codes::FAILURE);
+                return Exit::Failure.into();
             }
         }
     };
@@ -126,18 +130,19 @@ fn main() -> ExitCode {
                     );
                 }
             }
-            exit_codes::exit(exit_codes::SUCCESS)
-        }
-        Err(e) if mixtape::interrupt::is_interrupted(&e) => {
-            eprintln!(
-                "worker: interrupted; chunk {} continues from its last commit next time",
-                cli.chunk
-            );
-            exit_codes::exit(exit_codes::INTERRUPTED)
+            Exit::Success.into()
         }
         Err(e) => {
-            eprintln!("worker: error: {e:#}");
-            exit_codes::exit(exit_codes::FAILURE)
+            let exit = Exit::of_error(&e);
+            if exit == Exit::Interrupted {
+                eprintln!(
+                    "worker: interrupted; chunk {} continues from its last commit next time",
+                    cli.chunk
+                );
+            } else {
+                eprintln!("worker: error: {e:#}");
+            }
+            exit.into()
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The reference: SPEC §2–5 done the obvious way, in memory, one change at a time.
+//! The reference: README "The mixtape document" to "Output" done the obvious way, in memory, one change at a time.
 //!
 //! It shares no code with the tool (it parses with serde_json and keeps plain
 //! hash maps), so the differential tests compare two independent readings of the
@@ -173,7 +173,7 @@ struct Live {
     changed: bool,
 }
 
-/// The changes of a changes file, raw, in order (SPEC §3).
+/// The changes of a changes file, raw, in order (README "The changes file").
 fn changes_of(text: &str) -> Result<Vec<&RawValue>, String> {
     let t = text.trim_start_matches('\u{feff}').trim_start();
     let stream = || -> Result<Vec<&RawValue>, String> {

@@ -1,0 +1,165 @@
+//! The files a run writes for its user (OUTPUT and the rejects report): checked
+//! before any work, replaced whole or not at all, with the permissions people
+//! expect.
+//!
+//! A file is written to a temporary file beside it, `.NAME.XXXXXX.tmp`, flushed
+//! to disk and renamed over NAME, so an existing file is replaced whole or not at
+//! all whatever happens meanwhile. A `kill -9` between creating and renaming
+//! leaves the temporary file behind; the next run on that file removes it
+//! ([`remove_stale_temporaries`]).
+//!
+//! ## Permissions
+//!
+//! A new file gets `0666` less the umask, as any program's would (the temporary
+//! file is created with that mode; tempfile's default, `0600`, would survive the
+//! rename and make every OUTPUT private). Replacing an existing file keeps its
+//! mode, so running with OUTPUT = MIXTAPE does not change who may read it.
+
+use std::fs::Permissions;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::paths::directory_of;
+
+/// Random characters tempfile puts in a temporary file's name.
+const RANDOM_LEN: usize = 6;
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// The prefix of `path`'s temporary files: `.NAME.`.
+fn temp_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.")
+}
+
+fn temp_builder(prefix: &str) -> tempfile::Builder<'_, 'static> {
+    let mut builder = tempfile::Builder::new();
+    builder
+        .prefix(prefix)
+        .suffix(TEMP_SUFFIX)
+        .rand_bytes(RANDOM_LEN)
+        .permissions(Permissions::from_mode(0o666));
+    builder
+}
+
+/// Fails, before any work is done, when `path` (`what`, for the message) could
+/// not be written: it is a directory, its directory is missing, or no file can
+/// be created there.
+pub fn check_writable(what: &str, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("{what} {} is a directory; give a file path", path.display());
+    }
+    let dir = directory_of(path);
+    if !dir.is_dir() {
+        bail!("{what} directory {} does not exist", dir.display());
+    }
+    // Creating (and at once removing) a file is the only honest test: modes,
+    // ACLs, read-only mounts and quotas all have their say.
+    temp_builder(&temp_prefix(path))
+        .tempfile_in(dir)
+        .with_context(|| format!("{what} directory {} is not writable", dir.display()))?;
+    Ok(())
+}
+
+/// Removes the temporary files that an interrupted write of `path` left
+/// beside it (see module docs). Only names of exactly our pattern are touched.
+pub fn remove_stale_temporaries(path: &Path) -> Result<()> {
+    let dir = directory_of(path);
+    let prefix = temp_prefix(path);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let is_ours = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX))
+            .is_some_and(|random| {
+                random.len() == RANDOM_LEN && random.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+        if is_ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let stale = entry.path();
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("removing stale {}", stale.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `path` through a temporary file beside it and a rename (see module docs).
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<()> {
+    let dir = directory_of(path);
+    let existing_mode = std::fs::metadata(path).ok().map(|m| m.permissions());
+    let temp = temp_builder(&temp_prefix(path))
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    if let Some(mode) = existing_mode {
+        temp.as_file()
+            .set_permissions(mode)
+            .with_context(|| format!("keeping the permissions of {}", path.display()))?;
+    }
+    let mut out = BufWriter::with_capacity(1 << 20, temp);
+    write(&mut out).with_context(|| format!("writing {}", path.display()))?;
+    let temp = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", path.display()))?;
+    temp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    temp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporaries_of_this_file_only_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.json");
+        let names = [
+            ".o.json.aB3xY9.tmp",               // ours: removed
+            ".o.json.aB3xY9Z.tmp",              // other length: kept
+            ".o.json.rejects.jsonl.aB3xY9.tmp", // another file's: kept
+            ".p.json.aB3xY9.tmp",               // another file's: kept
+            "o.json.aB3xY9.tmp",                // no dot: kept
+        ];
+        for n in names {
+            std::fs::write(dir.path().join(n), "x").unwrap();
+        }
+        remove_stale_temporaries(&out).unwrap();
+        for n in names {
+            assert_eq!(dir.path().join(n).exists(), n != names[0], "{n}");
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("o.json");
+        std::fs::write(&out, "old").unwrap();
+        let failed = write_atomically(&out, |w| {
+            w.write_all(b"new")?;
+            bail!("disk on fire")
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
