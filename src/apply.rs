@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::change::{self, Change, Op};
+use crate::change::{self, Change};
 use crate::fingerprint;
 use crate::json;
 use crate::record::{self, Body, NewId, Recorded};
@@ -332,65 +332,21 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// The lookups and list checks; records the change when it passes. Returns
-    /// the op, or why the change is rejected.
+    /// The lookups and list checks; records the change when it passes, or
+    /// says why it is rejected.
     fn check_and_record(
         &mut self,
         index: u64,
         change: Change,
         auto_ordinal: Option<u64>,
-    ) -> Result<Result<Op, Rejection>> {
-        let text = |raw: &[u8]| json::id_text(raw).unwrap_or_default().into_owned();
-        let op;
-        match change {
+    ) -> Result<Result<(), Rejection>> {
+        let body = match change {
             Change::AddPlaylist {
                 id,
                 owner,
                 songs,
                 copied,
             } => {
-                op = Op::AddPlaylist;
-                let Some(owner_written) = self.store.user_written(&text(owner))? else {
-                    return Ok(Err(Rejection::new(
-                        Reason::UnknownUser,
-                        format!("user {} does not exist", text(owner)),
-                    )));
-                };
-                let mut songs_written = Vec::with_capacity(songs.len());
-                for song in &songs {
-                    match self.store.song_written(&text(song))? {
-                        Some(w) => songs_written.push(w),
-                        None => {
-                            return Ok(Err(Rejection::new(
-                                Reason::UnknownSong,
-                                format!("song {} does not exist", text(song)),
-                            )))
-                        }
-                    }
-                }
-                if songs.is_empty() {
-                    return Ok(Err(Rejection::new(
-                        Reason::EmptyPlaylist,
-                        "song_ids is empty",
-                    )));
-                }
-                let mut seen = HashSet::with_capacity(songs.len());
-                for song in &songs {
-                    let t = text(song);
-                    if !seen.insert(t.clone()) {
-                        return Ok(Err(Rejection::new(
-                            Reason::DuplicateSong,
-                            format!("song {t} appears more than once in song_ids"),
-                        )));
-                    }
-                }
-                let mut rendered = Vec::new();
-                for (key, value) in copied {
-                    rendered.push(b',');
-                    rendered.extend_from_slice(key);
-                    rendered.push(b':');
-                    rendered.extend_from_slice(value);
-                }
                 let new_id = match (id, auto_ordinal) {
                     (Some(given), _) => NewId::Given(given),
                     (None, Some(ordinal)) => NewId::Auto {
@@ -401,28 +357,12 @@ impl Worker<'_> {
                         unreachable!("an add_playlist without playlist_id counts as auto")
                     }
                 };
-                let body = Body::AddPlaylist {
-                    id: new_id,
-                    owner: owner_written.as_bytes(),
-                    songs: songs_written.iter().map(|s| s.as_bytes()).collect(),
-                    copied: &rendered,
-                };
-                self.record(Recorded { index, body });
+                return self.check_and_record_new_playlist(index, new_id, owner, &songs, &copied);
             }
-            Change::RemovePlaylist { playlist } => {
-                op = Op::RemovePlaylist;
-                self.record(Recorded {
-                    index,
-                    body: Body::RemovePlaylist { playlist },
-                });
-            }
+            Change::RemovePlaylist { playlist } => Body::RemovePlaylist { playlist },
             Change::AddSong { playlist, song } => {
-                op = Op::AddSong;
                 let Some(written) = self.store.song_written(&text(song))? else {
-                    return Ok(Err(Rejection::new(
-                        Reason::UnknownSong,
-                        format!("song {} does not exist", text(song)),
-                    )));
+                    return Ok(Err(unknown_song(song)));
                 };
                 self.record(Recorded {
                     index,
@@ -431,16 +371,68 @@ impl Worker<'_> {
                         song: written.as_bytes(),
                     },
                 });
+                return Ok(Ok(()));
             }
-            Change::RemoveSong { playlist, song } => {
-                op = Op::RemoveSong;
-                self.record(Recorded {
-                    index,
-                    body: Body::RemoveSong { playlist, song },
-                });
+            Change::RemoveSong { playlist, song } => Body::RemoveSong { playlist, song },
+        };
+        self.record(Recorded { index, body });
+        Ok(Ok(()))
+    }
+
+    /// An `add_playlist`: its owner and songs must exist, its song list be
+    /// non-empty and without duplicates (in this order of precedence).
+    fn check_and_record_new_playlist(
+        &mut self,
+        index: u64,
+        id: NewId,
+        owner: &[u8],
+        songs: &[&[u8]],
+        copied: &[(&[u8], &[u8])],
+    ) -> Result<Result<(), Rejection>> {
+        let Some(owner_written) = self.store.user_written(&text(owner))? else {
+            return Ok(Err(Rejection::new(
+                Reason::UnknownUser,
+                format!("user {} does not exist", text(owner)),
+            )));
+        };
+        let mut songs_written = Vec::with_capacity(songs.len());
+        for song in songs {
+            match self.store.song_written(&text(song))? {
+                Some(w) => songs_written.push(w),
+                None => return Ok(Err(unknown_song(song))),
             }
         }
-        Ok(Ok(op))
+        if songs.is_empty() {
+            return Ok(Err(Rejection::new(
+                Reason::EmptyPlaylist,
+                "song_ids is empty",
+            )));
+        }
+        let mut seen = HashSet::with_capacity(songs.len());
+        for song in songs {
+            let t = text(song);
+            if !seen.insert(t.clone()) {
+                return Ok(Err(Rejection::new(
+                    Reason::DuplicateSong,
+                    format!("song {t} appears more than once in song_ids"),
+                )));
+            }
+        }
+        let mut rendered = Vec::new();
+        for (key, value) in copied {
+            rendered.push(b',');
+            rendered.extend_from_slice(key);
+            rendered.push(b':');
+            rendered.extend_from_slice(value);
+        }
+        let body = Body::AddPlaylist {
+            id,
+            owner: owner_written.as_bytes(),
+            songs: songs_written.iter().map(|s| s.as_bytes()).collect(),
+            copied: &rendered,
+        };
+        self.record(Recorded { index, body });
+        Ok(Ok(()))
     }
 
     /// Encodes `rec` into its partition's buffer.
@@ -483,6 +475,18 @@ impl Worker<'_> {
         );
         Ok(())
     }
+}
+
+/// An id's text (how ids are compared), for lookups and messages.
+fn text(raw: &[u8]) -> String {
+    json::id_text(raw).unwrap_or_default().into_owned()
+}
+
+fn unknown_song(song: &[u8]) -> Rejection {
+    Rejection::new(
+        Reason::UnknownSong,
+        format!("song {} does not exist", text(song)),
+    )
 }
 
 /// A change's text for a trace line: at most 120 characters.

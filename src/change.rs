@@ -1,6 +1,6 @@
 //! One change, read from its (minified) JSON text: its shape only.
 //!
-//! This is the first row of the reject table (SPEC §4): a change that is not an
+//! This is the first row of the reject table (README "Semantics and rejects"): a change that is not an
 //! object, has an unknown `op`, or lacks a member or has one of the wrong type is
 //! `invalid_change`. Everything that needs the database (does the user or song
 //! exist) is the worker's job ([`crate::apply`]), and everything that depends on
@@ -53,7 +53,7 @@ impl Op {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change<'a> {
     AddPlaylist {
-        /// `None`: the id is given automatically (SPEC §3).
+        /// `None`: the id is given automatically (README "The changes file").
         id: Option<&'a [u8]>,
         owner: &'a [u8],
         songs: Vec<&'a [u8]>,

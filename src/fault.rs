@@ -10,13 +10,14 @@
 //! | `import-element` | after an element is inserted, before the transaction commits |
 //! | `plan-change` | while scanning CHANGES |
 //! | `worker-change` | after a change is handled, its batch not yet committed |
-//! | `worker-write` | inside a batch's write transaction, before COMMIT |
+//! | `worker-write` | inside a batch's write transaction, before COMMIT ([`crate::store::Store::commit_batch`]) |
 //! | `worker-commit` | just after a batch's COMMIT |
-//! | `merge-partition` | inside a partition's transaction, before COMMIT |
+//! | `merge-partition` | inside a partition's transaction, before COMMIT ([`crate::store::Store::commit_partition`]) |
 //! | `export-row` | while writing OUTPUT's temporary file |
 //!
 //! `MIXTAPE_BATCH=N` (also a testing aid) makes workers commit every N changes
-//! instead of every 32,768, so small inputs cross many commits.
+//! instead of the chunk's own batch size (see [`crate::apply::BATCH_CHANGES`]:
+//! 32,768 to 262,144 changes), so small inputs cross many commits.
 //!
 //! Without the variables these are a relaxed atomic load and a branch.
 

@@ -186,7 +186,7 @@ pub fn id_text(raw: &[u8]) -> Option<Cow<'_, str>> {
     }
 }
 
-/// The value of an id text that takes part in automatic playlist ids (SPEC §3:
+/// The value of an id text that takes part in automatic playlist ids (README "The changes file":
 /// text matching `[1-9][0-9]{0,17}`).
 pub fn auto_id_value(text: &str) -> Option<u64> {
     let bytes = text.as_bytes();

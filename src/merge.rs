@@ -44,7 +44,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{bail, Result};
 
-use crate::change::Op;
 use crate::json;
 use crate::record::{Body, Decoder, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
@@ -322,89 +321,30 @@ impl Replay {
 
     /// Applies one change about playlist `id`, or rejects it.
     fn apply(&mut self, id: &str, rec: &Recorded, out: &mut PartitionResults) {
-        let outcome: Result<(), (Op, Rejection)> = match (&rec.body, self.state.as_mut()) {
-            (Body::AddPlaylist { .. }, Some(_)) => Err((
-                Op::AddPlaylist,
-                Rejection::new(
-                    Reason::PlaylistExists,
-                    format!("playlist {id} already exists"),
-                ),
+        let outcome = match (&rec.body, self.state.as_mut()) {
+            (Body::AddPlaylist { .. }, Some(_)) => Err(Rejection::new(
+                Reason::PlaylistExists,
+                format!("playlist {id} already exists"),
             )),
-            (
-                Body::AddPlaylist {
-                    id: new_id,
-                    owner,
-                    songs,
-                    copied,
-                },
-                None,
-            ) => {
-                let written = match new_id {
-                    NewId::Given(w) => w.to_vec(),
-                    NewId::Auto { .. } => unreachable!("automatic ids are not replayed"),
-                };
-                let songs: Vec<Vec<u8>> = songs.iter().map(|s| s.to_vec()).collect();
-                self.state = Some(Playlist {
-                    counts: count(&songs),
-                    songs,
-                    origin: Origin::New {
-                        created: rec.index,
-                        id: written,
-                        owner: owner.to_vec(),
-                        copied: copied.to_vec(),
-                    },
-                });
+            (body @ Body::AddPlaylist { .. }, None) => {
+                self.state = Some(Playlist::created_by(rec.index, body));
                 Ok(())
             }
             (Body::RemovePlaylist { .. }, Some(_)) => {
                 self.state = None;
                 Ok(())
             }
-            (Body::AddSong { song, .. }, Some(p)) => {
-                let song_text = text(song);
-                if p.counts.get(song_text.as_ref()).is_some_and(|&n| n > 0) {
-                    Err((
-                        Op::AddSong,
-                        Rejection::new(
-                            Reason::SongAlreadyInPlaylist,
-                            format!("song {song_text} is already in playlist {id}"),
-                        ),
-                    ))
-                } else {
-                    p.counts.insert(song_text.into_owned(), 1);
-                    p.songs.push(song.to_vec());
-                    p.mark_changed();
-                    Ok(())
-                }
-            }
-            (Body::RemoveSong { song, .. }, Some(p)) => {
-                let song_text = text(song);
-                if p.counts.remove(song_text.as_ref()).is_some_and(|n| n > 0) {
-                    p.songs.retain(|s| text(s) != song_text);
-                    p.mark_changed();
-                    Ok(())
-                } else {
-                    Err((
-                        Op::RemoveSong,
-                        Rejection::new(
-                            Reason::SongNotInPlaylist,
-                            format!("song {song_text} is not in playlist {id}"),
-                        ),
-                    ))
-                }
-            }
-            (body, None) => Err((
-                body.op(),
-                Rejection::new(
-                    Reason::UnknownPlaylist,
-                    format!("playlist {id} does not exist"),
-                ),
+            (Body::AddSong { song, .. }, Some(p)) => p.add_song(id, song),
+            (Body::RemoveSong { song, .. }, Some(p)) => p.remove_song(id, song),
+            (_, None) => Err(Rejection::new(
+                Reason::UnknownPlaylist,
+                format!("playlist {id} does not exist"),
             )),
         };
-        if let Err((op, Rejection { reason, detail })) = outcome {
+        if let Err(Rejection { reason, detail }) = outcome {
             out.rejects.push(Reject {
                 index: rec.index,
-                op_json: format!("\"{}\"", op.name()),
+                op_json: format!("\"{}\"", rec.body.op().name()),
                 reason,
                 detail,
             });
@@ -458,6 +398,61 @@ impl Replay {
 }
 
 impl Playlist {
+    /// The playlist an `add_playlist` with a given id creates.
+    fn created_by(index: u64, body: &Body) -> Playlist {
+        let Body::AddPlaylist {
+            id: NewId::Given(written),
+            owner,
+            songs,
+            copied,
+        } = body
+        else {
+            unreachable!("only add_playlist with a given id is replayed")
+        };
+        let songs: Vec<Vec<u8>> = songs.iter().map(|s| s.to_vec()).collect();
+        Playlist {
+            counts: count(&songs),
+            songs,
+            origin: Origin::New {
+                created: index,
+                id: written.to_vec(),
+                owner: owner.to_vec(),
+                copied: copied.to_vec(),
+            },
+        }
+    }
+
+    fn add_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
+        let song_text = text(song);
+        if self.counts.get(song_text.as_ref()).is_some_and(|&n| n > 0) {
+            return Err(Rejection::new(
+                Reason::SongAlreadyInPlaylist,
+                format!("song {song_text} is already in playlist {id}"),
+            ));
+        }
+        self.counts.insert(song_text.into_owned(), 1);
+        self.songs.push(song.to_vec());
+        self.mark_changed();
+        Ok(())
+    }
+
+    fn remove_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
+        let song_text = text(song);
+        if !self
+            .counts
+            .remove(song_text.as_ref())
+            .is_some_and(|n| n > 0)
+        {
+            return Err(Rejection::new(
+                Reason::SongNotInPlaylist,
+                format!("song {song_text} is not in playlist {id}"),
+            ));
+        }
+        self.songs.retain(|s| text(s) != song_text);
+        self.mark_changed();
+        Ok(())
+    }
+
     fn mark_changed(&mut self) {
         if let Origin::Document { changed } = &mut self.origin {
             *changed = true;

@@ -5,9 +5,8 @@
 mod support;
 
 use std::fs;
-use std::process::Command;
 
-use support::{run_on_fixtures, stderr, worker_bin};
+use support::{run_on_fixtures, stderr, TestCommand};
 
 #[test]
 fn stop_after_plan_then_worker_by_hand_then_finish_equals_a_plain_run() {
@@ -23,7 +22,7 @@ fn stop_after_plan_then_worker_by_hand_then_finish_equals_a_plain_run() {
     assert!(db.exists());
 
     let worker = |extra: &[&str]| {
-        Command::new(worker_bin())
+        TestCommand::worker()
             .arg("--db")
             .arg(&db)
             .args(["--chunk", "0", "--trace"])
@@ -110,7 +109,7 @@ fn a_worker_beside_a_running_harness_is_refused() {
     assert!(o.status.success());
     let db = dir.path().join("out.json.work.db");
     let lock = mixtape::store::RunLock::acquire(&db).unwrap();
-    let o = Command::new(worker_bin())
+    let o = TestCommand::worker()
         .arg("--db")
         .arg(&db)
         .args(["--chunk", "0"])
@@ -157,7 +156,7 @@ fn a_worker_before_the_plan_or_on_a_foreign_file_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let o = run_on_fixtures(dir.path(), "out.json", 2, &["--stop-after", "import"]);
     assert!(o.status.success());
-    let o = Command::new(worker_bin())
+    let o = TestCommand::worker()
         .arg("--db")
         .arg(dir.path().join("out.json.work.db"))
         .args(["--chunk", "0"])

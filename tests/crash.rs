@@ -10,10 +10,10 @@ mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{gen, harness_bin, reference, stderr};
+use support::{gen, reference, stderr, TestCommand};
 
 struct Case {
     dir: tempfile::TempDir,
@@ -38,13 +38,12 @@ fn case(seed: u64, changes: u64) -> Case {
     }
 }
 
-fn command(case: &Case, out: &Path, workers: usize, env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(harness_bin());
+fn command(case: &Case, out: &Path, workers: usize, env: &[(&str, &str)]) -> TestCommand {
+    let mut cmd = TestCommand::harness();
     cmd.args(["--progress", "never", "--workers", &workers.to_string()])
         .arg(&case.mixtape)
         .arg(&case.changes)
-        .arg(out)
-        .env_remove("MIXTAPE_FAULT");
+        .arg(out);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -167,16 +166,9 @@ fn wait_until_gone(needle: &str) -> bool {
 fn wait_for_apply(db: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if let Ok(conn) =
-            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        {
-            let batches: Result<i64, _> =
-                conn.query_row("SELECT coalesce(sum(batches), 0) FROM chunks", [], |r| {
-                    r.get(0)
-                });
-            if batches.is_ok_and(|b| b > 0) {
-                return;
-            }
+        let batches = mixtape::store::Store::open(db).and_then(|s| s.batches_committed());
+        if batches.is_ok_and(|b| b > 0) {
+            return;
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -141,7 +141,7 @@ fn usage_errors_exit_2() {
         vec!["--stop-after", "export", "m", "c", "o"],
         vec!["--no-such-flag", "m", "c", "o"],
     ] {
-        let o = std::process::Command::new(support::harness_bin())
+        let o = support::TestCommand::harness()
             .args(&args)
             .current_dir(dir.path())
             .output()
@@ -176,7 +176,7 @@ fn custom_db_and_rejects_paths_and_keep_db() {
 #[test]
 fn worker_gives_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let o = std::process::Command::new(support::worker_bin())
+    let o = support::TestCommand::worker()
         .args([
             "--db",
             dir.path().join("none.db").to_str().unwrap(),
@@ -193,7 +193,7 @@ fn worker_gives_clear_errors() {
         "x.db",
         "this is not sqlite, just text long enough to be read as a header...",
     );
-    let o = std::process::Command::new(support::worker_bin())
+    let o = support::TestCommand::worker()
         .args(["--db", not_db.to_str().unwrap(), "--chunk", "0"])
         .output()
         .unwrap();
@@ -202,7 +202,7 @@ fn worker_gives_clear_errors() {
 
     let o = run_on_fixtures(dir.path(), "out.json", 2, &["--stop-after", "plan"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = std::process::Command::new(support::worker_bin())
+    let o = support::TestCommand::worker()
         .args([
             "--db",
             dir.path().join("out.json.work.db").to_str().unwrap(),

@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{fixtures, harness_bin, stderr};
+use support::{fixtures, harness_bin, stderr, TestCommand};
 
 fn args(dir: &std::path::Path, progress: &str) -> Vec<String> {
     let f = fixtures();
@@ -26,7 +26,7 @@ const SUMMARY: &str = "24 changes read, 10 applied, 14 rejected";
 fn piped_stderr_gets_no_escape_codes_but_the_summary() {
     for mode in ["auto", "never"] {
         let dir = tempfile::tempdir().unwrap();
-        let o = Command::new(harness_bin())
+        let o = TestCommand::harness()
             .args(args(dir.path(), mode))
             .output()
             .unwrap();
@@ -40,7 +40,7 @@ fn piped_stderr_gets_no_escape_codes_but_the_summary() {
 #[test]
 fn always_draws_even_on_a_pipe() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(harness_bin())
+    let o = TestCommand::harness()
         .args(args(dir.path(), "always"))
         .output()
         .unwrap();

@@ -69,6 +69,30 @@ fn main() -> ExitCode {
         // SIGKILL: a batch not yet committed is simply not there; nothing is lost.
         let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     }
+    match run(&cli) {
+        Ok(summary) => {
+            if !cli.report_progress {
+                say_what_it_did(&summary);
+            }
+            Exit::Success.into()
+        }
+        Err(e) => {
+            let exit = Exit::of_error(&e);
+            if exit == Exit::Interrupted {
+                eprintln!(
+                    "worker: interrupted; chunk {} continues from its last commit next time",
+                    cli.chunk
+                );
+            } else {
+                eprintln!("worker: error: {e:#}");
+            }
+            exit.into()
+        }
+    }
+}
+
+/// Applies the chunk, reporting progress the way this worker was started for.
+fn run(cli: &Cli) -> anyhow::Result<apply::ChunkSummary> {
     let options = WorkerOptions {
         trace: cli.trace,
         redo: cli.redo,
@@ -78,13 +102,7 @@ fn main() -> ExitCode {
     let lock = if cli.report_progress || !cli.db.is_file() {
         None
     } else {
-        match RunLock::acquire(&cli.db) {
-            Ok(lock) => Some(lock),
-            Err(e) => {
-                eprintln!("worker: error: {e:#}");
-                return Exit::Failure.into();
-            }
-        }
+        Some(RunLock::acquire(&cli.db)?)
     };
     let outcome = if cli.report_progress {
         apply::run_chunk(&cli.db, cli.chunk, &options, &mut report_to_harness)
@@ -110,39 +128,25 @@ fn main() -> ExitCode {
     if let Some(lock) = lock {
         lock.release_and_remove();
     }
-    match outcome {
-        Ok(summary) => {
-            if !cli.report_progress {
-                if summary.already_done {
-                    eprintln!(
-                        "worker: chunk {} is already applied; nothing to do (--redo applies it again)",
-                        cli.chunk
-                    );
-                } else {
-                    eprintln!(
-                        "worker: chunk {}: {} changes, {} recorded, {} rejected; write lock held {:.2?}, waited for {:.2?}",
-                        summary.chunk,
-                        summary.changes,
-                        summary.recorded,
-                        summary.rejected,
-                        summary.lock_held,
-                        summary.lock_wait
-                    );
-                }
-            }
-            Exit::Success.into()
-        }
-        Err(e) => {
-            let exit = Exit::of_error(&e);
-            if exit == Exit::Interrupted {
-                eprintln!(
-                    "worker: interrupted; chunk {} continues from its last commit next time",
-                    cli.chunk
-                );
-            } else {
-                eprintln!("worker: error: {e:#}");
-            }
-            exit.into()
-        }
+    outcome
+}
+
+/// The line a person who ran the worker by hand reads at the end.
+fn say_what_it_did(summary: &apply::ChunkSummary) {
+    if summary.already_done {
+        eprintln!(
+            "worker: chunk {} is already applied; nothing to do (--redo applies it again)",
+            summary.chunk
+        );
+    } else {
+        eprintln!(
+            "worker: chunk {}: {} changes, {} recorded, {} rejected; write lock held {:.2?}, waited for {:.2?}",
+            summary.chunk,
+            summary.changes,
+            summary.recorded,
+            summary.rejected,
+            summary.lock_held,
+            summary.lock_wait
+        );
     }
 }

@@ -7,15 +7,50 @@
 pub mod gen;
 pub mod reference;
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The harness executable Cargo built for these tests.
 pub fn harness_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_harness"))
 }
 
-pub fn worker_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_worker"))
+/// One of the project's binaries, as every test runs it: the real executable
+/// Cargo built, with none of the testing aids (`MIXTAPE_FAULT`, ...) inherited
+/// from the environment. Derefs to [`Command`] for arguments, environment,
+/// pipes and spawning.
+pub struct TestCommand(Command);
+
+impl TestCommand {
+    pub fn harness() -> TestCommand {
+        TestCommand::of(env!("CARGO_BIN_EXE_harness"))
+    }
+
+    pub fn worker() -> TestCommand {
+        TestCommand::of(env!("CARGO_BIN_EXE_worker"))
+    }
+
+    fn of(program: &str) -> TestCommand {
+        let mut cmd = Command::new(program);
+        for aid in ["MIXTAPE_FAULT", "MIXTAPE_BATCH", "MIXTAPE_BENCH"] {
+            cmd.env_remove(aid);
+        }
+        TestCommand(cmd)
+    }
+}
+
+impl Deref for TestCommand {
+    type Target = Command;
+    fn deref(&self) -> &Command {
+        &self.0
+    }
+}
+
+impl DerefMut for TestCommand {
+    fn deref_mut(&mut self) -> &mut Command {
+        &mut self.0
+    }
 }
 
 /// The repository's `fixtures/` folder.
@@ -25,7 +60,7 @@ pub fn fixtures() -> PathBuf {
 
 /// Runs the harness with `args` (progress off), returning its output.
 pub fn harness(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    let mut cmd = Command::new(harness_bin());
+    let mut cmd = TestCommand::harness();
     cmd.arg("--progress").arg("never");
     for a in args {
         cmd.arg(a);
@@ -42,7 +77,7 @@ pub fn run(
     workers: usize,
     extra: &[&str],
 ) -> Output {
-    let mut cmd = Command::new(harness_bin());
+    let mut cmd = TestCommand::harness();
     cmd.arg("--progress")
         .arg("never")
         .arg("--workers")
