@@ -438,11 +438,8 @@ impl Playlist {
 
     fn remove_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
         let song_text = text(song);
-        if !self
-            .counts
-            .remove(song_text.as_ref())
-            .is_some_and(|n| n > 0)
-        {
+        let held = self.counts.remove(song_text.as_ref()).unwrap_or(0);
+        if held == 0 {
             return Err(Rejection::new(
                 Reason::SongNotInPlaylist,
                 format!("song {song_text} is not in playlist {id}"),
