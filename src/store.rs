@@ -550,14 +550,11 @@ impl Store {
         to: u64,
         each: &mut Each,
     ) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT raw FROM playlists WHERE seq >= ?1 AND seq < ?2")?;
-        let mut rows = stmt.query([from, to])?;
-        while let Some(row) = rows.next()? {
-            each(row.get_ref(0)?.as_bytes()?)?;
-        }
-        Ok(())
+        self.each_first_column(
+            "SELECT raw FROM playlists WHERE seq >= ?1 AND seq < ?2",
+            [from, to],
+            each,
+        )
     }
 
     // ---- plan ----
@@ -706,14 +703,11 @@ impl Store {
     /// The blocks of partition `part`, in index order: by chunk, then in the
     /// order the chunk's worker appended them.
     pub fn each_block(&self, part: u64, each: &mut Each) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT data FROM blocks WHERE part = ?1 ORDER BY chunk, id")?;
-        let mut rows = stmt.query([part])?;
-        while let Some(row) = rows.next()? {
-            each(row.get_ref(0)?.as_blob()?)?;
-        }
-        Ok(())
+        self.each_first_column(
+            "SELECT data FROM blocks WHERE part = ?1 ORDER BY chunk, id",
+            [part],
+            each,
+        )
     }
 
     /// Writes a partition's results with its `merged` row, in one transaction.
@@ -765,12 +759,12 @@ impl Store {
 
     /// The document's users, raw, in document order.
     pub fn each_user(&self, each: &mut Each) -> Result<()> {
-        self.each_text("SELECT raw FROM users ORDER BY seq", each)
+        self.each_first_column("SELECT raw FROM users ORDER BY seq", (), each)
     }
 
     /// The document's songs, raw, in document order.
     pub fn each_song(&self, each: &mut Each) -> Result<()> {
-        self.each_text("SELECT raw FROM songs ORDER BY seq", each)
+        self.each_first_column("SELECT raw FROM songs ORDER BY seq", (), each)
     }
 
     /// The final playlists: the document's that survive, in document order and
@@ -804,14 +798,11 @@ impl Store {
                 _ => each(doc.get_ref(1)?.as_bytes()?)?,
             }
         }
-        let mut new = self
-            .conn
-            .prepare("SELECT json FROM results WHERE state = ?1 ORDER BY created")?;
-        let mut rows = new.query([FATE_NEW])?;
-        while let Some(row) = rows.next()? {
-            each(row.get_ref(0)?.as_bytes()?)?;
-        }
-        Ok(())
+        self.each_first_column(
+            "SELECT json FROM results WHERE state = ?1 ORDER BY created",
+            [FATE_NEW],
+            each,
+        )
     }
 
     /// The document's other top-level members: (raw key, minified value), in order.
@@ -860,9 +851,15 @@ impl Store {
         Ok(counted)
     }
 
-    fn each_text(&self, sql: &str, each: &mut Each) -> Result<()> {
-        let mut stmt = self.conn.prepare(sql)?;
-        let mut rows = stmt.query([])?;
+    /// Streams the first column (text or blob) of every row of `sql`.
+    fn each_first_column(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        each: &mut Each,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
         while let Some(row) = rows.next()? {
             each(row.get_ref(0)?.as_bytes()?)?;
         }
