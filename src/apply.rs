@@ -15,8 +15,8 @@
 //!
 //! Work goes in batches: a chunk is cut into about [`BATCHES_PER_CHUNK`]
 //! batches of [`BATCH_CHANGES`] to [`MAX_BATCH_CHANGES`] changes. Parsing and
-//! lookups happen inside a read transaction ([`Snapshot`]; WAL readers never
-//! wait for writers); the recorded changes are encoded into one blob per merge
+//! lookups (in the memory-mapped id indexes, [`crate::id_index`]) touch no
+//! database; the recorded changes are encoded into one blob per merge
 //! partition ([`crate::record`]). Only then does the worker take the write lock
 //! ([`Store::commit_batch`]) to write those few rows, its rejects and its new
 //! position in the chunk. So the serial part of the stage is a few row inserts
@@ -49,7 +49,7 @@ use crate::json;
 use crate::record::{self, Body, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
 use crate::stage::Stage;
-use crate::store::{Batch, ChunkRow, InputKind, Key, Snapshot, Store, LOOKUP_CACHE_KIB};
+use crate::store::{Batch, ChunkRow, InputKind, Key, Store};
 
 /// Changes per batch, at least (one read transaction and one write transaction
 /// each).
@@ -115,7 +115,6 @@ pub fn run_chunk(
     progress: &mut ProgressFn,
 ) -> Result<ChunkSummary> {
     let store = Store::open(db)?;
-    store.set_cache_kib(LOOKUP_CACHE_KIB)?;
     store.checkpoint_every(WORKER_CHECKPOINT_PAGES)?;
     let state = chunk_to_apply(&store, chunk, options)?;
     let mut summary = ChunkSummary {
@@ -130,7 +129,6 @@ pub fn run_chunk(
     let partitions = store.meta_number(Key::Partitions)?.max(1);
     let mut worker = Worker {
         store: &store,
-        snapshot: None,
         chunk,
         partitions,
         options,
@@ -201,8 +199,6 @@ fn checked_changes_path(store: &Store) -> Result<PathBuf> {
 
 struct Worker<'a> {
     store: &'a Store,
-    /// The batch's read transaction, while it is open.
-    snapshot: Option<Snapshot<'a>>,
     chunk: u64,
     partitions: u64,
     options: &'a WorkerOptions,
@@ -280,9 +276,6 @@ impl Worker<'_> {
 
     /// Handles one change (its raw text).
     fn change(&mut self, raw: &[u8]) -> Result<()> {
-        if self.snapshot.is_none() {
-            self.snapshot = Some(self.store.snapshot()?);
-        }
         let index = self.next_index;
         self.next_index += 1;
         self.in_batch += 1;
@@ -446,9 +439,6 @@ impl Worker<'_> {
 
     /// Writes the batch and the chunk's new position in one transaction.
     fn flush(&mut self, next_offset: u64, done: bool) -> Result<()> {
-        if let Some(snapshot) = self.snapshot.take() {
-            snapshot.end()?;
-        }
         let timing = self.store.commit_batch(&Batch {
             chunk: self.chunk,
             parts: &self.parts,

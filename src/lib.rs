@@ -19,6 +19,7 @@ pub mod exit_codes;
 pub mod export;
 pub mod fault;
 pub mod fingerprint;
+pub mod id_index;
 pub mod import;
 pub mod interrupt;
 pub mod json;

@@ -50,9 +50,10 @@ use crate::reject::{Reason, Reject, Rejection};
 use crate::stage::Stage;
 use crate::store::{Fate, Key, PartitionResults, PlaylistResult, Store};
 
-/// Page cache shared by the merge threads, in KiB (each gets its share). Less
-/// than a worker's lookup cache: the harness also holds each thread's playlist
-/// states and its own connection's cache.
+/// Page cache shared by the merge threads, in KiB (each gets its share): for
+/// the blocks they read and the document playlists they look up by id. The
+/// harness also holds each thread's playlist states and its own connection's
+/// cache, so the threads share one budget however many run.
 const MERGE_CACHE_KIB: i64 = 32 * 1024;
 
 /// The least page cache a merge thread gets, in KiB.
@@ -110,8 +111,6 @@ fn merge_some(
     done: &AtomicU64,
 ) -> Result<()> {
     let store = Store::open(db)?;
-    // The warning check looks users and songs up at random: the threads share
-    // the lookup cache's budget, so the harness stays small however many run.
     store.set_cache_kib((MERGE_CACHE_KIB / threads as i64).max(MIN_THREAD_CACHE_KIB))?;
     loop {
         crate::interrupt::check()?;

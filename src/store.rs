@@ -19,6 +19,11 @@
 //! | `results` | merge | every playlist whose fate differs from the document ([`Fate`]) |
 //! | `merged` | merge | the partitions already merged, and the warnings each counted |
 //!
+//! Beside the file, two read-only id indexes (`DB.users.idx`, `DB.songs.idx`,
+//! [`crate::id_index`]) answer "does this user or song exist, and how is it
+//! written" for workers and the merge; the import builds them from `user_ids`
+//! and `song_ids` before it marks itself done.
+//!
 //! `rejects` and `results` are append-only (no key but the rowid): writers add
 //! rows in whatever order their work comes, and the export sorts once. Keyed
 //! inserts in random order would rewrite pages all over those tables in every
@@ -52,6 +57,7 @@
 //! `PRAGMA user_version` holds [`SCHEMA_VERSION`]; a database of another version
 //! (or another program's database) is never resumed.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,6 +66,7 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use rusqlite::{Transaction, TransactionBehavior};
 
+use crate::id_index::{self, IdIndex};
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
 use crate::stage::Stage;
@@ -72,12 +79,6 @@ const PAGE_SIZE: i64 = 16384;
 
 /// The page cache of an ordinary connection, in KiB.
 const DEFAULT_CACHE_KIB: i64 = 16 * 1024;
-
-/// Page cache of a connection that does many random lookups (workers checking
-/// users and songs), in KiB: enough to hold the id tables of a few million
-/// users and songs, so lookups stop costing a read each, while every process
-/// stays well under 100 MB.
-pub const LOOKUP_CACHE_KIB: i64 = 48 * 1024;
 
 /// How long a writer waits for the write lock before it gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -276,17 +277,6 @@ pub struct PartitionResults {
     pub warnings: u64,
 }
 
-/// An open read transaction: every read until [`Snapshot::end`] sees one state
-/// of the database, and no read pays for starting its own transaction. WAL
-/// readers never wait for writers.
-pub struct Snapshot<'a>(Transaction<'a>);
-
-impl Snapshot<'_> {
-    pub fn end(self) -> Result<()> {
-        Ok(self.0.commit()?)
-    }
-}
-
 /// Receives one stored element (raw JSON text) at a time.
 pub type Each<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
 
@@ -297,6 +287,37 @@ pub type EachMember<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The id indexes, opened on first use (they exist once the import is done).
+    indexes: std::cell::OnceCell<Indexes>,
+}
+
+/// The users' and songs' id indexes.
+struct Indexes {
+    users: IdIndex,
+    songs: IdIndex,
+}
+
+/// Which elements an id index holds.
+#[derive(Clone, Copy)]
+enum Indexed {
+    Users,
+    Songs,
+}
+
+impl Indexed {
+    fn suffix(self) -> &'static str {
+        match self {
+            Indexed::Users => ".users.idx",
+            Indexed::Songs => ".songs.idx",
+        }
+    }
+
+    fn sorted_ids_sql(self) -> &'static str {
+        match self {
+            Indexed::Users => "SELECT id, written FROM user_ids ORDER BY id",
+            Indexed::Songs => "SELECT id, written FROM song_ids ORDER BY id",
+        }
+    }
 }
 
 impl Store {
@@ -357,6 +378,7 @@ impl Store {
         let store = Store {
             conn,
             path: path.to_path_buf(),
+            indexes: std::cell::OnceCell::new(),
         };
         store.set_cache_kib(DEFAULT_CACHE_KIB)?;
         Ok(store)
@@ -406,14 +428,6 @@ impl Store {
             &self.conn,
             TransactionBehavior::Immediate,
         )?)
-    }
-
-    /// Starts a read transaction (see [`Snapshot`]).
-    pub fn snapshot(&self) -> Result<Snapshot<'_>> {
-        Ok(Snapshot(Transaction::new_unchecked(
-            &self.conn,
-            TransactionBehavior::Deferred,
-        )?))
     }
 
     // ---- meta ----
@@ -502,36 +516,48 @@ impl Store {
         })
     }
 
+    fn indexes(&self) -> Result<&Indexes> {
+        if let Some(indexes) = self.indexes.get() {
+            return Ok(indexes);
+        }
+        let open =
+            |which: Indexed| IdIndex::open(&crate::paths::with_suffix(&self.path, which.suffix()));
+        let indexes = Indexes {
+            users: open(Indexed::Users)?,
+            songs: open(Indexed::Songs)?,
+        };
+        Ok(self.indexes.get_or_init(|| indexes))
+    }
+
+    /// Builds the id index of `which` from its table, in the id's byte order.
+    fn build_index(&self, which: Indexed) -> Result<()> {
+        let path = crate::paths::with_suffix(&self.path, which.suffix());
+        id_index::build(&path, &mut |each| {
+            let mut stmt = self.conn.prepare(which.sorted_ids_sql())?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                each(row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_str()?)?;
+            }
+            Ok(())
+        })
+    }
+
     /// The id text of a user, as the document writes it, if the user exists.
-    pub fn user_written(&self, id: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT written FROM user_ids WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?)
+    pub fn user_written(&self, id: &str) -> Result<Option<Cow<'_, str>>> {
+        Ok(self.indexes()?.users.written(id))
     }
 
     /// The id text of a song, as the document writes it, if the song exists.
-    pub fn song_written(&self, id: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT written FROM song_ids WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional()?)
+    pub fn song_written(&self, id: &str) -> Result<Option<Cow<'_, str>>> {
+        Ok(self.indexes()?.songs.written(id))
     }
 
     pub fn user_exists(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT 1 FROM user_ids WHERE id = ?1")?
-            .exists([id])?)
+        Ok(self.indexes()?.users.contains(id))
     }
 
     pub fn song_exists(&self, id: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT 1 FROM song_ids WHERE id = ?1")?
-            .exists([id])?)
+        Ok(self.indexes()?.songs.contains(id))
     }
 
     /// The document's playlist `id`: its position and raw text.
@@ -959,9 +985,17 @@ impl DocumentWriter<'_> {
         Ok(())
     }
 
-    /// Stores what the import learnt, marks it done, commits, and checkpoints.
+    /// Commits the elements, builds the id indexes, then stores what the
+    /// import learnt and marks it done (so a crash before the marker redoes the
+    /// import, indexes included), and checkpoints.
     pub fn finish(mut self, facts: &DocumentFacts) -> Result<()> {
         let store = self.store;
+        if let Some(tx) = self.tx.take() {
+            tx.commit()?;
+        }
+        store.build_index(Indexed::Users)?;
+        store.build_index(Indexed::Songs)?;
+        self.tx = Some(store.write()?);
         store.set_meta(Key::OwnerKey, &facts.owner_key)?;
         store.set_meta(Key::DocumentMaxPlaylistId, facts.max_playlist_id)?;
         store.set_meta(Key::Users, facts.users)?;
@@ -1034,11 +1068,13 @@ fn reason_of(name: &str) -> Result<Reason> {
 }
 
 /// The database file and its companions.
-fn companions(path: &Path) -> [PathBuf; 3] {
+fn companions(path: &Path) -> [PathBuf; 5] {
     [
         path.to_path_buf(),
         crate::paths::with_suffix(path, "-wal"),
         crate::paths::with_suffix(path, "-shm"),
+        crate::paths::with_suffix(path, Indexed::Users.suffix()),
+        crate::paths::with_suffix(path, Indexed::Songs.suffix()),
     ]
 }
 
@@ -1220,7 +1256,10 @@ mod tests {
         let mut w = store.document_writer().unwrap();
         w.song(0, "1", "1", "{}").unwrap();
         drop(w);
-        assert!(!store.song_exists("1").unwrap());
         assert!(!store.is_done(Stage::Import).unwrap());
+        // An import that then finishes with no songs has none.
+        let w = store.document_writer().unwrap();
+        w.finish(&DocumentFacts::default()).unwrap();
+        assert!(!store.song_exists("1").unwrap());
     }
 }
