@@ -186,6 +186,9 @@ impl Run<'_> {
         let size = std::fs::metadata(&self.config.mixtape)?.len();
         let bar = self.ui.bytes_bar(Stage::Import.name(), size);
         let figures = import::import(&self.store, &self.config.mixtape, &mut |b| bar.set(b))?;
+        // The ids' sort buffers are gone: give their memory back before the
+        // workers start (a child's peak RSS counts what it inherits at fork).
+        self.store.release_memory()?;
         bar.finish(&format!(
             "{} users, {} playlists, {} songs",
             figures.users, figures.playlists, figures.songs
@@ -260,7 +263,7 @@ impl Run<'_> {
         bar.set(1);
         let strict_failure = config.strict && rejected > 0;
         if !strict_failure {
-            export::write_output(&self.store, &config.output)?;
+            export::write_output(&self.store, &config.mixtape, &config.output)?;
         }
         bar.set(2);
         bar.finish(&if strict_failure {

@@ -36,8 +36,6 @@
 //! On Ctrl-C or SIGTERM the worker commits what it has and stops.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -69,9 +67,6 @@ pub const MAX_BATCH_CHANGES: u64 = 262_144;
 
 /// How many batches a chunk is cut into, roughly.
 pub const BATCHES_PER_CHUNK: u64 = 64;
-
-/// Bytes read from CHANGES at a time.
-const READ_SIZE: usize = 4 << 20;
 
 /// WAL pages between automatic checkpoints in a worker (SQLite's default is
 /// 1000): each checkpoint syncs the database file, and batches write thousands
@@ -224,53 +219,20 @@ struct Worker<'a> {
 }
 impl Worker<'_> {
     fn run(&mut self, path: &Path, from: u64, end: u64) -> Result<()> {
-        let mut file =
-            File::open(path).with_context(|| format!("opening CHANGES {}", path.display()))?;
-        file.seek(SeekFrom::Start(from))?;
-        let mut source = file.take(end.saturating_sub(from));
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
-        let mut buf_offset = from; // file offset of buf[0]
-        let mut at_end = false;
-        while !at_end {
-            let have = buf.len();
-            buf.resize(have + READ_SIZE, 0);
-            let n = read_full(&mut source, &mut buf[have..])?;
-            buf.truncate(have + n);
-            at_end = n == 0 || buf_offset + buf.len() as u64 >= end;
-            let mut i = 0;
-            loop {
-                while i < buf.len() && (json::is_ws(buf[i]) || buf[i] == b',') {
-                    i += 1;
-                }
-                if i == buf.len() {
-                    break;
-                }
-                let Some(value_end) = json::value_end(&buf, i, at_end) else {
-                    if at_end {
-                        bail!(
-                            "CHANGES {}: chunk {} ends inside a change at byte {}; the file changed since the plan was made",
-                            path.display(),
-                            self.chunk,
-                            buf_offset + i as u64
-                        );
-                    }
-                    break;
-                };
-                self.change(&buf[i..value_end])?;
-                i = value_end;
-                crate::fault::point("worker-change");
-                if crate::interrupt::requested() {
-                    // Commit what is done, so the next run continues from here.
-                    self.flush(buf_offset + i as u64, false)?;
-                    return Err(crate::interrupt::Interrupted.into());
-                }
-                if self.in_batch >= self.batch_size {
-                    self.flush(buf_offset + i as u64, false)?;
-                }
+        let what = format!("CHANGES chunk {}", self.chunk);
+        crate::values::each_value(path, from, end, &what, &mut |raw, after| {
+            self.change(raw)?;
+            crate::fault::point("worker-change");
+            if crate::interrupt::requested() {
+                // Commit what is done, so the next run continues from here.
+                self.flush(after, false)?;
+                return Err(crate::interrupt::Interrupted.into());
             }
-            buf.drain(..i);
-            buf_offset += i as u64;
-        }
+            if self.in_batch >= self.batch_size {
+                self.flush(after, false)?;
+            }
+            Ok(())
+        })?;
         self.flush(end, true)
     }
 
@@ -491,18 +453,4 @@ fn shorten(minified: &[u8]) -> String {
 /// The merge partition of playlist id `text`.
 pub fn partition_of(text: &str, partitions: u64) -> u64 {
     fingerprint::fnv1a(text.as_bytes()) % partitions
-}
-
-/// Reads until `buf` is full or the source ends.
-fn read_full(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match source.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }

@@ -1,7 +1,10 @@
 //! Stage 5, export: the final document and the rejects report, from the store.
 //!
-//! Both files are streamed row by row (memory does not grow with their size)
-//! and replaced whole or not at all ([`crate::output_file`]).
+//! Both files are streamed element by element (memory does not grow with their
+//! size) and replaced whole or not at all ([`crate::output_file`]). Users and
+//! songs are copied from MIXTAPE, element by element and minified, from the
+//! array ranges the import recorded (the store keeps no copy of them); the
+//! playlists, the other members and the rejects come from the store.
 //!
 //! The document's layout (README "Output"): `users`, `playlists`, `songs`, then
 //! any other top-level members, one array element per line, every element
@@ -30,8 +33,10 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::json;
 use crate::output_file::write_atomically;
-use crate::store::{Each, Store};
+use crate::store::{ArrayRange, Each, Store};
+use crate::values;
 
 /// Writes one array member: `"name": [` elements `]`; `rows` feeds the elements.
 fn write_array(
@@ -57,15 +62,37 @@ fn write_array(
     Ok(())
 }
 
-/// Writes the final document to `path`.
-pub fn write_output(store: &Store, path: &Path) -> Result<()> {
+/// The elements of `range` of MIXTAPE, minified, to `each`.
+fn copy_elements(mixtape: &Path, range: Option<ArrayRange>, each: &mut Each) -> Result<()> {
+    let Some(range) = range else { return Ok(()) };
+    let mut minified = Vec::new();
+    values::each_value(
+        mixtape,
+        range.start,
+        range.end,
+        "an array",
+        &mut |raw, _| {
+            minified.clear();
+            json::minify_into(raw, &mut minified);
+            each(&minified)
+        },
+    )
+}
+
+/// Writes the final document to `path`; users and songs come from `mixtape`.
+pub fn write_output(store: &Store, mixtape: &Path, path: &Path) -> Result<()> {
+    let ranges = store.array_ranges()?;
     write_atomically(path, |out| {
         out.write_all(b"{\n")?;
-        write_array(out, "users", |each| store.each_user(each))?;
+        write_array(out, "users", |each| {
+            copy_elements(mixtape, ranges.users, each)
+        })?;
         out.write_all(b",\n")?;
         write_array(out, "playlists", |each| store.each_final_playlist(each))?;
         out.write_all(b",\n")?;
-        write_array(out, "songs", |each| store.each_song(each))?;
+        write_array(out, "songs", |each| {
+            copy_elements(mixtape, ranges.songs, each)
+        })?;
         store.each_extra(&mut |key, raw| {
             out.write_all(b",\n")?;
             out.write_all(key)?;

@@ -108,10 +108,7 @@ pub type AddId<'a> = dyn FnMut(&str, &str) -> Result<()> + 'a;
 /// Writes the index of `ids` (id text, written form), which must come in
 /// strictly increasing byte order of the text, to `path` (through a temporary
 /// file and a rename).
-pub fn build(
-    path: &Path,
-    ids: &mut dyn FnMut(&mut AddId) -> Result<()>,
-) -> Result<()> {
+pub fn build(path: &Path, ids: &mut dyn FnMut(&mut AddId) -> Result<()>) -> Result<()> {
     let dir = crate::paths::directory_of(path);
     let temp = tempfile::Builder::new()
         .prefix(".index.")

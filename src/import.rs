@@ -29,9 +29,13 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 
 use crate::errors;
+use crate::id_index;
+use crate::id_sort::{FoundId, IdSorter};
 use crate::json;
 use crate::scan::{ScanError, Scanner};
-use crate::store::{DocumentFacts, DocumentWriter, Inserted, Store};
+use crate::store::{
+    ArrayRange, ArrayRanges, DocumentFacts, DocumentWriter, IdKind, Inserted, Store,
+};
 
 /// What the document held.
 #[derive(Debug, Default, Clone)]
@@ -70,6 +74,9 @@ pub fn import(store: &Store, path: &Path, progress: &mut dyn FnMut(u64)) -> Resu
         owner_key: None,
         max_playlist_id: 0,
         extras: 0,
+        users: IdSorter::default(),
+        songs: IdSorter::default(),
+        ranges: ArrayRanges::default(),
         top_level_keys: Vec::new(),
     };
     let mut scanner = Scanner::new(file, 0);
@@ -84,16 +91,45 @@ pub fn import(store: &Store, path: &Path, progress: &mut dyn FnMut(u64)) -> Resu
         figures,
         owner_key,
         max_playlist_id,
+        users,
+        songs,
+        ranges,
         ..
     } = importer;
+    build_index(store, path, IdKind::Users, users)?;
+    build_index(store, path, IdKind::Songs, songs)?;
     writer.finish(&DocumentFacts {
         owner_key: owner_key.unwrap_or_else(|| "owner_id".into()),
         max_playlist_id,
         users: figures.users,
         playlists: figures.playlists,
         songs: figures.songs,
+        ranges,
     })?;
     Ok(figures)
+}
+
+/// Builds the id index of `kind` from its sorted ids; a duplicate id is the
+/// document's error, located at the element that repeats it.
+fn build_index(store: &Store, path: &Path, kind: IdKind, ids: IdSorter) -> Result<()> {
+    let mut ids = Some(ids);
+    id_index::build(&store.index_path(kind), &mut |add| {
+        let sorted = ids.take().expect("the index asks for its ids once");
+        let Some(dup) = sorted.merge(add)? else {
+            return Ok(());
+        };
+        Err(errors::at_offset(
+            "MIXTAPE",
+            path,
+            dup.offset,
+            &format!(
+                "{}[{}]: duplicate id {:?}",
+                kind.array_name(),
+                dup.position,
+                dup.id
+            ),
+        ))
+    })
 }
 
 /// A scanner error (reported with line and column) or any other.
@@ -125,6 +161,11 @@ struct Importer<'a> {
     /// Largest playlist id of the form `[1-9][0-9]{0,17}` (README "The changes file", automatic ids).
     max_playlist_id: u64,
     extras: u64,
+    /// The ids of users and songs, on their way to the id indexes.
+    users: IdSorter,
+    songs: IdSorter,
+    /// Where the users and songs arrays are in MIXTAPE.
+    ranges: ArrayRanges,
     /// The document's top-level member names, for the message when it has
     /// none of the three arrays.
     top_level_keys: Vec<String>,
@@ -212,6 +253,7 @@ impl Importer<'_> {
             return Err(self.located(at, &format!("member {} must be an array", array.name())));
         }
         s.expect(b'[', "'['")?;
+        let inside = s.offset();
         if s.eat(b']')? {
             return Ok(());
         }
@@ -232,7 +274,17 @@ impl Importer<'_> {
             if s.eat(b',')? {
                 continue;
             }
+            s.peek()?;
+            let range = ArrayRange {
+                start: inside,
+                end: s.offset(),
+            };
             s.expect(b']', "',' or ']' after an array element")?;
+            match array {
+                Array::Users => self.ranges.users = Some(range),
+                Array::Songs => self.ranges.songs = Some(range),
+                Array::Playlists => {}
+            }
             return Ok(());
         }
     }
@@ -263,27 +315,48 @@ impl Importer<'_> {
         raw: &[u8],
         offset: u64,
     ) -> Result<(), Failure> {
-        let name = array.name();
-        self.minified.clear();
-        json::minify_into(raw, &mut self.minified);
-        let minified = std::mem::take(&mut self.minified);
-        let result = self.checked_element(array, position, &minified, offset, name);
-        self.minified = minified;
-        result
+        if array == Array::Playlists {
+            self.minified.clear();
+            json::minify_into(raw, &mut self.minified);
+            let minified = std::mem::take(&mut self.minified);
+            let result = self.playlist(position, &minified, offset);
+            self.minified = minified;
+            return result;
+        }
+        // Users and songs never change: only their ids are kept (for the
+        // index; duplicates are found when the ids are sorted), and export
+        // copies them from MIXTAPE again. So only the id is read, in place.
+        let (id, written) = self.id_of(array, position, json::find_member(raw, "id"), offset)?;
+        let found = FoundId {
+            id: id.into_owned(),
+            written: String::from_utf8_lossy(written).into_owned(),
+            position,
+            offset,
+        };
+        if array == Array::Users {
+            self.users.push(found)?;
+            self.figures.users += 1;
+        } else {
+            self.songs.push(found)?;
+            self.figures.songs += 1;
+        }
+        Ok(())
     }
 
-    fn checked_element(
-        &mut self,
+    /// An element's id (its text, and as written), from what looking for its
+    /// `id` member found: `None` when it is not an object.
+    fn id_of<'r>(
+        &self,
         array: Array,
         position: u64,
-        minified: &[u8],
+        found: Option<Option<&'r [u8]>>,
         offset: u64,
-        name: &str,
-    ) -> Result<(), Failure> {
-        let Some(members) = json::object_members(minified) else {
+    ) -> Result<(std::borrow::Cow<'r, str>, &'r [u8]), Failure> {
+        let name = array.name();
+        let Some(found) = found else {
             return Err(self.located(offset, &format!("{name}[{position}] is not an object")));
         };
-        let Some(id_raw) = json::member(&members, "id") else {
+        let Some(id_raw) = found else {
             return Err(self.located(offset, &format!("{name}[{position}] has no id")));
         };
         let Some(id) = json::id_text(id_raw) else {
@@ -295,41 +368,38 @@ impl Importer<'_> {
                 ),
             ));
         };
+        Ok((id, id_raw))
+    }
+
+    fn playlist(&mut self, position: u64, minified: &[u8], offset: u64) -> Result<(), Failure> {
+        let members = json::object_members(minified);
+        let found = members.as_ref().map(|m| json::member(m, "id"));
+        let (id, _) = self.id_of(Array::Playlists, position, found, offset)?;
+        let members = members.expect("id_of checked it is an object");
+        let name = Array::Playlists.name();
         let raw_text = std::str::from_utf8(minified).map_err(|e| anyhow!(e))?;
-        let written = std::str::from_utf8(id_raw).map_err(|e| anyhow!(e))?;
-        let inserted = match array {
-            Array::Users => self.writer.user(position, &id, written, raw_text)?,
-            Array::Songs => self.writer.song(position, &id, written, raw_text)?,
-            Array::Playlists => {
-                if let Some(songs) = json::member(&members, "song_ids") {
-                    let valid = json::array_elements(songs)
-                        .is_some_and(|list| list.iter().all(|s| json::id_text(s).is_some()));
-                    if !valid {
-                        return Err(self.located(
-                            offset,
-                            &format!("{name}[{position}] (id {id}): song_ids must be an array of song ids"),
-                        ));
-                    }
-                }
-                if self.owner_key.is_none() {
-                    let uses_user_id = json::member(&members, "owner_id").is_none()
-                        && json::member(&members, "user_id").is_some();
-                    self.owner_key = Some(if uses_user_id { "user_id" } else { "owner_id" }.into());
-                }
-                if let Some(v) = json::auto_id_value(&id) {
-                    self.max_playlist_id = self.max_playlist_id.max(v);
-                }
-                self.writer.playlist(position, &id, raw_text)?
+        if let Some(songs) = json::member(&members, "song_ids") {
+            let valid = json::array_elements(songs)
+                .is_some_and(|list| list.iter().all(|s| json::id_text(s).is_some()));
+            if !valid {
+                return Err(self.located(
+                    offset,
+                    &format!("{name}[{position}] (id {id}): song_ids must be an array of song ids"),
+                ));
             }
-        };
-        if inserted == Inserted::DuplicateId {
+        }
+        if self.owner_key.is_none() {
+            let uses_user_id = json::member(&members, "owner_id").is_none()
+                && json::member(&members, "user_id").is_some();
+            self.owner_key = Some(if uses_user_id { "user_id" } else { "owner_id" }.into());
+        }
+        if let Some(v) = json::auto_id_value(&id) {
+            self.max_playlist_id = self.max_playlist_id.max(v);
+        }
+        if self.writer.playlist(position, &id, raw_text)? == Inserted::DuplicateId {
             return Err(self.located(offset, &format!("{name}[{position}]: duplicate id {id:?}")));
         }
-        match array {
-            Array::Users => self.figures.users += 1,
-            Array::Playlists => self.figures.playlists += 1,
-            Array::Songs => self.figures.songs += 1,
-        }
+        self.figures.playlists += 1;
         Ok(())
     }
 }

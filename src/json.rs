@@ -210,8 +210,61 @@ pub fn key_name(raw_key: &[u8]) -> Option<Cow<'_, str>> {
 pub fn member<'a>(members: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
     members
         .iter()
-        .find(|(k, _)| key_name(k).as_deref() == Some(name))
+        .find(|(k, _)| key_is(k, name))
         .map(|&(_, v)| v)
+}
+
+/// Whether raw key `raw_key` (with its quotes) names `name`. Compares bytes
+/// when the key has no escape (nearly always), decodes it otherwise.
+#[inline]
+pub fn key_is(raw_key: &[u8], name: &str) -> bool {
+    let inner = &raw_key[1.min(raw_key.len())..raw_key.len().saturating_sub(1)];
+    if memchr::memchr(b'\\', inner).is_none() {
+        inner == name.as_bytes()
+    } else {
+        key_name(raw_key).as_deref() == Some(name)
+    }
+}
+
+/// The value of the first member named `name` of the object `raw` (white space
+/// allowed anywhere, as in a document element not yet minified): `None` when
+/// `raw` is not an object, `Some(None)` when it has no such member.
+pub fn find_member<'a>(raw: &'a [u8], name: &str) -> Option<Option<&'a [u8]>> {
+    let skip_ws = |mut i: usize| {
+        while raw.get(i).is_some_and(|&b| is_ws(b)) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = skip_ws(0);
+    if raw.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(i + 1);
+    if raw.get(i) == Some(&b'}') {
+        return Some(None);
+    }
+    loop {
+        if raw.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(raw, i)?;
+        let colon = skip_ws(key_end);
+        if raw.get(colon) != Some(&b':') {
+            return None;
+        }
+        let value_start = skip_ws(colon + 1);
+        let end = value_end(raw, value_start, true)?;
+        if key_is(&raw[i..key_end], name) {
+            return Some(Some(&raw[value_start..end]));
+        }
+        let next = skip_ws(end);
+        match raw.get(next) {
+            Some(b',') => i = skip_ws(next + 1),
+            Some(b'}') => return Some(None),
+            _ => return None,
+        }
+    }
 }
 
 /// Appends `s` as a JSON string.
@@ -231,6 +284,20 @@ mod tests {
             minify(raw),
             br#"{"a":[1,"x y\" }"],"\u00e9":1.50}"#.to_vec()
         );
+    }
+
+    #[test]
+    fn find_member_reads_unminified_objects() {
+        let raw = b" { \"a\" : [1, {\"id\": 2}] ,\n \"i\\u0064\":\t\"7\", \"id\": 8 } ";
+        assert_eq!(find_member(raw, "id"), Some(Some(&b"\"7\""[..])));
+        assert_eq!(find_member(raw, "a"), Some(Some(&b"[1, {\"id\": 2}]"[..])));
+        assert_eq!(find_member(raw, "b"), Some(None));
+        assert_eq!(find_member(b"{}", "id"), Some(None));
+        assert_eq!(find_member(b"[1]", "id"), None);
+        assert_eq!(find_member(b"7", "id"), None);
+        assert!(key_is(b"\"id\"", "id"));
+        assert!(key_is(b"\"\\u0069d\"", "id"));
+        assert!(!key_is(b"\"idx\"", "id"));
     }
 
     #[test]

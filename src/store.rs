@@ -11,18 +11,20 @@
 //! | table | written by | holds |
 //! |---|---|---|
 //! | `meta` | every stage | inputs and their fingerprints, stage markers, figures ([`Key`]) |
-//! | `users`, `songs`, `playlists`, `extras` | import | the document's elements, raw and minified, in input order |
-//! | `user_ids`, `song_ids` | import | id text → the id as the document writes it, for lookups |
+//! | `playlists`, `extras` | import | the document's playlists and other members, minified, in input order |
 //! | `chunks` | plan, workers | byte range of every chunk and how far its worker got |
 //! | `blocks` | workers | recorded changes, encoded ([`crate::record`]), one row per batch and partition |
 //! | `rejects` | workers, merge | every rejected change, with its index |
 //! | `results` | merge | every playlist whose fate differs from the document ([`Fate`]) |
 //! | `merged` | merge | the partitions already merged, and the warnings each counted |
 //!
-//! Beside the file, two read-only id indexes (`DB.users.idx`, `DB.songs.idx`,
+//! Users and songs never change, so the store keeps no copy of them: two
+//! read-only id indexes beside the file (`DB.users.idx`, `DB.songs.idx`,
 //! [`crate::id_index`]) answer "does this user or song exist, and how is it
-//! written" for workers and the merge; the import builds them from `user_ids`
-//! and `song_ids` before it marks itself done.
+//! written" for workers and the merge, and `meta` keeps where their arrays are
+//! in MIXTAPE ([`ArrayRanges`]), from which the export copies them. The import
+//! builds the indexes before it marks itself done; MIXTAPE's fingerprint,
+//! checked on every resume, says the ranges still hold.
 //!
 //! `rejects` and `results` are append-only (no key but the rowid): writers add
 //! rows in whatever order their work comes, and the export sorts once. Keyed
@@ -66,13 +68,13 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use rusqlite::{Transaction, TransactionBehavior};
 
-use crate::id_index::{self, IdIndex};
+use crate::id_index::IdIndex;
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
 use crate::stage::Stage;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Large pages suit the workload: big blobs and long sequential scans.
 const PAGE_SIZE: i64 = 16384;
@@ -88,10 +90,6 @@ const IMPORT_BATCH: u64 = 50_000;
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE users(seq INTEGER PRIMARY KEY, raw TEXT NOT NULL);
-CREATE TABLE user_ids(id TEXT PRIMARY KEY, written TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE songs(seq INTEGER PRIMARY KEY, raw TEXT NOT NULL);
-CREATE TABLE song_ids(id TEXT PRIMARY KEY, written TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE playlists(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, raw TEXT NOT NULL);
 CREATE TABLE extras(seq INTEGER PRIMARY KEY, key TEXT NOT NULL, raw TEXT NOT NULL);
 CREATE TABLE chunks(
@@ -136,6 +134,9 @@ pub enum Key {
     Users,
     Playlists,
     Songs,
+    /// Where the users and songs arrays are in MIXTAPE (`start end`, or empty).
+    UsersRange,
+    SongsRange,
     /// The changes file's form (`object`, `array`, `lines`).
     Form,
     /// How many changes CHANGES holds.
@@ -152,6 +153,8 @@ impl Key {
             Key::Users => "users",
             Key::Playlists => "playlists",
             Key::Songs => "songs",
+            Key::UsersRange => "users_range",
+            Key::SongsRange => "songs_range",
             Key::Form => "form",
             Key::Changes => "changes",
             Key::Partitions => "partitions",
@@ -213,6 +216,40 @@ pub struct DocumentFacts {
     pub users: u64,
     pub playlists: u64,
     pub songs: u64,
+    pub ranges: ArrayRanges,
+}
+
+/// The bytes between an array's brackets in MIXTAPE: its elements, commas and
+/// white space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArrayRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Where the document's users and songs are (`None`: missing or empty).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArrayRanges {
+    pub users: Option<ArrayRange>,
+    pub songs: Option<ArrayRange>,
+}
+
+impl ArrayRange {
+    fn to_meta(range: Option<ArrayRange>) -> String {
+        range.map_or(String::new(), |r| format!("{} {}", r.start, r.end))
+    }
+
+    fn from_meta(text: &str) -> Result<Option<ArrayRange>> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let parsed = text
+            .split_once(' ')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+        let (start, end) =
+            parsed.with_context(|| format!("work database: bad array range {text:?}"))?;
+        Ok(Some(ArrayRange { start, end }))
+    }
 }
 
 /// One worker batch, written with the chunk's new position in one transaction.
@@ -298,24 +335,25 @@ struct Indexes {
 }
 
 /// Which elements an id index holds.
-#[derive(Clone, Copy)]
-enum Indexed {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
     Users,
     Songs,
 }
 
-impl Indexed {
+impl IdKind {
     fn suffix(self) -> &'static str {
         match self {
-            Indexed::Users => ".users.idx",
-            Indexed::Songs => ".songs.idx",
+            IdKind::Users => ".users.idx",
+            IdKind::Songs => ".songs.idx",
         }
     }
 
-    fn sorted_ids_sql(self) -> &'static str {
+    /// The document's array of these elements.
+    pub fn array_name(self) -> &'static str {
         match self {
-            Indexed::Users => "SELECT id, written FROM user_ids ORDER BY id",
-            Indexed::Songs => "SELECT id, written FROM song_ids ORDER BY id",
+            IdKind::Users => "users",
+            IdKind::Songs => "songs",
         }
     }
 }
@@ -505,10 +543,7 @@ impl Store {
     /// writer for the document's elements.
     pub fn document_writer(&self) -> Result<DocumentWriter<'_>> {
         let tx = self.write()?;
-        tx.execute_batch(
-            "DELETE FROM users; DELETE FROM user_ids; DELETE FROM songs; DELETE FROM song_ids;
-             DELETE FROM playlists; DELETE FROM extras;",
-        )?;
+        tx.execute_batch("DELETE FROM playlists; DELETE FROM extras;")?;
         Ok(DocumentWriter {
             store: self,
             tx: Some(tx),
@@ -520,25 +555,24 @@ impl Store {
         if let Some(indexes) = self.indexes.get() {
             return Ok(indexes);
         }
-        let open =
-            |which: Indexed| IdIndex::open(&crate::paths::with_suffix(&self.path, which.suffix()));
+        let open = |which: IdKind| IdIndex::open(&self.index_path(which));
         let indexes = Indexes {
-            users: open(Indexed::Users)?,
-            songs: open(Indexed::Songs)?,
+            users: open(IdKind::Users)?,
+            songs: open(IdKind::Songs)?,
         };
         Ok(self.indexes.get_or_init(|| indexes))
     }
 
-    /// Builds the id index of `which` from its table, in the id's byte order.
-    fn build_index(&self, which: Indexed) -> Result<()> {
-        let path = crate::paths::with_suffix(&self.path, which.suffix());
-        id_index::build(&path, &mut |each| {
-            let mut stmt = self.conn.prepare(which.sorted_ids_sql())?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                each(row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_str()?)?;
-            }
-            Ok(())
+    /// Where the import writes the id index of `which` (see [`crate::id_index`]).
+    pub fn index_path(&self, which: IdKind) -> PathBuf {
+        crate::paths::with_suffix(&self.path, which.suffix())
+    }
+
+    /// Where the document's users and songs are in MIXTAPE.
+    pub fn array_ranges(&self) -> Result<ArrayRanges> {
+        Ok(ArrayRanges {
+            users: ArrayRange::from_meta(&self.meta(Key::UsersRange)?)?,
+            songs: ArrayRange::from_meta(&self.meta(Key::SongsRange)?)?,
         })
     }
 
@@ -783,16 +817,6 @@ impl Store {
 
     // ---- export ----
 
-    /// The document's users, raw, in document order.
-    pub fn each_user(&self, each: &mut Each) -> Result<()> {
-        self.each_first_column("SELECT raw FROM users ORDER BY seq", (), each)
-    }
-
-    /// The document's songs, raw, in document order.
-    pub fn each_song(&self, each: &mut Each) -> Result<()> {
-        self.each_first_column("SELECT raw FROM songs ORDER BY seq", (), each)
-    }
-
     /// The final playlists: the document's that survive, in document order and
     /// as the merge left them, then the new ones in order of creation.
     pub fn each_final_playlist(&self, each: &mut Each) -> Result<()> {
@@ -910,47 +934,6 @@ pub enum Inserted {
 }
 
 impl DocumentWriter<'_> {
-    pub fn user(&mut self, position: u64, id: &str, written: &str, raw: &str) -> Result<Inserted> {
-        self.keyed(
-            "INSERT INTO user_ids(id, written) VALUES (?1, ?2)",
-            "INSERT INTO users(seq, raw) VALUES (?1, ?2)",
-            position,
-            id,
-            written,
-            raw,
-        )
-    }
-
-    pub fn song(&mut self, position: u64, id: &str, written: &str, raw: &str) -> Result<Inserted> {
-        self.keyed(
-            "INSERT INTO song_ids(id, written) VALUES (?1, ?2)",
-            "INSERT INTO songs(seq, raw) VALUES (?1, ?2)",
-            position,
-            id,
-            written,
-            raw,
-        )
-    }
-
-    fn keyed(
-        &mut self,
-        id_sql: &str,
-        element_sql: &str,
-        position: u64,
-        id: &str,
-        written: &str,
-        raw: &str,
-    ) -> Result<Inserted> {
-        let conn = &self.store.conn;
-        let inserted = unique(conn.prepare_cached(id_sql)?.execute([id, written]))?;
-        if inserted == Inserted::Yes {
-            conn.prepare_cached(element_sql)?
-                .execute(params![position, raw])?;
-            self.element_written()?;
-        }
-        Ok(inserted)
-    }
-
     pub fn playlist(&mut self, position: u64, id: &str, raw: &str) -> Result<Inserted> {
         let inserted = unique(
             self.store
@@ -985,17 +968,14 @@ impl DocumentWriter<'_> {
         Ok(())
     }
 
-    /// Commits the elements, builds the id indexes, then stores what the
-    /// import learnt and marks it done (so a crash before the marker redoes the
-    /// import, indexes included), and checkpoints.
+    /// Stores what the import learnt and marks it done, with the last
+    /// elements, and checkpoints. The id indexes must be built by then
+    /// ([`Store::index_path`]): a crash before the marker redoes the import,
+    /// indexes included.
     pub fn finish(mut self, facts: &DocumentFacts) -> Result<()> {
         let store = self.store;
-        if let Some(tx) = self.tx.take() {
-            tx.commit()?;
-        }
-        store.build_index(Indexed::Users)?;
-        store.build_index(Indexed::Songs)?;
-        self.tx = Some(store.write()?);
+        store.set_meta(Key::UsersRange, ArrayRange::to_meta(facts.ranges.users))?;
+        store.set_meta(Key::SongsRange, ArrayRange::to_meta(facts.ranges.songs))?;
         store.set_meta(Key::OwnerKey, &facts.owner_key)?;
         store.set_meta(Key::DocumentMaxPlaylistId, facts.max_playlist_id)?;
         store.set_meta(Key::Users, facts.users)?;
@@ -1073,8 +1053,8 @@ fn companions(path: &Path) -> [PathBuf; 5] {
         path.to_path_buf(),
         crate::paths::with_suffix(path, "-wal"),
         crate::paths::with_suffix(path, "-shm"),
-        crate::paths::with_suffix(path, Indexed::Users.suffix()),
-        crate::paths::with_suffix(path, Indexed::Songs.suffix()),
+        crate::paths::with_suffix(path, IdKind::Users.suffix()),
+        crate::paths::with_suffix(path, IdKind::Songs.suffix()),
     ]
 }
 
@@ -1240,26 +1220,40 @@ mod tests {
     fn duplicate_ids_are_told_apart_from_errors() {
         let (_dir, store) = store();
         let mut w = store.document_writer().unwrap();
-        assert_eq!(w.user(0, "1", "\"1\"", "{}").unwrap(), Inserted::Yes);
-        assert_eq!(w.user(1, "1", "1", "{}").unwrap(), Inserted::DuplicateId);
         assert_eq!(w.playlist(0, "p", "{}").unwrap(), Inserted::Yes);
         assert_eq!(w.playlist(1, "p", "{}").unwrap(), Inserted::DuplicateId);
         w.finish(&DocumentFacts::default()).unwrap();
         assert!(store.is_done(Stage::Import).unwrap());
-        assert_eq!(store.user_written("1").unwrap().as_deref(), Some("\"1\""));
-        assert!(!store.song_exists("1").unwrap());
+        assert_eq!(
+            store.document_playlist("p").unwrap(),
+            Some((0, "{}".into()))
+        );
+        assert_eq!(store.array_ranges().unwrap(), ArrayRanges::default());
     }
 
     #[test]
     fn an_unfinished_import_rolls_back() {
         let (_dir, store) = store();
         let mut w = store.document_writer().unwrap();
-        w.song(0, "1", "1", "{}").unwrap();
+        w.playlist(0, "p", "{}").unwrap();
         drop(w);
         assert!(!store.is_done(Stage::Import).unwrap());
-        // An import that then finishes with no songs has none.
+        assert_eq!(store.document_playlist("p").unwrap(), None);
+    }
+
+    #[test]
+    fn array_ranges_round_trip() {
+        let (_dir, store) = store();
+        let ranges = ArrayRanges {
+            users: Some(ArrayRange { start: 3, end: 90 }),
+            songs: None,
+        };
         let w = store.document_writer().unwrap();
-        w.finish(&DocumentFacts::default()).unwrap();
-        assert!(!store.song_exists("1").unwrap());
+        w.finish(&DocumentFacts {
+            ranges,
+            ..DocumentFacts::default()
+        })
+        .unwrap();
+        assert_eq!(store.array_ranges().unwrap(), ranges);
     }
 }

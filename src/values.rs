@@ -1,0 +1,106 @@
+//! Reading the JSON values in a byte range of a file that the scanner already
+//! validated: a worker's chunk of CHANGES, or the inside of the document's
+//! `users` or `songs` array. Between two values there is only white space and
+//! commas, so the non-validating [`crate::json::value_end`] finds each value's
+//! end, and the range is streamed a few MiB at a time: memory holds the largest
+//! single value, not the range.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::json;
+
+/// Bytes read at a time.
+const READ_SIZE: usize = 4 << 20;
+
+/// Calls `each` with every value in bytes `from..end` of the file at `path`, and
+/// the file offset just past it. `what` names the range in the error for a
+/// range that ends inside a value (the file changed since it was validated).
+pub fn each_value(
+    path: &Path,
+    from: u64,
+    end: u64,
+    what: &str,
+    each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
+) -> Result<()> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut source = file.take(end.saturating_sub(from));
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    let mut buf_offset = from; // file offset of buf[0]
+    let mut at_end = false;
+    while !at_end {
+        let have = buf.len();
+        buf.resize(have + READ_SIZE, 0);
+        let n = read_full(&mut source, &mut buf[have..])
+            .with_context(|| format!("reading {}", path.display()))?;
+        buf.truncate(have + n);
+        at_end = n == 0 || buf_offset + buf.len() as u64 >= end;
+        let mut i = 0;
+        loop {
+            while i < buf.len() && (json::is_ws(buf[i]) || buf[i] == b',') {
+                i += 1;
+            }
+            if i == buf.len() {
+                break;
+            }
+            let Some(value_end) = json::value_end(&buf, i, at_end) else {
+                if at_end {
+                    bail!(
+                        "{} {}: {what} ends inside a value at byte {}; the file changed since it was read",
+                        path.display(),
+                        what,
+                        buf_offset + i as u64
+                    );
+                }
+                break;
+            };
+            each(&buf[i..value_end], buf_offset + value_end as u64)?;
+            i = value_end;
+        }
+        buf.drain(..i);
+        buf_offset += i as u64;
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the source ends.
+fn read_full(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match source.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_between_commas_and_white_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let text = "[ {\"a\": \"],\"}, 2 ,\n[3, {}], \"x\" ]";
+        std::fs::write(&p, text).unwrap();
+        let mut seen = Vec::new();
+        each_value(&p, 1, text.len() as u64 - 1, "array", &mut |v, end| {
+            seen.push((String::from_utf8(v.to_vec()).unwrap(), end));
+            Ok(())
+        })
+        .unwrap();
+        let values: Vec<&str> = seen.iter().map(|(v, _)| v.as_str()).collect();
+        assert_eq!(values, ["{\"a\": \"],\"}", "2", "[3, {}]", "\"x\""]);
+        assert_eq!(&text[..seen[1].1 as usize], "[ {\"a\": \"],\"}, 2");
+        let cut = each_value(&p, 1, 5, "array", &mut |_, _| Ok(()));
+        assert!(cut.unwrap_err().to_string().contains("ends inside a value"));
+    }
+}
