@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
 """The benchmark: builds in release mode, generates the cases, runs the harness
-with 1, 2 and all CPUs' workers and the in-memory reference on each case, side by
-side (the configurations take turns, repetition after repetition, so that the
-machine's noise hits them alike), and prints a Markdown table of medians.
+with 1, 2 and all CPUs' workers and the rival (examples/rival.rs: a fast,
+full-spec, in-memory, one-thread applier) on each case, side by side (the
+configurations take turns, repetition after repetition, so that the machine's
+noise hits them alike), and prints a Markdown table of medians and the ratios
+the targets are about.
 
     python3 bench/run.py [--sizes M,L] [--reps 3] [--workers 1,2,4]
+                         [--reference] [--baseline DIR] [--no-rival]
 
-Cases go to bench/cases/SIZE (generated once, kept). Every harness run checks
-its output against the reference's (when the reference ran) and the runs against
-each other: a benchmark of a wrong answer is worthless. XL (50M changes) is not
-run by default: it takes minutes, and the reference would need tens of GB.
+--reference also runs the tests' simple reference (slow); --baseline DIR also
+runs the harness found in DIR (an older build, for before/after figures).
+
+Cases go to bench/cases/SIZE (generated once, kept). Every run's output and
+rejects report are checked against the first configuration's, byte for byte: a
+benchmark of a wrong answer is worthless. XL (50M changes) is not run by
+default: it takes minutes, and an in-memory program would need tens of GB.
 """
 
 import argparse
@@ -41,14 +47,14 @@ def case_dir(size):
     return d
 
 
-def run_harness(d, workers, out):
+def run_harness(d, workers, out, bin_dir=BIN):
     for suffix in ["", ".rejects.jsonl"]:
         if os.path.exists(out + suffix):
             os.remove(out + suffix)
     env = dict(os.environ, MIXTAPE_BENCH="1")
     start = time.monotonic()
     p = subprocess.run(
-        [os.path.join(BIN, "harness"), "--fresh", "--progress", "never", "--workers", str(workers),
+        [os.path.join(bin_dir, "harness"), "--fresh", "--progress", "never", "--workers", str(workers),
          os.path.join(d, "mixtape.json"), os.path.join(d, "changes.jsonl"), out],
         env=env, capture_output=True, text=True)
     wall = time.monotonic() - start
@@ -63,17 +69,18 @@ def run_harness(d, workers, out):
     return result
 
 
-def run_reference(d, out):
+def run_in_memory(program, d, out):
+    """The rival or the reference: one process, its own wall time and peak RSS."""
     start = time.monotonic()
     p = subprocess.run(
-        [os.path.join(BIN, "examples", "reference"),
+        [os.path.join(BIN, "examples", program),
          os.path.join(d, "mixtape.json"), os.path.join(d, "changes.jsonl"), out],
         capture_output=True, text=True)
     wall = time.monotonic() - start
     if p.returncode != 0:
-        sys.exit(f"reference failed: {p.stderr}")
+        sys.exit(f"{program} failed: {p.stderr}")
     rss = int(re.search(r"rss_kb=(\d+)", p.stderr).group(1))
-    changes = int(re.search(r"reference: (\d+) changes", p.stderr).group(1))
+    changes = int(re.search(program + r": (\d+) changes", p.stderr).group(1))
     return {"wall": wall, "total": wall, "harness_rss_kb": rss, "worker_rss_kb": 0, "changes": changes}
 
 
@@ -87,7 +94,9 @@ def main():
     ap.add_argument("--sizes", default="M,L")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workers", default=f"1,2,{os.cpu_count()}")
-    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--reference", action="store_true")
+    ap.add_argument("--no-rival", action="store_true")
+    ap.add_argument("--baseline", help="a directory with an older harness and worker")
     args = ap.parse_args()
     build()
     worker_counts = sorted({int(w) for w in args.workers.split(",")})
@@ -96,13 +105,21 @@ def main():
     rows = []
     for size in args.sizes.split(","):
         d = case_dir(size)
-        configs = [("reference", None)] if not args.no_reference else []
+        configs = [] if args.no_rival else [("rival", "rival")]
+        configs += [("reference", "reference")] if args.reference else []
+        if args.baseline:
+            configs += [(f"baseline -w {w}", ("baseline", w)) for w in worker_counts]
         configs += [(f"harness -w {w}", w) for w in worker_counts]
         runs = {name: [] for name, _ in configs}
         for rep in range(args.reps):
             for name, w in configs:
                 out = os.path.join(out_dir, f"{size}-{name.replace(' ', '')}.json")
-                r = run_reference(d, out) if w is None else run_harness(d, w, out)
+                if isinstance(w, str):
+                    r = run_in_memory(w, d, out)
+                elif isinstance(w, tuple):
+                    r = run_harness(d, w[1], out, args.baseline)
+                else:
+                    r = run_harness(d, w, out)
                 runs[name].append(r)
                 print(f"{size} rep {rep + 1} {name}: {r['total']:.2f}s", file=sys.stderr)
             outs = [os.path.join(out_dir, f"{size}-{name.replace(' ', '')}.json") for name, _ in configs]
@@ -118,21 +135,24 @@ def main():
     print("| case | run | import | plan | apply | merge | export | total (median) | changes/s | peak RSS harness | peak RSS largest worker | write lock held / waited (apply, all workers) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size, name, m in rows:
-        stage = lambda k: "" if name == "reference" else f"{m[k]:.2f}"
+        one = name in ("rival", "reference")
+        stage = lambda k: "" if one else f"{m[k]:.2f}"
         print(f"| {size} | {name} | " + " | ".join(stage(k) for k in STAGES)
               + f" | **{m['total']:.2f} s** | {m['changes'] / m['total'] / 1e6:.2f} M"
               + f" | {m['harness_rss_kb'] / 1024:.0f} MB | "
-              + ("" if name == "reference" else f"{m['worker_rss_kb'] / 1024:.0f} MB") + " | "
-              + ("" if name == "reference" else f"{m['apply_lock_held']:.2f} s / {m['apply_lock_wait']:.2f} s") + " |")
+              + ("" if one else f"{m['worker_rss_kb'] / 1024:.0f} MB") + " | "
+              + ("" if one else f"{m['apply_lock_held']:.2f} s / {m['apply_lock_wait']:.2f} s") + " |")
     print()
     for size in args.sizes.split(","):
         by = {name: m for s, name, m in rows if s == size}
         if "harness -w 1" in by and "harness -w 2" in by:
             w1, w2 = by["harness -w 1"], by["harness -w 2"]
-            print(f"- {size}: apply -w 2 / -w 1 = {w2['apply'] / w1['apply']:.2f}; "
-                  f"end-to-end -w 2 / -w 1 = {w2['total'] / w1['total']:.2f}"
-                  + (f"; -w 2 / reference = {w2['total'] / by['reference']['total']:.2f}"
-                     if "reference" in by else ""))
+            stages = ", ".join(f"{k} {w2[k] / w1[k]:.2f}" if w1[k] > 0 else f"{k} -"
+                               for k in STAGES)
+            print(f"- {size}: -w 2 / -w 1 per stage: {stages}; "
+                  f"end to end {w2['total'] / w1['total']:.2f}"
+                  + "".join(f"; -w 2 / {other} = {w2['total'] / by[other]['total']:.2f}"
+                            for other in ("rival", "reference", "baseline -w 2") if other in by))
 
 
 if __name__ == "__main__":
