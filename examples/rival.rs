@@ -6,8 +6,8 @@
 //! - both files read whole; validated once by serde_json (`IgnoredAny`), then
 //!   read with the same byte-level helpers the tool uses ([`mixtape::json`],
 //!   [`mixtape::change`]): ids and elements are borrowed from the input text;
-//! - hash maps with a fast non-cryptographic hasher (FxHash), a song list and a
-//!   membership map per playlist;
+//! - hash maps keyed by ids packed into integers, with a fast hasher
+//!   ([`mixtape::id_key`]), a song list and a membership map per playlist;
 //! - one pass over the changes: an automatic id `M + k` cannot be named by any
 //!   change (every named id is at most `M`), so new playlists keep `k` and get
 //!   their id when the output is written, once `M` is known;
@@ -18,86 +18,15 @@
 //! time and peak RSS on stderr.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufWriter, Write};
 use std::time::Instant;
 
 use mixtape::change::{self, Change};
+use mixtape::id_key::{FxMap, IdKey};
 use mixtape::json;
-
-/// FxHash (rustc's hasher: one multiply per word) with a final mix.
-#[derive(Default)]
-struct Fx(u64);
-
-impl Hasher for Fx {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-    fn write_u8(&mut self, b: u8) {
-        self.write(&[b]);
-    }
-    fn finish(&self) -> u64 {
-        // A multiply only carries upwards: without this mix, the low bits that
-        // pick a bucket would depend on an id's first bytes alone.
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^ (h >> 33)
-    }
-}
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
 fn text(raw: &[u8]) -> Cow<'_, str> {
     json::id_text(raw).unwrap_or_default()
-}
-
-/// An id as a hash-map key. Ids of up to 15 bytes (nearly all) are packed into
-/// an integer with their length: comparing two keys then reads no memory
-/// outside the table, where a borrowed `&str` key costs a cache miss into the
-/// input text at every probe.
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum IdKey<'a> {
-    Packed(u128),
-    Long(Cow<'a, str>),
-}
-
-impl<'a> IdKey<'a> {
-    fn of(text: Cow<'a, str>) -> IdKey<'a> {
-        let bytes = text.as_bytes();
-        if bytes.len() < 16 {
-            let mut packed = [0u8; 16];
-            packed[..bytes.len()].copy_from_slice(bytes);
-            packed[15] = bytes.len() as u8;
-            IdKey::Packed(u128::from_le_bytes(packed))
-        } else {
-            IdKey::Long(text)
-        }
-    }
-
-    /// The key of the raw id token `raw`: a short string without escapes, or
-    /// an integer, is packed straight from the token (validated input).
-    fn raw(raw: &'a [u8]) -> IdKey<'a> {
-        let inner = match raw {
-            [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => inner,
-            [b'-' | b'0'..=b'9', ..] => raw,
-            _ => return IdKey::of(text(raw)),
-        };
-        if inner.len() < 16 {
-            let mut packed = [0u8; 16];
-            packed[..inner.len()].copy_from_slice(inner);
-            packed[15] = inner.len() as u8;
-            IdKey::Packed(u128::from_le_bytes(packed))
-        } else {
-            IdKey::of(text(raw))
-        }
-    }
 }
 
 /// A playlist while the changes are applied.

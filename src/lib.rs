@@ -20,6 +20,7 @@ pub mod export;
 pub mod fault;
 pub mod fingerprint;
 pub mod id_index;
+pub mod id_key;
 pub mod id_sort;
 pub mod import;
 pub mod interrupt;

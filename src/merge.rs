@@ -38,12 +38,12 @@
 //! continues with the partitions not yet written.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{bail, Result};
 
+use crate::id_key::{FxMap, IdKey};
 use crate::json;
 use crate::record::{Body, Decoder, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
@@ -200,10 +200,46 @@ impl MergeContext {
 /// The state of one playlist id while its changes are replayed.
 struct Playlist {
     /// Song ids as written, in order.
-    songs: Vec<Vec<u8>>,
-    /// How often each song id text occurs in `songs`.
-    counts: HashMap<String, u32>,
+    songs: SongList,
+    /// How often each song id occurs in `songs`.
+    counts: FxMap<IdKey<'static>, u32>,
     origin: Origin,
+}
+
+/// A playlist's song ids as written, in order, in one buffer: a song costs its
+/// bytes and a span, not an allocation of its own.
+#[derive(Default)]
+struct SongList {
+    bytes: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+}
+
+impl SongList {
+    fn of<'s>(songs: impl IntoIterator<Item = &'s [u8]>) -> SongList {
+        let mut list = SongList::default();
+        for song in songs {
+            list.push(song);
+        }
+        list
+    }
+
+    fn push(&mut self, song: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(song);
+        self.spans.push((start, self.bytes.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans.iter().map(|&(a, b)| &self.bytes[a..b])
+    }
+
+    /// Drops every song whose key is `key` (their bytes stay in the buffer
+    /// until the playlist is done: removals are rare next to additions).
+    fn remove_all(&mut self, key: &IdKey) {
+        let bytes = &self.bytes;
+        self.spans
+            .retain(|&(a, b)| IdKey::raw(&bytes[a..b]) != *key);
+    }
 }
 
 enum Origin {
@@ -222,6 +258,15 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
     json::id_text(raw).unwrap_or_default()
 }
 
+/// How often each song occurs in `songs`.
+fn count(songs: &SongList) -> FxMap<IdKey<'static>, u32> {
+    let mut counts = FxMap::with_capacity_and_hasher(songs.spans.len(), Default::default());
+    for song in songs.iter() {
+        *counts.entry(IdKey::owned(song)).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// Replays every change of partition `part`, in index order, in one streaming
 /// pass.
 ///
@@ -237,7 +282,7 @@ fn merge_partition(
     part: u64,
     out: &mut PartitionResults,
 ) -> Result<()> {
-    let mut replays: HashMap<String, Replay> = HashMap::new();
+    let mut replays: FxMap<IdKey<'static>, Replay> = FxMap::default();
     let mut last_index: Option<u64> = None;
     store.each_block(part, &mut |block| {
         for rec in Decoder::new(block) {
@@ -271,20 +316,22 @@ fn merge_partition(
                     });
                 }
                 (_, Some(playlist)) => {
-                    let id = text(playlist);
-                    if !replays.contains_key(id.as_ref()) {
-                        replays.insert(id.to_string(), Replay::load(store, &id)?);
-                    }
-                    let replay = replays.get_mut(id.as_ref()).expect("inserted above");
-                    replay.apply(&id, &rec, out);
+                    let key = IdKey::owned(playlist);
+                    let replay = match replays.get_mut(&key) {
+                        Some(replay) => replay,
+                        None => replays
+                            .entry(key)
+                            .or_insert(Replay::load(store, &text(playlist))?),
+                    };
+                    replay.apply(&rec, out);
                 }
                 (_, None) => unreachable!("only automatic ids have no playlist"),
             }
         }
         Ok(())
     })?;
-    for (id, replay) in replays {
-        replay.finish(cx, id, out);
+    for replay in replays.into_values() {
+        replay.finish(cx, out);
     }
     Ok(())
 }
@@ -292,6 +339,8 @@ fn merge_partition(
 /// One playlist id while its changes are replayed: the document's playlist of
 /// that id, if any, and the state after the changes replayed so far.
 struct Replay {
+    /// The playlist id's text.
+    id: String,
     /// (position, raw text) in the document.
     document: Option<(i64, String)>,
     state: Option<Playlist>,
@@ -303,23 +352,27 @@ impl Replay {
         let document = store.document_playlist(id)?;
         let state = document.as_ref().map(|(_, raw)| {
             let members = json::object_members(raw.as_bytes()).unwrap_or_default();
-            let songs: Vec<Vec<u8>> = json::member(&members, "song_ids")
-                .and_then(json::array_elements)
-                .unwrap_or_default()
-                .into_iter()
-                .map(<[u8]>::to_vec)
-                .collect();
+            let songs = SongList::of(
+                json::member(&members, "song_ids")
+                    .and_then(json::array_elements)
+                    .unwrap_or_default(),
+            );
             Playlist {
                 counts: count(&songs),
                 songs,
                 origin: Origin::Document { changed: false },
             }
         });
-        Ok(Replay { document, state })
+        Ok(Replay {
+            id: id.to_string(),
+            document,
+            state,
+        })
     }
 
     /// Applies one change about playlist `id`, or rejects it.
-    fn apply(&mut self, id: &str, rec: &Recorded, out: &mut PartitionResults) {
+    fn apply(&mut self, rec: &Recorded, out: &mut PartitionResults) {
+        let id = &self.id;
         let outcome = match (&rec.body, self.state.as_mut()) {
             (Body::AddPlaylist { .. }, Some(_)) => Err(Rejection::new(
                 Reason::PlaylistExists,
@@ -351,7 +404,8 @@ impl Replay {
     }
 
     /// The playlist's fate, when it differs from the document's.
-    fn finish(self, cx: &MergeContext, id: String, out: &mut PartitionResults) {
+    fn finish(self, cx: &MergeContext, out: &mut PartitionResults) {
+        let id = self.id;
         let doc_seq = self.document.as_ref().map(|(seq, _)| *seq);
         let fate = match (&self.document, self.state) {
             (Some((doc_seq, _)), None) => Fate::Removed { doc_seq: *doc_seq },
@@ -382,13 +436,7 @@ impl Replay {
             ) => Fate::New {
                 doc_seq,
                 created,
-                json: render_new(
-                    cx,
-                    &written,
-                    &owner,
-                    songs.iter().map(Vec::as_slice),
-                    &copied,
-                ),
+                json: render_new(cx, &written, &owner, songs.iter(), &copied),
             },
             _ => return, // the same as in the document
         };
@@ -408,7 +456,7 @@ impl Playlist {
         else {
             unreachable!("only add_playlist with a given id is replayed")
         };
-        let songs: Vec<Vec<u8>> = songs.iter().map(|s| s.to_vec()).collect();
+        let songs = SongList::of(songs.iter().copied());
         Playlist {
             counts: count(&songs),
             songs,
@@ -422,29 +470,29 @@ impl Playlist {
     }
 
     fn add_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
-        let song_text = text(song);
-        if self.counts.get(song_text.as_ref()).is_some_and(|&n| n > 0) {
+        let key = IdKey::owned(song);
+        if self.counts.get(&key).is_some_and(|&n| n > 0) {
             return Err(Rejection::new(
                 Reason::SongAlreadyInPlaylist,
-                format!("song {song_text} is already in playlist {id}"),
+                format!("song {} is already in playlist {id}", text(song)),
             ));
         }
-        self.counts.insert(song_text.into_owned(), 1);
-        self.songs.push(song.to_vec());
+        self.counts.insert(key, 1);
+        self.songs.push(song);
         self.mark_changed();
         Ok(())
     }
 
     fn remove_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
-        let song_text = text(song);
-        let held = self.counts.remove(song_text.as_ref()).unwrap_or(0);
+        let key = IdKey::owned(song);
+        let held = self.counts.remove(&key).unwrap_or(0);
         if held == 0 {
             return Err(Rejection::new(
                 Reason::SongNotInPlaylist,
-                format!("song {song_text} is not in playlist {id}"),
+                format!("song {} is not in playlist {id}", text(song)),
             ));
         }
-        self.songs.retain(|s| text(s) != song_text);
+        self.songs.remove_all(&key);
         self.mark_changed();
         Ok(())
     }
@@ -454,14 +502,6 @@ impl Playlist {
             *changed = true;
         }
     }
-}
-
-fn count(songs: &[Vec<u8>]) -> HashMap<String, u32> {
-    let mut counts = HashMap::with_capacity(songs.len());
-    for s in songs {
-        *counts.entry(text(s).into_owned()).or_insert(0) += 1;
-    }
-    counts
 }
 
 fn push_song_list<'a>(out: &mut Vec<u8>, songs: impl Iterator<Item = &'a [u8]>) {
@@ -499,7 +539,7 @@ fn render_new<'a>(
 
 /// A document playlist with new songs: every member as it was, `song_ids`
 /// replaced (or added at the end when the document had none).
-fn render_changed(raw: &[u8], songs: &[Vec<u8>]) -> String {
+fn render_changed(raw: &[u8], songs: &SongList) -> String {
     let members = json::object_members(raw).unwrap_or_default();
     let position = members
         .iter()
@@ -513,7 +553,7 @@ fn render_changed(raw: &[u8], songs: &[Vec<u8>]) -> String {
         out.extend_from_slice(key);
         out.push(b':');
         if Some(i) == position {
-            push_song_list(&mut out, songs.iter().map(Vec::as_slice));
+            push_song_list(&mut out, songs.iter());
         } else {
             out.extend_from_slice(value);
         }
@@ -523,7 +563,7 @@ fn render_changed(raw: &[u8], songs: &[Vec<u8>]) -> String {
             out.push(b',');
         }
         out.extend_from_slice(b"\"song_ids\":");
-        push_song_list(&mut out, songs.iter().map(Vec::as_slice));
+        push_song_list(&mut out, songs.iter());
     }
     out.push(b'}');
     String::from_utf8_lossy(&out).into_owned()
