@@ -316,14 +316,14 @@ impl Worker<'_> {
             }
             Change::RemovePlaylist { playlist } => Body::RemovePlaylist { playlist },
             Change::AddSong { playlist, song } => {
-                let Some(written) = self.store.song_written(&text(song))? else {
+                let Some(written) = self.store.song_written(song)? else {
                     return Ok(Err(unknown_song(song)));
                 };
                 self.record(Recorded {
                     index,
                     body: Body::AddSong {
                         playlist,
-                        song: written.as_bytes(),
+                        song: &written,
                     },
                 });
                 return Ok(Ok(()));
@@ -344,7 +344,7 @@ impl Worker<'_> {
         songs: &[&[u8]],
         copied: &[(&[u8], &[u8])],
     ) -> Result<Result<(), Rejection>> {
-        let Some(owner_written) = self.store.user_written(&text(owner))? else {
+        let Some(owner_written) = self.store.user_written(owner)? else {
             return Ok(Err(Rejection::new(
                 Reason::UnknownUser,
                 format!("user {} does not exist", text(owner)),
@@ -352,7 +352,7 @@ impl Worker<'_> {
         };
         let mut songs_written = Vec::with_capacity(songs.len());
         for song in songs {
-            match self.store.song_written(&text(song))? {
+            match self.store.song_written(song)? {
                 Some(w) => songs_written.push(w),
                 None => return Ok(Err(unknown_song(song))),
             }
@@ -382,8 +382,8 @@ impl Worker<'_> {
         }
         let body = Body::AddPlaylist {
             id,
-            owner: owner_written.as_bytes(),
-            songs: songs_written.iter().map(|s| s.as_bytes()).collect(),
+            owner: &owner_written,
+            songs: songs_written.iter().map(|s| s.as_ref()).collect(),
             copied: &rendered,
         };
         self.record(Recorded { index, body });

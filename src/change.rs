@@ -38,6 +38,16 @@ impl Op {
         }
     }
 
+    /// The name as a JSON string, as the rejects report writes it.
+    pub fn json_name(self) -> &'static str {
+        match self {
+            Op::AddPlaylist => "\"add_playlist\"",
+            Op::RemovePlaylist => "\"remove_playlist\"",
+            Op::AddSong => "\"add_song\"",
+            Op::RemoveSong => "\"remove_song\"",
+        }
+    }
+
     fn from_name(name: &str) -> Option<Op> {
         Some(match name {
             "add_playlist" => Op::AddPlaylist,
@@ -107,11 +117,14 @@ pub fn parse(minified: &[u8]) -> Parsed<'_> {
         .and_then(|t| json::auto_id_value(&t));
     let op_text = json::member(&members, "op").map(|raw| (raw, json::decode_string(raw)));
     let op_json: Cow<'static, str> = match &op_text {
-        Some((_, Some(name))) => {
-            let mut out = Vec::new();
-            json::write_string(name, &mut out);
-            Cow::Owned(String::from_utf8(out).expect("JSON is UTF-8"))
-        }
+        Some((_, Some(name))) => match Op::from_name(name) {
+            Some(op) => Cow::Borrowed(op.json_name()),
+            None => {
+                let mut out = Vec::new();
+                json::write_string(name, &mut out);
+                Cow::Owned(String::from_utf8(out).expect("JSON is UTF-8"))
+            }
+        },
         _ => Cow::Borrowed("null"),
     };
     let op = match &op_text {

@@ -85,6 +85,25 @@ impl IdIndex {
         self.map.contains_key(id)
     }
 
+    /// How the document writes the id whose text is `id` and which the caller
+    /// found written as `token`: `token` itself when the document writes it the
+    /// same way (nearly always: no allocation), else the document's form.
+    pub fn written_as<'a>(&'a self, id: &str, token: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        let value = self.map.get(id)?;
+        let plain_string = token.first() == Some(&b'"') && !token.contains(&b'\\');
+        let integer = token
+            .first()
+            .is_some_and(|&b| b == b'-' || b.is_ascii_digit());
+        Some(match value {
+            QUOTED if plain_string => Cow::Borrowed(token),
+            BARE if integer => Cow::Borrowed(token),
+            _ => match self.written(id)? {
+                Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+                Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+            },
+        })
+    }
+
     /// How the document writes `id`, if it is there.
     pub fn written<'a>(&'a self, id: &str) -> Option<Cow<'a, str>> {
         Some(match self.map.get(id)? {

@@ -396,7 +396,7 @@ impl Replay {
         if let Err(Rejection { reason, detail }) = outcome {
             out.rejects.push(Reject {
                 index: rec.index,
-                op_json: format!("\"{}\"", rec.body.op().name()),
+                op_json: rec.body.op().json_name().to_string(),
                 reason,
                 detail,
             });

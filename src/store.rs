@@ -576,14 +576,18 @@ impl Store {
         })
     }
 
-    /// The id text of a user, as the document writes it, if the user exists.
-    pub fn user_written(&self, id: &str) -> Result<Option<Cow<'_, str>>> {
-        Ok(self.indexes()?.users.written(id))
+    /// How the document writes the user whose id a change wrote as `token`,
+    /// if the user exists ([`IdIndex::written_as`]).
+    pub fn user_written<'a>(&'a self, token: &'a [u8]) -> Result<Option<Cow<'a, [u8]>>> {
+        let id = crate::json::id_text(token).unwrap_or_default();
+        Ok(self.indexes()?.users.written_as(&id, token))
     }
 
-    /// The id text of a song, as the document writes it, if the song exists.
-    pub fn song_written(&self, id: &str) -> Result<Option<Cow<'_, str>>> {
-        Ok(self.indexes()?.songs.written(id))
+    /// How the document writes the song whose id a change wrote as `token`,
+    /// if the song exists.
+    pub fn song_written<'a>(&'a self, token: &'a [u8]) -> Result<Option<Cow<'a, [u8]>>> {
+        let id = crate::json::id_text(token).unwrap_or_default();
+        Ok(self.indexes()?.songs.written_as(&id, token))
     }
 
     pub fn user_exists(&self, id: &str) -> Result<bool> {
