@@ -242,11 +242,7 @@ impl Run<'_> {
     fn merge(&mut self) -> Result<()> {
         let partitions = self.store.meta_number(Key::Partitions)?;
         let bar = self.ui.count_bar(Stage::Merge.name(), partitions);
-        // More merge threads than cores only adds memory (each has a cache and
-        // a partition's playlists), so --workers is capped by the CPU count.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = self.config.workers.min(cpus);
-        merge::merge(&self.store, threads, &mut |done, _| bar.set(done))?;
+        merge::merge(&self.store, self.threads(), &mut |done, _| bar.set(done))?;
         bar.finish(&format!("{partitions} partitions"));
         Ok(())
     }
@@ -256,16 +252,21 @@ impl Run<'_> {
     fn export(&mut self) -> Result<Exit> {
         let started = Instant::now();
         let config = self.config;
-        let bar = self.ui.count_bar(Stage::Export.name(), 2);
+        let bar = self.ui.count_bar(Stage::Export.name(), 1);
         let by_reason = self.store.rejects_by_reason()?;
         let rejected: u64 = by_reason.iter().map(|(_, n)| n).sum();
-        export::write_rejects(&self.store, &config.rejects)?;
-        bar.set(1);
         let strict_failure = config.strict && rejected > 0;
-        if !strict_failure {
-            export::write_output(&self.store, &config.mixtape, &config.output)?;
-        }
-        bar.set(2);
+        export::export(
+            &self.store,
+            &export::Export {
+                db: &config.db,
+                mixtape: &config.mixtape,
+                output: (!strict_failure).then_some(config.output.as_path()),
+                rejects: &config.rejects,
+                threads: self.threads(),
+            },
+        )?;
+        bar.set(1);
         bar.finish(&if strict_failure {
             format!(
                 "rejects to {} (no output: --strict)",
@@ -288,6 +289,13 @@ impl Run<'_> {
             return Ok(Exit::Rejected);
         }
         Ok(Exit::Success)
+    }
+
+    /// Threads for the stages the harness runs itself (merge, export): one per
+    /// worker, at most one per CPU (more only adds memory).
+    fn threads(&self) -> usize {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.config.workers.min(cpus)
     }
 
     /// The run's one-line summary (and the benchmark's line when asked for).

@@ -6,6 +6,16 @@
 //! array ranges the import recorded (the store keeps no copy of them); the
 //! playlists, the other members and the rejects come from the store.
 //!
+//! ## In parallel
+//!
+//! The work is cut into independent tasks: the rejects report, and the pieces
+//! of OUTPUT (the users and songs arrays cut at the element boundaries the
+//! import recorded every few MiB, and the playlists). Up to `threads` threads
+//! take tasks in turn; each piece is rendered into its own anonymous
+//! temporary file, every element preceded by `,\n`. Then OUTPUT is assembled in
+//! order from the pieces (the first element of an array loses its comma). The
+//! pieces cost as much temporary disk as OUTPUT, for the moment of the export.
+//!
 //! The document's layout (README "Output"): `users`, `playlists`, `songs`, then
 //! any other top-level members, one array element per line, every element
 //! minified:
@@ -28,71 +38,127 @@
 //!
 //! Export is not resumed: it only reads the store, so a rerun writes it again.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::json;
 use crate::output_file::write_atomically;
-use crate::store::{ArrayRange, Each, Store};
+use crate::store::{Each, Store};
 use crate::values;
 
-/// Writes one array member: `"name": [` elements `]`; `rows` feeds the elements.
-fn write_array(
-    out: &mut dyn Write,
-    name: &str,
-    rows: impl FnOnce(&mut Each) -> Result<()>,
-) -> Result<()> {
-    write!(out, "\"{name}\": [")?;
-    let mut first = true;
-    let mut written = 0u64;
-    rows(&mut |element: &[u8]| {
-        out.write_all(if first { b"\n" } else { b",\n" })?;
-        first = false;
-        out.write_all(element)?;
-        crate::fault::point("export-row");
-        written += 1;
-        if written.is_multiple_of(4096) {
-            crate::interrupt::check()?;
+/// What the export writes, and with how many threads.
+pub struct Export<'a> {
+    /// The work database.
+    pub db: &'a Path,
+    pub mixtape: &'a Path,
+    /// OUTPUT, or `None` when only the rejects report is written (`--strict`
+    /// with rejected changes).
+    pub output: Option<&'a Path>,
+    pub rejects: &'a Path,
+    pub threads: usize,
+}
+
+/// One task of the export.
+#[derive(Clone, Copy)]
+enum Task {
+    Rejects,
+    /// Elements of MIXTAPE's users or songs array in bytes `from..to`.
+    Copy {
+        from: u64,
+        to: u64,
+    },
+    /// The document's playlists, as they end.
+    DocumentPlaylists,
+    NewPlaylists,
+}
+
+/// Which array a piece belongs to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Array {
+    Users,
+    Playlists,
+    Songs,
+}
+
+/// Writes the rejects report and (when asked) OUTPUT; see the module docs.
+pub fn export(store: &Store, job: &Export) -> Result<()> {
+    let ranges = store.array_ranges()?;
+    // The two playlist tasks are the longest (each sorts the merge's results):
+    // they go first, so the copies fill the other threads meanwhile.
+    // A task's piece goes to (array, place in that array) of OUTPUT.
+    let mut tasks: Vec<(Task, Option<(Array, usize)>)> = Vec::new();
+    if job.output.is_some() {
+        tasks.push((Task::NewPlaylists, Some((Array::Playlists, 1))));
+        tasks.push((Task::DocumentPlaylists, Some((Array::Playlists, 0))));
+    }
+    tasks.push((Task::Rejects, None));
+    if job.output.is_some() {
+        for (array, range) in [(Array::Users, &ranges.users), (Array::Songs, &ranges.songs)] {
+            for (place, (from, to)) in range.iter().flat_map(|r| r.pieces()).enumerate() {
+                tasks.push((Task::Copy { from, to }, Some((array, place))));
+            }
+        }
+    }
+    let pieces: Vec<Mutex<Option<File>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| -> Result<()> {
+        let threads = job.threads.clamp(1, tasks.len());
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(task, _)) = tasks.get(i) else {
+                            return Ok(());
+                        };
+                        let piece = run_task(job, task)?;
+                        *pieces[i].lock().expect("no thread panicked") = piece;
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("an export thread panicked"))??;
         }
         Ok(())
     })?;
-    out.write_all(if first { b"]" } else { b"\n]" })?;
-    Ok(())
-}
-
-/// The elements of `range` of MIXTAPE, minified, to `each`.
-fn copy_elements(mixtape: &Path, range: Option<ArrayRange>, each: &mut Each) -> Result<()> {
-    let Some(range) = range else { return Ok(()) };
-    let mut minified = Vec::new();
-    values::each_value(
-        mixtape,
-        range.start,
-        range.end,
-        "an array",
-        &mut |raw, _| {
-            minified.clear();
-            json::minify_into(raw, &mut minified);
-            each(&minified)
-        },
-    )
-}
-
-/// Writes the final document to `path`; users and songs come from `mixtape`.
-pub fn write_output(store: &Store, mixtape: &Path, path: &Path) -> Result<()> {
-    let ranges = store.array_ranges()?;
-    write_atomically(path, |out| {
+    let Some(output) = job.output else {
+        return Ok(());
+    };
+    write_atomically(output, |out| {
         out.write_all(b"{\n")?;
-        write_array(out, "users", |each| {
-            copy_elements(mixtape, ranges.users, each)
-        })?;
-        out.write_all(b",\n")?;
-        write_array(out, "playlists", |each| store.each_final_playlist(each))?;
-        out.write_all(b",\n")?;
-        write_array(out, "songs", |each| {
-            copy_elements(mixtape, ranges.songs, each)
-        })?;
+        for (array, name) in [
+            (Array::Users, "users"),
+            (Array::Playlists, "playlists"),
+            (Array::Songs, "songs"),
+        ] {
+            if array != Array::Users {
+                out.write_all(b",\n")?;
+            }
+            write!(out, "\"{name}\": [")?;
+            let mut in_array: Vec<(usize, usize)> = tasks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, to))| match to {
+                    Some((a, place)) if *a == array => Some((*place, i)),
+                    _ => None,
+                })
+                .collect();
+            in_array.sort_unstable();
+            let mut any = false;
+            for (_, i) in in_array {
+                let file = pieces[i].lock().expect("no thread panicked").take();
+                any |= append_piece(out, file.context("an export piece is missing")?, any)?;
+            }
+            out.write_all(if any { b"\n]" } else { b"]" })?;
+        }
         store.each_extra(&mut |key, raw| {
             out.write_all(b",\n")?;
             out.write_all(key)?;
@@ -105,8 +171,86 @@ pub fn write_output(store: &Store, mixtape: &Path, path: &Path) -> Result<()> {
     })
 }
 
+/// Does one task; a piece of OUTPUT comes back as its file.
+fn run_task(job: &Export, task: Task) -> Result<Option<File>> {
+    match task {
+        Task::Rejects => {
+            write_rejects(&open_for_export(job.db)?, job.rejects)?;
+            Ok(None)
+        }
+        Task::Copy { from, to } => {
+            let mut minified = Vec::new();
+            render_piece(|each| {
+                values::each_value(job.mixtape, from, to, "an array", &mut |raw, _| {
+                    minified.clear();
+                    json::minify_into(raw, &mut minified);
+                    each(&minified)
+                })
+            })
+            .map(Some)
+        }
+        Task::DocumentPlaylists => {
+            let store = open_for_export(job.db)?;
+            render_piece(|each| store.each_final_document_playlist(each)).map(Some)
+        }
+        Task::NewPlaylists => {
+            let store = open_for_export(job.db)?;
+            render_piece(|each| store.each_new_playlist(each)).map(Some)
+        }
+    }
+}
+
+/// A connection of an export thread: it reads in order, so a small page cache
+/// does (the harness holds one such connection per thread at once).
+fn open_for_export(db: &Path) -> Result<Store> {
+    let store = Store::open(db)?;
+    store.set_cache_kib(EXPORT_CACHE_KIB)?;
+    Ok(store)
+}
+
+/// Page cache of an export thread's connection, in KiB.
+const EXPORT_CACHE_KIB: i64 = 2048;
+
+/// Renders the elements `elements` feeds into an anonymous temporary file,
+/// each preceded by `,\n`.
+fn render_piece(elements: impl FnOnce(&mut Each) -> Result<()>) -> Result<File> {
+    render_piece_into(elements).context("writing a piece of OUTPUT to a temporary file")
+}
+
+fn render_piece_into(elements: impl FnOnce(&mut Each) -> Result<()>) -> Result<File> {
+    let file = tempfile::tempfile()?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let mut written = 0u64;
+    elements(&mut |element: &[u8]| {
+        out.write_all(b",\n")?;
+        out.write_all(element)?;
+        crate::fault::point("export-row");
+        written += 1;
+        if written.is_multiple_of(4096) {
+            crate::interrupt::check()?;
+        }
+        Ok(())
+    })?;
+    Ok(out.into_inner().map_err(|e| e.into_error())?)
+}
+
+/// Appends a rendered piece to `out`; the first element of an array (no
+/// element `any_before`) loses its leading comma. Returns whether the piece held any element.
+fn append_piece(out: &mut dyn Write, mut piece: File, any_before: bool) -> Result<bool> {
+    if piece.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    piece.rewind()?;
+    if !any_before {
+        let mut comma = [0u8; 1];
+        piece.read_exact(&mut comma)?;
+    }
+    std::io::copy(&mut piece, out)?;
+    Ok(true)
+}
+
 /// Writes the rejects report (JSON Lines, in index order) to `path`.
-pub fn write_rejects(store: &Store, path: &Path) -> Result<()> {
+fn write_rejects(store: &Store, path: &Path) -> Result<()> {
     write_atomically(path, |out| {
         let mut detail = Vec::new();
         store.each_reject(&mut |reject| {

@@ -37,6 +37,10 @@ use crate::store::{
     ArrayRange, ArrayRanges, DocumentFacts, DocumentWriter, IdKind, Inserted, Store,
 };
 
+/// How much of the users or songs array the export copies as one piece (the
+/// import records where such pieces start).
+const EXPORT_PIECE_BYTES: u64 = 4 << 20;
+
 /// What the document held.
 #[derive(Debug, Default, Clone)]
 pub struct ImportFigures {
@@ -258,9 +262,15 @@ impl Importer<'_> {
             return Ok(());
         }
         let mut position = 0u64;
+        let mut splits = Vec::new();
+        let mut piece_start = inside;
         loop {
             s.peek()?;
             let offset = s.offset();
+            if offset - piece_start >= EXPORT_PIECE_BYTES {
+                splits.push(offset);
+                piece_start = offset;
+            }
             s.begin_capture();
             s.value()?;
             self.element(array, position, s.captured(), offset)?;
@@ -278,6 +288,7 @@ impl Importer<'_> {
             let range = ArrayRange {
                 start: inside,
                 end: s.offset(),
+                splits,
             };
             s.expect(b']', "',' or ']' after an array element")?;
             match array {

@@ -220,35 +220,62 @@ pub struct DocumentFacts {
 }
 
 /// The bytes between an array's brackets in MIXTAPE: its elements, commas and
-/// white space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// white space; and where elements start every few MiB, so that the export can
+/// copy the array in pieces, in parallel.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ArrayRange {
     pub start: u64,
     pub end: u64,
+    /// Offsets of element starts, increasing, strictly inside `start..end`.
+    pub splits: Vec<u64>,
 }
 
 /// Where the document's users and songs are (`None`: missing or empty).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ArrayRanges {
     pub users: Option<ArrayRange>,
     pub songs: Option<ArrayRange>,
 }
 
 impl ArrayRange {
-    fn to_meta(range: Option<ArrayRange>) -> String {
-        range.map_or(String::new(), |r| format!("{} {}", r.start, r.end))
+    /// The range cut at its splits: byte ranges that each start at an element.
+    pub fn pieces(&self) -> Vec<(u64, u64)> {
+        let mut bounds = vec![self.start];
+        bounds.extend(&self.splits);
+        bounds.push(self.end);
+        bounds.windows(2).map(|w| (w[0], w[1])).collect()
+    }
+
+    /// `start end split...`, or empty for no range.
+    fn to_meta(range: &Option<ArrayRange>) -> String {
+        let Some(r) = range else {
+            return String::new();
+        };
+        let mut text = format!("{} {}", r.start, r.end);
+        for split in &r.splits {
+            text.push_str(&format!(" {split}"));
+        }
+        text
     }
 
     fn from_meta(text: &str) -> Result<Option<ArrayRange>> {
         if text.is_empty() {
             return Ok(None);
         }
-        let parsed = text
-            .split_once(' ')
-            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
-        let (start, end) =
-            parsed.with_context(|| format!("work database: bad array range {text:?}"))?;
-        Ok(Some(ArrayRange { start, end }))
+        let bad = || format!("work database: bad array range {text:?}");
+        let numbers: Vec<u64> = text
+            .split(' ')
+            .map(|n| n.parse().ok())
+            .collect::<Option<_>>()
+            .with_context(bad)?;
+        let [start, end, splits @ ..] = numbers.as_slice() else {
+            bail!(bad());
+        };
+        Ok(Some(ArrayRange {
+            start: *start,
+            end: *end,
+            splits: splits.to_vec(),
+        }))
     }
 }
 
@@ -804,6 +831,7 @@ impl Store {
     }
 
     /// Marks the merge done.
+    /// Marks the merge done.
     pub fn finish_merge(&self) -> Result<()> {
         let tx = self.write()?;
         self.mark_done(Stage::Merge)?;
@@ -821,11 +849,13 @@ impl Store {
 
     // ---- export ----
 
-    /// The final playlists: the document's that survive, in document order and
-    /// as the merge left them, then the new ones in order of creation.
-    pub fn each_final_playlist(&self, each: &mut Each) -> Result<()> {
+    /// The final state of the document's playlists: those that survive, in
+    /// document order, as the merge left them.
+    pub fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
         // Two streams in document order, joined as they go: the document's
-        // playlists, and the merge's results about them (sorted once here).
+        // playlists, and the merge's results about them (sorted once here:
+        // SQLite's sorter reads the table in order, which beats an index whose
+        // every row costs a random lookup).
         let mut docs = self
             .conn
             .prepare("SELECT seq, raw FROM playlists ORDER BY seq")?;
@@ -852,6 +882,11 @@ impl Store {
                 _ => each(doc.get_ref(1)?.as_bytes()?)?,
             }
         }
+        Ok(())
+    }
+
+    /// The playlists the changes created, in order of creation.
+    pub fn each_new_playlist(&self, each: &mut Each) -> Result<()> {
         self.each_first_column(
             "SELECT json FROM results WHERE state = ?1 ORDER BY created",
             [FATE_NEW],
@@ -978,8 +1013,8 @@ impl DocumentWriter<'_> {
     /// indexes included.
     pub fn finish(mut self, facts: &DocumentFacts) -> Result<()> {
         let store = self.store;
-        store.set_meta(Key::UsersRange, ArrayRange::to_meta(facts.ranges.users))?;
-        store.set_meta(Key::SongsRange, ArrayRange::to_meta(facts.ranges.songs))?;
+        store.set_meta(Key::UsersRange, ArrayRange::to_meta(&facts.ranges.users))?;
+        store.set_meta(Key::SongsRange, ArrayRange::to_meta(&facts.ranges.songs))?;
         store.set_meta(Key::OwnerKey, &facts.owner_key)?;
         store.set_meta(Key::DocumentMaxPlaylistId, facts.max_playlist_id)?;
         store.set_meta(Key::Users, facts.users)?;
@@ -1249,15 +1284,21 @@ mod tests {
     fn array_ranges_round_trip() {
         let (_dir, store) = store();
         let ranges = ArrayRanges {
-            users: Some(ArrayRange { start: 3, end: 90 }),
+            users: Some(ArrayRange {
+                start: 3,
+                end: 90,
+                splits: vec![40, 70],
+            }),
             songs: None,
         };
         let w = store.document_writer().unwrap();
         w.finish(&DocumentFacts {
-            ranges,
+            ranges: ranges.clone(),
             ..DocumentFacts::default()
         })
         .unwrap();
         assert_eq!(store.array_ranges().unwrap(), ranges);
+        let users = ranges.users.unwrap();
+        assert_eq!(users.pieces(), [(3, 40), (40, 70), (70, 90)]);
     }
 }

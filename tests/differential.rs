@@ -125,3 +125,40 @@ fn generated_cases_hit_every_reject_reason_and_form() {
     assert_eq!(forms.len(), 3, "{forms:?}");
     assert_eq!(reasons.len(), 9, "{reasons:?}");
 }
+
+/// A document larger than the export's pieces (4 MiB of songs and of users),
+/// with white space inside elements, so OUTPUT is assembled from several pieces
+/// per array, rendered in parallel: the same bytes as the reference.
+#[test]
+fn a_document_exported_in_many_pieces() {
+    let users: Vec<String> = (0..60_000)
+        .map(|i| {
+            format!("{{ \"id\": \"{i}\",\n  \"name\": \"User number {i} with a longish name\" }}")
+        })
+        .collect();
+    let songs: Vec<String> = (0..150_000)
+        .map(|i| format!("{{\"id\": {i}, \"title\": \"Song {i}, \\\"quoted\\\", padded\"}}"))
+        .collect();
+    let mixtape = format!(
+        "{{\"users\": [\n{}\n], \"playlists\": [{{\"id\": \"1\", \"owner_id\": \"7\", \"song_ids\": [1, \"2\"]}}], \"songs\": [{}], \"after\": {{\"x\": [1, 2]}}}}",
+        users.join(",\n"),
+        songs.join(", ")
+    );
+    assert!(mixtape.len() > 12 << 20, "{}", mixtape.len());
+    let changes = "{\"op\":\"add_song\",\"playlist_id\":\"1\",\"song_id\":\"149999\"}\n\
+                   {\"op\":\"add_playlist\",\"owner_id\":59999,\"song_ids\":[\"3\",4]}\n\
+                   {\"op\":\"add_song\",\"playlist_id\":\"1\",\"song_id\":\"150000\"}\n";
+    let expected = reference::run(&mixtape, changes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("mixtape.json");
+    let c = dir.path().join("changes.jsonl");
+    fs::write(&m, &mixtape).unwrap();
+    fs::write(&c, changes).unwrap();
+    for workers in [1, 3] {
+        let out = format!("out{workers}.json");
+        let o = run(dir.path(), &m, &c, &out, workers, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let output = fs::read_to_string(dir.path().join(&out)).unwrap();
+        assert_same_text(&format!("{workers} workers"), &expected.output, &output);
+    }
+}
