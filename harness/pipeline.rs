@@ -185,7 +185,12 @@ impl Run<'_> {
     fn import(&mut self) -> Result<()> {
         let size = std::fs::metadata(&self.config.mixtape)?.len();
         let bar = self.ui.bytes_bar(Stage::Import.name(), size);
-        let figures = import::import(&self.store, &self.config.mixtape, &mut |b| bar.set(b))?;
+        let figures = import::import(
+            &self.store,
+            &self.config.mixtape,
+            self.threads(),
+            &mut |b| bar.set(b),
+        )?;
         // The ids' sort buffers are gone: give their memory back before the
         // workers start (a child's peak RSS counts what it inherits at fork).
         self.store.release_memory()?;

@@ -18,12 +18,10 @@ use std::io::{BufReader, BufWriter, Read, Seek, Write};
 
 use anyhow::{Context, Result};
 
-/// In-memory ids before a run is spilled, in bytes (texts plus [`PER_ID`]).
-pub const RUN_BYTES: usize = 16 << 20;
+use crate::id_index::AddId;
 
-/// What one id costs in memory besides its texts: the record and two heap
-/// allocations with the allocator's overhead.
-const PER_ID: usize = std::mem::size_of::<FoundId>() + 2 * 32;
+/// In-memory ids before a run is spilled, in bytes of the arena and its index.
+pub const RUN_BYTES: usize = 16 << 20;
 
 /// One id as the import found it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,89 +55,163 @@ pub struct Duplicate {
     pub offset: u64,
 }
 
-/// See the module docs.
+/// See the module docs. Ids wait in one arena (no allocation per id) in the
+/// record format of the runs.
 #[derive(Default)]
 pub struct IdSorter {
-    pending: Vec<FoundId>,
-    pending_bytes: usize,
+    arena: Vec<u8>,
+    /// Where each record starts in `arena`.
+    records: Vec<usize>,
     runs: Vec<File>,
 }
 
+/// A record in the arena: `id_len:u32 written_len:u32 position:u64 offset:u64
+/// id written` (little endian), the same as in a run file.
+const HEADER: usize = 24;
+
+/// A record's fields, borrowed from the arena.
+struct Record<'a> {
+    id: &'a [u8],
+    written: &'a [u8],
+    position: u64,
+    offset: u64,
+}
+
+fn record_at(arena: &[u8], at: usize) -> Record<'_> {
+    let number = |i: usize, n: usize| {
+        let mut bytes = [0u8; 8];
+        bytes[..n].copy_from_slice(&arena[at + i..at + i + n]);
+        u64::from_le_bytes(bytes)
+    };
+    let id_len = number(0, 4) as usize;
+    let written_len = number(4, 4) as usize;
+    let id_at = at + HEADER;
+    Record {
+        id: &arena[id_at..id_at + id_len],
+        written: &arena[id_at + id_len..id_at + id_len + written_len],
+        position: number(8, 8),
+        offset: number(16, 8),
+    }
+}
+
 impl IdSorter {
-    pub fn push(&mut self, found: FoundId) -> Result<()> {
-        self.pending_bytes += found.id.len() + found.written.len() + PER_ID;
-        self.pending.push(found);
-        if self.pending_bytes >= RUN_BYTES {
+    pub fn push(&mut self, id: &str, written: &str, position: u64, offset: u64) -> Result<()> {
+        self.records.push(self.arena.len());
+        self.arena
+            .extend_from_slice(&(id.len() as u32).to_le_bytes());
+        self.arena
+            .extend_from_slice(&(written.len() as u32).to_le_bytes());
+        self.arena.extend_from_slice(&position.to_le_bytes());
+        self.arena.extend_from_slice(&offset.to_le_bytes());
+        self.arena.extend_from_slice(id.as_bytes());
+        self.arena.extend_from_slice(written.as_bytes());
+        if self.arena.len() + 8 * self.records.len() >= RUN_BYTES {
             self.spill()?;
         }
         Ok(())
     }
 
+    /// Sorts the arena's records by id, then position.
+    fn sort(&mut self) {
+        let arena = &self.arena;
+        self.records.sort_unstable_by(|&a, &b| {
+            let (a, b) = (record_at(arena, a), record_at(arena, b));
+            (a.id, a.position).cmp(&(b.id, b.position))
+        });
+    }
+
     fn spill(&mut self) -> Result<()> {
-        self.pending.sort_unstable();
+        self.sort();
         let file = tempfile::tempfile().context("creating a temporary file to sort ids")?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        for found in self.pending.drain(..) {
-            write_record(&mut out, &found)?;
+        for &at in &self.records {
+            let r = record_at(&self.arena, at);
+            out.write_all(&self.arena[at..at + HEADER + r.id.len() + r.written.len()])?;
         }
         let mut file = out.into_inner().map_err(|e| e.into_error())?;
         file.rewind()?;
         self.runs.push(file);
-        self.pending_bytes = 0;
+        self.arena.clear();
+        self.records.clear();
         Ok(())
     }
 
     /// Every id in byte order, each once, to `each` (text, written form); or the
     /// first duplicate in document order, in which case `each` may have seen
     /// some ids already.
-    pub fn merge(
-        mut self,
-        each: &mut dyn FnMut(&str, &str) -> Result<()>,
-    ) -> Result<Option<Duplicate>> {
-        self.pending.sort_unstable();
-        let mut sources: Vec<Source> = self
+    pub fn merge(mut self, each: &mut AddId) -> Result<Option<Duplicate>> {
+        let mut dups = Duplicates::default();
+        if self.runs.is_empty() {
+            // Everything fits in memory (the usual case): no files, no heap.
+            self.sort();
+            for &at in &self.records {
+                let r = record_at(&self.arena, at);
+                let (id, written) = (utf8(r.id)?, utf8(r.written)?);
+                if !dups.repeats(id, r.position, r.offset) {
+                    each(id, written)?;
+                }
+            }
+            return Ok(dups.first);
+        }
+        self.spill()?;
+        let mut sources: Vec<BufReader<File>> = self
             .runs
             .drain(..)
-            .map(|f| Source::Run(BufReader::with_capacity(1 << 16, f)))
+            .map(|f| BufReader::with_capacity(1 << 16, f))
             .collect();
-        sources.push(Source::Memory(
-            std::mem::take(&mut self.pending).into_iter(),
-        ));
         let mut heap = BinaryHeap::new();
         for (i, source) in sources.iter_mut().enumerate() {
-            if let Some(found) = source.next()? {
+            if let Some(found) = read_record(source)? {
                 heap.push(Head(found, i));
             }
         }
-        let mut previous: Option<FoundId> = None;
-        let mut duplicate: Option<Duplicate> = None;
         while let Some(Head(found, i)) = heap.pop() {
-            if let Some(next) = sources[i].next()? {
+            if let Some(next) = read_record(&mut sources[i])? {
                 heap.push(Head(next, i));
             }
-            match &previous {
-                Some(p) if p.id == found.id => {
-                    if duplicate
-                        .as_ref()
-                        .is_none_or(|d| found.position < d.position)
-                    {
-                        duplicate = Some(Duplicate {
-                            id: found.id.clone(),
-                            position: found.position,
-                            offset: found.offset,
-                        });
-                    }
-                    continue;
-                }
-                _ => {}
-            }
-            if duplicate.is_none() {
+            if !dups.repeats(&found.id, found.position, found.offset) {
                 each(&found.id, &found.written)?;
             }
-            previous = Some(found);
         }
-        Ok(duplicate)
+        Ok(dups.first)
     }
+}
+
+/// Watches the sorted stream for repeated ids.
+#[derive(Default)]
+struct Duplicates {
+    previous: Option<String>,
+    /// The repeat earliest in document order so far.
+    first: Option<Duplicate>,
+}
+
+impl Duplicates {
+    /// Whether `id` repeats the id before it; once any repeat is found,
+    /// every later id counts as one (nothing more is passed on).
+    fn repeats(&mut self, id: &str, position: u64, offset: u64) -> bool {
+        if self.previous.as_deref() == Some(id) {
+            if self.first.as_ref().is_none_or(|d| position < d.position) {
+                self.first = Some(Duplicate {
+                    id: id.to_string(),
+                    position,
+                    offset,
+                });
+            }
+            return true;
+        }
+        match &mut self.previous {
+            Some(p) => {
+                p.clear();
+                p.push_str(id);
+            }
+            None => self.previous = Some(id.to_string()),
+        }
+        self.first.is_some()
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str> {
+    Ok(std::str::from_utf8(bytes)?)
 }
 
 /// A run's next id, ordered for a min-heap (smallest first).
@@ -162,70 +234,41 @@ impl PartialOrd for Head {
     }
 }
 
-enum Source {
-    Run(BufReader<File>),
-    Memory(std::vec::IntoIter<FoundId>),
-}
-
-impl Source {
-    fn next(&mut self) -> Result<Option<FoundId>> {
-        match self {
-            Source::Memory(it) => Ok(it.next()),
-            Source::Run(r) => read_record(r),
-        }
-    }
-}
-
-fn write_record(out: &mut impl Write, found: &FoundId) -> Result<()> {
-    for text in [&found.id, &found.written] {
-        out.write_all(&(text.len() as u32).to_le_bytes())?;
-        out.write_all(text.as_bytes())?;
-    }
-    out.write_all(&found.position.to_le_bytes())?;
-    out.write_all(&found.offset.to_le_bytes())?;
-    Ok(())
-}
-
 fn read_record(r: &mut impl Read) -> Result<Option<FoundId>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
+    let mut header = [0u8; HEADER];
+    match r.read_exact(&mut header) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let id = read_text(r, len)?;
-    r.read_exact(&mut len)?;
-    let written = read_text(r, len)?;
-    let mut number = [0u8; 8];
-    r.read_exact(&mut number)?;
-    let position = u64::from_le_bytes(number);
-    r.read_exact(&mut number)?;
-    let offset = u64::from_le_bytes(number);
+    let number = |i: usize, n: usize| {
+        let mut bytes = [0u8; 8];
+        bytes[..n].copy_from_slice(&header[i..i + n]);
+        u64::from_le_bytes(bytes)
+    };
+    let mut text = |len: u64| -> Result<String> {
+        let mut bytes = vec![0u8; len as usize];
+        r.read_exact(&mut bytes)?;
+        Ok(String::from_utf8(bytes)?)
+    };
+    let id = text(number(0, 4))?;
+    let written = text(number(4, 4))?;
     Ok(Some(FoundId {
         id,
         written,
-        position,
-        offset,
+        position: number(8, 8),
+        offset: number(16, 8),
     }))
-}
-
-fn read_text(r: &mut impl Read, len: [u8; 4]) -> Result<String> {
-    let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
-    r.read_exact(&mut bytes)?;
-    Ok(String::from_utf8(bytes)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn found(id: &str, position: u64) -> FoundId {
-        FoundId {
-            id: id.into(),
-            written: format!("\"{id}\""),
-            position,
-            offset: position * 10,
-        }
+    fn push(sorter: &mut IdSorter, id: &str, position: u64) {
+        sorter
+            .push(id, &format!("\"{id}\""), position, position * 10)
+            .unwrap();
     }
 
     fn sorted(sorter: IdSorter) -> (Vec<String>, Option<Duplicate>) {
@@ -246,7 +289,7 @@ mod tests {
             .map(|i| format!("{}", (i * 7919) % 5000))
             .collect();
         for (i, id) in ids.iter().enumerate() {
-            sorter.push(found(id, i as u64)).unwrap();
+            push(&mut sorter, id, i as u64);
             if i % 1000 == 999 {
                 sorter.spill().unwrap();
             }
@@ -262,7 +305,7 @@ mod tests {
     fn reports_the_earliest_repeat_in_document_order() {
         let mut sorter = IdSorter::default();
         for (i, id) in ["b", "a", "x", "b", "a", "a"].iter().enumerate() {
-            sorter.push(found(id, i as u64)).unwrap();
+            push(&mut sorter, id, i as u64);
             if i == 2 {
                 sorter.spill().unwrap();
             }
@@ -275,6 +318,25 @@ mod tests {
                 position: 3,
                 offset: 30
             })
+        );
+    }
+
+    #[test]
+    fn in_memory_sort_finds_the_same_repeat_and_order() {
+        let mut sorter = IdSorter::default();
+        for (i, id) in ["b", "a", "x", "b", "a", "a"].iter().enumerate() {
+            push(&mut sorter, id, i as u64);
+        }
+        assert!(sorter.runs.is_empty());
+        let (_, dup) = sorted(sorter);
+        assert_eq!(dup.map(|d| (d.id, d.position)), Some(("b".to_string(), 3)));
+        let mut sorter = IdSorter::default();
+        for (i, id) in ["10", "9", "1"].iter().enumerate() {
+            push(&mut sorter, id, i as u64);
+        }
+        assert_eq!(
+            sorted(sorter),
+            (vec!["1".into(), "10".into(), "9".into()], None)
         );
     }
 }

@@ -30,7 +30,7 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::errors;
 use crate::id_index;
-use crate::id_sort::{FoundId, IdSorter};
+use crate::id_sort::IdSorter;
 use crate::json;
 use crate::scan::{ScanError, Scanner};
 use crate::store::{
@@ -68,9 +68,15 @@ impl Array {
 }
 
 /// Imports MIXTAPE at `path`; `progress` gets the number of bytes read so far.
-pub fn import(store: &Store, path: &Path, progress: &mut dyn FnMut(u64)) -> Result<ImportFigures> {
+/// With `threads` ≥ 2, scanning and processing run on two threads.
+pub fn import(
+    store: &Store,
+    path: &Path,
+    threads: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ImportFigures> {
     let file = File::open(path).with_context(|| format!("opening MIXTAPE {}", path.display()))?;
-    let mut importer = Importer {
+    let mut processor = Processor {
         writer: store.document_writer()?,
         path,
         minified: Vec::new(),
@@ -80,26 +86,26 @@ pub fn import(store: &Store, path: &Path, progress: &mut dyn FnMut(u64)) -> Resu
         extras: 0,
         users: IdSorter::default(),
         songs: IdSorter::default(),
-        ranges: ArrayRanges::default(),
-        top_level_keys: Vec::new(),
+        progress,
     };
-    let mut scanner = Scanner::new(file, 0);
-    match importer.document(&mut scanner, progress) {
-        Ok(()) => {}
-        // Dropping the importer rolls its transaction back.
-        Err(Failure::Scan(e)) => return Err(errors::scan_error("MIXTAPE", path, e)),
-        Err(Failure::Other(e)) => return Err(e),
-    }
-    let Importer {
+    // Dropping the processor on an error rolls its transaction back.
+    let ranges = if threads >= 2 {
+        pipelined(file, path, &mut processor)?
+    } else {
+        let mut scan = DocumentScan::new(path, &mut processor);
+        let scanned = scan.document(&mut Scanner::new(file, 0));
+        scanned.map_err(|e| e.into_error(path))?;
+        scan.ranges
+    };
+    let Processor {
         writer,
         figures,
         owner_key,
         max_playlist_id,
         users,
         songs,
-        ranges,
         ..
-    } = importer;
+    } = processor;
     build_index(store, path, IdKind::Users, users)?;
     build_index(store, path, IdKind::Songs, songs)?;
     writer.finish(&DocumentFacts {
@@ -111,6 +117,44 @@ pub fn import(store: &Store, path: &Path, progress: &mut dyn FnMut(u64)) -> Resu
         ranges,
     })?;
     Ok(figures)
+}
+
+/// Scans on a thread of its own, which sends the elements in batches to this
+/// one, where `processor` takes them in document order. The first error in
+/// document order wins, as in one thread: the scanner's error comes after
+/// every element it sent.
+fn pipelined(file: File, path: &Path, processor: &mut Processor) -> Result<ArrayRanges> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let scanner = scope.spawn(move || {
+            let mut sink = ChannelSink {
+                batch: Batch::default(),
+                tx,
+            };
+            let mut scan = DocumentScan::new(path, &mut sink);
+            let outcome = scan.document(&mut Scanner::new(file, 0));
+            let ranges = std::mem::take(&mut scan.ranges);
+            sink.batch.end = Some(outcome.map(|()| ranges));
+            let _ = sink.tx.send(std::mem::take(&mut sink.batch));
+        });
+        let mut result = Err(anyhow!("the MIXTAPE scanner stopped without a word"));
+        for batch in rx.iter() {
+            if let Err(e) = processor.take(&batch) {
+                result = Err(e.into_error(path));
+                break;
+            }
+            if let Some(end) = batch.end {
+                result = end.map_err(|e| e.into_error(path));
+                break;
+            }
+        }
+        // Dropping the receiver stops a scanner still sending.
+        drop(rx);
+        scanner
+            .join()
+            .map_err(|_| anyhow!("the MIXTAPE scanner panicked"))?;
+        result
+    })
 }
 
 /// Builds the id index of `kind` from its sorted ids; a duplicate id is the
@@ -142,6 +186,15 @@ enum Failure {
     Other(anyhow::Error),
 }
 
+impl Failure {
+    fn into_error(self, path: &Path) -> anyhow::Error {
+        match self {
+            Failure::Scan(e) => errors::scan_error("MIXTAPE", path, e),
+            Failure::Other(e) => e,
+        }
+    }
+}
+
 impl From<ScanError> for Failure {
     fn from(e: ScanError) -> Self {
         Failure::Scan(e)
@@ -154,7 +207,37 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-struct Importer<'a> {
+/// Where the scanning half of the import hands over what it found.
+trait Sink {
+    /// Element `position` of `array`, raw, found at `offset`.
+    fn element(
+        &mut self,
+        array: Array,
+        position: u64,
+        raw: &[u8],
+        offset: u64,
+    ) -> Result<(), Failure>;
+    /// A top-level member other than the three arrays: raw key, raw value.
+    fn extra(&mut self, key_raw: &[u8], value_raw: &[u8]) -> Result<(), Failure>;
+    /// The scan got to byte `offset`.
+    fn progress(&mut self, offset: u64) -> Result<(), Failure>;
+}
+
+/// The scanning half: walks the document's structure with the validating
+/// scanner, finds the elements and where the users and songs arrays are.
+struct DocumentScan<'a, S: Sink + ?Sized> {
+    path: &'a Path,
+    sink: &'a mut S,
+    /// Where the users and songs arrays are in MIXTAPE.
+    ranges: ArrayRanges,
+    /// The document's top-level member names, for the message when it has
+    /// none of the three arrays.
+    top_level_keys: Vec<String>,
+}
+
+/// The processing half: reads each element's id, keeps users' and songs' ids
+/// for the indexes, checks and stores playlists and other members.
+struct Processor<'a> {
     writer: DocumentWriter<'a>,
     path: &'a Path,
     /// Reused buffer for the minified element.
@@ -168,19 +251,131 @@ struct Importer<'a> {
     /// The ids of users and songs, on their way to the id indexes.
     users: IdSorter,
     songs: IdSorter,
-    /// Where the users and songs arrays are in MIXTAPE.
-    ranges: ArrayRanges,
-    /// The document's top-level member names, for the message when it has
-    /// none of the three arrays.
-    top_level_keys: Vec<String>,
+    progress: &'a mut dyn FnMut(u64),
 }
 
-impl Importer<'_> {
-    fn document(
+/// Elements sent from the scanning thread at once, and batches in flight:
+/// bounded, so memory does not grow when processing is the slower half.
+const BATCH_BYTES: usize = 1 << 20;
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// What the scanning thread sends: elements (their bytes in one buffer), and
+/// with the last batch, how the scan ended.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    items: Vec<Item>,
+    end: Option<Result<ArrayRanges, Failure>>,
+}
+
+enum Item {
+    Element {
+        array: Array,
+        position: u64,
+        offset: u64,
+        bytes: std::ops::Range<usize>,
+    },
+    Extra {
+        key: std::ops::Range<usize>,
+        value: std::ops::Range<usize>,
+    },
+    Progress(u64),
+}
+
+/// The scanning thread's sink: fills batches and sends them.
+struct ChannelSink {
+    batch: Batch,
+    tx: std::sync::mpsc::SyncSender<Batch>,
+}
+
+impl ChannelSink {
+    fn keep(&mut self, raw: &[u8]) -> std::ops::Range<usize> {
+        let start = self.batch.bytes.len();
+        self.batch.bytes.extend_from_slice(raw);
+        start..self.batch.bytes.len()
+    }
+
+    fn send_if_full(&mut self) -> Result<(), Failure> {
+        if self.batch.bytes.len() < BATCH_BYTES {
+            return Ok(());
+        }
+        // A closed channel: the processing half failed and reports why.
+        self.tx
+            .send(std::mem::take(&mut self.batch))
+            .map_err(|_| Failure::Other(anyhow!("import stopped")))
+    }
+}
+
+impl Sink for ChannelSink {
+    fn element(
         &mut self,
-        s: &mut Scanner<File>,
-        progress: &mut dyn FnMut(u64),
+        array: Array,
+        position: u64,
+        raw: &[u8],
+        offset: u64,
     ) -> Result<(), Failure> {
+        let bytes = self.keep(raw);
+        self.batch.items.push(Item::Element {
+            array,
+            position,
+            offset,
+            bytes,
+        });
+        self.send_if_full()
+    }
+
+    fn extra(&mut self, key_raw: &[u8], value_raw: &[u8]) -> Result<(), Failure> {
+        let key = self.keep(key_raw);
+        let value = self.keep(value_raw);
+        self.batch.items.push(Item::Extra { key, value });
+        self.send_if_full()
+    }
+
+    fn progress(&mut self, offset: u64) -> Result<(), Failure> {
+        self.batch.items.push(Item::Progress(offset));
+        Ok(())
+    }
+}
+
+impl Sink for Processor<'_> {
+    fn element(
+        &mut self,
+        array: Array,
+        position: u64,
+        raw: &[u8],
+        offset: u64,
+    ) -> Result<(), Failure> {
+        self.element(array, position, raw, offset)?;
+        crate::fault::point("import-element");
+        Ok(())
+    }
+
+    fn extra(&mut self, key_raw: &[u8], value_raw: &[u8]) -> Result<(), Failure> {
+        self.minified.clear();
+        json::minify_into(value_raw, &mut self.minified);
+        let key = String::from_utf8_lossy(key_raw);
+        let raw = String::from_utf8_lossy(&self.minified);
+        self.writer.extra(self.extras, &key, &raw)?;
+        self.extras += 1;
+        Ok(())
+    }
+
+    fn progress(&mut self, offset: u64) -> Result<(), Failure> {
+        (self.progress)(offset);
+        Ok(())
+    }
+}
+
+impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
+    fn new(path: &'a Path, sink: &'a mut S) -> Self {
+        DocumentScan {
+            path,
+            sink,
+            ranges: ArrayRanges::default(),
+            top_level_keys: Vec::new(),
+        }
+    }
+    fn document(&mut self, s: &mut Scanner<File>) -> Result<(), Failure> {
         s.skip_bom()?;
         match s.peek()? {
             Some(b'{') => s.expect(b'{', "'{'")?,
@@ -219,7 +414,7 @@ impl Importer<'_> {
                             ));
                         }
                         seen.push(array);
-                        self.array(s, array, progress)?;
+                        self.array(s, array)?;
                     }
                     None => self.extra(s, &key_raw)?,
                 }
@@ -242,16 +437,10 @@ impl Importer<'_> {
                 &self.top_level_keys,
             )));
         }
-        progress(s.offset());
-        Ok(())
+        self.sink.progress(s.offset())
     }
 
-    fn array(
-        &mut self,
-        s: &mut Scanner<File>,
-        array: Array,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<(), Failure> {
+    fn array(&mut self, s: &mut Scanner<File>, array: Array) -> Result<(), Failure> {
         if s.peek()? != Some(b'[') {
             let at = s.offset();
             return Err(self.located(at, &format!("member {} must be an array", array.name())));
@@ -273,12 +462,11 @@ impl Importer<'_> {
             }
             s.begin_capture();
             s.value()?;
-            self.element(array, position, s.captured(), offset)?;
+            self.sink.element(array, position, s.captured(), offset)?;
             s.end_capture();
             position += 1;
-            crate::fault::point("import-element");
             if position.is_multiple_of(1024) {
-                progress(s.offset());
+                self.sink.progress(s.offset())?;
                 crate::interrupt::check()?;
             }
             if s.eat(b',')? {
@@ -304,13 +492,40 @@ impl Importer<'_> {
         s.peek()?;
         s.begin_capture();
         s.value()?;
-        self.minified.clear();
-        json::minify_into(s.captured(), &mut self.minified);
+        let sent = self.sink.extra(key_raw, s.captured());
         s.end_capture();
-        let key = String::from_utf8_lossy(key_raw);
-        let raw = String::from_utf8_lossy(&self.minified);
-        self.writer.extra(self.extras, &key, &raw)?;
-        self.extras += 1;
+        sent
+    }
+
+    /// An error about the element at `offset`, with its line and column.
+    fn located(&self, offset: u64, message: &str) -> Failure {
+        Failure::Other(errors::at_offset("MIXTAPE", self.path, offset, message))
+    }
+}
+
+impl Processor<'_> {
+    /// Takes a batch from the scanning thread, in order.
+    fn take(&mut self, batch: &Batch) -> Result<(), Failure> {
+        for item in &batch.items {
+            match item {
+                Item::Element {
+                    array,
+                    position,
+                    offset,
+                    bytes,
+                } => Sink::element(
+                    self,
+                    *array,
+                    *position,
+                    &batch.bytes[bytes.clone()],
+                    *offset,
+                )?,
+                Item::Extra { key, value } => {
+                    Sink::extra(self, &batch.bytes[key.clone()], &batch.bytes[value.clone()])?
+                }
+                Item::Progress(offset) => Sink::progress(self, *offset)?,
+            }
+        }
         Ok(())
     }
 
@@ -318,7 +533,6 @@ impl Importer<'_> {
     fn located(&self, offset: u64, message: &str) -> Failure {
         Failure::Other(errors::at_offset("MIXTAPE", self.path, offset, message))
     }
-
     fn element(
         &mut self,
         array: Array,
@@ -338,17 +552,12 @@ impl Importer<'_> {
         // index; duplicates are found when the ids are sorted), and export
         // copies them from MIXTAPE again. So only the id is read, in place.
         let (id, written) = self.id_of(array, position, json::find_member(raw, "id"), offset)?;
-        let found = FoundId {
-            id: id.into_owned(),
-            written: String::from_utf8_lossy(written).into_owned(),
-            position,
-            offset,
-        };
+        let written = std::str::from_utf8(written).map_err(|e| anyhow!(e))?;
         if array == Array::Users {
-            self.users.push(found)?;
+            self.users.push(&id, written, position, offset)?;
             self.figures.users += 1;
         } else {
-            self.songs.push(found)?;
+            self.songs.push(&id, written, position, offset)?;
             self.figures.songs += 1;
         }
         Ok(())
