@@ -204,9 +204,12 @@ impl Run<'_> {
     fn plan(&mut self) -> Result<()> {
         let size = std::fs::metadata(&self.config.changes)?.len();
         let bar = self.ui.bytes_bar(Stage::Plan.name(), size);
-        let planned = plan::plan(&self.config.changes, self.config.workers, &mut |b| {
-            bar.set(b)
-        })?;
+        let planned = plan::plan(
+            &self.config.changes,
+            self.config.workers,
+            self.threads(),
+            &mut |b| bar.set(b),
+        )?;
         let playlists = self.store.meta_number(Key::Playlists)?;
         self.store
             .save_plan(&planned, plan::partitions_for(size, playlists))?;

@@ -120,11 +120,57 @@ impl Cutter {
     }
 }
 
-/// Scans CHANGES at `path` and cuts it for `workers` workers; `progress` gets the
-/// number of bytes read so far.
-pub fn plan(path: &Path, workers: usize, progress: &mut dyn FnMut(u64)) -> Result<Plan> {
+mod segments;
+
+/// The least body per thread for a plan on several threads: below it, one
+/// thread is quicker than starting more.
+const MIN_SEGMENT_BYTES: u64 = 1 << 20;
+
+/// Scans CHANGES at `path` and cuts it for `workers` workers, on up to
+/// `threads` threads (JSON Lines and bare arrays; see [`segments`]);
+/// `progress` gets the number of bytes read so far.
+pub fn plan(
+    path: &Path,
+    workers: usize,
+    threads: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Plan> {
+    plan_with(path, workers, threads, MIN_SEGMENT_BYTES, progress)
+}
+
+fn plan_with(
+    path: &Path,
+    workers: usize,
+    threads: usize,
+    min_segment: u64,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Plan> {
     let file = File::open(path).with_context(|| format!("opening CHANGES {}", path.display()))?;
     let size = file.metadata()?.len();
+    if threads >= 2 {
+        // Its own handle: a clone would share (and move) the file position.
+        let head = body_of(Scanner::new(File::open(path)?, 0))
+            .map_err(|e| errors::scan_error("CHANGES", path, e))?;
+        if let Some((form, body_start)) = head {
+            let threads = threads.min(((size - body_start) / min_segment.max(1)) as usize);
+            if threads >= 2 {
+                let split = segments::Split {
+                    path,
+                    form,
+                    size,
+                    body_start,
+                    targets: (1..workers.max(1) as u64)
+                        .map(|i| (u128::from(size) * u128::from(i) / workers as u128) as u64)
+                        .collect(),
+                };
+                let planned = split
+                    .run(threads, progress)
+                    .map_err(|e| errors::scan_error("CHANGES", path, e))?;
+                progress(size);
+                return Ok(planned);
+            }
+        }
+    }
     let mut cutter = Cutter {
         size,
         workers: workers.max(1) as u64,
@@ -140,6 +186,44 @@ pub fn plan(path: &Path, workers: usize, progress: &mut dyn FnMut(u64)) -> Resul
         form,
         changes: cutter.changes,
         chunks: cutter.chunks,
+    })
+}
+
+/// The form of CHANGES and where its changes start, for the forms whose
+/// changes sit at the top level (a bare array: after its `[`; JSON Lines: at
+/// the first value); `None` for the object form, or a first value that does
+/// not even scan (the one-thread plan reports it).
+fn body_of(mut s: Scanner<File>) -> ScanResult<Option<(Form, u64)>> {
+    s.skip_bom()?;
+    Ok(match s.peek()? {
+        Some(b'[') => {
+            s.expect(b'[', "'['")?;
+            Some((Form::Array, s.offset()))
+        }
+        Some(b'{') => {
+            let first = s.offset();
+            s.expect(b'{', "'{'")?;
+            if s.eat(b'}')? {
+                return Ok(Some((Form::Lines, first)));
+            }
+            loop {
+                s.peek()?;
+                match s.key() {
+                    Ok(key) if key == "changes" => return Ok(None),
+                    Ok(_) => {}
+                    Err(_) => return Ok(None),
+                }
+                if s.value().is_err() {
+                    return Ok(None);
+                }
+                if s.eat(b',')? {
+                    continue;
+                }
+                return Ok(s.eat(b'}')?.then_some((Form::Lines, first)));
+            }
+        }
+        Some(_) => Some((Form::Lines, s.offset())),
+        None => None,
     })
 }
 
@@ -275,10 +359,30 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// The one-thread plan of `text`, after checking that the plan on 2, 3
+    /// and 7 threads (with segments as small as one byte) is the same, or
+    /// fails with the same message.
     fn plan_text(text: &str, workers: usize) -> Result<Plan> {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(text.as_bytes()).unwrap();
-        plan(f.path(), workers, &mut |_| {})
+        let one = plan(f.path(), workers, 1, &mut |_| {});
+        for threads in [2, 3, 7] {
+            let many = plan_with(f.path(), workers, threads, 1, &mut |_| {});
+            match (&one, &many) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(
+                        (a.form, a.changes, &a.chunks),
+                        (b.form, b.changes, &b.chunks),
+                        "{threads} threads, {workers} workers: {text:?}"
+                    )
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string(), "{threads} threads: {text:?}")
+                }
+                _ => panic!("{threads} threads: {one:?} but {many:?} for {text:?}"),
+            }
+        }
+        one
     }
 
     /// The text of every change, by cutting each chunk at its white space and
@@ -404,6 +508,36 @@ mod tests {
             "{\"changes\":[],\"changes\":[]}",
         ] {
             assert!(plan_text(bad, 2).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn threads_agree_on_long_files_with_pretty_changes_and_late_errors() {
+        let mut lines = String::new();
+        for i in 0..300 {
+            if i % 7 == 0 {
+                lines.push_str(&format!(
+                    "{{\n  \"op\": \"x\",\n  \"n\": [\n    {i}\n  ]\n}}\n"
+                ));
+            } else {
+                lines.push_str(&format!(
+                    "{{\"op\":\"x\",\"s\":\"a\\n}}\\\"{{\",\"n\":{i}}}\n"
+                ));
+            }
+        }
+        agrees(&lines);
+        let array = format!("[\n{}\n]\n", lines.trim_end().replace("}\n{", "},\n{"));
+        agrees(&array);
+        let comma_first = format!("[\n{}\n]", lines.trim_end().replace("}\n{", "}\n,{"));
+        agrees(&comma_first);
+        for bad in [
+            format!("{lines}{{\"op\": }}\n"),
+            format!("{lines}]"),
+            array.replace("]\n", ",]"),
+            format!("{array}x"),
+            array.replace("\n]\n", "\n"),
+        ] {
+            assert!(plan_text(&bad, 3).is_err());
         }
     }
 }
