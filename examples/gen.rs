@@ -66,6 +66,14 @@ fn size(name: &str) -> Option<Size> {
             songs: 1_000_000,
             playlists: 200_000,
         },
+        // A big document and few changes: what import and the warning check
+        // cost when the document dominates.
+        "D" => Size {
+            changes: 1_000_000,
+            users: 1_000_000,
+            songs: 10_000_000,
+            playlists: 2_000_000,
+        },
         _ => return None,
     })
 }
@@ -84,7 +92,7 @@ const ARTISTS: [&str; 8] = [
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: gen S|M|L|XL DIR [SEED]");
+        eprintln!("usage: gen S|M|L|XL|D DIR [SEED]");
         std::process::exit(2);
     }
     let dir = PathBuf::from(&args[2]);

@@ -219,7 +219,8 @@ fn render_piece(elements: impl FnOnce(&mut Each) -> Result<()>) -> Result<File> 
 
 fn render_piece_into(elements: impl FnOnce(&mut Each) -> Result<()>) -> Result<File> {
     let file = tempfile::tempfile()?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
+    // Small: one per export thread.
+    let mut out = BufWriter::with_capacity(256 << 10, file);
     let mut written = 0u64;
     elements(&mut |element: &[u8]| {
         out.write_all(b",\n")?;

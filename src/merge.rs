@@ -57,7 +57,7 @@ use crate::store::{Fate, Key, PartitionResults, PlaylistResult, Store};
 const MERGE_CACHE_KIB: i64 = 32 * 1024;
 
 /// The least page cache a merge thread gets, in KiB.
-const MIN_THREAD_CACHE_KIB: i64 = 2048;
+const MIN_THREAD_CACHE_KIB: i64 = 512;
 
 /// Runs the merge (or continues it) on `store`, with up to `threads` threads;
 /// `progress` gets (partitions done, total).

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use crate::json;
 
 /// Bytes read at a time.
-const READ_SIZE: usize = 4 << 20;
+const READ_SIZE: usize = 1 << 20;
 
 /// Calls `each` with every value in bytes `from..end` of the file at `path`, and
 /// the file offset just past it. `what` names the range in the error for a
