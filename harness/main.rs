@@ -15,7 +15,6 @@ use clap::Parser;
 use mixtape::exit_codes::Exit;
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     // clap exits with code 2 on a usage error, 0 for --help and --version.
     let cli = cli::Cli::parse();
     let config = cli.into_config(std::io::stderr().is_terminal());
@@ -38,15 +37,3 @@ fn main() -> ExitCode {
     exit.into()
 }
 
-/// glibc gives each thread that allocates its own malloc arena, and keeps what
-/// is freed in it. The merge and export threads (one per worker) would then
-/// each hold their own high-water mark, and the harness's peak RSS would grow
-/// with `--workers`. A few shared arenas keep memory a fixed size; the threads
-/// allocate little enough that they do not queue for them.
-fn limit_malloc_arenas() {
-    const M_ARENA_MAX: nix::libc::c_int = -8;
-    // SAFETY: mallopt only changes allocator settings; called before any thread starts.
-    unsafe {
-        nix::libc::mallopt(M_ARENA_MAX, 2);
-    }
-}
