@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use mixtape::change::{self, Change};
 use mixtape::id_key::{FxMap, IdKey};
-use mixtape::json;
+use mixtape::{json, render};
 
 fn text(raw: &[u8]) -> Cow<'_, str> {
     json::id_text(raw).unwrap_or_default()
@@ -483,9 +483,9 @@ impl<'a> State<'a> {
             .filter_map(|(raw, live)| {
                 let live = (*live)?;
                 match live.origin {
-                    Origin::Document { changed: true, .. } => {
-                        Some(Cow::Owned(render_changed(raw, &live.songs)))
-                    }
+                    Origin::Document { changed: true, .. } => Some(Cow::Owned(
+                        render::changed_playlist(raw, live.songs.iter().copied()),
+                    )),
                     _ => Some(Cow::Borrowed(*raw)),
                 }
             });
@@ -509,21 +509,15 @@ impl<'a> State<'a> {
         else {
             unreachable!("only new playlists")
         };
-        let mut out = Vec::new();
-        out.extend_from_slice(b"{\"id\":");
-        match id {
-            Id::Given(written) => out.extend_from_slice(written),
-            Id::Auto(k) => json::write_string(&(self.max_id + k).to_string(), &mut out),
-        }
-        out.push(b',');
-        json::write_string(&doc.owner_key, &mut out);
-        out.push(b':');
-        out.extend_from_slice(owner);
-        out.extend_from_slice(b",\"song_ids\":");
-        song_list(&mut out, &p.songs);
-        out.extend_from_slice(copied);
-        out.push(b'}');
-        out
+        let mut auto = Vec::new();
+        let id: &[u8] = match id {
+            Id::Given(written) => written,
+            Id::Auto(k) => {
+                json::write_string(&(self.max_id + k).to_string(), &mut auto);
+                &auto
+            }
+        };
+        render::new_playlist(id, &doc.owner_key, owner, p.songs.iter().copied(), copied)
     }
 }
 
@@ -548,48 +542,6 @@ fn counts<'a>(songs: &[&'a [u8]]) -> FxMap<IdKey<'a>, u32> {
         *counts.entry(IdKey::raw(s)).or_insert(0) += 1;
     }
     counts
-}
-
-fn song_list(out: &mut Vec<u8>, songs: &[&[u8]]) {
-    out.push(b'[');
-    for (i, s) in songs.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(s);
-    }
-    out.push(b']');
-}
-
-/// A document playlist with new songs: `song_ids` replaced, or added at the end.
-fn render_changed(raw: &[u8], songs: &[&[u8]]) -> Vec<u8> {
-    let members = json::object_members(raw).unwrap_or_default();
-    let position = members
-        .iter()
-        .position(|(k, _)| json::key_is(k, "song_ids"));
-    let mut out = Vec::with_capacity(raw.len() + 16);
-    out.push(b'{');
-    for (i, (key, value)) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(key);
-        out.push(b':');
-        if Some(i) == position {
-            song_list(&mut out, songs);
-        } else {
-            out.extend_from_slice(value);
-        }
-    }
-    if position.is_none() {
-        if !members.is_empty() {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"song_ids\":");
-        song_list(&mut out, songs);
-    }
-    out.push(b'}');
-    out
 }
 
 fn write_array<'b>(

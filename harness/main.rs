@@ -36,4 +36,3 @@ fn main() -> ExitCode {
     };
     exit.into()
 }
-

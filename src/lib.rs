@@ -32,6 +32,7 @@ pub mod plan;
 pub mod protocol;
 pub mod record;
 pub mod reject;
+pub mod render;
 pub mod scan;
 pub mod stage;
 pub mod store;

@@ -47,6 +47,7 @@ use crate::id_key::{FxMap, IdKey};
 use crate::json;
 use crate::record::{Body, Decoder, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
+use crate::render;
 use crate::stage::Stage;
 use crate::store::{Fate, Key, PartitionResults, PlaylistResult, Store};
 
@@ -305,7 +306,13 @@ fn merge_partition(
                     let id = (cx.max_id + before + ordinal).to_string();
                     let mut id_written = Vec::new();
                     json::write_string(&id, &mut id_written);
-                    let json = render_new(cx, &id_written, owner, songs.iter().copied(), copied);
+                    let json = text_of(render::new_playlist(
+                        &id_written,
+                        &cx.owner_key,
+                        owner,
+                        songs.iter().copied(),
+                        copied,
+                    ));
                     out.results.push(PlaylistResult {
                         id,
                         fate: Fate::New {
@@ -418,7 +425,7 @@ impl Replay {
                 }),
             ) => Fate::Changed {
                 doc_seq: *doc_seq,
-                json: render_changed(raw.as_bytes(), &songs),
+                json: text_of(render::changed_playlist(raw.as_bytes(), songs.iter())),
             },
             (
                 _,
@@ -436,7 +443,13 @@ impl Replay {
             ) => Fate::New {
                 doc_seq,
                 created,
-                json: render_new(cx, &written, &owner, songs.iter(), &copied),
+                json: text_of(render::new_playlist(
+                    &written,
+                    &cx.owner_key,
+                    &owner,
+                    songs.iter(),
+                    &copied,
+                )),
             },
             _ => return, // the same as in the document
         };
@@ -504,67 +517,7 @@ impl Playlist {
     }
 }
 
-fn push_song_list<'a>(out: &mut Vec<u8>, songs: impl Iterator<Item = &'a [u8]>) {
-    out.push(b'[');
-    for (i, s) in songs.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(s);
-    }
-    out.push(b']');
-}
-
-/// A new playlist: `id`, owner, `song_ids`, then the copied members (README "The changes file").
-fn render_new<'a>(
-    cx: &MergeContext,
-    id: &[u8],
-    owner: &[u8],
-    songs: impl Iterator<Item = &'a [u8]>,
-    copied: &[u8],
-) -> String {
-    let mut out = Vec::new();
-    out.extend_from_slice(b"{\"id\":");
-    out.extend_from_slice(id);
-    out.push(b',');
-    json::write_string(&cx.owner_key, &mut out);
-    out.push(b':');
-    out.extend_from_slice(owner);
-    out.extend_from_slice(b",\"song_ids\":");
-    push_song_list(&mut out, songs);
-    out.extend_from_slice(copied);
-    out.push(b'}');
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A document playlist with new songs: every member as it was, `song_ids`
-/// replaced (or added at the end when the document had none).
-fn render_changed(raw: &[u8], songs: &SongList) -> String {
-    let members = json::object_members(raw).unwrap_or_default();
-    let position = members
-        .iter()
-        .position(|(k, _)| json::key_name(k).as_deref() == Some("song_ids"));
-    let mut out = Vec::with_capacity(raw.len() + 16);
-    out.push(b'{');
-    for (i, (key, value)) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(key);
-        out.push(b':');
-        if Some(i) == position {
-            push_song_list(&mut out, songs.iter());
-        } else {
-            out.extend_from_slice(value);
-        }
-    }
-    if position.is_none() {
-        if !members.is_empty() {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"\"song_ids\":");
-        push_song_list(&mut out, songs.iter());
-    }
-    out.push(b'}');
-    String::from_utf8_lossy(&out).into_owned()
+/// Rendered JSON as text (it is built from validated UTF-8 pieces).
+fn text_of(json: Vec<u8>) -> String {
+    String::from_utf8(json).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }

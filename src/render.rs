@@ -1,0 +1,101 @@
+//! How a playlist that the changes made or changed is written (README "The
+//! changes file", new playlists, and "Output"): the one place that knows, used
+//! by the merge and by the benchmark's rival.
+
+use crate::json;
+
+/// `[a,b,...]` of song ids as written.
+pub fn song_list<'a>(out: &mut Vec<u8>, songs: impl IntoIterator<Item = &'a [u8]>) {
+    out.push(b'[');
+    for (i, s) in songs.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(s);
+    }
+    out.push(b']');
+}
+
+/// A new playlist: `id`, owner (under `owner_key`), `song_ids`, then the copied
+/// members (already rendered as `,"key":value` pairs).
+pub fn new_playlist<'a>(
+    id: &[u8],
+    owner_key: &str,
+    owner: &[u8],
+    songs: impl IntoIterator<Item = &'a [u8]>,
+    copied: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id);
+    out.push(b',');
+    json::write_string(owner_key, &mut out);
+    out.push(b':');
+    out.extend_from_slice(owner);
+    out.extend_from_slice(b",\"song_ids\":");
+    song_list(&mut out, songs);
+    out.extend_from_slice(copied);
+    out.push(b'}');
+    out
+}
+
+/// A document playlist (`raw`, minified) with new songs: every member as it
+/// was, `song_ids` replaced (or added at the end when it had none).
+pub fn changed_playlist<'a>(raw: &[u8], songs: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let members = json::object_members(raw).unwrap_or_default();
+    let position = members
+        .iter()
+        .position(|(k, _)| json::key_is(k, "song_ids"));
+    let mut songs = Some(songs);
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    out.push(b'{');
+    for (i, (key, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(key);
+        out.push(b':');
+        match songs.take() {
+            Some(list) if Some(i) == position => song_list(&mut out, list),
+            unused => {
+                songs = unused;
+                out.extend_from_slice(value);
+            }
+        }
+    }
+    if let Some(list) = songs {
+        if !members.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"song_ids\":");
+        song_list(&mut out, list);
+    }
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_and_new_playlists() {
+        let songs: [&[u8]; 2] = [b"\"1\"", b"2"];
+        assert_eq!(
+            changed_playlist(br#"{"id":"7","song_ids":[],"name":"x"}"#, songs),
+            br#"{"id":"7","song_ids":["1",2],"name":"x"}"#
+        );
+        assert_eq!(
+            changed_playlist(br#"{"id":"7"}"#, songs),
+            br#"{"id":"7","song_ids":["1",2]}"#
+        );
+        assert_eq!(
+            changed_playlist(br#"{}"#, songs),
+            br#"{"song_ids":["1",2]}"#
+        );
+        assert_eq!(
+            new_playlist(b"\"9\"", "user_id", b"3", songs, br#","name":"y""#),
+            br#"{"id":"9","user_id":3,"song_ids":["1",2],"name":"y"}"#
+        );
+    }
+}
