@@ -41,7 +41,6 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -87,51 +86,56 @@ enum Array {
 
 /// Writes the rejects report and (when asked) OUTPUT; see the module docs.
 pub fn export(store: &Store, job: &Export) -> Result<()> {
-    let ranges = store.array_ranges()?;
-    // The two playlist tasks are the longest (each sorts the merge's results):
-    // they go first, so the copies fill the other threads meanwhile.
-    // A task's piece goes to (array, place in that array) of OUTPUT.
-    let mut tasks: Vec<(Task, Option<(Array, usize)>)> = Vec::new();
+    let tasks = tasks(store, job)?;
+    let pieces: Vec<Mutex<Option<File>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
+    crate::parallel::run_tasks(
+        tasks.len(),
+        job.threads,
+        || Ok(()),
+        |_, i| {
+            let piece = run_task(job, tasks[i].0)?;
+            *pieces[i].lock().expect("no thread panicked") = piece;
+            Ok(())
+        },
+        &mut || {},
+    )?;
+    match job.output {
+        Some(output) => assemble(store, output, &tasks, &pieces),
+        None => Ok(()),
+    }
+}
+
+/// Where a task's piece goes: (array, place in that array) of OUTPUT.
+type Placed = (Task, Option<(Array, usize)>);
+
+/// The tasks of an export. The two playlist tasks are the longest (each sorts
+/// the merge's results): they go first, so the copies fill the other threads
+/// meanwhile.
+fn tasks(store: &Store, job: &Export) -> Result<Vec<Placed>> {
+    let mut tasks: Vec<Placed> = Vec::new();
     if job.output.is_some() {
         tasks.push((Task::NewPlaylists, Some((Array::Playlists, 1))));
         tasks.push((Task::DocumentPlaylists, Some((Array::Playlists, 0))));
     }
     tasks.push((Task::Rejects, None));
     if job.output.is_some() {
+        let ranges = store.array_ranges()?;
         for (array, range) in [(Array::Users, &ranges.users), (Array::Songs, &ranges.songs)] {
             for (place, (from, to)) in range.iter().flat_map(|r| r.pieces()).enumerate() {
                 tasks.push((Task::Copy { from, to }, Some((array, place))));
             }
         }
     }
-    let pieces: Vec<Mutex<Option<File>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|scope| -> Result<()> {
-        let threads = job.threads.clamp(1, tasks.len());
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&(task, _)) = tasks.get(i) else {
-                            return Ok(());
-                        };
-                        let piece = run_task(job, task)?;
-                        *pieces[i].lock().expect("no thread panicked") = piece;
-                    }
-                })
-            })
-            .collect();
-        for handle in handles {
-            handle
-                .join()
-                .map_err(|_| anyhow::anyhow!("an export thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let Some(output) = job.output else {
-        return Ok(());
-    };
+    Ok(tasks)
+}
+
+/// Puts OUTPUT together from the rendered pieces, in order.
+fn assemble(
+    store: &Store,
+    output: &Path,
+    tasks: &[Placed],
+    pieces: &[Mutex<Option<File>>],
+) -> Result<()> {
     write_atomically(output, |out| {
         out.write_all(b"{\n")?;
         for (array, name) in [

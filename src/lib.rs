@@ -27,6 +27,7 @@ pub mod interrupt;
 pub mod json;
 pub mod merge;
 pub mod output_file;
+pub mod parallel;
 pub mod paths;
 pub mod plan;
 pub mod protocol;

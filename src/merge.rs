@@ -38,8 +38,7 @@
 //! continues with the partitions not yet written.
 
 use std::borrow::Cow;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Result};
 
@@ -75,58 +74,42 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
         store.clear_merge()?;
     }
     let pending: Vec<u64> = (0..partitions).filter(|p| !merged.contains(p)).collect();
-    let next = AtomicUsize::new(0);
     let done = AtomicU64::new(merged.len() as u64);
     let threads = threads.clamp(1, pending.len().max(1));
     let db = store.path();
-    std::thread::scope(|scope| -> Result<()> {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| scope.spawn(|| merge_some(db, threads, &context, &pending, &next, &done)))
-            .collect();
-        while !handles.iter().all(|h| h.is_finished()) {
-            progress(done.load(Ordering::Relaxed), partitions);
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        for handle in handles {
-            handle
-                .join()
-                .map_err(|_| anyhow::anyhow!("a merge thread panicked"))??;
-        }
-        Ok(())
-    })?;
+    // Each thread has its own connection; reading and replaying run in
+    // parallel, only the short write of each partition's rows holds the lock.
+    crate::parallel::run_tasks(
+        pending.len(),
+        threads,
+        || {
+            let store = Store::open(db)?;
+            store.set_cache_kib((MERGE_CACHE_KIB / threads as i64).max(MIN_THREAD_CACHE_KIB))?;
+            Ok(store)
+        },
+        |thread_store, i| {
+            merge_one(thread_store, &context, pending[i])?;
+            done.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        },
+        &mut || progress(done.load(Ordering::Relaxed), partitions),
+    )?;
     progress(partitions, partitions);
     store.release_memory()?;
     store.finish_merge()?;
     store.checkpoint()
 }
 
-/// One merge thread: takes partitions from `pending` until none is left. Each
-/// thread has its own connection; reading and replaying run in parallel, only
-/// the short write of each partition's rows holds the write lock.
-fn merge_some(
-    db: &Path,
-    threads: usize,
-    cx: &MergeContext,
-    pending: &[u64],
-    next: &AtomicUsize,
-    done: &AtomicU64,
-) -> Result<()> {
-    let store = Store::open(db)?;
-    store.set_cache_kib((MERGE_CACHE_KIB / threads as i64).max(MIN_THREAD_CACHE_KIB))?;
-    loop {
-        crate::interrupt::check()?;
-        let Some(&part) = pending.get(next.fetch_add(1, Ordering::Relaxed)) else {
-            return Ok(());
-        };
-        let mut out = PartitionResults::default();
-        merge_partition(&store, cx, part, &mut out)?;
-        // This partition's share of the document check: a slice of playlists.
-        let from = cx.playlists * part / cx.partitions;
-        let to = cx.playlists * (part + 1) / cx.partitions;
-        out.warnings = count_warnings(&store, from, to)?;
-        store.commit_partition(part, &out)?;
-        done.fetch_add(1, Ordering::Relaxed);
-    }
+/// Merges partition `part` and commits its results.
+fn merge_one(store: &Store, cx: &MergeContext, part: u64) -> Result<()> {
+    crate::interrupt::check()?;
+    let mut out = PartitionResults::default();
+    merge_partition(store, cx, part, &mut out)?;
+    // This partition's share of the document check: a slice of playlists.
+    let from = cx.playlists * part / cx.partitions;
+    let to = cx.playlists * (part + 1) / cx.partitions;
+    out.warnings = count_warnings(store, from, to)?;
+    store.commit_partition(part, &out)
 }
 
 /// Counts the document's playlists at positions `from..to` whose owner or some
