@@ -80,6 +80,11 @@ impl IdIndex {
         Ok(IdIndex { map })
     }
 
+    /// The position of the element with id `id` (an index of [`Values::Positions`]).
+    pub fn position(&self, id: &str) -> Option<u64> {
+        self.map.get(id)
+    }
+
     /// Whether `id` is in the index.
     pub fn contains(&self, id: &str) -> bool {
         self.map.contains_key(id)
@@ -121,13 +126,27 @@ impl IdIndex {
     }
 }
 
-/// Takes one (id text, written form) into an index being built.
-pub type AddId<'a> = dyn FnMut(&str, &str) -> Result<()> + 'a;
+/// Takes one (id text, written form, position in its array) into an index
+/// being built.
+pub type AddId<'a> = dyn FnMut(&str, &str, u64) -> Result<()> + 'a;
+
+/// What an index maps ids to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Values {
+    /// How the document writes the id ([`IdIndex::written`]): users, songs.
+    Written,
+    /// The element's position in its array ([`IdIndex::position`]): playlists.
+    Positions,
+}
 
 /// Writes the index of `ids` (id text, written form), which must come in
 /// strictly increasing byte order of the text, to `path` (through a temporary
 /// file and a rename).
-pub fn build(path: &Path, ids: &mut dyn FnMut(&mut AddId) -> Result<()>) -> Result<()> {
+pub fn build(
+    path: &Path,
+    values: Values,
+    ids: &mut dyn FnMut(&mut AddId) -> Result<()>,
+) -> Result<()> {
     let dir = crate::paths::directory_of(path);
     let temp = tempfile::Builder::new()
         .prefix(".index.")
@@ -136,8 +155,10 @@ pub fn build(path: &Path, ids: &mut dyn FnMut(&mut AddId) -> Result<()>) -> Resu
     let mut side = Vec::new();
     let mut out = BufWriter::with_capacity(1 << 20, temp);
     let mut builder = fst::MapBuilder::new(&mut out)?;
-    ids(&mut |id: &str, written: &str| {
-        let value = if written.len() == id.len() + 2
+    ids(&mut |id: &str, written: &str, position: u64| {
+        let value = if values == Values::Positions {
+            position
+        } else if written.len() == id.len() + 2
             && written.starts_with('"')
             && written.ends_with('"')
             && &written[1..written.len() - 1] == id
@@ -202,9 +223,9 @@ mod tests {
             ("a\"b".to_string(), "\"a\\\"b\"".to_string()),
         ];
         ids.sort();
-        build(&path, &mut |each| {
+        build(&path, Values::Written, &mut |each| {
             for (id, written) in &ids {
-                each(id, written)?;
+                each(id, written, 0)?;
             }
             Ok(())
         })
@@ -222,9 +243,9 @@ mod tests {
     fn keys_out_of_order_are_an_error_and_damage_is_noticed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids");
-        let out_of_order = build(&path, &mut |each| {
-            each("2", "2")?;
-            each("1", "1")
+        let out_of_order = build(&path, Values::Positions, &mut |each| {
+            each("2", "2", 0)?;
+            each("1", "1", 1)
         });
         assert!(out_of_order.is_err());
         assert!(!path.exists());

@@ -148,7 +148,7 @@ impl IdSorter {
                 let r = record_at(&self.arena, at);
                 let (id, written) = (utf8(r.id)?, utf8(r.written)?);
                 if !dups.repeats(id, r.position, r.offset) {
-                    each(id, written)?;
+                    each(id, written, r.position)?;
                 }
             }
             return Ok(dups.first);
@@ -170,7 +170,7 @@ impl IdSorter {
                 heap.push(Head(next, i));
             }
             if !dups.repeats(&found.id, found.position, found.offset) {
-                each(&found.id, &found.written)?;
+                each(&found.id, &found.written, found.position)?;
             }
         }
         Ok(dups.first)
@@ -274,7 +274,7 @@ mod tests {
     fn sorted(sorter: IdSorter) -> (Vec<String>, Option<Duplicate>) {
         let mut out = Vec::new();
         let dup = sorter
-            .merge(&mut |id, _| {
+            .merge(&mut |id, _, _| {
                 out.push(id.to_string());
                 Ok(())
             })

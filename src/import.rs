@@ -33,9 +33,7 @@ use crate::id_index;
 use crate::id_sort::IdSorter;
 use crate::json;
 use crate::scan::{ScanError, Scanner};
-use crate::store::{
-    ArrayRange, ArrayRanges, DocumentFacts, DocumentWriter, IdKind, Inserted, Store,
-};
+use crate::store::{ArrayRange, ArrayRanges, DocumentFacts, DocumentWriter, IdKind, Store};
 
 /// How much of the users or songs array the export copies as one piece (the
 /// import records where such pieces start).
@@ -86,6 +84,7 @@ pub fn import(
         extras: 0,
         users: IdSorter::default(),
         songs: IdSorter::default(),
+        playlists: IdSorter::default(),
         progress,
     };
     // Dropping the processor on an error rolls its transaction back.
@@ -104,10 +103,12 @@ pub fn import(
         max_playlist_id,
         users,
         songs,
+        playlists,
         ..
     } = processor;
     build_index(store, path, IdKind::Users, users)?;
     build_index(store, path, IdKind::Songs, songs)?;
+    build_index(store, path, IdKind::Playlists, playlists)?;
     writer.finish(&DocumentFacts {
         owner_key: owner_key.unwrap_or_else(|| "owner_id".into()),
         max_playlist_id,
@@ -161,7 +162,7 @@ fn pipelined(file: File, path: &Path, processor: &mut Processor) -> Result<Array
 /// document's error, located at the element that repeats it.
 fn build_index(store: &Store, path: &Path, kind: IdKind, ids: IdSorter) -> Result<()> {
     let mut ids = Some(ids);
-    id_index::build(&store.index_path(kind), &mut |add| {
+    id_index::build(&store.index_path(kind), kind.values(), &mut |add| {
         let sorted = ids.take().expect("the index asks for its ids once");
         let Some(dup) = sorted.merge(add)? else {
             return Ok(());
@@ -248,9 +249,11 @@ struct Processor<'a> {
     /// Largest playlist id of the form `[1-9][0-9]{0,17}` (README "The changes file", automatic ids).
     max_playlist_id: u64,
     extras: u64,
-    /// The ids of users and songs, on their way to the id indexes.
+    /// The ids of users, songs and playlists, on their way to the id indexes
+    /// (where duplicates are found).
     users: IdSorter,
     songs: IdSorter,
+    playlists: IdSorter,
     progress: &'a mut dyn FnMut(u64),
 }
 
@@ -616,9 +619,8 @@ impl Processor<'_> {
         if let Some(v) = json::auto_id_value(&id) {
             self.max_playlist_id = self.max_playlist_id.max(v);
         }
-        if self.writer.playlist(position, &id, raw_text)? == Inserted::DuplicateId {
-            return Err(self.located(offset, &format!("{name}[{position}]: duplicate id {id:?}")));
-        }
+        self.playlists.push(&id, "", position, offset)?;
+        self.writer.playlist(position, raw_text)?;
         self.figures.playlists += 1;
         Ok(())
     }

@@ -65,7 +65,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use rusqlite::{Transaction, TransactionBehavior};
 
 use crate::id_index::IdIndex;
@@ -74,7 +74,7 @@ use crate::reject::{Reason, Reject};
 use crate::stage::Stage;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Large pages suit the workload: big blobs and long sequential scans.
 const PAGE_SIZE: i64 = 16384;
@@ -90,7 +90,7 @@ const IMPORT_BATCH: u64 = 50_000;
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE playlists(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, raw TEXT NOT NULL);
+CREATE TABLE playlists(seq INTEGER PRIMARY KEY, raw TEXT NOT NULL);
 CREATE TABLE extras(seq INTEGER PRIMARY KEY, key TEXT NOT NULL, raw TEXT NOT NULL);
 CREATE TABLE chunks(
     chunk INTEGER PRIMARY KEY,
@@ -355,10 +355,11 @@ pub struct Store {
     indexes: std::cell::OnceCell<Indexes>,
 }
 
-/// The users' and songs' id indexes.
+/// The id indexes of users, songs and the document's playlists.
 struct Indexes {
     users: IdIndex,
     songs: IdIndex,
+    playlists: IdIndex,
 }
 
 /// Which elements an id index holds.
@@ -366,13 +367,18 @@ struct Indexes {
 pub enum IdKind {
     Users,
     Songs,
+    /// The document's playlists, id → position (`playlists.seq`).
+    Playlists,
 }
 
 impl IdKind {
+    pub const ALL: [IdKind; 3] = [IdKind::Users, IdKind::Songs, IdKind::Playlists];
+
     fn suffix(self) -> &'static str {
         match self {
             IdKind::Users => ".users.idx",
             IdKind::Songs => ".songs.idx",
+            IdKind::Playlists => ".playlists.idx",
         }
     }
 
@@ -381,6 +387,15 @@ impl IdKind {
         match self {
             IdKind::Users => "users",
             IdKind::Songs => "songs",
+            IdKind::Playlists => "playlists",
+        }
+    }
+
+    /// What the index maps ids to.
+    pub fn values(self) -> crate::id_index::Values {
+        match self {
+            IdKind::Users | IdKind::Songs => crate::id_index::Values::Written,
+            IdKind::Playlists => crate::id_index::Values::Positions,
         }
     }
 }
@@ -586,6 +601,7 @@ impl Store {
         let indexes = Indexes {
             users: open(IdKind::Users)?,
             songs: open(IdKind::Songs)?,
+            playlists: open(IdKind::Playlists)?,
         };
         Ok(self.indexes.get_or_init(|| indexes))
     }
@@ -625,12 +641,17 @@ impl Store {
         Ok(self.indexes()?.songs.contains(id))
     }
 
-    /// The document's playlist `id`: its position and raw text.
+    /// The document's playlist `id`: its position and raw text. Most ids the
+    /// merge asks about are new playlists': the index answers those without
+    /// touching the database.
     pub fn document_playlist(&self, id: &str) -> Result<Option<(i64, String)>> {
+        let Some(seq) = self.indexes()?.playlists.position(id) else {
+            return Ok(None);
+        };
         Ok(self
             .conn
-            .prepare_cached("SELECT seq, raw FROM playlists WHERE id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT seq, raw FROM playlists WHERE seq = ?1")?
+            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
 
@@ -965,25 +986,14 @@ pub struct DocumentWriter<'a> {
     in_transaction: u64,
 }
 
-/// Whether an element went in, or its id was already there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Inserted {
-    Yes,
-    DuplicateId,
-}
-
 impl DocumentWriter<'_> {
-    pub fn playlist(&mut self, position: u64, id: &str, raw: &str) -> Result<Inserted> {
-        let inserted = unique(
-            self.store
-                .conn
-                .prepare_cached("INSERT INTO playlists(seq, id, raw) VALUES (?1, ?2, ?3)")?
-                .execute(params![position, id, raw]),
-        )?;
-        if inserted == Inserted::Yes {
-            self.element_written()?;
-        }
-        Ok(inserted)
+    /// A document playlist, minified (its id goes to the playlists' index).
+    pub fn playlist(&mut self, position: u64, raw: &str) -> Result<()> {
+        self.store
+            .conn
+            .prepare_cached("INSERT INTO playlists(seq, raw) VALUES (?1, ?2)")?
+            .execute(params![position, raw])?;
+        self.element_written()
     }
 
     /// A top-level member other than the three arrays.
@@ -1025,17 +1035,6 @@ impl DocumentWriter<'_> {
             tx.commit()?;
         }
         store.checkpoint()
-    }
-}
-
-/// `Inserted::DuplicateId` for a uniqueness violation, the error for any other.
-fn unique(result: rusqlite::Result<usize>) -> Result<Inserted> {
-    match result {
-        Ok(_) => Ok(Inserted::Yes),
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
-            Ok(Inserted::DuplicateId)
-        }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -1087,13 +1086,14 @@ fn reason_of(name: &str) -> Result<Reason> {
 }
 
 /// The database file and its companions.
-fn companions(path: &Path) -> [PathBuf; 5] {
+fn companions(path: &Path) -> [PathBuf; 6] {
     [
         path.to_path_buf(),
         crate::paths::with_suffix(path, "-wal"),
         crate::paths::with_suffix(path, "-shm"),
         crate::paths::with_suffix(path, IdKind::Users.suffix()),
         crate::paths::with_suffix(path, IdKind::Songs.suffix()),
+        crate::paths::with_suffix(path, IdKind::Playlists.suffix()),
     ]
 }
 
@@ -1256,17 +1256,28 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_ids_are_told_apart_from_errors() {
+    fn document_playlists_are_found_through_their_index() {
         let (_dir, store) = store();
         let mut w = store.document_writer().unwrap();
-        assert_eq!(w.playlist(0, "p", "{}").unwrap(), Inserted::Yes);
-        assert_eq!(w.playlist(1, "p", "{}").unwrap(), Inserted::DuplicateId);
+        w.playlist(0, "{\"id\":\"p\"}").unwrap();
+        w.playlist(1, "{\"id\":\"q\"}").unwrap();
+        for kind in IdKind::ALL {
+            crate::id_index::build(&store.index_path(kind), kind.values(), &mut |add| {
+                if kind == IdKind::Playlists {
+                    add("p", "", 0)?;
+                    add("q", "", 1)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
         w.finish(&DocumentFacts::default()).unwrap();
         assert!(store.is_done(Stage::Import).unwrap());
         assert_eq!(
-            store.document_playlist("p").unwrap(),
-            Some((0, "{}".into()))
+            store.document_playlist("q").unwrap(),
+            Some((1, "{\"id\":\"q\"}".into()))
         );
+        assert_eq!(store.document_playlist("r").unwrap(), None);
         assert_eq!(store.array_ranges().unwrap(), ArrayRanges::default());
     }
 
@@ -1274,10 +1285,17 @@ mod tests {
     fn an_unfinished_import_rolls_back() {
         let (_dir, store) = store();
         let mut w = store.document_writer().unwrap();
-        w.playlist(0, "p", "{}").unwrap();
+        w.playlist(0, "{}").unwrap();
         drop(w);
         assert!(!store.is_done(Stage::Import).unwrap());
-        assert_eq!(store.document_playlist("p").unwrap(), None);
+        let mut rows = 0;
+        store
+            .each_document_playlist_between(0, 10, &mut |_| {
+                rows += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(rows, 0);
     }
 
     #[test]
