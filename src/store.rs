@@ -24,7 +24,10 @@
 //! written" for workers and the merge, and `meta` keeps where their arrays are
 //! in MIXTAPE ([`ArrayRanges`]), from which the export copies them. The import
 //! builds the indexes before it marks itself done; MIXTAPE's fingerprint,
-//! checked on every resume, says the ranges still hold.
+//! checked on every resume, says the ranges still hold. A third index,
+//! `DB.playlists.idx`, maps a document playlist's id to its position in
+//! `playlists`: the merge asks it about every playlist id it meets, most of
+//! them new playlists' ids that the document does not have.
 //!
 //! `rejects` and `results` are append-only (no key but the rowid): writers add
 //! rows in whatever order their work comes, and the export sorts once. Keyed
