@@ -8,6 +8,8 @@ use clap::{Parser, ValueEnum};
 use mixtape::paths::with_suffix;
 use mixtape::stage::Stage;
 
+use crate::report::ReportTarget;
+
 /// Apply a batch of playlist changes to a mixtape document, with N worker
 /// processes over a SQLite work database. The output is the same bytes for any N:
 /// exactly what applying the changes one by one, in file order, gives.
@@ -49,6 +51,10 @@ pub struct Cli {
     /// Stop after this stage and keep the work database (run again to continue).
     #[arg(long, value_enum, value_name = "STAGE")]
     pub stop_after: Option<Stage>,
+    /// Write a JSON report of the run to PATH (`-`: stdout) when it ends, also
+    /// after `--strict` fails it or `--stop-after` (README "Run report").
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -72,6 +78,7 @@ pub struct Config {
     pub strict: bool,
     pub draw_progress: DrawProgress,
     pub stop_after: Option<Stage>,
+    pub summary_json: Option<ReportTarget>,
 }
 
 /// Whether and how bars are drawn, `--progress` and the terminal considered.
@@ -111,6 +118,7 @@ impl Cli {
             fresh: self.fresh,
             strict: self.strict,
             stop_after: self.stop_after,
+            summary_json: self.summary_json.map(ReportTarget::from_argument),
         }
     }
 }

@@ -4,8 +4,10 @@
 //! their whole context chain.
 
 mod cli;
+mod inputs;
 mod pipeline;
 mod progress;
+mod report;
 mod workers;
 
 use std::io::IsTerminal;

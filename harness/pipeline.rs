@@ -7,7 +7,6 @@
 //! `--stop-after`. The stages themselves live in the library, one module each;
 //! this module only draws their bars and says what they did.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -15,72 +14,44 @@ use anyhow::{Context, Result};
 use mixtape::exit_codes::Exit;
 use mixtape::stage::Stage;
 use mixtape::store::{InputKind, Key, RunLock, Store};
-use mixtape::{export, fingerprint, import, merge, output_file, plan, store};
+use mixtape::{export, import, merge, output_file, plan, store};
 
 use crate::cli::Config;
+use crate::inputs::{self, Decompressions, Input};
 use crate::progress::Ui;
+use crate::report::{self, Counts, Ordered, Report, Seconds};
 use crate::workers::{self, LockFigures, PendingChunk};
-
-/// An input, as the store records it.
-struct Input {
-    kind: InputKind,
-    path: PathBuf,
-    fingerprint: String,
-}
-
-impl Input {
-    fn open(kind: InputKind, path: &Path) -> Result<Input> {
-        let cannot_read = || format!("cannot read {} {}", kind.label(), path.display());
-        let fingerprint = fingerprint::of_file(path).with_context(cannot_read)?;
-        let path = path.canonicalize().with_context(cannot_read)?;
-        Ok(Input {
-            kind,
-            path,
-            fingerprint,
-        })
-    }
-
-    /// Why the store's record of this input differs from the file, if it does.
-    fn changed_since(&self, store: &Store) -> Result<Option<String>> {
-        let (path, print) = store.recorded_input(self.kind)?;
-        let label = self.kind.label();
-        Ok(if path.as_deref() != Some(&*self.path.to_string_lossy()) {
-            Some(format!(
-                "{label} is another file than the work database was made from"
-            ))
-        } else if print.as_deref() != Some(&self.fingerprint) {
-            Some(format!("{label} changed since the work database was made"))
-        } else {
-            None
-        })
-    }
-
-    fn record(&self, store: &Store) -> Result<()> {
-        store.record_input(self.kind, &self.path.to_string_lossy(), &self.fingerprint)
-    }
-}
 
 /// Runs the job; returns how the process should exit.
 pub fn run(config: &Config) -> Result<Exit> {
     let started = Instant::now();
     let ui = Ui::new(config.draw_progress);
     let inputs = [
-        Input::open(InputKind::Mixtape, &config.mixtape)?,
-        Input::open(InputKind::Changes, &config.changes)?,
+        Input::open(InputKind::Mixtape, &config.mixtape, &config.db)?,
+        Input::open(InputKind::Changes, &config.changes, &config.db)?,
     ];
     // Before any work: a run that cannot write its results must not spend an
     // hour finding out, nor leave a work database behind.
     output_file::check_writable("OUTPUT", &config.output)?;
     output_file::check_writable("rejects report", &config.rejects)?;
     output_file::check_writable("work database", &config.db)?;
+    let report_file = report::file_of(&config.summary_json);
+    if let Some(path) = report_file {
+        output_file::check_writable("run report", path)?;
+    }
     let lock = RunLock::acquire(&config.db)?;
     output_file::remove_stale_temporaries(&config.output)?;
     output_file::remove_stale_temporaries(&config.rejects)?;
-    let store = open_or_create(config, &inputs, &ui)?;
+    if let Some(path) = report_file {
+        output_file::remove_stale_temporaries(path)?;
+    }
+    let (store, resumed) = open_or_create(config, &inputs, &ui)?;
     let mut run = Run {
         config,
         ui,
         store,
+        inputs,
+        resumed,
         times: StageTimes::default(),
         started,
     };
@@ -91,10 +62,13 @@ pub fn run(config: &Config) -> Result<Exit> {
         }
         run.stage(stage)?;
         if config.stop_after == Some(stage) {
-            return Ok(run.stopped_after(stage));
+            let exit = run.stopped_after(stage);
+            run.report(exit, Some(stage), false)?;
+            return Ok(exit);
         }
     }
-    let exit = run.export()?;
+    let (exit, output_written) = run.export()?;
+    run.report(exit, None, output_written)?;
     if exit == Exit::Success {
         drop(run.store);
         if !config.keep_db {
@@ -105,8 +79,8 @@ pub fn run(config: &Config) -> Result<Exit> {
     Ok(exit)
 }
 
-/// Opens the work database to resume from, or makes a new one.
-fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<Store> {
+/// Opens the work database to resume from (`true`), or makes a new one.
+fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, bool)> {
     if config.db.exists() && !config.fresh {
         let store = Store::open(&config.db).with_context(|| {
             format!(
@@ -122,7 +96,7 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<Store> {
             }
         }
         match why_fresh {
-            None => return Ok(store),
+            None => return Ok((store, true)),
             Some(why) => ui.message(&format!("harness: starting fresh: {why}")),
         }
     }
@@ -130,7 +104,7 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<Store> {
     for input in inputs {
         input.record(&store)?;
     }
-    Ok(store)
+    Ok((store, false))
 }
 
 /// One run in progress: what every stage needs.
@@ -138,6 +112,10 @@ struct Run<'a> {
     config: &'a Config,
     ui: Ui,
     store: Store,
+    /// MIXTAPE and CHANGES, in [`InputKind::ALL`] order.
+    inputs: [Input; 2],
+    /// Whether this run continues a work database made before.
+    resumed: bool,
     times: StageTimes,
     started: Instant,
 }
@@ -145,7 +123,14 @@ struct Run<'a> {
 impl Run<'_> {
     /// Runs `stage` unless the store says it is done.
     fn stage(&mut self, stage: Stage) -> Result<()> {
-        if !self.store.is_done(stage)? {
+        if stage == Stage::Decompress {
+            // Done or not is a question for each kept file (inputs::decompress).
+            let started = Instant::now();
+            let done = self.decompress()?;
+            if done.did_any() {
+                self.times.record(stage, started);
+            }
+        } else if !self.store.is_done(stage)? {
             let started = Instant::now();
             match stage {
                 Stage::Import => self.import()?,
@@ -153,6 +138,7 @@ impl Run<'_> {
                 Stage::Apply => self.apply()?,
                 Stage::Merge => self.merge()?,
                 Stage::Export => unreachable!("export ends the run: Run::export"),
+                Stage::Decompress => unreachable!("handled above"),
             }
             self.times.record(stage, started);
         }
@@ -182,15 +168,19 @@ impl Run<'_> {
         Ok(())
     }
 
+    fn decompress(&mut self) -> Result<Decompressions> {
+        inputs::decompress(&self.inputs, &self.store, &self.ui, self.threads())
+    }
+
     fn import(&mut self) -> Result<()> {
-        let size = std::fs::metadata(&self.config.mixtape)?.len();
-        let bar = self.ui.bytes_bar(Stage::Import.name(), size);
-        let figures = import::import(
-            &self.store,
-            &self.config.mixtape,
-            self.threads(),
-            &mut |b| bar.set(b),
-        )?;
+        let mixtape = &self.inputs[0];
+        let bar = self
+            .ui
+            .bytes_bar(Stage::Import.name(), mixtape.text_size()?);
+        let figures = import::import(&self.store, &mixtape.text, self.threads(), &mut |b| {
+            bar.set(b)
+        })
+        .map_err(|e| mixtape.explain_positions(e))?;
         // The ids' sort buffers are gone: give their memory back before the
         // workers start (a child's peak RSS counts what it inherits at fork).
         self.store.release_memory()?;
@@ -202,14 +192,16 @@ impl Run<'_> {
     }
 
     fn plan(&mut self) -> Result<()> {
-        let size = std::fs::metadata(&self.config.changes)?.len();
+        let changes = &self.inputs[1];
+        let size = changes.text_size()?;
         let bar = self.ui.bytes_bar(Stage::Plan.name(), size);
         let planned = plan::plan(
-            &self.config.changes,
+            &changes.text,
             self.config.workers,
             self.threads(),
             &mut |b| bar.set(b),
-        )?;
+        )
+        .map_err(|e| changes.explain_positions(e))?;
         let playlists = self.store.meta_number(Key::Playlists)?;
         self.store
             .save_plan(&planned, plan::partitions_for(size, playlists))?;
@@ -256,8 +248,8 @@ impl Run<'_> {
     }
 
     /// Writes the rejects report and (unless `--strict` fails) OUTPUT, then
-    /// the summary.
-    fn export(&mut self) -> Result<Exit> {
+    /// the summary; says how the run ends and whether OUTPUT was written.
+    fn export(&mut self) -> Result<(Exit, bool)> {
         let started = Instant::now();
         let config = self.config;
         let bar = self.ui.count_bar(Stage::Export.name(), 1);
@@ -268,7 +260,7 @@ impl Run<'_> {
             &self.store,
             &export::Export {
                 db: &config.db,
-                mixtape: &config.mixtape,
+                mixtape: &self.inputs[0].text,
                 output: (!strict_failure).then_some(config.output.as_path()),
                 rejects: &config.rejects,
                 threads: self.threads(),
@@ -288,15 +280,15 @@ impl Run<'_> {
             )
         });
         self.times.record(Stage::Export, started);
-        self.summarize(&by_reason)?;
+        self.summarize()?;
         if strict_failure {
             self.ui.final_message(&format!(
                 "harness: --strict: {rejected} change(s) rejected, so no output was written; see {}",
                 config.rejects.display()
             ));
-            return Ok(Exit::Rejected);
+            return Ok((Exit::Rejected, false));
         }
-        Ok(Exit::Success)
+        Ok((Exit::Success, true))
     }
 
     /// Threads for the stages the harness runs itself (merge, export): one per
@@ -306,33 +298,99 @@ impl Run<'_> {
         self.config.workers.min(cpus)
     }
 
-    /// The run's one-line summary (and the benchmark's line when asked for).
-    fn summarize(&self, by_reason: &[(mixtape::reject::Reason, u64)]) -> Result<()> {
-        let changes = self.store.meta_number(Key::Changes)?;
+    /// The run's counts, from the store (complete once the merge is done).
+    fn counts(&self) -> Result<Counts> {
+        let by_reason = self.store.rejects_by_reason()?;
+        let changes_read = self.store.meta_number(Key::Changes)?;
         let rejected: u64 = by_reason.iter().map(|(_, n)| n).sum();
-        let warnings = self.store.warnings()?;
-        let reasons = if by_reason.is_empty() {
+        Ok(Counts {
+            changes_read,
+            applied: changes_read - rejected.min(changes_read),
+            rejected,
+            rejected_by_reason: report::by_reason(&by_reason),
+            warnings: self.store.warnings()?,
+        })
+    }
+
+    /// The run's one-line summary (and the benchmark's line when asked for).
+    fn summarize(&self) -> Result<()> {
+        let counts = self.counts()?;
+        let nonzero: Vec<String> = (counts.rejected_by_reason.0.iter())
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        let reasons = if nonzero.is_empty() {
             String::new()
         } else {
-            let list: Vec<String> = by_reason
-                .iter()
-                .map(|(r, n)| format!("{} {n}", r.name()))
-                .collect();
-            format!(" ({})", list.join(", "))
+            format!(" ({})", nonzero.join(", "))
         };
-        let warning_text = if warnings > 0 {
-            format!("; {warnings} input playlist(s) name a missing owner or song")
+        let warning_text = if counts.warnings > 0 {
+            format!(
+                "; {} input playlist(s) name a missing owner or song",
+                counts.warnings
+            )
         } else {
             String::new()
         };
         self.ui.final_message(&format!(
-            "harness: {changes} changes read, {} applied, {rejected} rejected{reasons}{warning_text}; {:.2}s ({})",
-            changes - rejected.min(changes),
+            "harness: {} changes read, {} applied, {} rejected{reasons}{warning_text}; {:.2}s ({})",
+            counts.changes_read,
+            counts.applied,
+            counts.rejected,
             self.started.elapsed().as_secs_f64(),
             self.times.describe()
         ));
         self.bench_line();
         Ok(())
+    }
+
+    /// Writes the run report, when `--summary-json` asks for one.
+    fn report(&self, exit: Exit, stopped_after: Option<Stage>, output_written: bool) -> Result<()> {
+        let Some(target) = &self.config.summary_json else {
+            return Ok(());
+        };
+        let planned = self.store.is_done(Stage::Plan)?;
+        let form = planned.then(|| self.store.meta(Key::Form)).transpose()?;
+        let [mixtape, changes] = &self.inputs;
+        let config = self.config;
+        let report = Report {
+            mixtape_version: env!("CARGO_PKG_VERSION"),
+            exit_code: exit as u8,
+            output_written,
+            stopped_after: stopped_after.map(Stage::name),
+            inputs: report::Inputs {
+                mixtape: input_report(mixtape, None)?,
+                changes: input_report(changes, form)?,
+            },
+            outputs: report::Outputs {
+                output: config.output.clone(),
+                rejects: config.rejects.clone(),
+                work_db: config.db.clone(),
+                work_db_kept: config.keep_db || exit != Exit::Success || stopped_after.is_some(),
+            },
+            counts: if self.store.is_done(Stage::Merge)? {
+                Some(self.counts()?)
+            } else {
+                None
+            },
+            workers: config.workers,
+            chunks: planned
+                .then(|| self.store.chunks())
+                .transpose()?
+                .map(|c| c.len()),
+            stages: Ordered(
+                (Stage::ALL.iter())
+                    .filter_map(|s| Some((s.name(), Seconds(self.times.seconds[s.slot()]?))))
+                    .collect(),
+            ),
+            total_seconds: Seconds(self.started.elapsed().as_secs_f64()),
+            resumed: self.resumed,
+            resumed_from: (Stage::ALL.iter())
+                .find(|s| self.resumed && self.times.seconds[s.slot()].is_some())
+                .map(|s| s.name()),
+            peak_rss_kb: report::peak_rss_kb(),
+        };
+        report::write(&report, target)
     }
 
     /// Says where the run stopped, for `--stop-after`.
@@ -353,6 +411,17 @@ impl Run<'_> {
             self.ui.final_message(&self.times.bench_line(total));
         }
     }
+}
+
+/// What the report says about an input; `form` for CHANGES once planned.
+fn input_report(input: &Input, form: Option<String>) -> Result<report::InputReport> {
+    Ok(report::InputReport {
+        path: input.path.clone(),
+        bytes: input.size,
+        compression: input.compression.map(|c| c.name()),
+        text_bytes: input.text_size()?,
+        form,
+    })
 }
 
 /// Wall time of each stage this run did (a resumed run skips some).
@@ -382,8 +451,7 @@ impl StageTimes {
     /// One machine-readable line for the benchmark (`MIXTAPE_BENCH=1`): stage
     /// times, total, and the peak RSS of the harness and of its largest worker.
     fn bench_line(&self, total: f64) -> String {
-        use nix::sys::resource::{getrusage, UsageWho};
-        let rss = |who| getrusage(who).map(|u| u.max_rss()).unwrap_or(0);
+        let rss = report::peak_rss_kb();
         let mut line = String::from("bench:");
         for stage in Stage::ALL {
             let seconds = self.seconds[stage.slot()].unwrap_or(0.0);
@@ -396,8 +464,7 @@ impl StageTimes {
         ));
         line.push_str(&format!(
             " total={total:.3} harness_rss_kb={} worker_rss_kb={}",
-            rss(UsageWho::RUSAGE_SELF),
-            rss(UsageWho::RUSAGE_CHILDREN)
+            rss.harness, rss.largest_worker
         ));
         line
     }

@@ -173,14 +173,12 @@ fn chunk_to_apply(store: &Store, chunk: u64, options: &WorkerOptions) -> Result<
     store.chunk(chunk)?.context("chunk vanished")
 }
 
-/// CHANGES as the plan saw it: a chunk is byte offsets, never applied to
-/// another file.
+/// CHANGES as the plan saw it (its decompressed text, when it came
+/// compressed): a chunk is byte offsets, never applied to another file.
 fn checked_changes_path(store: &Store) -> Result<PathBuf> {
-    let (path, expected) = store.recorded_input(InputKind::Changes)?;
-    let (Some(path), Some(expected)) = (path, expected) else {
+    let Some((path, expected)) = store.input_text(InputKind::Changes)? else {
         bail!("work database has no CHANGES: was it made by an unfinished run?");
     };
-    let path = PathBuf::from(path);
     let actual = fingerprint::of_file(&path)
         .with_context(|| format!("reading CHANGES {}", path.display()))?;
     if actual != expected {

@@ -8,12 +8,14 @@
 //!   merges and exports, each stage being one module here.
 //! - `worker` (in `worker/`) applies one chunk of the plan ([`apply`]).
 //!
-//! The stages ([`stage::Stage`]), in order: [`import`] → [`plan`] → [`apply`]
+//! The stages ([`stage::Stage`]), in order: [`decompress`] (compressed inputs
+//! only) → [`import`] → [`plan`] → [`apply`]
 //! (N worker processes) → [`merge`] → [`export`]. [`store`] owns the work
 //! database they share: every table and every statement of SQL.
 
 pub mod apply;
 pub mod change;
+pub mod decompress;
 pub mod errors;
 pub mod exit_codes;
 pub mod export;

@@ -5,9 +5,13 @@
 //! other module says "the plan stage" as [`Stage::Plan`], never as a string or an
 //! index.
 
-/// import → plan → apply → merge → export, in this order (the derived `Ord`).
+/// decompress → import → plan → apply → merge → export, in this order (the
+/// derived `Ord`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Stage {
+    /// Compressed inputs into kept files ([`crate::decompress`]); nothing to do
+    /// for plain ones.
+    Decompress,
     /// MIXTAPE into the work database ([`crate::import`]).
     Import,
     /// CHANGES cut into chunks ([`crate::plan`]).
@@ -24,7 +28,8 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in the order a run does them.
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
+        Stage::Decompress,
         Stage::Import,
         Stage::Plan,
         Stage::Apply,
@@ -35,6 +40,7 @@ impl Stage {
     /// How the user sees the stage: in bars, the summary, `--stop-after`.
     pub fn name(self) -> &'static str {
         match self {
+            Stage::Decompress => "decompress",
             Stage::Import => "import",
             Stage::Plan => "plan",
             Stage::Apply => "apply",
@@ -51,12 +57,14 @@ impl Stage {
     /// The `meta` key that marks the stage done, for the stages that have one.
     /// Apply has none: it is done when every chunk is (the store asks the
     /// chunks). Export has none: it only reads the store, so it always runs.
+    /// Decompress has none: it is done when its kept files are there and whole,
+    /// which only the files can say (the harness checks them).
     pub(crate) fn done_marker(self) -> Option<&'static str> {
         match self {
             Stage::Import => Some("import_done"),
             Stage::Plan => Some("plan_done"),
             Stage::Merge => Some("merge_done"),
-            Stage::Apply | Stage::Export => None,
+            Stage::Decompress | Stage::Apply | Stage::Export => None,
         }
     }
 }
@@ -81,7 +89,7 @@ mod tests {
             .filter_map(|s| s.to_possible_value())
             .map(|v| v.get_name().to_string())
             .collect();
-        assert_eq!(names, ["import", "plan", "apply", "merge"]);
+        assert_eq!(names, ["decompress", "import", "plan", "apply", "merge"]);
         for stage in Stage::value_variants() {
             assert_eq!(
                 stage

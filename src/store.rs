@@ -29,6 +29,12 @@
 //! `playlists`: the merge asks it about every playlist id it meets, most of
 //! them new playlists' ids that the document does not have.
 //!
+//! A compressed input is decompressed once into a kept text file beside the
+//! database (`DB.mixtape`, `DB.changes`, [`crate::decompress`]); `meta` records,
+//! for each input, the file the stages read and its fingerprint
+//! ([`Store::input_text`]), so workers read the kept text and a resumed run can
+//! tell whether the kept file is still whole.
+//!
 //! `rejects` and `results` are append-only (no key but the rowid): writers add
 //! rows in whatever order their work comes, and the export sorts once. Keyed
 //! inserts in random order would rewrite pages all over those tables in every
@@ -77,7 +83,7 @@ use crate::reject::{Reason, Reject};
 use crate::stage::Stage;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// Large pages suit the workload: big blobs and long sequential scans.
 const PAGE_SIZE: i64 = 16384;
@@ -187,6 +193,26 @@ impl InputKind {
             InputKind::Changes => ("changes_path", "changes_fingerprint"),
         }
     }
+
+    /// The keys of the file the stages read: the input itself, or the text a
+    /// compressed input was decompressed into.
+    fn text_keys(self) -> (&'static str, &'static str) {
+        match self {
+            InputKind::Mixtape => ("mixtape_text_path", "mixtape_text_fingerprint"),
+            InputKind::Changes => ("changes_text_path", "changes_text_fingerprint"),
+        }
+    }
+
+    /// What the kept decompressed text of this input is called: the work
+    /// database's name with this appended.
+    pub fn kept_text_suffix(self) -> &'static str {
+        match self {
+            InputKind::Mixtape => ".mixtape",
+            InputKind::Changes => ".changes",
+        }
+    }
+
+    pub const ALL: [InputKind; 2] = [InputKind::Mixtape, InputKind::Changes];
 }
 
 /// A chunk's row: its byte range in CHANGES, as planned, and how far its worker got.
@@ -578,6 +604,32 @@ impl Store {
         let (path_key, print_key) = which.keys();
         let tx = self.write()?;
         self.set_meta_text(path_key, path)?;
+        self.set_meta_text(print_key, fingerprint)?;
+        Ok(tx.commit()?)
+    }
+
+    /// The file the stages read for an input, and its fingerprint when it was
+    /// recorded: the input itself, or the kept text of a compressed input
+    /// ([`crate::decompress`]). `None` until it is known (a compressed input
+    /// not yet wholly decompressed).
+    pub fn input_text(&self, which: InputKind) -> Result<Option<(PathBuf, String)>> {
+        let (path, print) = which.text_keys();
+        Ok(match (self.meta_text(path)?, self.meta_text(print)?) {
+            (Some(path), Some(print)) => Some((PathBuf::from(path), print)),
+            _ => None,
+        })
+    }
+
+    /// Records the file the stages read for an input (see [`Store::input_text`]).
+    pub fn record_input_text(
+        &self,
+        which: InputKind,
+        path: &Path,
+        fingerprint: &str,
+    ) -> Result<()> {
+        let (path_key, print_key) = which.text_keys();
+        let tx = self.write()?;
+        self.set_meta_text(path_key, &path.to_string_lossy())?;
         self.set_meta_text(print_key, fingerprint)?;
         Ok(tx.commit()?)
     }
@@ -1089,8 +1141,13 @@ fn reason_of(name: &str) -> Result<Reason> {
 }
 
 /// The database file and its companions.
-fn companions(path: &Path) -> [PathBuf; 6] {
+fn companions(path: &Path) -> [PathBuf; 10] {
+    let kept = |kind: InputKind| crate::paths::with_suffix(path, kind.kept_text_suffix());
     [
+        kept(InputKind::Mixtape),
+        kept(InputKind::Changes),
+        crate::paths::with_suffix(&kept(InputKind::Mixtape), ".partial"),
+        crate::paths::with_suffix(&kept(InputKind::Changes), ".partial"),
         path.to_path_buf(),
         crate::paths::with_suffix(path, "-wal"),
         crate::paths::with_suffix(path, "-shm"),
@@ -1100,7 +1157,8 @@ fn companions(path: &Path) -> [PathBuf; 6] {
     ]
 }
 
-/// Removes the database and its WAL and shared-memory files.
+/// Removes the database, its WAL and shared-memory files, its id indexes and
+/// the kept decompressed inputs.
 pub fn remove_files(path: &Path) -> Result<()> {
     for file in companions(path) {
         match std::fs::remove_file(&file) {

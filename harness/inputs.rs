@@ -1,0 +1,201 @@
+//! The run's two inputs, and the decompress stage.
+//!
+//! An [`Input`] is a file the user named (MIXTAPE or CHANGES): how the work
+//! database recognises it again on resume (its fingerprint, always of the file
+//! the user gave), whether it is compressed (its magic bytes), and the text the
+//! stages read: the file itself, or for a compressed input its decompressed copy
+//! kept beside the work database (`DB.mixtape`, `DB.changes`). The decompress
+//! stage lives here because it is about nothing else: it writes those copies,
+//! both at once when both inputs are compressed, and skips a copy the store
+//! says is whole.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use mixtape::decompress::{self, Compression};
+use mixtape::fingerprint;
+use mixtape::paths::with_suffix;
+use mixtape::stage::Stage;
+use mixtape::store::{InputKind, Store};
+
+use crate::progress::Ui;
+
+/// An input, as the store records it.
+pub struct Input {
+    pub kind: InputKind,
+    /// The file the user named, canonical.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    pub fingerprint: String,
+    /// `None` for plain text.
+    pub compression: Option<Compression>,
+    /// What the stages read: `path`, or the kept decompressed text.
+    pub text: PathBuf,
+}
+
+impl Input {
+    /// Looks at the input at `path` for a run on the work database `db`.
+    pub fn open(kind: InputKind, path: &Path, db: &Path) -> Result<Input> {
+        let cannot_read = || format!("cannot read {} {}", kind.label(), path.display());
+        let fingerprint = fingerprint::of_file(path).with_context(cannot_read)?;
+        let compression = Compression::of_file(path).with_context(cannot_read)?;
+        let size = std::fs::metadata(path).with_context(cannot_read)?.len();
+        let path = path.canonicalize().with_context(cannot_read)?;
+        let text = match compression {
+            Some(_) => with_suffix(db, kind.kept_text_suffix()),
+            None => path.clone(),
+        };
+        Ok(Input {
+            kind,
+            path,
+            size,
+            fingerprint,
+            compression,
+            text,
+        })
+    }
+
+    /// Why the store's record of this input differs from the file, if it does.
+    pub fn changed_since(&self, store: &Store) -> Result<Option<String>> {
+        let (path, print) = store.recorded_input(self.kind)?;
+        let label = self.kind.label();
+        Ok(if path.as_deref() != Some(&*self.path.to_string_lossy()) {
+            Some(format!(
+                "{label} is another file than the work database was made from"
+            ))
+        } else if print.as_deref() != Some(&self.fingerprint) {
+            Some(format!("{label} changed since the work database was made"))
+        } else {
+            None
+        })
+    }
+
+    /// Records the input in a new store; a plain input is also the text the
+    /// stages read (a compressed one's text is recorded once it is whole).
+    pub fn record(&self, store: &Store) -> Result<()> {
+        store.record_input(self.kind, &self.path.to_string_lossy(), &self.fingerprint)?;
+        if self.compression.is_none() {
+            store.record_input_text(self.kind, &self.text, &self.fingerprint)?;
+        }
+        Ok(())
+    }
+
+    /// The size of the text the stages read.
+    pub fn text_size(&self) -> Result<u64> {
+        Ok(std::fs::metadata(&self.text)
+            .with_context(|| format!("reading {}", self.text.display()))?
+            .len())
+    }
+
+    /// Whether the text the stages read is there and whole: always for a plain
+    /// input; for a compressed one, when the kept file is the one the store
+    /// recorded after its decompression finished.
+    fn text_is_whole(&self, store: &Store) -> Result<bool> {
+        if self.compression.is_none() {
+            return Ok(true);
+        }
+        Ok(match store.input_text(self.kind)? {
+            Some((path, print)) if path == self.text => {
+                fingerprint::of_file(&path).ok().as_deref() == Some(&print)
+            }
+            _ => false,
+        })
+    }
+
+    /// Adds to an error from a stage that read this input's text where its
+    /// positions are, when that text is not the file the user named.
+    pub fn explain_positions(&self, error: anyhow::Error) -> anyhow::Error {
+        match self.compression {
+            None => error,
+            Some(format) => error.context(format!(
+                "{} {} is {}-compressed: lines, columns and byte offsets below are in its decompressed text (kept at {})",
+                self.kind.label(),
+                self.path.display(),
+                format.name(),
+                self.text.display()
+            )),
+        }
+    }
+}
+
+/// What the decompress stage did, for the run report.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Decompressions {
+    /// Decompressed bytes written this run, per input (`InputKind::ALL` order).
+    pub written: [Option<u64>; 2],
+}
+
+impl Decompressions {
+    pub fn did_any(&self) -> bool {
+        self.written.iter().any(Option::is_some)
+    }
+}
+
+/// The decompress stage: decompresses every compressed input whose kept text
+/// is not whole yet, at the same time when there are two and `threads` allows.
+pub fn decompress(
+    inputs: &[Input],
+    store: &Store,
+    ui: &Ui,
+    threads: usize,
+) -> Result<Decompressions> {
+    let mut to_do = Vec::new();
+    for (slot, input) in inputs.iter().enumerate() {
+        if input.compression.is_some() && !input.text_is_whole(store)? {
+            to_do.push((slot, input));
+        }
+    }
+    let mut done = Decompressions::default();
+    let results: Vec<(usize, Result<u64>)> = if threads >= 2 && to_do.len() > 1 {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = to_do
+                .iter()
+                .map(|&(slot, input)| (slot, scope.spawn(move || decompress_one(input, ui))))
+                .collect();
+            running
+                .into_iter()
+                .map(|(slot, handle)| (slot, handle.join().expect("decompression panicked")))
+                .collect()
+        })
+    } else {
+        to_do
+            .iter()
+            .map(|&(slot, input)| (slot, decompress_one(input, ui)))
+            .collect()
+    };
+    for (slot, result) in results {
+        let input = &inputs[slot];
+        done.written[slot] = Some(result?);
+        let print = fingerprint::of_file(&input.text)
+            .with_context(|| format!("reading {}", input.text.display()))?;
+        store.record_input_text(input.kind, &input.text, &print)?;
+    }
+    Ok(done)
+}
+
+/// Decompresses one input into its kept file, with a bar: compressed bytes
+/// read against the file's size, and decompressed bytes written.
+fn decompress_one(input: &Input, ui: &Ui) -> Result<u64> {
+    let format = input.compression.expect("only compressed inputs");
+    let label = format!("{} ({})", input.kind.label(), format.name());
+    let bar = ui.bytes_bar(Stage::Decompress.name(), input.size);
+    let got = decompress::decompress(
+        input.kind.label(),
+        &input.path,
+        format,
+        &input.text,
+        &mut |read, written| {
+            bar.set(read);
+            bar.set_message(format!("{label}: {} out", indicatif::HumanBytes(written)));
+        },
+    )?;
+    bar.finish(&format!(
+        "{label}: {} into {} ({})",
+        indicatif::HumanBytes(got.compressed_bytes),
+        indicatif::HumanBytes(got.decompressed_bytes),
+        input.text.display()
+    ));
+    Ok(got.decompressed_bytes)
+}

@@ -1,0 +1,292 @@
+//! Compressed inputs (README "Compressed inputs"): gzip and zstd, recognised by
+//! their magic bytes (never their names), decompressed once into a file kept
+//! beside the work database.
+//!
+//! Why a file and not a stream: a plan is byte offsets into CHANGES and each
+//! worker seeks to its own chunk; the import splits MIXTAPE into byte ranges for
+//! its threads, and export copies users and songs back from MIXTAPE by offset.
+//! None of that works on a stream, and all of it works unchanged on the
+//! decompressed text, so every later stage simply reads the kept file. The kept
+//! file is written under a `.partial` name and renamed when complete, so a file
+//! under the final name is always whole; the pipeline records its fingerprint in
+//! the store, and a resumed run that finds it intact does not decompress again.
+//!
+//! A multi-member gzip file (`cat a.gz b.gz`) is one stream ([`MultiGzDecoder`]),
+//! and so is a zstd file of several frames (the zstd decoder reads on across
+//! frames). A file that ends inside a member or frame, or whose data does not
+//! decode, is an error naming the input, the format and how far it got.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use flate2::read::MultiGzDecoder;
+
+use crate::paths::with_suffix;
+
+/// A compression format an input may come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+/// RFC 1952: ID1, ID2.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// RFC 8878: a zstd frame's magic number, little-endian.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// How much is decompressed between progress reports and interrupt checks.
+const BUFFER: usize = 1 << 20;
+
+impl Compression {
+    /// How messages, the store and the run report name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The format named `name` (as [`Compression::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Compression> {
+        [Compression::Gzip, Compression::Zstd]
+            .into_iter()
+            .find(|c| c.name() == name)
+    }
+
+    /// The format whose magic bytes `head` starts with; `None` for anything
+    /// else, which is read as plain text (JSON cannot start with these bytes).
+    pub fn of_magic(head: &[u8]) -> Option<Compression> {
+        if head.starts_with(&GZIP_MAGIC) {
+            Some(Compression::Gzip)
+        } else if head.starts_with(&ZSTD_MAGIC) {
+            Some(Compression::Zstd)
+        } else {
+            None
+        }
+    }
+
+    /// The format of the file at `path`, from its first bytes.
+    pub fn of_file(path: &Path) -> io::Result<Option<Compression>> {
+        let mut head = [0u8; 4];
+        let mut file = File::open(path)?;
+        let mut got = 0;
+        while got < head.len() {
+            match file.read(&mut head[got..])? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(Compression::of_magic(&head[..got]))
+    }
+}
+
+/// What a decompression read and wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decompressed {
+    pub compressed_bytes: u64,
+    pub decompressed_bytes: u64,
+}
+
+/// Progress: compressed bytes read so far, decompressed bytes written so far.
+pub type ProgressFn<'a> = dyn FnMut(u64, u64) + 'a;
+
+/// Decompresses `source` (the input `label`, in `format`) into `kept`, through
+/// `kept.partial` and a rename. `progress` is called about once per MiB written.
+pub fn decompress(
+    label: &str,
+    source: &Path,
+    format: Compression,
+    kept: &Path,
+    progress: &mut ProgressFn,
+) -> Result<Decompressed> {
+    let file =
+        File::open(source).with_context(|| format!("opening {label} {}", source.display()))?;
+    let size = file.metadata()?.len();
+    let read_so_far = Cell::new(0u64);
+    let counted = Counting {
+        inner: file,
+        count: &read_so_far,
+    };
+    let mut decoder: Box<dyn Read + '_> = match format {
+        Compression::Gzip => Box::new(MultiGzDecoder::new(counted)),
+        Compression::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(counted)
+                .with_context(|| format!("starting to decompress {label}"))?,
+        ),
+    };
+    let partial = with_suffix(kept, ".partial");
+    let mut out =
+        File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut buffer = vec![0u8; BUFFER];
+    let mut written = 0u64;
+    loop {
+        let n = match decoder.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let failure = Failure {
+                    label,
+                    source,
+                    format,
+                    size,
+                    read: read_so_far.get(),
+                    written,
+                };
+                return Err(failure.explain(e));
+            }
+        };
+        out.write_all(&buffer[..n]).with_context(|| {
+            format!("writing the decompressed {label} to {}", partial.display())
+        })?;
+        written += n as u64;
+        crate::fault::point("decompress-block");
+        progress(read_so_far.get(), written);
+        crate::interrupt::check()?;
+    }
+    out.sync_all()
+        .with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, kept)
+        .with_context(|| format!("renaming {} to {}", partial.display(), kept.display()))?;
+    Ok(Decompressed {
+        compressed_bytes: size,
+        decompressed_bytes: written,
+    })
+}
+
+/// Where a decompression stopped, for its error message.
+struct Failure<'a> {
+    label: &'a str,
+    source: &'a Path,
+    format: Compression,
+    size: u64,
+    read: u64,
+    written: u64,
+}
+
+impl Failure<'_> {
+    /// `CHANGES c.json.gz: the gzip data is truncated (it ends inside a member):
+    /// got 1048576 bytes of text from the first 5120 of its 5200 bytes`.
+    fn explain(&self, error: io::Error) -> anyhow::Error {
+        let format = self.format.name();
+        let what = if error.kind() == io::ErrorKind::UnexpectedEof {
+            format!("the {format} data is truncated: the file ends inside a compressed block")
+        } else {
+            format!("the {format} data is corrupt ({error})")
+        };
+        anyhow::anyhow!(
+            "{} {}: {what}; decompression stopped after {} bytes of text, having read {} of the file's {} bytes",
+            self.label,
+            self.source.display(),
+            self.written,
+            self.read.min(self.size),
+            self.size
+        )
+    }
+}
+
+/// A reader that counts the bytes it hands on (how far into the compressed file
+/// the decoder got).
+struct Counting<'a, R> {
+    inner: R,
+    count: &'a Cell<u64>,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn run(compressed: &[u8], format: Compression) -> Result<(Vec<u8>, Decompressed)> {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("in");
+        let kept = dir.path().join("kept");
+        std::fs::write(&source, compressed).unwrap();
+        let got = decompress("CHANGES", &source, format, &kept, &mut |_, _| {})?;
+        assert!(!with_suffix(&kept, ".partial").exists());
+        Ok((std::fs::read(&kept).unwrap(), got))
+    }
+
+    fn text() -> Vec<u8> {
+        (0..50_000)
+            .map(|i| format!("{{\"op\":\"remove_playlist\",\"playlist_id\":\"{i}\"}}\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    #[test]
+    fn magic_bytes_decide() {
+        assert_eq!(Compression::of_magic(&gzip(b"x")), Some(Compression::Gzip));
+        let z = zstd::encode_all(&b"x"[..], 3).unwrap();
+        assert_eq!(Compression::of_magic(&z), Some(Compression::Zstd));
+        assert_eq!(Compression::of_magic(b"{\"users\""), None);
+        assert_eq!(Compression::of_magic(b""), None);
+        assert_eq!(Compression::of_magic(&[0x1f]), None);
+    }
+
+    #[test]
+    fn multi_member_gzip_and_multi_frame_zstd_are_one_stream() {
+        let mut two = gzip(b"first half, ");
+        two.extend(gzip(b"second half"));
+        let (out, got) = run(&two, Compression::Gzip).unwrap();
+        assert_eq!(out, b"first half, second half");
+        assert_eq!(got.decompressed_bytes, 23);
+        let mut frames = zstd::encode_all(&b"one "[..], 1).unwrap();
+        frames.extend(zstd::encode_all(&b"two"[..], 1).unwrap());
+        assert_eq!(run(&frames, Compression::Zstd).unwrap().0, b"one two");
+    }
+
+    #[test]
+    fn truncated_inputs_are_errors_saying_how_far_they_got() {
+        let text = text();
+        let z = zstd::encode_all(&text[..], 3).unwrap();
+        for (format, whole) in [(Compression::Gzip, gzip(&text)), (Compression::Zstd, z)] {
+            assert_eq!(run(&whole, format).unwrap().0, text);
+            let cut = &whole[..whole.len() * 2 / 3];
+            let e = format!("{:#}", run(cut, format).unwrap_err());
+            assert!(
+                e.contains(&format!("{} data is truncated", format.name())),
+                "{e}"
+            );
+            assert!(
+                e.contains(&format!("of the file's {} bytes", cut.len())),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_data_is_an_error() {
+        let mut bad = gzip(&text());
+        let middle = bad.len() / 2;
+        for b in &mut bad[middle..middle + 64] {
+            *b ^= 0x5a;
+        }
+        let e = format!("{:#}", run(&bad, Compression::Gzip).unwrap_err());
+        assert!(e.contains("gzip data is corrupt"), "{e}");
+        // Only the magic bytes: it claims to be gzip, and is not.
+        let e = format!(
+            "{:#}",
+            run(b"\x1f\x8b{\"users\":[]}", Compression::Gzip).unwrap_err()
+        );
+        assert!(e.contains("CHANGES") && e.contains("gzip data is"), "{e}");
+    }
+}
