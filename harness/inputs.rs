@@ -110,7 +110,7 @@ impl Input {
         match self.compression {
             None => error,
             Some(format) => error.context(format!(
-                "{} {} is {}-compressed: lines, columns and byte offsets below are in its decompressed text (kept at {})",
+                "{} {} is {}-compressed, so the line, column and byte offset that follow are in its decompressed text (kept at {})",
                 self.kind.label(),
                 self.path.display(),
                 format.name(),

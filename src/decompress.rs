@@ -119,8 +119,44 @@ pub fn decompress(
         ),
     };
     let partial = with_suffix(kept, ".partial");
+    let mut report = |written| progress(read_so_far.get(), written);
+    let copied = copy(&mut decoder, &partial, label, &mut report, |written| {
+        Failure {
+            label,
+            source,
+            format,
+            size,
+            read: read_so_far.get(),
+            written,
+        }
+    });
+    let written = match copied {
+        Ok(written) => written,
+        Err(e) => {
+            // A partial text is of no use to anyone: a new run starts over.
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, kept)
+        .with_context(|| format!("renaming {} to {}", partial.display(), kept.display()))?;
+    Ok(Decompressed {
+        compressed_bytes: size,
+        decompressed_bytes: written,
+    })
+}
+
+/// Copies what `decoder` gives into a new file at `partial`, synced; returns
+/// the bytes written. `failure` describes a decoding error after `written` bytes.
+fn copy<'a>(
+    decoder: &mut dyn Read,
+    partial: &Path,
+    label: &str,
+    progress: &mut dyn FnMut(u64),
+    failure: impl Fn(u64) -> Failure<'a>,
+) -> Result<u64> {
     let mut out =
-        File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        File::create(partial).with_context(|| format!("creating {}", partial.display()))?;
     let mut buffer = vec![0u8; BUFFER];
     let mut written = 0u64;
     loop {
@@ -128,34 +164,19 @@ pub fn decompress(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                let failure = Failure {
-                    label,
-                    source,
-                    format,
-                    size,
-                    read: read_so_far.get(),
-                    written,
-                };
-                return Err(failure.explain(e));
-            }
+            Err(e) => return Err(failure(written).explain(e)),
         };
         out.write_all(&buffer[..n]).with_context(|| {
             format!("writing the decompressed {label} to {}", partial.display())
         })?;
         written += n as u64;
         crate::fault::point("decompress-block");
-        progress(read_so_far.get(), written);
+        progress(written);
         crate::interrupt::check()?;
     }
     out.sync_all()
         .with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, kept)
-        .with_context(|| format!("renaming {} to {}", partial.display(), kept.display()))?;
-    Ok(Decompressed {
-        compressed_bytes: size,
-        decompressed_bytes: written,
-    })
+    Ok(written)
 }
 
 /// Where a decompression stopped, for its error message.
