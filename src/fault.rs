@@ -7,6 +7,7 @@
 //!
 //! | point | where |
 //! |---|---|
+//! | `decompress-block` | after a MiB of a compressed input's text is written ([`crate::decompress`]) |
 //! | `import-element` | after an element is inserted, before the transaction commits |
 //! | `plan-change` | while scanning CHANGES |
 //! | `worker-change` | after a change is handled, its batch not yet committed |
