@@ -29,6 +29,15 @@ pub struct Cli {
     /// Worker processes [default: number of CPUs].
     #[arg(short, long, value_name = "N")]
     pub workers: Option<NonZeroUsize>,
+    /// Chunks to cut CHANGES into [default: the number of workers]; each
+    /// worker takes the next chunk when it finishes one.
+    #[arg(long, value_name = "K")]
+    pub chunks: Option<NonZeroUsize>,
+    /// How long a worker's claim on a chunk lasts unless renewed; a worker
+    /// that dies loses its chunk to another after this long [default: 30, or
+    /// MIXTAPE_LEASE_SECS].
+    #[arg(long, value_name = "SECS")]
+    pub lease_secs: Option<f64>,
     /// Work database [default: OUTPUT with .work.db appended].
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
@@ -71,6 +80,8 @@ pub struct Config {
     pub changes: PathBuf,
     pub output: PathBuf,
     pub workers: usize,
+    pub chunks: usize,
+    pub lease: std::time::Duration,
     pub db: PathBuf,
     pub rejects: PathBuf,
     pub keep_db: bool,
@@ -80,6 +91,18 @@ pub struct Config {
     pub stop_after: Option<Stage>,
     pub summary_json: Option<ReportTarget>,
 }
+
+/// How long leases last: `--lease-secs`, else `MIXTAPE_LEASE_SECS` (a
+/// testing aid), else 30 seconds; never under a tenth of a second.
+fn lease_secs(flag: Option<f64>) -> f64 {
+    let from_env = || std::env::var("MIXTAPE_LEASE_SECS").ok()?.parse().ok();
+    flag.or_else(from_env)
+        .filter(|s: &f64| s.is_finite())
+        .unwrap_or(DEFAULT_LEASE_SECS)
+        .max(0.1)
+}
+
+const DEFAULT_LEASE_SECS: f64 = 30.0;
 
 /// Whether and how bars are drawn, `--progress` and the terminal considered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +137,8 @@ impl Cli {
             changes: self.changes,
             output: self.output,
             workers,
+            chunks: self.chunks.map_or(workers, NonZeroUsize::get),
+            lease: std::time::Duration::from_secs_f64(lease_secs(self.lease_secs)),
             keep_db: self.keep_db,
             fresh: self.fresh,
             strict: self.strict,

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use mixtape::exit_codes::Exit;
 use mixtape::stage::Stage;
@@ -20,7 +20,7 @@ use crate::cli::Config;
 use crate::inputs::{self, Decompressions, Input};
 use crate::progress::Ui;
 use crate::report::{self, Counts, Ordered, Report, Seconds};
-use crate::workers::{self, LockFigures, PendingChunk};
+use crate::workers::{self, LockFigures};
 
 /// Runs the job; returns how the process should exit.
 pub fn run(config: &Config) -> Result<Exit> {
@@ -46,6 +46,7 @@ pub fn run(config: &Config) -> Result<Exit> {
         output_file::remove_stale_temporaries(path)?;
     }
     let (store, resumed) = open_or_create(config, &inputs, &ui)?;
+    store.set_lease(config.lease)?;
     let mut run = Run {
         config,
         ui,
@@ -197,7 +198,7 @@ impl Run<'_> {
         let bar = self.ui.bytes_bar(Stage::Plan.name(), size);
         let planned = plan::plan(
             &changes.text,
-            self.config.workers,
+            self.config.chunks,
             self.threads(),
             &mut |b| bar.set(b),
         )
@@ -216,26 +217,26 @@ impl Run<'_> {
 
     fn apply(&mut self) -> Result<()> {
         let chunks = self.store.chunks()?;
-        let pending: Vec<PendingChunk> = chunks
-            .iter()
-            .filter(|c| !c.done)
-            .map(|c| PendingChunk {
-                chunk: c.chunk,
-                bytes: c.end - c.start,
-                done_bytes: c.next_offset - c.start,
-            })
-            .collect();
-        if chunks.len() != self.config.workers && pending.len() < chunks.len() {
+        let pending = chunks.iter().filter(|c| !c.done).count();
+        if chunks.len() != self.config.chunks && pending < chunks.len() {
             self.ui.message(&format!(
-                "harness: continuing the stored plan of {} chunk(s); {} remain",
+                "harness: continuing the stored plan of {} chunk(s); {pending} remain",
                 chunks.len(),
-                pending.len()
             ));
         }
         let worker = std::env::current_exe()
             .context("finding the harness executable")?
             .with_file_name("worker");
-        self.times.lock = workers::run(&worker, &self.config.db, &pending, &self.ui)?;
+        self.times.lock = workers::run(
+            &worker,
+            &self.store,
+            &self.config.db,
+            self.config.workers,
+            &self.ui,
+        )?;
+        if !self.store.is_done(Stage::Apply)? {
+            bail!("the workers exited with chunks left to apply");
+        }
         self.store.checkpoint()
     }
 

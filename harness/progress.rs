@@ -100,6 +100,13 @@ impl Bar {
         self.bar.set_position(position);
     }
 
+    /// Starts the bar over with a new length (a worker that takes another chunk).
+    pub fn restart(&self, length: u64) {
+        self.bar.set_length(length);
+        self.bar.set_position(0);
+        self.bar.reset_eta();
+    }
+
     pub fn set_message(&self, message: String) {
         self.bar.set_message(message);
     }

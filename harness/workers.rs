@@ -1,23 +1,29 @@
-//! The apply stage from the harness's side: one `worker` process per pending
-//! chunk, watched until all are done or one fails.
+//! The apply stage from the harness's side: up to N `worker --join` processes,
+//! each claiming chunks (under a lease) until every chunk of the plan is done,
+//! watched until all are done or one fails. Workers started elsewhere by hand
+//! (`worker --join` on the same store) take chunks the same way; the harness
+//! only needs every chunk done, whoever did it.
 //!
 //! Three jobs, kept apart:
 //!
 //! - **spawning** ([`WorkerCommand`], [`spawn`]): the worker's command line is
 //!   built once, and used both to start it and to print "to reproduce by hand";
 //!   a reader thread per pipe turns what it says into [`Event`]s;
-//! - **watching** ([`Watch`]): progress reports ([`mixtape::protocol`], one per
-//!   committed batch) move the bars; stderr is kept for an error message. Both
-//!   pipes are read at once, so a chatty worker can never fill one and block;
+//! - **watching** ([`Watch`]): progress reports ([`mixtape::protocol`], one when
+//!   a worker takes a chunk and one per committed batch) move each worker's
+//!   bar; the total bar reads the store's chunk table twice a second, so it
+//!   counts chunks applied by any worker; stderr is kept for an error message.
+//!   Both pipes are read at once, so a chatty worker can never fill one and block;
 //! - **failing** ([`Watch::failure`]): a worker that exits with an error, or
 //!   sends a line that is not a progress report, stops the run: the others are
 //!   stopped (SIGTERM, then SIGKILL after a grace period), and the error names
-//!   the chunk, shows the worker's stderr, and gives the command that
+//!   chunk it was on, shows the worker's stderr, and gives the command that
 //!   reproduces it.
 //!
 //! `std::process::Child` does not kill on drop, so the children live in a
 //! [`Children`] guard that does: no worker outlives a harness that returns early.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -32,6 +38,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use mixtape::protocol::Progress;
+use mixtape::store::Store;
 
 use crate::progress::{Bar, Ui};
 
@@ -44,13 +51,8 @@ const STDERR_KEEP: usize = 64 * 1024;
 /// How often the harness looks at its children between events.
 const POLL: Duration = Duration::from_millis(50);
 
-/// One chunk to apply.
-pub struct PendingChunk {
-    pub chunk: u64,
-    /// Bytes of CHANGES in the chunk, and how many were already applied.
-    pub bytes: u64,
-    pub done_bytes: u64,
-}
+/// How often the total bar reads the store's chunk table.
+const TOTAL_EVERY: Duration = Duration::from_millis(500);
 
 /// How long the workers of a run held, and waited for, the write lock, summed
 /// over workers: the serial part of the apply stage, for the benchmark.
@@ -67,41 +69,42 @@ enum Event {
     Stderr { slot: usize, text: Vec<u8> },
 }
 
-/// The command line of the worker for one chunk, built once.
+/// The command line of the harness's workers, built once.
 pub struct WorkerCommand {
     program: std::path::PathBuf,
-    args: Vec<OsString>,
+    db: OsString,
 }
 
 impl WorkerCommand {
-    pub fn new(worker: &Path, db: &Path, chunk: u64) -> WorkerCommand {
+    pub fn new(worker: &Path, db: &Path) -> WorkerCommand {
         WorkerCommand {
             program: worker.to_path_buf(),
-            args: vec![
-                "--db".into(),
-                db.into(),
-                "--chunk".into(),
-                chunk.to_string().into(),
-            ],
+            db: db.into(),
         }
     }
 
-    /// The command the harness runs: progress reports on stdout.
+    /// The command the harness runs: a joined worker, progress on stdout.
     fn for_harness(&self) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args).arg("--report-progress");
+        cmd.arg("--db")
+            .arg(&self.db)
+            .arg("--join")
+            .arg("--report-progress");
         cmd
     }
 
-    /// The command a person runs to see the chunk change by change.
-    pub fn by_hand(&self) -> String {
-        let mut line = self.program.display().to_string();
-        for arg in &self.args {
-            line.push(' ');
-            line.push_str(&arg.to_string_lossy());
-        }
-        line.push_str(" --trace");
-        line
+    /// The command a person runs to see chunk `chunk` change by change (or,
+    /// when the worker failed before taking one, to join as it did).
+    pub fn by_hand(&self, chunk: Option<u64>) -> String {
+        let what = match chunk {
+            Some(k) => format!("--chunk {k}"),
+            None => "--join".to_string(),
+        };
+        format!(
+            "{} --db {} {what} --trace",
+            self.program.display(),
+            self.db.to_string_lossy()
+        )
     }
 }
 
@@ -185,23 +188,29 @@ fn spawn(command: &WorkerCommand, slot: usize, events: &Sender<Event>) -> Result
     Ok(child)
 }
 
-/// Runs one worker per chunk in `pending` and waits for all of them.
-pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Result<LockFigures> {
+/// Runs up to `workers` joined workers on the plan in `store` (at `db`) and
+/// waits until every one has exited: they exit when every chunk is done.
+pub fn run(
+    worker: &Path,
+    store: &Store,
+    db: &Path,
+    workers: usize,
+    ui: &Ui,
+) -> Result<LockFigures> {
     if !worker.is_file() {
         bail!(
             "worker executable not found at {} (it must sit beside harness)",
             worker.display()
         );
     }
-    let commands: Vec<WorkerCommand> = pending
-        .iter()
-        .map(|p| WorkerCommand::new(worker, db, p.chunk))
-        .collect();
-    let mut watch = Watch::new(pending, ui);
+    let chunks = store.chunks()?;
+    let pending = chunks.iter().filter(|c| !c.done).count();
+    let command = WorkerCommand::new(worker, db);
+    let mut watch = Watch::new(store, workers.min(pending), ui)?;
     let (tx, rx) = mpsc::channel();
     let mut children = Children(Vec::new());
-    for (slot, command) in commands.iter().enumerate() {
-        children.0.push(Some(spawn(command, slot, &tx)?));
+    for slot in 0..workers.min(pending) {
+        children.0.push(Some(spawn(&command, slot, &tx)?));
     }
     drop(tx);
     while children.running() > 0 {
@@ -212,9 +221,10 @@ pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Resul
         if let Ok(event) = rx.recv_timeout(POLL) {
             if let Some(slot) = watch.on_event(event) {
                 children.stop_all();
-                return Err(watch.failure(slot, &commands[slot], &rx, None));
+                return Err(watch.failure(slot, &command, &rx, None));
             }
         }
+        watch.refresh_total()?;
         for (slot, entry) in children.0.iter_mut().enumerate() {
             let Some(child) = entry else { continue };
             let Some(status) = child.try_wait()? else {
@@ -225,7 +235,7 @@ pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Resul
                 watch.finished(slot);
             } else {
                 children.stop_all();
-                return Err(watch.failure(slot, &commands[slot], &rx, Some(status)));
+                return Err(watch.failure(slot, &command, &rx, Some(status)));
             }
         }
     }
@@ -233,63 +243,84 @@ pub fn run(worker: &Path, db: &Path, pending: &[PendingChunk], ui: &Ui) -> Resul
     // reader thread is done.
     while let Ok(event) = rx.recv_timeout(Duration::from_secs(5)) {
         if let Some(slot) = watch.on_event(event) {
-            return Err(watch.failure(slot, &commands[slot], &rx, None));
+            return Err(watch.failure(slot, &command, &rx, None));
         }
     }
-    Ok(watch.done())
+    watch.done()
 }
 
 /// What the harness knows of its workers while they run: their bars, their
-/// last progress report, and what they said on stderr.
+/// last progress report per chunk, and what they said on stderr.
 struct Watch<'a> {
-    pending: &'a [PendingChunk],
+    store: &'a Store,
     total_bar: Bar,
+    total_read: Instant,
     bars: Vec<Bar>,
-    last: Vec<Progress>,
+    /// The chunk each worker is on (the last it reported).
+    on_chunk: Vec<Option<u64>>,
+    /// The last report of each worker about each chunk: the lock figures sum these.
+    last: HashMap<(usize, u64), Progress>,
     stderr_of: Vec<Vec<u8>>,
     /// The first malformed line, which fails its worker.
     malformed: Option<String>,
 }
 
 impl<'a> Watch<'a> {
-    fn new(pending: &'a [PendingChunk], ui: &Ui) -> Watch<'a> {
-        let total_bytes = pending.iter().map(|p| p.bytes).sum();
+    fn new(store: &'a Store, workers: usize, ui: &Ui) -> Result<Watch<'a>> {
+        let chunks = store.chunks()?;
+        let total_bytes = chunks.iter().map(|c| c.end - c.start).sum();
         let total_bar = ui.bytes_bar("apply", total_bytes);
-        let bars = pending
-            .iter()
-            .map(|p| {
-                let bar = ui.bytes_bar(&format!("chunk {}", p.chunk), p.bytes);
-                bar.set(p.done_bytes);
-                bar
-            })
-            .collect();
-        Watch {
-            pending,
+        let watch = Watch {
+            store,
             total_bar,
-            bars,
-            last: pending
-                .iter()
-                .map(|p| Progress {
-                    bytes_done: p.done_bytes,
-                    ..Progress::default()
-                })
+            total_read: Instant::now(),
+            bars: (0..workers)
+                .map(|slot| ui.bytes_bar(&format!("worker {slot}"), 0))
                 .collect(),
-            stderr_of: vec![Vec::new(); pending.len()],
+            on_chunk: vec![None; workers],
+            last: HashMap::new(),
+            stderr_of: vec![Vec::new(); workers],
             malformed: None,
+        };
+        watch.show_total(&chunks);
+        Ok(watch)
+    }
+
+    /// Moves the total bar to what the store says every chunk has committed.
+    fn show_total(&self, chunks: &[mixtape::store::ChunkRow]) {
+        self.total_bar
+            .set(chunks.iter().map(|c| c.next_offset - c.start).sum());
+        let done = chunks.iter().filter(|c| c.done).count();
+        self.total_bar
+            .set_message(format!("{done}/{} chunks", chunks.len()));
+    }
+
+    /// Reads the chunk table again when it is time to.
+    fn refresh_total(&mut self) -> Result<()> {
+        if self.total_read.elapsed() >= TOTAL_EVERY {
+            self.total_read = Instant::now();
+            self.show_total(&self.store.chunks()?);
         }
+        Ok(())
     }
 
     /// Takes in one event; returns the slot of a worker that must fail.
     fn on_event(&mut self, event: Event) -> Option<usize> {
         match event {
             Event::Progress { slot, progress } => {
-                self.last[slot] = progress;
                 let bar = &self.bars[slot];
+                if self.on_chunk[slot] != Some(progress.chunk) {
+                    self.on_chunk[slot] = Some(progress.chunk);
+                    bar.restart(progress.bytes_total);
+                }
+                self.last.insert((slot, progress.chunk), progress);
                 bar.set(progress.bytes_done);
                 let secs = bar.elapsed().as_secs_f64().max(1e-3);
-                bar.set_message(format!("{:.0} changes/s", progress.changes as f64 / secs));
-                self.total_bar
-                    .set(self.last.iter().map(|p| p.bytes_done).sum());
+                bar.set_message(format!(
+                    "chunk {}: {:.0} changes/s",
+                    progress.chunk,
+                    progress.changes as f64 / secs
+                ));
                 None
             }
             Event::Stderr { slot, text } => {
@@ -308,9 +339,12 @@ impl<'a> Watch<'a> {
     }
 
     fn finished(&mut self, slot: usize) {
-        let bar = &self.bars[slot];
-        bar.set(self.pending[slot].bytes);
-        bar.finish(&format!("{} changes", self.last[slot].changes));
+        let (chunks, changes) = self
+            .last
+            .iter()
+            .filter(|((s, _), _)| *s == slot)
+            .fold((0, 0), |(k, n), (_, p)| (k + 1, n + p.changes));
+        self.bars[slot].finish(&format!("{chunks} chunk(s), {changes} changes"));
     }
 
     /// The error for the worker in `slot`, once every worker is stopped: what it
@@ -339,28 +373,31 @@ impl<'a> Watch<'a> {
             (None, None) => "failed".to_string(),
         };
         let said = String::from_utf8_lossy(&self.stderr_of[slot]);
+        let chunk = self.on_chunk[slot];
         anyhow!(
-            "worker for chunk {} {why}{}\nthe work database is kept; to reproduce by hand:\n  {}",
-            self.pending[slot].chunk,
+            "worker {}{why}{}\nthe work database is kept; to reproduce by hand:\n  {}",
+            match chunk {
+                Some(k) => format!("for chunk {k} "),
+                None => format!("{slot} (before it took a chunk) "),
+            },
             if said.trim().is_empty() {
                 String::new()
             } else {
                 format!(":\n{}", said.trim_end())
             },
-            command.by_hand()
+            command.by_hand(chunk)
         )
     }
 
     /// Finishes the total bar; the lock figures of every worker.
-    fn done(self) -> LockFigures {
-        let total = self.pending.iter().map(|p| p.bytes).sum();
-        self.total_bar.set(total);
-        self.total_bar
-            .finish(&format!("{} chunk(s)", self.pending.len()));
-        LockFigures {
-            held: self.last.iter().map(|p| p.lock_held).sum(),
-            waited: self.last.iter().map(|p| p.lock_wait).sum(),
-        }
+    fn done(self) -> Result<LockFigures> {
+        let chunks = self.store.chunks()?;
+        self.show_total(&chunks);
+        self.total_bar.finish(&format!("{} chunk(s)", chunks.len()));
+        Ok(LockFigures {
+            held: self.last.values().map(|p| p.lock_held).sum(),
+            waited: self.last.values().map(|p| p.lock_wait).sum(),
+        })
     }
 }
 
@@ -370,22 +407,20 @@ mod tests {
 
     #[test]
     fn the_reproduce_command_is_the_spawned_one_plus_trace() {
-        let cmd = WorkerCommand::new(Path::new("/bin/worker"), Path::new("/tmp/o.work.db"), 3);
+        let cmd = WorkerCommand::new(Path::new("/bin/worker"), Path::new("/tmp/o.work.db"));
         assert_eq!(
-            cmd.by_hand(),
+            cmd.by_hand(Some(3)),
             "/bin/worker --db /tmp/o.work.db --chunk 3 --trace"
+        );
+        assert_eq!(
+            cmd.by_hand(None),
+            "/bin/worker --db /tmp/o.work.db --join --trace"
         );
         let spawned = cmd.for_harness();
         let args: Vec<_> = spawned.get_args().map(|a| a.to_string_lossy()).collect();
         assert_eq!(
             args,
-            [
-                "--db",
-                "/tmp/o.work.db",
-                "--chunk",
-                "3",
-                "--report-progress"
-            ]
+            ["--db", "/tmp/o.work.db", "--join", "--report-progress"]
         );
     }
 }

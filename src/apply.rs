@@ -37,7 +37,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -47,7 +47,7 @@ use crate::json;
 use crate::record::{self, Body, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
 use crate::stage::Stage;
-use crate::store::{Batch, ChunkRow, InputKind, Key, Store};
+use crate::store::{Batch, Claim, Claimed, InputKind, Key, LeaseLost, Store};
 
 /// Changes per batch, at least (one read transaction and one write transaction
 /// each).
@@ -101,17 +101,143 @@ pub struct ChunkSummary {
 /// what this run did so far.
 pub type ProgressFn<'a> = dyn FnMut(u64, u64, &ChunkSummary) + 'a;
 
-/// Applies chunk `chunk` of the plan in the work database at `db`; `progress` is
-/// called after every committed batch.
+/// Who this worker is, in lease records and messages: `host:pid`.
+pub fn worker_name() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// How long a joined worker waits before asking again when every chunk left
+/// is leased by another worker.
+const WAIT_FOR_CHUNKS: Duration = Duration::from_millis(50);
+
+/// Opens the work database for a worker: it must hold a plan.
+fn open_for_work(db: &Path) -> Result<Store> {
+    let store = Store::open(db)?;
+    store.checkpoint_every(WORKER_CHECKPOINT_PAGES)?;
+    if !store.is_done(Stage::Plan)? {
+        bail!(
+            "the work database {} has no plan yet: run the harness with --stop-after plan first",
+            store.path().display()
+        );
+    }
+    Ok(store)
+}
+
+/// Applies chunk `chunk` of the plan in the work database at `db` (a worker
+/// run by hand); `progress` is called after every committed batch. Refuses a
+/// chunk that another worker holds a live lease on.
 pub fn run_chunk(
     db: &Path,
     chunk: u64,
     options: &WorkerOptions,
     progress: &mut ProgressFn,
 ) -> Result<ChunkSummary> {
-    let store = Store::open(db)?;
-    store.checkpoint_every(WORKER_CHECKPOINT_PAGES)?;
-    let state = chunk_to_apply(&store, chunk, options)?;
+    let store = open_for_work(db)?;
+    if store.chunk(chunk)?.is_none() {
+        let count = store.chunks()?.len();
+        bail!(
+            "chunk {chunk} does not exist: the plan has {count} chunk(s){}",
+            if count > 0 {
+                format!(", numbered 0 to {}", count - 1)
+            } else {
+                String::new()
+            }
+        );
+    }
+    let lease = store.lease()?;
+    let name = worker_name();
+    release_leases_of_dead_local_workers(&store, &name)?;
+    let claim = store.claim_chunk(chunk, &name, lease)?;
+    if options.redo {
+        store.reset_chunk(chunk)?;
+    }
+    let applied = apply_claimed(&store, claim, lease, options, progress);
+    // Whatever happened, the chunk is free for the next worker at once.
+    let _ = store.release_lease(claim);
+    applied
+}
+
+/// `worker --join`: claims chunks one at a time and applies them until every
+/// chunk of the plan is done, whoever did it; waits while the chunks left are
+/// leased by other workers (one of which may die, its lease expiring). A chunk
+/// whose lease this worker lost is left to its new holder.
+pub fn join(db: &Path, options: &WorkerOptions, progress: &mut ProgressFn) -> Result<JoinSummary> {
+    let store = open_for_work(db)?;
+    let lease = store.lease()?;
+    let name = worker_name();
+    let mut summary = JoinSummary::default();
+    loop {
+        crate::interrupt::check()?;
+        match store.claim_next(&name, lease)? {
+            Claimed::AllDone => return Ok(summary),
+            Claimed::Wait => {
+                release_leases_of_dead_local_workers(&store, &name)?;
+                std::thread::sleep(WAIT_FOR_CHUNKS);
+            }
+            Claimed::Chunk(claim) => match apply_claimed(&store, claim, lease, options, progress) {
+                Ok(chunk) => summary.chunks.push(chunk),
+                Err(e) if e.is::<LeaseLost>() => {
+                    summary.lost += 1;
+                    eprintln!("worker: {e}");
+                }
+                Err(e) => {
+                    let _ = store.release_lease(claim);
+                    return Err(e);
+                }
+            },
+        }
+    }
+}
+
+/// Frees at once the chunks leased by workers of this host that no longer
+/// run (killed, crashed): waiting for their leases to expire would only
+/// waste time. Leases of other hosts' workers expire as they should. A
+/// process id reused since is taken for alive, which only means waiting.
+fn release_leases_of_dead_local_workers(store: &Store, me: &str) -> Result<()> {
+    let Some((host, _)) = me.rsplit_once(':') else {
+        return Ok(());
+    };
+    for (claim, owner) in store.leases()? {
+        let Some((owner_host, pid)) = owner.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if owner_host == host && gone {
+            store.release_lease(claim)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a joined worker did.
+#[derive(Debug, Default)]
+pub struct JoinSummary {
+    /// The chunks it applied (or finished), in the order it did them.
+    pub chunks: Vec<ChunkSummary>,
+    /// Chunks whose lease it lost to another worker.
+    pub lost: u64,
+}
+
+/// Applies the chunk of `claim` from its last committed position.
+fn apply_claimed(
+    store: &Store,
+    claim: Claim,
+    lease: Duration,
+    options: &WorkerOptions,
+    progress: &mut ProgressFn,
+) -> Result<ChunkSummary> {
+    let chunk = claim.chunk;
+    let state = store.chunk(chunk)?.context("chunk vanished")?;
     let mut summary = ChunkSummary {
         chunk,
         ..Default::default()
@@ -120,11 +246,14 @@ pub fn run_chunk(
         summary.already_done = true;
         return Ok(summary);
     }
-    let changes_path = checked_changes_path(&store)?;
+    let changes_path = checked_changes_path(store)?;
     let partitions = store.meta_number(Key::Partitions)?.max(1);
     let mut worker = Worker {
-        store: &store,
+        store,
         chunk,
+        claim,
+        lease,
+        renewed: Instant::now(),
         partitions,
         options,
         parts: vec![Vec::new(); partitions as usize],
@@ -143,34 +272,14 @@ pub fn run_chunk(
         end: state.end,
         progress,
     };
+    // Say at once which chunk this is and how far it got before.
+    (worker.progress)(
+        state.next_offset - state.start,
+        state.end - state.start,
+        &worker.summary,
+    );
     worker.run(&changes_path, state.next_offset, state.end)?;
     Ok(worker.summary)
-}
-
-/// Chunk `chunk` as stored, after `--redo` reset it; a clear error when there
-/// is no plan or no such chunk.
-fn chunk_to_apply(store: &Store, chunk: u64, options: &WorkerOptions) -> Result<ChunkRow> {
-    if !store.is_done(Stage::Plan)? {
-        bail!(
-            "the work database {} has no plan yet: run the harness with --stop-after plan first",
-            store.path().display()
-        );
-    }
-    if store.chunk(chunk)?.is_none() {
-        let count = store.chunks()?.len();
-        bail!(
-            "chunk {chunk} does not exist: the plan has {count} chunk(s){}",
-            if count > 0 {
-                format!(", numbered 0 to {}", count - 1)
-            } else {
-                String::new()
-            }
-        );
-    }
-    if options.redo {
-        store.reset_chunk(chunk)?;
-    }
-    store.chunk(chunk)?.context("chunk vanished")
 }
 
 /// CHANGES as the plan saw it (its decompressed text, when it came
@@ -193,6 +302,11 @@ fn checked_changes_path(store: &Store) -> Result<PathBuf> {
 struct Worker<'a> {
     store: &'a Store,
     chunk: u64,
+    /// The lease this worker holds on the chunk, and how long a renewal lasts.
+    claim: Claim,
+    lease: Duration,
+    /// When the lease was last renewed (every commit renews it).
+    renewed: Instant,
     partitions: u64,
     options: &'a WorkerOptions,
     /// Encoded records of the current batch, one buffer per merge partition.
@@ -221,6 +335,11 @@ impl Worker<'_> {
         crate::values::each_value(path, from, end, &what, &mut |raw, after| {
             self.change(raw)?;
             crate::fault::point("worker-change");
+            if self.renewed.elapsed() > self.lease / 3 {
+                // A long batch: keep the chunk, or learn at once that it is lost.
+                self.store.renew_lease(self.claim, self.lease)?;
+                self.renewed = Instant::now();
+            }
             if crate::interrupt::requested() {
                 // Commit what is done, so the next run continues from here.
                 self.flush(after, false)?;
@@ -400,7 +519,8 @@ impl Worker<'_> {
     /// Writes the batch and the chunk's new position in one transaction.
     fn flush(&mut self, next_offset: u64, done: bool) -> Result<()> {
         let timing = self.store.commit_batch(&Batch {
-            chunk: self.chunk,
+            claim: self.claim,
+            lease: self.lease,
             parts: &self.parts,
             rejects: &self.rejects,
             from_offset: self.committed_offset,
@@ -413,6 +533,7 @@ impl Worker<'_> {
         self.summary.lock_wait += timing.waited;
         self.summary.lock_held += timing.held;
         self.committed_offset = next_offset;
+        self.renewed = Instant::now();
         for part in &mut self.parts {
             part.clear();
         }

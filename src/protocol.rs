@@ -1,12 +1,16 @@
-//! What a worker run by the harness tells it, on its stdout: one line per
-//! committed batch, written and parsed here and nowhere else.
+//! What a worker run by the harness tells it, on its stdout: one line when it
+//! takes a chunk and one per committed batch, written and parsed here and
+//! nowhere else.
 //!
 //! ```text
-//! progress BYTES CHANGES HELD_US WAITED_US
+//! progress CHUNK BYTES TOTAL CHANGES HELD_US WAITED_US
 //! ```
 //!
+//! - `CHUNK`: the chunk the worker is applying (a joined worker takes one after
+//!   another);
 //! - `BYTES`: bytes of the chunk applied so far (committed), from the chunk's start;
-//! - `CHANGES`: changes this worker run handled so far;
+//! - `TOTAL`: bytes in the chunk;
+//! - `CHANGES`: changes of this chunk this worker handled so far;
 //! - `HELD_US`, `WAITED_US`: microseconds it held, and waited for, the write lock
 //!   so far (the apply stage's serial part, for the benchmark).
 //!
@@ -19,7 +23,9 @@ use std::time::Duration;
 /// One progress report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
+    pub chunk: u64,
     pub bytes_done: u64,
+    pub bytes_total: u64,
     pub changes: u64,
     pub lock_held: Duration,
     pub lock_wait: Duration,
@@ -27,7 +33,7 @@ pub struct Progress {
 
 /// A line that is not a progress report.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed progress line from a worker: {line:?} (expected `progress BYTES CHANGES HELD_US WAITED_US`)")]
+#[error("malformed progress line from a worker: {line:?} (expected `progress CHUNK BYTES TOTAL CHANGES HELD_US WAITED_US`)")]
 pub struct Malformed {
     pub line: String,
 }
@@ -39,8 +45,10 @@ impl fmt::Display for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{WORD} {} {} {} {}",
+            "{WORD} {} {} {} {} {} {}",
+            self.chunk,
             self.bytes_done,
+            self.bytes_total,
             self.changes,
             self.lock_held.as_micros(),
             self.lock_wait.as_micros()
@@ -58,7 +66,7 @@ impl Progress {
         if words.next() != Some(WORD) {
             return Err(malformed());
         }
-        let mut numbers = [0u64; 4];
+        let mut numbers = [0u64; 6];
         for n in &mut numbers {
             *n = words
                 .next()
@@ -68,9 +76,11 @@ impl Progress {
         if words.next().is_some() {
             return Err(malformed());
         }
-        let [bytes_done, changes, held_us, waited_us] = numbers;
+        let [chunk, bytes_done, bytes_total, changes, held_us, waited_us] = numbers;
         Ok(Progress {
+            chunk,
             bytes_done,
+            bytes_total,
             changes,
             lock_held: Duration::from_micros(held_us),
             lock_wait: Duration::from_micros(waited_us),
@@ -85,7 +95,9 @@ mod tests {
     #[test]
     fn round_trips() {
         let p = Progress {
+            chunk: 7,
             bytes_done: 123,
+            bytes_total: 456,
             changes: 45,
             lock_held: Duration::from_micros(6789),
             lock_wait: Duration::from_micros(10),
@@ -98,12 +110,12 @@ mod tests {
         for bad in [
             "",
             "progress",
-            "progress 1 2 3",
-            "progress 1 2 3 x",
             "progress 1 2 3 4 5",
-            "progress -1 2 3 4",
-            "progres 1 2 3 4",
-            "progress  1 2 3 4",
+            "progress 1 2 3 4 5 x",
+            "progress 1 2 3 4 5 6 7",
+            "progress -1 2 3 4 5 6",
+            "progres 1 2 3 4 5 6",
+            "progress  1 2 3 4 5 6",
         ] {
             assert!(Progress::parse(bad).is_err(), "{bad:?}");
         }

@@ -83,7 +83,7 @@ use crate::reject::{Reason, Reject};
 use crate::stage::Stage;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// Large pages suit the workload: big blobs and long sequential scans.
 const PAGE_SIZE: i64 = 16384;
@@ -112,7 +112,10 @@ CREATE TABLE chunks(
     auto_count INTEGER NOT NULL DEFAULT 0,
     max_playlist_id INTEGER NOT NULL DEFAULT 0,
     batches INTEGER NOT NULL DEFAULT 0,
-    done INTEGER NOT NULL DEFAULT 0
+    done INTEGER NOT NULL DEFAULT 0,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE blocks(id INTEGER PRIMARY KEY, part INTEGER NOT NULL, chunk INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE INDEX blocks_by_part ON blocks(part, chunk);
@@ -152,6 +155,8 @@ pub enum Key {
     Changes,
     /// How many merge partitions records are spread over.
     Partitions,
+    /// How long a worker's claim on a chunk lasts unless renewed, in seconds.
+    LeaseSecs,
 }
 
 impl Key {
@@ -167,6 +172,7 @@ impl Key {
             Key::Form => "form",
             Key::Changes => "changes",
             Key::Partitions => "partitions",
+            Key::LeaseSecs => "lease_secs",
         }
     }
 }
@@ -308,9 +314,57 @@ impl ArrayRange {
     }
 }
 
+/// A worker's claim on a chunk: the lease's token, which the claim raised.
+/// Every write the worker makes for the chunk checks that the token is still
+/// the chunk's, in the same transaction: a worker whose lease expired and was
+/// taken over is fenced off, and cannot commit again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub chunk: u64,
+    pub token: u64,
+}
+
+/// What asking for a chunk gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claimed {
+    Chunk(Claim),
+    /// Every chunk not done is leased by a live worker: ask again later (one of
+    /// them may die and its lease expire).
+    Wait,
+    /// Every chunk is done.
+    AllDone,
+}
+
+/// The chunk is leased by another worker, whose lease has not expired.
+#[derive(Debug, thiserror::Error)]
+#[error("chunk {chunk} is being applied by {owner} (its lease runs {secs_left:.0} s more)")]
+pub struct Leased {
+    pub chunk: u64,
+    pub owner: String,
+    pub secs_left: f64,
+}
+
+/// This worker's lease on the chunk was taken over (it expired: the worker was
+/// too slow to renew it); nothing of the batch was written.
+#[derive(Debug, thiserror::Error)]
+#[error("the lease on chunk {chunk} was taken over by another worker; this worker's uncommitted batch was dropped and it cannot commit to that chunk again")]
+pub struct LeaseLost {
+    pub chunk: u64,
+}
+
+/// Seconds since the epoch: lease times. One clock serves every worker of a
+/// SQLite store, since they all run on its host.
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// One worker batch, written with the chunk's new position in one transaction.
 pub struct Batch<'a> {
-    pub chunk: u64,
+    pub claim: Claim,
+    /// How long the lease lasts from this commit (a commit renews it).
+    pub lease: Duration,
     /// Encoded records, one buffer per merge partition (empty ones are skipped).
     pub parts: &'a [Vec<u8>],
     pub rejects: &'a [Reject],
@@ -747,6 +801,23 @@ impl Store {
         Ok(tx.commit()?)
     }
 
+    /// Sets how long workers' leases last (the harness, at the start of every
+    /// run; workers read it when they start).
+    pub fn set_lease(&self, lease: Duration) -> Result<()> {
+        let tx = self.write()?;
+        self.set_meta(Key::LeaseSecs, lease.as_secs_f64())?;
+        Ok(tx.commit()?)
+    }
+
+    /// How long a worker's lease lasts.
+    pub fn lease(&self) -> Result<Duration> {
+        let text = self.meta(Key::LeaseSecs)?;
+        let secs: f64 = text
+            .parse()
+            .with_context(|| format!("work database: lease_secs is not a number: {text}"))?;
+        Ok(Duration::from_secs_f64(secs))
+    }
+
     /// Every chunk of the plan, in order.
     pub fn chunks(&self) -> Result<Vec<ChunkRow>> {
         let mut stmt = self.conn.prepare_cached(
@@ -782,6 +853,117 @@ impl Store {
 
     // ---- apply ----
 
+    /// Claims the first chunk that is not done and not leased by a live
+    /// worker, for `lease`, for `owner` (who it is, for messages).
+    pub fn claim_next(&self, owner: &str, lease: Duration) -> Result<Claimed> {
+        // Asked often by idle workers: look first without the write lock.
+        if self.free_chunk(now_secs())?.is_none() {
+            let left: u64 =
+                (self.conn).query_row("SELECT count(*) FROM chunks WHERE done = 0", [], |r| {
+                    r.get(0)
+                })?;
+            return Ok(if left == 0 {
+                Claimed::AllDone
+            } else {
+                Claimed::Wait
+            });
+        }
+        let tx = self.write()?;
+        let now = now_secs();
+        let Some(chunk) = self.free_chunk(now)? else {
+            return Ok(Claimed::Wait); // another worker was quicker
+        };
+        let token = take_lease(&tx, chunk, owner, now + lease.as_secs_f64())?;
+        tx.commit()?;
+        Ok(Claimed::Chunk(Claim { chunk, token }))
+    }
+
+    /// The first chunk not done whose lease is free or expired at `now`.
+    fn free_chunk(&self, now: f64) -> Result<Option<u64>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT chunk FROM chunks WHERE done = 0 AND (lease_owner IS NULL OR lease_expires < ?1)
+                 ORDER BY chunk LIMIT 1",
+            )?
+            .query_row([now], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Claims chunk `chunk` (done or not: a worker run by hand may redo it),
+    /// unless another worker holds a live lease on it.
+    pub fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim> {
+        let tx = self.write()?;
+        let now = now_secs();
+        let holder: Option<(Option<String>, f64, bool)> = tx
+            .prepare_cached("SELECT lease_owner, lease_expires, done FROM chunks WHERE chunk = ?1")?
+            .query_row([chunk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        match holder {
+            None => bail!("chunk {chunk} does not exist"),
+            Some((Some(holder), expires, false)) if expires >= now && holder != owner => {
+                return Err(Leased {
+                    chunk,
+                    owner: holder,
+                    secs_left: expires - now,
+                }
+                .into())
+            }
+            Some(_) => {}
+        }
+        let token = take_lease(&tx, chunk, owner, now + lease.as_secs_f64())?;
+        tx.commit()?;
+        Ok(Claim { chunk, token })
+    }
+
+    /// The live leases on chunks not done: each claim, with its owner.
+    pub fn leases(&self) -> Result<Vec<(Claim, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT chunk, lease_token, lease_owner FROM chunks
+             WHERE done = 0 AND lease_owner IS NOT NULL AND lease_expires >= ?1",
+        )?;
+        let rows = stmt.query_map([now_secs()], |r| {
+            Ok((
+                Claim {
+                    chunk: r.get(0)?,
+                    token: r.get(1)?,
+                },
+                r.get(2)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Extends the lease of `claim` by `lease` from now; [`LeaseLost`] when it
+    /// was taken over.
+    pub fn renew_lease(&self, claim: Claim, lease: Duration) -> Result<()> {
+        let tx = self.write()?;
+        let renewed = tx
+            .prepare_cached(
+                "UPDATE chunks SET lease_expires = ?1 WHERE chunk = ?2 AND lease_token = ?3",
+            )?
+            .execute(params![
+                now_secs() + lease.as_secs_f64(),
+                claim.chunk,
+                claim.token
+            ])?;
+        if renewed != 1 {
+            return Err(LeaseLost { chunk: claim.chunk }.into());
+        }
+        Ok(tx.commit()?)
+    }
+
+    /// Gives the chunk up at once (a worker that stops), if the lease is still
+    /// this claim's: another worker may take it without waiting for expiry.
+    pub fn release_lease(&self, claim: Claim) -> Result<()> {
+        let tx = self.write()?;
+        tx.prepare_cached(
+            "UPDATE chunks SET lease_owner = NULL, lease_expires = 0 WHERE chunk = ?1 AND lease_token = ?2",
+        )?
+        .execute(params![claim.chunk, claim.token])?;
+        Ok(tx.commit()?)
+    }
+
     /// Undoes everything chunk `chunk` recorded, and the merge (which read it),
     /// in one transaction: the chunk starts again from its beginning.
     pub fn reset_chunk(&self, chunk: u64) -> Result<()> {
@@ -814,7 +996,7 @@ impl Store {
                 tx.prepare_cached("INSERT INTO blocks(part, chunk, data) VALUES (?1, ?2, ?3)")?;
             for (part, data) in batch.parts.iter().enumerate() {
                 if !data.is_empty() {
-                    insert_block.execute(params![part as u64, batch.chunk, data])?;
+                    insert_block.execute(params![part as u64, batch.claim.chunk, data])?;
                 }
             }
         }
@@ -822,8 +1004,8 @@ impl Store {
         let moved = tx
             .prepare_cached(
                 "UPDATE chunks SET next_offset = ?1, next_index = ?2, auto_count = ?3,
-                 max_playlist_id = ?4, batches = batches + 1, done = ?5
-                 WHERE chunk = ?6 AND next_offset = ?7 AND done = 0",
+                 max_playlist_id = ?4, batches = batches + 1, done = ?5, lease_expires = ?8
+                 WHERE chunk = ?6 AND next_offset = ?7 AND done = 0 AND lease_token = ?9",
             )?
             .execute(params![
                 batch.next_offset,
@@ -831,14 +1013,17 @@ impl Store {
                 batch.auto_count,
                 batch.max_playlist_id,
                 batch.done,
-                batch.chunk,
-                batch.from_offset
+                batch.claim.chunk,
+                batch.from_offset,
+                now_secs() + batch.lease.as_secs_f64(),
+                batch.claim.token
             ])?;
         if moved != 1 {
-            bail!(
-                "chunk {} was applied by another worker meanwhile; nothing of this run was recorded",
-                batch.chunk
-            );
+            // Dropping the transaction rolls back the rows inserted above.
+            return Err(LeaseLost {
+                chunk: batch.claim.chunk,
+            }
+            .into());
         }
         crate::fault::point("worker-write");
         tx.commit()?;
@@ -1093,6 +1278,17 @@ impl DocumentWriter<'_> {
     }
 }
 
+/// Gives chunk `chunk` to `owner` until `expires`: a new token fences off
+/// whoever held it before.
+fn take_lease(tx: &Transaction, chunk: u64, owner: &str, expires: f64) -> Result<u64> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE chunks SET lease_token = lease_token + 1, lease_owner = ?2, lease_expires = ?3
+             WHERE chunk = ?1 RETURNING lease_token",
+        )?
+        .query_row(params![chunk, owner, expires], |r| r.get(0))?)
+}
+
 fn chunk_row(r: &rusqlite::Row) -> rusqlite::Result<ChunkRow> {
     Ok(ChunkRow {
         chunk: r.get(0)?,
@@ -1238,9 +1434,18 @@ mod tests {
         store.save_plan(&plan, 8).unwrap();
     }
 
-    fn batch<'a>(parts: &'a [Vec<u8>], rejects: &'a [Reject], from: u64, to: u64) -> Batch<'a> {
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn batch<'a>(
+        claim: Claim,
+        parts: &'a [Vec<u8>],
+        rejects: &'a [Reject],
+        from: u64,
+        to: u64,
+    ) -> Batch<'a> {
         Batch {
-            chunk: 1,
+            claim,
+            lease: LEASE,
             parts,
             rejects,
             from_offset: from,
@@ -1264,12 +1469,13 @@ mod tests {
             reason: Reason::UnknownSong,
             detail: "song 9 does not exist".into(),
         }];
+        let claim = store.claim_chunk(1, "a", LEASE).unwrap();
         store
-            .commit_batch(&batch(&parts, &rejects, 10, 15))
+            .commit_batch(&batch(claim, &parts, &rejects, 10, 15))
             .unwrap();
-        // A second worker starting from the same position must not commit.
-        let stale = store.commit_batch(&batch(&parts, &rejects, 10, 15));
-        assert!(stale.unwrap_err().to_string().contains("another worker"));
+        // The same batch again (a worker that lost track) must not commit.
+        let stale = store.commit_batch(&batch(claim, &parts, &rejects, 10, 15));
+        assert!(stale.unwrap_err().is::<LeaseLost>());
         let row = store.chunk(1).unwrap().unwrap();
         assert_eq!(
             (row.next_offset, row.auto_count, row.max_playlist_id),
@@ -1302,7 +1508,10 @@ mod tests {
         let parts = vec![b"x".to_vec()];
         // Chunk 1 is not at offset 99: the batch fails after inserting its block,
         // and the transaction must roll back that block.
-        assert!(store.commit_batch(&batch(&parts, &[], 99, 15)).is_err());
+        let claim = store.claim_chunk(1, "a", LEASE).unwrap();
+        assert!(store
+            .commit_batch(&batch(claim, &parts, &[], 99, 15))
+            .is_err());
         let mut blocks = 0;
         store
             .each_block(0, &mut |_| {
@@ -1312,8 +1521,85 @@ mod tests {
             .unwrap();
         assert_eq!(blocks, 0);
         // And the connection is usable afterwards (no transaction left open).
-        store.commit_batch(&batch(&parts, &[], 10, 20)).unwrap();
+        store
+            .commit_batch(&batch(claim, &parts, &[], 10, 20))
+            .unwrap();
         assert!(store.chunk(1).unwrap().unwrap().done);
+    }
+
+    #[test]
+    fn chunks_are_claimed_one_at_a_time_until_all_are_done() {
+        let (_dir, store) = store();
+        plan_two_chunks(&store);
+        let first = store.claim_next("a", LEASE).unwrap();
+        let second = store.claim_next("b", LEASE).unwrap();
+        assert_eq!(first, Claimed::Chunk(Claim { chunk: 0, token: 1 }));
+        assert_eq!(second, Claimed::Chunk(Claim { chunk: 1, token: 1 }));
+        assert_eq!(store.claim_next("c", LEASE).unwrap(), Claimed::Wait);
+        // By hand, a chunk another worker holds is refused, saying who holds it.
+        let refused = store.claim_chunk(0, "c", LEASE).unwrap_err();
+        assert!(refused.downcast_ref::<Leased>().unwrap().owner == "a");
+        let Claimed::Chunk(claim) = second else {
+            unreachable!()
+        };
+        store.commit_batch(&batch(claim, &[], &[], 10, 20)).unwrap();
+        store.release_lease(Claim { chunk: 0, token: 1 }).unwrap();
+        let again = store.claim_next("c", LEASE).unwrap();
+        assert_eq!(again, Claimed::Chunk(Claim { chunk: 0, token: 2 }));
+        let Claimed::Chunk(claim) = again else {
+            unreachable!()
+        };
+        let mut last = batch(claim, &[], &[], 0, 10);
+        last.done = true;
+        store.commit_batch(&last).unwrap();
+        assert_eq!(store.claim_next("d", LEASE).unwrap(), Claimed::AllDone);
+    }
+
+    #[test]
+    fn an_expired_lease_is_taken_over_and_its_old_holder_fenced_off() {
+        let (_dir, store) = store();
+        plan_two_chunks(&store);
+        let short = Duration::from_millis(50);
+        let Claimed::Chunk(slow) = store.claim_next("slow", short).unwrap() else {
+            panic!("no chunk")
+        };
+        assert_eq!(slow.chunk, 0);
+        std::thread::sleep(Duration::from_millis(120));
+        // The lease expired: chunk 0 is free again, and goes to a new worker.
+        let Claimed::Chunk(quick) = store.claim_next("quick", LEASE).unwrap() else {
+            panic!("no chunk")
+        };
+        assert_eq!((quick.chunk, quick.token), (0, slow.token + 1));
+        let parts = vec![b"late".to_vec()];
+        let late = store.commit_batch(&batch(slow, &parts, &[], 0, 5));
+        assert!(late.unwrap_err().is::<LeaseLost>());
+        assert!(store
+            .renew_lease(slow, LEASE)
+            .unwrap_err()
+            .is::<LeaseLost>());
+        // Releasing a lost lease does not free the new holder's chunk.
+        store.release_lease(slow).unwrap();
+        assert_eq!(
+            store
+                .claim_chunk(0, "other", LEASE)
+                .unwrap_err()
+                .downcast_ref::<Leased>()
+                .unwrap()
+                .owner,
+            "quick"
+        );
+        let mut blocks = 0;
+        store
+            .each_block(0, &mut |_| {
+                blocks += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(blocks, 0, "the fenced batch wrote nothing");
+        store
+            .commit_batch(&batch(quick, &parts, &[], 0, 5))
+            .unwrap();
+        assert_eq!(store.chunk(0).unwrap().unwrap().next_offset, 5);
     }
 
     #[test]

@@ -15,9 +15,13 @@ use mixtape::exit_codes::Exit;
 use mixtape::protocol::Progress;
 use mixtape::store::RunLock;
 
-/// Apply chunk K of the plan stored in a mixtape work database.
+/// Apply chunk K of the plan stored in a mixtape work database, or (--join)
+/// claim chunks one after another until the plan is done.
 ///
-/// The harness runs one worker per chunk. To debug a chunk by hand, stop the
+/// The harness runs workers with --join: each claims a chunk under a lease,
+/// applies it, and claims the next, until every chunk is done whoever applied
+/// it; more `worker --join` processes may join the run at any time. To debug a
+/// chunk by hand, stop the
 /// harness after planning (`harness ... --stop-after plan`), then run
 /// `worker --db OUTPUT.work.db --chunk K --trace`: every change of the chunk is
 /// logged to stderr with its index, op and outcome (recorded for the merge, or
@@ -33,14 +37,23 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
     /// Which chunk of the plan to apply (0-based).
-    #[arg(long, value_name = "K")]
-    chunk: u64,
+    #[arg(
+        long,
+        value_name = "K",
+        required_unless_present = "join",
+        conflicts_with = "join"
+    )]
+    chunk: Option<u64>,
+    /// Claim chunks one at a time, under a lease, and apply them until every
+    /// chunk is done (also those that other workers hold); then exit 0.
+    #[arg(long)]
+    join: bool,
     /// Log every change's index, op and outcome to stderr.
     #[arg(long)]
     trace: bool,
     /// Apply the chunk again from its start even if it is done; what it recorded
     /// before is discarded first, in the same transaction.
-    #[arg(long)]
+    #[arg(long, requires = "chunk")]
     redo: bool,
     /// Report progress on stdout for the harness (set by the harness).
     #[arg(long, hide = true)]
@@ -48,9 +61,11 @@ struct Cli {
 }
 
 /// One progress report per committed batch on stdout, read by the harness.
-fn report_to_harness(done: u64, _total: u64, so_far: &apply::ChunkSummary) {
+fn report_to_harness(done: u64, total: u64, so_far: &apply::ChunkSummary) {
     let report = Progress {
+        chunk: so_far.chunk,
         bytes_done: done,
+        bytes_total: total,
         changes: so_far.changes,
         lock_held: so_far.lock_held,
         lock_wait: so_far.lock_wait,
@@ -80,8 +95,7 @@ fn main() -> ExitCode {
             let exit = Exit::of_error(&e);
             if exit == Exit::Interrupted {
                 eprintln!(
-                    "worker: interrupted; chunk {} continues from its last commit next time",
-                    cli.chunk
+                    "worker: interrupted; its chunk continues from its last commit next time"
                 );
             } else {
                 eprintln!("worker: error: {e:#}");
@@ -91,21 +105,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Applies the chunk, reporting progress the way this worker was started for.
-fn run(cli: &Cli) -> anyhow::Result<apply::ChunkSummary> {
+/// Applies the chunk (or joins the run), reporting progress the way this
+/// worker was started for.
+fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
     let options = WorkerOptions {
         trace: cli.trace,
         redo: cli.redo,
     };
-    // By hand, hold the run lock like a harness would, so a worker cannot run
-    // beside a harness on the same database. Under the harness, it holds it.
-    let lock = if cli.report_progress || !cli.db.is_file() {
+    // One chunk by hand: hold the run lock like a harness would, so a worker
+    // cannot run beside a harness on the same database. Joined workers run
+    // beside the harness on purpose: their leases keep them apart.
+    let lock = if cli.report_progress || cli.join || !cli.db.is_file() {
         None
     } else {
         Some(RunLock::acquire(&cli.db)?)
     };
+    let apply = |progress: &mut apply::ProgressFn| match cli.chunk {
+        Some(chunk) => {
+            apply::run_chunk(&cli.db, chunk, &options, progress).map(|one| apply::JoinSummary {
+                chunks: vec![one],
+                lost: 0,
+            })
+        }
+        None => apply::join(&cli.db, &options, progress),
+    };
     let outcome = if cli.report_progress {
-        apply::run_chunk(&cli.db, cli.chunk, &options, &mut report_to_harness)
+        apply(&mut report_to_harness)
     } else if std::io::stderr().is_terminal() && !cli.trace {
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
@@ -114,8 +139,8 @@ fn run(cli: &Cli) -> anyhow::Result<apply::ChunkSummary> {
             .expect("valid template")
             .progress_chars("=> "),
         );
-        bar.set_prefix(cli.chunk.to_string());
-        let outcome = apply::run_chunk(&cli.db, cli.chunk, &options, &mut |done, total, so_far| {
+        let outcome = apply(&mut |done, total, so_far| {
+            bar.set_prefix(so_far.chunk.to_string());
             bar.set_length(total);
             bar.set_position(done);
             bar.set_message(format!("{} changes", so_far.changes));
@@ -123,7 +148,7 @@ fn run(cli: &Cli) -> anyhow::Result<apply::ChunkSummary> {
         bar.finish_and_clear();
         outcome
     } else {
-        apply::run_chunk(&cli.db, cli.chunk, &options, &mut |_, _, _| {})
+        apply(&mut |_, _, _| {})
     };
     if let Some(lock) = lock {
         lock.release_and_remove();
@@ -131,22 +156,30 @@ fn run(cli: &Cli) -> anyhow::Result<apply::ChunkSummary> {
     outcome
 }
 
-/// The line a person who ran the worker by hand reads at the end.
-fn say_what_it_did(summary: &apply::ChunkSummary) {
-    if summary.already_done {
+/// The lines a person who ran the worker by hand reads at the end.
+fn say_what_it_did(summary: &apply::JoinSummary) {
+    for chunk in &summary.chunks {
+        if chunk.already_done {
+            eprintln!(
+                "worker: chunk {} is already applied; nothing to do (--redo applies it again)",
+                chunk.chunk
+            );
+        } else {
+            eprintln!(
+                "worker: chunk {}: {} changes, {} recorded, {} rejected; write lock held {:.2?}, waited for {:.2?}",
+                chunk.chunk,
+                chunk.changes,
+                chunk.recorded,
+                chunk.rejected,
+                chunk.lock_held,
+                chunk.lock_wait
+            );
+        }
+    }
+    if summary.lost > 0 {
         eprintln!(
-            "worker: chunk {} is already applied; nothing to do (--redo applies it again)",
-            summary.chunk
-        );
-    } else {
-        eprintln!(
-            "worker: chunk {}: {} changes, {} recorded, {} rejected; write lock held {:.2?}, waited for {:.2?}",
-            summary.chunk,
-            summary.changes,
-            summary.recorded,
-            summary.rejected,
-            summary.lock_held,
-            summary.lock_wait
+            "worker: {} chunk(s) were taken over by other workers after this worker's lease expired",
+            summary.lost
         );
     }
 }
