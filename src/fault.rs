@@ -3,7 +3,10 @@
 //! `MIXTAPE_FAULT=POINT@N` makes the process that reaches point `POINT` for the
 //! `N`-th time (1-based) abort on the spot, as a crash or `kill -9` would: no
 //! destructor runs, no transaction is committed. Workers inherit the variable, so
-//! `worker-change@5` crashes every worker at its fifth change. The points:
+//! `worker-change@5` crashes every worker at its fifth change.
+//! `MIXTAPE_FAULT=POINT@N:pause=SECS` makes it stop there for SECS seconds
+//! instead, and then go on: a host that stalls (a long GC pause, a frozen VM)
+//! long enough to lose its lease. The points:
 //!
 //! | point | where |
 //! |---|---|
@@ -25,14 +28,18 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-/// The configured fault, read once: (point, N).
-fn configured() -> Option<&'static (String, u64)> {
-    static FAULT: OnceLock<Option<(String, u64)>> = OnceLock::new();
+/// The configured fault, read once: (point, N, pause in seconds or abort).
+fn configured() -> Option<&'static (String, u64, Option<f64>)> {
+    static FAULT: OnceLock<Option<(String, u64, Option<f64>)>> = OnceLock::new();
     FAULT
         .get_or_init(|| {
             let spec = std::env::var("MIXTAPE_FAULT").ok()?;
-            let (point, n) = spec.split_once('@')?;
-            Some((point.to_string(), n.parse().ok()?))
+            let (point, rest) = spec.split_once('@')?;
+            let (n, pause) = match rest.split_once(":pause=") {
+                Some((n, secs)) => (n, Some(secs.parse().ok()?)),
+                None => (rest, None),
+            };
+            Some((point.to_string(), n.parse().ok()?, pause))
         })
         .as_ref()
 }
@@ -42,10 +49,18 @@ static HITS: AtomicU64 = AtomicU64::new(0);
 /// Aborts the process if this is the configured point's N-th hit.
 #[inline]
 pub fn point(name: &str) {
-    if let Some((point, n)) = configured() {
+    if let Some((point, n, pause)) = configured() {
         if point == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *n {
-            eprintln!("fault injection: aborting at {name}@{n}");
-            std::process::abort();
+            match pause {
+                Some(secs) => {
+                    eprintln!("fault injection: pausing {secs} s at {name}@{n}");
+                    std::thread::sleep(std::time::Duration::from_secs_f64(*secs));
+                }
+                None => {
+                    eprintln!("fault injection: aborting at {name}@{n}");
+                    std::process::abort();
+                }
+            }
         }
     }
 }

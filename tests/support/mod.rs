@@ -33,10 +33,23 @@ impl TestCommand {
 
     fn of(program: &str) -> TestCommand {
         let mut cmd = Command::new(program);
-        for aid in ["MIXTAPE_FAULT", "MIXTAPE_BATCH", "MIXTAPE_BENCH"] {
+        for aid in [
+            "MIXTAPE_FAULT",
+            "MIXTAPE_BATCH",
+            "MIXTAPE_BENCH",
+            "MIXTAPE_LEASE_SECS",
+            "MIXTAPE_WORKER_NAME",
+        ] {
             cmd.env_remove(aid);
         }
         TestCommand(cmd)
+    }
+}
+
+impl TestCommand {
+    /// The command itself, to keep and hand on.
+    pub fn into_inner(self) -> Command {
+        self.0
     }
 }
 
