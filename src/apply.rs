@@ -1,4 +1,4 @@
-//! Stage 3, apply: what one `worker` process does with one chunk.
+//! Stage 3, apply: what a `worker` process does with the chunks it claims.
 //!
 //! A worker reads its chunk's byte range of CHANGES (streaming, a few MiB at a
 //! time), and for every change decides what can be decided without knowing the
@@ -34,6 +34,17 @@
 //! A batch commits only if the chunk's position is still the one this worker
 //! started from, so two workers on one chunk (by accident) cannot both record it.
 //! On Ctrl-C or SIGTERM the worker commits what it has and stops.
+//!
+//! ## Claims and leases
+//!
+//! A worker applies a chunk only while it holds a lease on it ([`Claim`]):
+//! [`join`] claims chunks one after another until all are done, [`run_chunk`]
+//! claims the one chunk asked for. Every commit renews the lease, and a long
+//! batch renews it on the way; every write checks the claim's token in its
+//! own transaction, so a worker whose lease expired and was taken over cannot
+//! write again ([`LeaseLost`]). Why leases and not a fixed chunk per process:
+//! a process (or a host) that dies must not hold its chunk for ever, and
+//! workers that join a run late must find work.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -16,7 +16,7 @@ pub enum Stage {
     Import,
     /// CHANGES cut into chunks ([`crate::plan`]).
     Plan,
-    /// Worker processes, one per chunk ([`crate::apply`]).
+    /// Worker processes claiming chunks under leases ([`crate::apply`]).
     Apply,
     /// The order-dependent rules settled per playlist ([`crate::merge`]).
     Merge,
