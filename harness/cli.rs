@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use mixtape::paths::with_suffix;
 use mixtape::stage::Stage;
+use mixtape::store::Location;
 
 use crate::report::ReportTarget;
 
@@ -38,9 +39,11 @@ pub struct Cli {
     /// MIXTAPE_LEASE_SECS].
     #[arg(long, value_name = "SECS")]
     pub lease_secs: Option<f64>,
-    /// Work database [default: OUTPUT with .work.db appended].
-    #[arg(long, value_name = "PATH")]
-    pub db: Option<PathBuf>,
+    /// Work store: a SQLite file, or a PostgreSQL database
+    /// (postgresql://USER@HOST:PORT/DBNAME; password from PGPASSWORD or
+    /// ~/.pgpass) [default: OUTPUT with .work.db appended].
+    #[arg(long, value_name = "PATH|URL")]
+    pub db: Option<std::ffi::OsString>,
     /// Keep the work database after a successful run.
     #[arg(long)]
     pub keep_db: bool,
@@ -82,7 +85,7 @@ pub struct Config {
     pub workers: usize,
     pub chunks: usize,
     pub lease: std::time::Duration,
-    pub db: PathBuf,
+    pub db: Location,
     pub rejects: PathBuf,
     pub keep_db: bool,
     pub fresh: bool,
@@ -116,15 +119,17 @@ pub enum DrawProgress {
 }
 
 impl Cli {
-    pub fn into_config(self, stderr_is_terminal: bool) -> Config {
+    pub fn into_config(self, stderr_is_terminal: bool) -> anyhow::Result<Config> {
         let workers = self
             .workers
             .map(NonZeroUsize::get)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get));
-        Config {
-            db: self
-                .db
-                .unwrap_or_else(|| with_suffix(&self.output, ".work.db")),
+        let db = match &self.db {
+            Some(argument) => Location::from_argument(argument, &self.output)?,
+            None => Location::File(with_suffix(&self.output, ".work.db")),
+        };
+        Ok(Config {
+            db,
             rejects: self
                 .rejects
                 .unwrap_or_else(|| with_suffix(&self.output, ".rejects.jsonl")),
@@ -144,7 +149,7 @@ impl Cli {
             strict: self.strict,
             stop_after: self.stop_after,
             summary_json: self.summary_json.map(ReportTarget::from_argument),
-        }
+        })
     }
 }
 
@@ -161,8 +166,8 @@ mod tests {
     #[test]
     fn defaults_derive_from_output() {
         let cli = Cli::try_parse_from(["harness", "m.json", "c.json", "out/o.json"]).unwrap();
-        let c = cli.into_config(false);
-        assert_eq!(c.db, PathBuf::from("out/o.json.work.db"));
+        let c = cli.into_config(false).unwrap();
+        assert_eq!(c.db, Location::File("out/o.json.work.db".into()));
         assert_eq!(c.rejects, PathBuf::from("out/o.json.rejects.jsonl"));
         assert!(c.workers >= 1);
         assert_eq!(c.draw_progress, DrawProgress::No);

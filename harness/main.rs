@@ -19,7 +19,13 @@ use mixtape::exit_codes::Exit;
 fn main() -> ExitCode {
     // clap exits with code 2 on a usage error, 0 for --help and --version.
     let cli = cli::Cli::parse();
-    let config = cli.into_config(std::io::stderr().is_terminal());
+    let config = match cli.into_config(std::io::stderr().is_terminal()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("harness: error: {e:#}");
+            return Exit::Failure.into();
+        }
+    };
     mixtape::interrupt::install();
     let exit = match pipeline::run(&config) {
         Ok(exit) => exit,

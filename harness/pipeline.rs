@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use mixtape::exit_codes::Exit;
 use mixtape::stage::Stage;
 use mixtape::store::{InputKind, Key, RunLock, Store};
-use mixtape::{export, import, merge, output_file, plan, store};
+use mixtape::{export, import, merge, output_file, plan};
 
 use crate::cli::Config;
 use crate::inputs::{self, Decompressions, Input};
@@ -27,14 +27,16 @@ pub fn run(config: &Config) -> Result<Exit> {
     let started = Instant::now();
     let ui = Ui::new(config.draw_progress);
     let inputs = [
-        Input::open(InputKind::Mixtape, &config.mixtape, &config.db)?,
-        Input::open(InputKind::Changes, &config.changes, &config.db)?,
+        Input::open(InputKind::Mixtape, &config.mixtape, &config.db.local_base())?,
+        Input::open(InputKind::Changes, &config.changes, &config.db.local_base())?,
     ];
     // Before any work: a run that cannot write its results must not spend an
     // hour finding out, nor leave a work database behind.
     output_file::check_writable("OUTPUT", &config.output)?;
     output_file::check_writable("rejects report", &config.rejects)?;
-    output_file::check_writable("work database", &config.db)?;
+    if let Some(file) = config.db.file() {
+        output_file::check_writable("work database", file)?;
+    }
     let report_file = report::file_of(&config.summary_json);
     if let Some(path) = report_file {
         output_file::check_writable("run report", path)?;
@@ -73,7 +75,7 @@ pub fn run(config: &Config) -> Result<Exit> {
     if exit == Exit::Success {
         drop(run.store);
         if !config.keep_db {
-            store::remove_files(&config.db)?;
+            config.db.remove()?;
         }
         lock.release_and_remove();
     }
@@ -82,7 +84,7 @@ pub fn run(config: &Config) -> Result<Exit> {
 
 /// Opens the work database to resume from (`true`), or makes a new one.
 fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, bool)> {
-    if config.db.exists() && !config.fresh {
+    if config.db.exists()? && !config.fresh {
         let store = Store::open(&config.db).with_context(|| {
             format!(
                 "cannot resume; pass --fresh to discard {}",
@@ -366,7 +368,7 @@ impl Run<'_> {
             outputs: report::Outputs {
                 output: config.output.clone(),
                 rejects: config.rejects.clone(),
-                work_db: config.db.clone(),
+                work_db: config.db.display(),
                 work_db_kept: config.keep_db || exit != Exit::Success || stopped_after.is_some(),
             },
             counts: if self.store.is_done(Stage::Merge)? {

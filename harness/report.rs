@@ -81,7 +81,7 @@ pub struct InputReport {
 pub struct Outputs {
     pub output: PathBuf,
     pub rejects: PathBuf,
-    pub work_db: PathBuf,
+    pub work_db: String,
     pub work_db_kept: bool,
 }
 

@@ -38,7 +38,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use mixtape::protocol::Progress;
-use mixtape::store::Store;
+use mixtape::store::{Location, Store};
 
 use crate::progress::{Bar, Ui};
 
@@ -76,10 +76,10 @@ pub struct WorkerCommand {
 }
 
 impl WorkerCommand {
-    pub fn new(worker: &Path, db: &Path) -> WorkerCommand {
+    pub fn new(worker: &Path, db: &Location) -> WorkerCommand {
         WorkerCommand {
             program: worker.to_path_buf(),
-            db: db.into(),
+            db: db.argument(),
         }
     }
 
@@ -193,7 +193,7 @@ fn spawn(command: &WorkerCommand, slot: usize, events: &Sender<Event>) -> Result
 pub fn run(
     worker: &Path,
     store: &Store,
-    db: &Path,
+    db: &Location,
     workers: usize,
     ui: &Ui,
 ) -> Result<LockFigures> {
@@ -407,7 +407,8 @@ mod tests {
 
     #[test]
     fn the_reproduce_command_is_the_spawned_one_plus_trace() {
-        let cmd = WorkerCommand::new(Path::new("/bin/worker"), Path::new("/tmp/o.work.db"));
+        let db = Location::File("/tmp/o.work.db".into());
+        let cmd = WorkerCommand::new(Path::new("/bin/worker"), &db);
         assert_eq!(
             cmd.by_hand(Some(3)),
             "/bin/worker --db /tmp/o.work.db --chunk 3 --trace"

@@ -58,7 +58,7 @@ use crate::json;
 use crate::record::{self, Body, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
 use crate::stage::Stage;
-use crate::store::{Batch, Claim, Claimed, InputKind, Key, LeaseLost, Store};
+use crate::store::{Batch, Claim, Claimed, InputKind, Key, LeaseLost, Location, Store};
 
 /// Changes per batch, at least (one read transaction and one write transaction
 /// each).
@@ -131,13 +131,13 @@ pub fn worker_name() -> String {
 const WAIT_FOR_CHUNKS: Duration = Duration::from_millis(50);
 
 /// Opens the work database for a worker: it must hold a plan.
-fn open_for_work(db: &Path) -> Result<Store> {
+fn open_for_work(db: &Location) -> Result<Store> {
     let store = Store::open(db)?;
     store.checkpoint_every(WORKER_CHECKPOINT_PAGES)?;
     if !store.is_done(Stage::Plan)? {
         bail!(
             "the work database {} has no plan yet: run the harness with --stop-after plan first",
-            store.path().display()
+            store.location().display()
         );
     }
     Ok(store)
@@ -147,7 +147,7 @@ fn open_for_work(db: &Path) -> Result<Store> {
 /// run by hand); `progress` is called after every committed batch. Refuses a
 /// chunk that another worker holds a live lease on.
 pub fn run_chunk(
-    db: &Path,
+    db: &Location,
     chunk: u64,
     options: &WorkerOptions,
     progress: &mut ProgressFn,
@@ -181,7 +181,11 @@ pub fn run_chunk(
 /// chunk of the plan is done, whoever did it; waits while the chunks left are
 /// leased by other workers (one of which may die, its lease expiring). A chunk
 /// whose lease this worker lost is left to its new holder.
-pub fn join(db: &Path, options: &WorkerOptions, progress: &mut ProgressFn) -> Result<JoinSummary> {
+pub fn join(
+    db: &Location,
+    options: &WorkerOptions,
+    progress: &mut ProgressFn,
+) -> Result<JoinSummary> {
     let store = open_for_work(db)?;
     let lease = store.lease()?;
     let name = worker_name();

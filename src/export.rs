@@ -47,13 +47,13 @@ use anyhow::{Context, Result};
 
 use crate::json;
 use crate::output_file::write_atomically;
-use crate::store::{Each, Store};
+use crate::store::{Each, Location, Store};
 use crate::values;
 
 /// What the export writes, and with how many threads.
 pub struct Export<'a> {
     /// The work database.
-    pub db: &'a Path,
+    pub db: &'a Location,
     pub mixtape: &'a Path,
     /// OUTPUT, or `None` when only the rejects report is written (`--strict`
     /// with rejected changes).
@@ -206,7 +206,7 @@ fn run_task(job: &Export, task: Task) -> Result<Option<File>> {
 
 /// A connection of an export thread: it reads in order, so a small page cache
 /// does (the harness holds one such connection per thread at once).
-fn open_for_export(db: &Path) -> Result<Store> {
+fn open_for_export(db: &Location) -> Result<Store> {
     let store = Store::open(db)?;
     store.set_cache_kib(EXPORT_CACHE_KIB)?;
     Ok(store)

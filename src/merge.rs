@@ -76,7 +76,7 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
     let pending: Vec<u64> = (0..partitions).filter(|p| !merged.contains(p)).collect();
     let done = AtomicU64::new(merged.len() as u64);
     let threads = threads.clamp(1, pending.len().max(1));
-    let db = store.path();
+    let db = store.location();
     // Each thread has its own connection; reading and replaying run in
     // parallel, only the short write of each partition's rows holds the lock.
     crate::parallel::run_tasks(

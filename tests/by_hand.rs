@@ -108,7 +108,8 @@ fn a_worker_beside_a_running_harness_is_refused() {
     let o = run_on_fixtures(dir.path(), "out.json", 2, &["--stop-after", "plan"]);
     assert!(o.status.success());
     let db = dir.path().join("out.json.work.db");
-    let lock = mixtape::store::RunLock::acquire(&db).unwrap();
+    let lock =
+        mixtape::store::RunLock::acquire(&mixtape::store::Location::File(db.clone())).unwrap();
     let o = TestCommand::worker()
         .arg("--db")
         .arg(&db)

@@ -166,7 +166,8 @@ fn wait_until_gone(needle: &str) -> bool {
 fn wait_for_apply(db: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        let batches = mixtape::store::Store::open(db).and_then(|s| s.batches_committed());
+        let location = mixtape::store::Location::File(db.to_path_buf());
+        let batches = mixtape::store::Store::open(&location).and_then(|s| s.batches_committed());
         if batches.is_ok_and(|b| b > 0) {
             return;
         }

@@ -3,7 +3,7 @@
 //! chunk, and reads its progress reports ([`mixtape::protocol`]) on stdout; a
 //! person can run one by hand to debug a chunk.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use std::io::{IsTerminal, Write};
@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mixtape::apply::{self, WorkerOptions};
 use mixtape::exit_codes::Exit;
 use mixtape::protocol::Progress;
-use mixtape::store::RunLock;
+use mixtape::store::{Location, RunLock};
 
 /// Apply chunk K of the plan stored in a mixtape work database, or (--join)
 /// claim chunks one after another until the plan is done.
@@ -33,9 +33,11 @@ use mixtape::store::RunLock;
 #[derive(Parser, Debug)]
 #[command(name = "worker", version, max_term_width = 100)]
 struct Cli {
-    /// The work database made by `harness`.
-    #[arg(long, value_name = "PATH")]
-    db: PathBuf,
+    /// The work store made by `harness`: its SQLite file, or its PostgreSQL
+    /// URL (postgresql://USER@HOST:PORT/DBNAME; password from PGPASSWORD or
+    /// ~/.pgpass).
+    #[arg(long, value_name = "PATH|URL")]
+    db: std::ffi::OsString,
     /// Which chunk of the plan to apply (0-based).
     #[arg(
         long,
@@ -115,19 +117,21 @@ fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
     // One chunk by hand: hold the run lock like a harness would, so a worker
     // cannot run beside a harness on the same database. Joined workers run
     // beside the harness on purpose: their leases keep them apart.
-    let lock = if cli.report_progress || cli.join || !cli.db.is_file() {
+    let db = Location::from_argument(&cli.db, &cache_base())?;
+    let by_hand_on_a_file = db.file().is_some_and(Path::is_file);
+    let lock = if cli.report_progress || cli.join || !by_hand_on_a_file {
         None
     } else {
-        Some(RunLock::acquire(&cli.db)?)
+        Some(RunLock::acquire(&db)?)
     };
     let apply = |progress: &mut apply::ProgressFn| match cli.chunk {
         Some(chunk) => {
-            apply::run_chunk(&cli.db, chunk, &options, progress).map(|one| apply::JoinSummary {
+            apply::run_chunk(&db, chunk, &options, progress).map(|one| apply::JoinSummary {
                 chunks: vec![one],
                 lost: 0,
             })
         }
-        None => apply::join(&cli.db, &options, progress),
+        None => apply::join(&db, &options, progress),
     };
     let outcome = if cli.report_progress {
         apply(&mut report_to_harness)
@@ -154,6 +158,16 @@ fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
         lock.release_and_remove();
     }
     outcome
+}
+
+/// Where a worker keeps what it fetches from a server store (the id
+/// indexes): the user's cache directory, else the temporary directory.
+fn cache_base() -> PathBuf {
+    let dir = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join("mixtape")
 }
 
 /// The lines a person who ran the worker by hand reads at the end.

@@ -1,0 +1,778 @@
+//! The SQLite work database: one file in WAL mode, shared by the harness and
+//! the workers of one host (see the module docs of [`crate::store`] for what
+//! each table holds and why the transactions are what they are).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Transaction, TransactionBehavior};
+
+use super::{
+    reason_of, remove_files, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
+    EachMember, Fate, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED, FATE_NEW,
+    FATE_REMOVED, SCHEMA_VERSION,
+};
+use crate::plan::Plan;
+use crate::reject::{Reason, Reject};
+use crate::stage::Stage;
+
+/// Large pages suit the workload: big blobs and long sequential scans.
+const PAGE_SIZE: i64 = 16384;
+
+/// The page cache of an ordinary connection, in KiB.
+const DEFAULT_CACHE_KIB: i64 = 16 * 1024;
+
+/// How long a writer waits for the write lock before it gives up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Elements written per import transaction (keeps the WAL small).
+const IMPORT_BATCH: u64 = 50_000;
+
+const SCHEMA: &str = "
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE playlists(seq INTEGER PRIMARY KEY, raw TEXT NOT NULL);
+CREATE TABLE extras(seq INTEGER PRIMARY KEY, key TEXT NOT NULL, raw TEXT NOT NULL);
+CREATE TABLE chunks(
+    chunk INTEGER PRIMARY KEY,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    first_index INTEGER NOT NULL,
+    changes INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    next_index INTEGER NOT NULL,
+    auto_count INTEGER NOT NULL DEFAULT 0,
+    max_playlist_id INTEGER NOT NULL DEFAULT 0,
+    batches INTEGER NOT NULL DEFAULT 0,
+    done INTEGER NOT NULL DEFAULT 0,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE blocks(id INTEGER PRIMARY KEY, part INTEGER NOT NULL, chunk INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX blocks_by_part ON blocks(part, chunk);
+CREATE TABLE rejects(
+    idx INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    by_merge INTEGER NOT NULL
+);
+CREATE TABLE merged(part INTEGER PRIMARY KEY, warnings INTEGER NOT NULL);
+CREATE TABLE results(
+    id TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    doc_seq INTEGER,
+    created INTEGER,
+    json TEXT
+);
+";
+
+/// Seconds since the epoch: lease times. One clock serves every worker of a
+/// SQLite store, since they all run on its host.
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A SQLite work database, open.
+pub(super) struct SqliteDb {
+    conn: Connection,
+}
+
+impl SqliteDb {
+    fn set_meta_text(&self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
+            .execute([key, value])?;
+        Ok(())
+    }
+
+    /// Creates a new, empty work database at `path`, replacing any old one.
+    /// Makes the database under a temporary name and renames it into place
+    /// once its schema is there: a file at `path` is always a whole work
+    /// database (a kill during creation leaves only the temporary, which
+    /// the next creation removes).
+    pub(super) fn create(path: &Path) -> Result<SqliteDb> {
+        remove_files(path)?;
+        let creating = crate::paths::with_suffix(path, ".creating");
+        remove_files(&creating)?;
+        {
+            let conn = Connection::open(&creating)
+                .with_context(|| format!("creating work database {}", path.display()))?;
+            conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+            let mode: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                bail!(
+                    "work database {}: WAL mode is not available there",
+                    path.display()
+                );
+            }
+            let mut conn = conn;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            // Closing the only connection checkpoints and removes the WAL.
+            conn.close().map_err(|(_, e)| e)?;
+        }
+        std::fs::rename(&creating, path)
+            .with_context(|| format!("creating work database {}", path.display()))?;
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening work database {}", path.display()))?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        SqliteDb::configured(conn)
+    }
+
+    /// Opens an existing work database made by this version of the tool.
+    pub(super) fn open(path: &Path) -> Result<SqliteDb> {
+        if !path.is_file() {
+            bail!("no work database at {}", path.display());
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening work database {}", path.display()))?;
+        let not_ours = || format!("{} is not a work database", path.display());
+        let store = SqliteDb::configured(conn).with_context(not_ours)?;
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .with_context(not_ours)?;
+        if version != SCHEMA_VERSION {
+            bail!(
+                "{} is not a mixtape work database of this version (schema {version}, expected {SCHEMA_VERSION})",
+                path.display()
+            );
+        }
+        Ok(store)
+    }
+
+    /// Sets the per-connection settings every process uses.
+    fn configured(conn: Connection) -> Result<SqliteDb> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let store = SqliteDb { conn };
+        store.set_cache_kib(DEFAULT_CACHE_KIB)?;
+        Ok(store)
+    }
+
+    /// A write transaction that holds the write lock from its start.
+    fn write(&self) -> Result<Transaction<'_>> {
+        Ok(Transaction::new_unchecked(
+            &self.conn,
+            TransactionBehavior::Immediate,
+        )?)
+    }
+
+    fn set_meta(&self, key: Key, value: impl ToString) -> Result<()> {
+        self.set_meta_text(key.name(), &value.to_string())
+    }
+
+    fn mark_done(&self, stage: Stage) -> Result<()> {
+        let marker = stage.done_marker().expect("only stages with a marker");
+        self.set_meta_text(marker, "1")
+    }
+
+    /// The first chunk not done whose lease is free or expired at `now`.
+    fn free_chunk(&self, now: f64) -> Result<Option<u64>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT chunk FROM chunks WHERE done = 0 AND (lease_owner IS NULL OR lease_expires < ?1)
+                 ORDER BY chunk LIMIT 1",
+            )?
+            .query_row([now], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Streams the first column (text or blob) of every row of `sql`.
+    fn each_first_column(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        each: &mut Each,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        while let Some(row) = rows.next()? {
+            each(row.get_ref(0)?.as_bytes()?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for SqliteDb {
+    fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()> {
+        let tx = self.write()?;
+        for (key, value) in pairs {
+            self.set_meta_text(key, value)?;
+        }
+        Ok(tx.commit()?)
+    }
+
+    fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT seq, raw FROM playlists WHERE seq = ?1")?
+            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// Sets this connection's page cache, in KiB.
+    fn set_cache_kib(&self, kib: i64) -> Result<()> {
+        self.conn.pragma_update(None, "cache_size", -kib)?;
+        Ok(())
+    }
+
+    /// Gives back what the page cache holds, and what the allocator keeps of
+    /// freed memory, between stages: each stage's peak then stays its own
+    /// instead of adding up in the harness's resident size.
+    fn release_memory(&self) -> Result<()> {
+        self.set_cache_kib(DEFAULT_CACHE_KIB)?;
+        self.conn.execute_batch("PRAGMA shrink_memory")?;
+        // SAFETY: malloc_trim only returns free heap pages to the OS.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
+        Ok(())
+    }
+
+    /// Checkpoints only every `pages` pages of WAL: each checkpoint syncs the
+    /// database file, and a worker's batches write thousands of pages.
+    fn checkpoint_every(&self, pages: u32) -> Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
+    /// Moves what the WAL holds into the database and truncates it; done between
+    /// stages so the WAL does not grow without bound.
+    fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn meta_text(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Starts the import: clears what an earlier import left and returns the
+    /// writer for the document's elements.
+    fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>> {
+        let tx = self.write()?;
+        tx.execute_batch("DELETE FROM playlists; DELETE FROM extras;")?;
+        Ok(Box::new(DocumentWriter {
+            store: self,
+            tx: Some(tx),
+            in_transaction: 0,
+        }))
+    }
+
+    /// The document's playlists at positions `from..to`, raw, in order.
+    fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()> {
+        self.each_first_column(
+            "SELECT raw FROM playlists WHERE seq >= ?1 AND seq < ?2",
+            [from, to],
+            each,
+        )
+    }
+
+    /// Stores the plan (replacing any earlier one) with the number of merge
+    /// partitions, and marks the stage done.
+    fn save_plan(&self, plan: &Plan, partitions: u64) -> Result<()> {
+        let tx = self.write()?;
+        tx.execute("DELETE FROM chunks", [])?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT INTO chunks(chunk, start, end, first_index, changes, next_offset, next_index)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?2, ?4)",
+            )?;
+            for (k, c) in plan.chunks.iter().enumerate() {
+                insert.execute(params![k as u64, c.start, c.end, c.first_index, c.changes])?;
+            }
+        }
+        self.set_meta(Key::Form, plan.form.name())?;
+        self.set_meta(Key::Changes, plan.changes)?;
+        self.set_meta(Key::Partitions, partitions)?;
+        self.mark_done(Stage::Plan)?;
+        Ok(tx.commit()?)
+    }
+
+    /// Every chunk of the plan, in order.
+    fn chunks(&self) -> Result<Vec<ChunkRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT chunk, start, end, first_index, changes, next_offset, next_index,
+                    auto_count, max_playlist_id, done
+             FROM chunks ORDER BY chunk",
+        )?;
+        let rows = stmt.query_map([], chunk_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Chunk `chunk` of the plan, if there is one.
+    fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT chunk, start, end, first_index, changes, next_offset, next_index,
+                        auto_count, max_playlist_id, done
+                 FROM chunks WHERE chunk = ?1",
+            )?
+            .query_row([chunk], chunk_row)
+            .optional()?)
+    }
+
+    /// How many batches all workers committed so far.
+    fn batches_committed(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(sum(batches), 0) FROM chunks", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Claims the first chunk that is not done and not leased by a live
+    /// worker, for `lease`, for `owner` (who it is, for messages).
+    fn claim_next(&self, owner: &str, lease: Duration) -> Result<Claimed> {
+        // Asked often by idle workers: look first without the write lock.
+        if self.free_chunk(now_secs())?.is_none() {
+            let left: u64 =
+                (self.conn).query_row("SELECT count(*) FROM chunks WHERE done = 0", [], |r| {
+                    r.get(0)
+                })?;
+            return Ok(if left == 0 {
+                Claimed::AllDone
+            } else {
+                Claimed::Wait
+            });
+        }
+        let tx = self.write()?;
+        let now = now_secs();
+        let Some(chunk) = self.free_chunk(now)? else {
+            return Ok(Claimed::Wait); // another worker was quicker
+        };
+        let token = take_lease(&tx, chunk, owner, now + lease.as_secs_f64())?;
+        tx.commit()?;
+        Ok(Claimed::Chunk(Claim { chunk, token }))
+    }
+
+    /// Claims chunk `chunk` (done or not: a worker run by hand may redo it),
+    /// unless another worker holds a live lease on it.
+    fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim> {
+        let tx = self.write()?;
+        let now = now_secs();
+        let holder: Option<(Option<String>, f64, bool)> = tx
+            .prepare_cached("SELECT lease_owner, lease_expires, done FROM chunks WHERE chunk = ?1")?
+            .query_row([chunk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        match holder {
+            None => bail!("chunk {chunk} does not exist"),
+            Some((Some(holder), expires, false)) if expires >= now && holder != owner => {
+                return Err(Leased {
+                    chunk,
+                    owner: holder,
+                    secs_left: expires - now,
+                }
+                .into())
+            }
+            Some(_) => {}
+        }
+        let token = take_lease(&tx, chunk, owner, now + lease.as_secs_f64())?;
+        tx.commit()?;
+        Ok(Claim { chunk, token })
+    }
+
+    /// The live leases on chunks not done: each claim, with its owner.
+    fn leases(&self) -> Result<Vec<(Claim, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT chunk, lease_token, lease_owner FROM chunks
+             WHERE done = 0 AND lease_owner IS NOT NULL AND lease_expires >= ?1",
+        )?;
+        let rows = stmt.query_map([now_secs()], |r| {
+            Ok((
+                Claim {
+                    chunk: r.get(0)?,
+                    token: r.get(1)?,
+                },
+                r.get(2)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Extends the lease of `claim` by `lease` from now; [`LeaseLost`] when it
+    /// was taken over.
+    fn renew_lease(&self, claim: Claim, lease: Duration) -> Result<()> {
+        let tx = self.write()?;
+        let renewed = tx
+            .prepare_cached(
+                "UPDATE chunks SET lease_expires = ?1 WHERE chunk = ?2 AND lease_token = ?3",
+            )?
+            .execute(params![
+                now_secs() + lease.as_secs_f64(),
+                claim.chunk,
+                claim.token
+            ])?;
+        if renewed != 1 {
+            return Err(LeaseLost { chunk: claim.chunk }.into());
+        }
+        Ok(tx.commit()?)
+    }
+
+    /// Gives the chunk up at once (a worker that stops), if the lease is still
+    /// this claim's: another worker may take it without waiting for expiry.
+    fn release_lease(&self, claim: Claim) -> Result<()> {
+        let tx = self.write()?;
+        tx.prepare_cached(
+            "UPDATE chunks SET lease_owner = NULL, lease_expires = 0 WHERE chunk = ?1 AND lease_token = ?2",
+        )?
+        .execute(params![claim.chunk, claim.token])?;
+        Ok(tx.commit()?)
+    }
+
+    /// Undoes everything chunk `chunk` recorded, and the merge (which read it),
+    /// in one transaction: the chunk starts again from its beginning.
+    fn reset_chunk(&self, chunk: u64) -> Result<()> {
+        let tx = self.write()?;
+        tx.execute("DELETE FROM blocks WHERE chunk = ?1", [chunk])?;
+        tx.execute(
+            "DELETE FROM rejects WHERE by_merge = 0
+               AND idx >= (SELECT first_index FROM chunks WHERE chunk = ?1)
+               AND idx < (SELECT first_index + changes FROM chunks WHERE chunk = ?1)",
+            [chunk],
+        )?;
+        tx.execute(
+            "UPDATE chunks SET next_offset = start, next_index = first_index, auto_count = 0,
+                 max_playlist_id = 0, batches = 0, done = 0 WHERE chunk = ?1",
+            [chunk],
+        )?;
+        clear_merge(&tx)?;
+        Ok(tx.commit()?)
+    }
+
+    /// Writes a worker's batch and its chunk's new position in one transaction
+    /// (see [`Batch`]). Fails, writing nothing, when another worker moved the
+    /// chunk meanwhile.
+    fn commit_batch(&self, batch: &Batch) -> Result<LockTiming> {
+        let asked = Instant::now();
+        let tx = self.write()?;
+        let got = Instant::now();
+        {
+            let mut insert_block =
+                tx.prepare_cached("INSERT INTO blocks(part, chunk, data) VALUES (?1, ?2, ?3)")?;
+            for (part, data) in batch.parts.iter().enumerate() {
+                if !data.is_empty() {
+                    insert_block.execute(params![part as u64, batch.claim.chunk, data])?;
+                }
+            }
+        }
+        insert_rejects(&tx, batch.rejects, false)?;
+        let moved = tx
+            .prepare_cached(
+                "UPDATE chunks SET next_offset = ?1, next_index = ?2, auto_count = ?3,
+                 max_playlist_id = ?4, batches = batches + 1, done = ?5, lease_expires = ?8
+                 WHERE chunk = ?6 AND next_offset = ?7 AND done = 0 AND lease_token = ?9",
+            )?
+            .execute(params![
+                batch.next_offset,
+                batch.next_index,
+                batch.auto_count,
+                batch.max_playlist_id,
+                batch.done,
+                batch.claim.chunk,
+                batch.from_offset,
+                now_secs() + batch.lease.as_secs_f64(),
+                batch.claim.token
+            ])?;
+        if moved != 1 {
+            // Dropping the transaction rolls back the rows inserted above.
+            return Err(LeaseLost {
+                chunk: batch.claim.chunk,
+            }
+            .into());
+        }
+        crate::fault::point("worker-write");
+        tx.commit()?;
+        let timing = LockTiming {
+            waited: got - asked,
+            held: got.elapsed(),
+        };
+        crate::fault::point("worker-commit");
+        Ok(timing)
+    }
+
+    /// The partitions whose results are already committed.
+    fn merged_partitions(&self) -> Result<Vec<u64>> {
+        let mut stmt = self.conn.prepare_cached("SELECT part FROM merged")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Clears what a merge left (before a merge starts from nothing: a chunk
+    /// redone by hand may have changed what it read).
+    fn clear_merge(&self) -> Result<()> {
+        let tx = self.write()?;
+        clear_merge(&tx)?;
+        Ok(tx.commit()?)
+    }
+
+    /// The blocks of partition `part`, in index order: by chunk, then in the
+    /// order the chunk's worker appended them.
+    fn each_block(&self, part: u64, each: &mut Each) -> Result<()> {
+        self.each_first_column(
+            "SELECT data FROM blocks WHERE part = ?1 ORDER BY chunk, id",
+            [part],
+            each,
+        )
+    }
+
+    /// Writes a partition's results with its `merged` row, in one transaction.
+    fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()> {
+        let tx = self.write()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO results(id, state, doc_seq, created, json) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in &out.results {
+                let (state, doc_seq, created, json) = match &r.fate {
+                    Fate::Changed { doc_seq, json } => {
+                        (FATE_CHANGED, Some(*doc_seq), None, Some(json))
+                    }
+                    Fate::Removed { doc_seq } => (FATE_REMOVED, Some(*doc_seq), None, None),
+                    Fate::New {
+                        doc_seq,
+                        created,
+                        json,
+                    } => (FATE_NEW, *doc_seq, Some(*created), Some(json)),
+                };
+                insert.execute(params![r.id, state, doc_seq, created, json])?;
+            }
+        }
+        insert_rejects(&tx, &out.rejects, true)?;
+        tx.prepare_cached("INSERT INTO merged(part, warnings) VALUES (?1, ?2)")?
+            .execute([part, out.warnings])?;
+        crate::fault::point("merge-partition");
+        Ok(tx.commit()?)
+    }
+
+    /// Marks the merge done.
+    /// Marks the merge done.
+    fn finish_merge(&self) -> Result<()> {
+        let tx = self.write()?;
+        self.mark_done(Stage::Merge)?;
+        Ok(tx.commit()?)
+    }
+
+    /// Document playlists that name a missing owner or song, as counted by the merge.
+    fn warnings(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT coalesce(sum(warnings), 0) FROM merged", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// The final state of the document's playlists: those that survive, in
+    /// document order, as the merge left them.
+    fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
+        // Two streams in document order, joined as they go: the document's
+        // playlists, and the merge's results about them (sorted once here:
+        // SQLite's sorter reads the table in order, which beats an index whose
+        // every row costs a random lookup).
+        let mut docs = self
+            .conn
+            .prepare("SELECT seq, raw FROM playlists ORDER BY seq")?;
+        let mut docs = docs.query([])?;
+        let mut fates = self.conn.prepare(
+            "SELECT doc_seq, state, json FROM results WHERE doc_seq IS NOT NULL ORDER BY doc_seq",
+        )?;
+        let mut fates = fates.query([])?;
+        let mut fate = fates.next()?;
+        while let Some(doc) = docs.next()? {
+            let seq: i64 = doc.get(0)?;
+            while let Some(f) = fate {
+                if f.get::<_, i64>(0)? >= seq {
+                    break;
+                }
+                fate = fates.next()?;
+            }
+            match fate {
+                Some(f) if f.get::<_, i64>(0)? == seq => {
+                    if f.get::<_, i64>(1)? == FATE_CHANGED {
+                        each(f.get_ref(2)?.as_bytes()?)?;
+                    } // else removed, or removed and created anew (among the new ones)
+                }
+                _ => each(doc.get_ref(1)?.as_bytes()?)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The playlists the changes created, in order of creation.
+    fn each_new_playlist(&self, each: &mut Each) -> Result<()> {
+        self.each_first_column(
+            "SELECT json FROM results WHERE state = ?1 ORDER BY created",
+            [FATE_NEW],
+            each,
+        )
+    }
+
+    /// The document's other top-level members: (raw key, minified value), in order.
+    fn each_extra(&self, each: &mut EachMember) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, raw FROM extras ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            each(row.get_ref(0)?.as_bytes()?, row.get_ref(1)?.as_bytes()?)?;
+        }
+        Ok(())
+    }
+
+    /// Every rejected change, in index order.
+    fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT idx, op, reason, detail FROM rejects ORDER BY idx")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            each(Reject {
+                index: row.get(0)?,
+                op_json: row.get(1)?,
+                reason: reason_of(row.get_ref(2)?.as_str()?)?,
+                detail: row.get(3)?,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// How many changes were rejected for each reason, in [`Reason::ALL`] order,
+    /// only the reasons present.
+    fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT reason, count(*) FROM rejects GROUP BY reason")?;
+        let mut counted = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+            .map(|row| {
+                let (name, n) = row?;
+                Ok((reason_of(&name)?, n))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        counted.sort();
+        Ok(counted)
+    }
+}
+
+/// Writes the document's elements during the import, committing every
+/// [`IMPORT_BATCH`] elements. Dropped unfinished, it rolls back its open
+/// transaction; a rerun of the import starts over.
+struct DocumentWriter<'a> {
+    store: &'a SqliteDb,
+    tx: Option<Transaction<'a>>,
+    in_transaction: u64,
+}
+
+impl DocumentSink for DocumentWriter<'_> {
+    fn playlist(&mut self, position: u64, raw: &str) -> Result<()> {
+        self.store
+            .conn
+            .prepare_cached("INSERT INTO playlists(seq, raw) VALUES (?1, ?2)")?
+            .execute(params![position, raw])?;
+        self.element_written()
+    }
+
+    fn extra(&mut self, seq: u64, key: &str, raw: &str) -> Result<()> {
+        self.store
+            .conn
+            .prepare_cached("INSERT INTO extras(seq, key, raw) VALUES (?1, ?2, ?3)")?
+            .execute(params![seq, key, raw])?;
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, meta: &[(&str, String)]) -> Result<()> {
+        for (key, value) in meta {
+            self.store.set_meta_text(key, value)?;
+        }
+        if let Some(tx) = self.tx.take() {
+            tx.commit()?;
+        }
+        self.store.checkpoint()
+    }
+}
+
+impl DocumentWriter<'_> {
+    fn element_written(&mut self) -> Result<()> {
+        self.in_transaction += 1;
+        if self.in_transaction >= IMPORT_BATCH {
+            if let Some(tx) = self.tx.take() {
+                tx.commit()?;
+            }
+            self.tx = Some(self.store.write()?);
+            self.in_transaction = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Gives chunk `chunk` to `owner` until `expires`: a new token fences off
+/// whoever held it before.
+fn take_lease(tx: &Transaction, chunk: u64, owner: &str, expires: f64) -> Result<u64> {
+    Ok(tx
+        .prepare_cached(
+            "UPDATE chunks SET lease_token = lease_token + 1, lease_owner = ?2, lease_expires = ?3
+             WHERE chunk = ?1 RETURNING lease_token",
+        )?
+        .query_row(params![chunk, owner, expires], |r| r.get(0))?)
+}
+
+fn chunk_row(r: &rusqlite::Row) -> rusqlite::Result<ChunkRow> {
+    Ok(ChunkRow {
+        chunk: r.get(0)?,
+        start: r.get(1)?,
+        end: r.get(2)?,
+        first_index: r.get(3)?,
+        changes: r.get(4)?,
+        next_offset: r.get(5)?,
+        next_index: r.get(6)?,
+        auto_count: r.get(7)?,
+        max_playlist_id: r.get(8)?,
+        done: r.get(9)?,
+    })
+}
+
+fn insert_rejects(tx: &Transaction, rejects: &[Reject], by_merge: bool) -> Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO rejects(idx, op, reason, detail, by_merge) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in rejects {
+        insert.execute(params![
+            r.index,
+            r.op_json,
+            r.reason.name(),
+            r.detail,
+            by_merge
+        ])?;
+    }
+    Ok(())
+}
+
+fn clear_merge(tx: &Transaction) -> Result<()> {
+    tx.execute_batch(
+        "DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1; DELETE FROM merged;",
+    )?;
+    tx.execute(
+        "DELETE FROM meta WHERE key = ?1",
+        [Stage::Merge.done_marker().expect("merge has a marker")],
+    )?;
+    Ok(())
+}
