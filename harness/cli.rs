@@ -125,7 +125,11 @@ impl Cli {
             .map(NonZeroUsize::get)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get));
         let db = match &self.db {
-            Some(argument) => Location::from_argument(argument, &self.output)?,
+            // A server store's files on this host (kept decompressed inputs,
+            // id indexes) go beside OUTPUT.
+            Some(argument) => {
+                Location::from_argument(argument, &with_suffix(&self.output, ".work"))?
+            }
             None => Location::File(with_suffix(&self.output, ".work.db")),
         };
         Ok(Config {

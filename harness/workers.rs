@@ -72,7 +72,10 @@ enum Event {
 /// The command line of the harness's workers, built once.
 pub struct WorkerCommand {
     program: std::path::PathBuf,
+    /// The store as a command line names it: never with a password.
     db: OsString,
+    /// A server store's password, handed over in the environment.
+    password: Option<String>,
 }
 
 impl WorkerCommand {
@@ -80,12 +83,16 @@ impl WorkerCommand {
         WorkerCommand {
             program: worker.to_path_buf(),
             db: db.argument(),
+            password: db.password().map(str::to_string),
         }
     }
 
     /// The command the harness runs: a joined worker, progress on stdout.
     fn for_harness(&self) -> Command {
         let mut cmd = Command::new(&self.program);
+        if let Some(password) = &self.password {
+            cmd.env("PGPASSWORD", password);
+        }
         cmd.arg("--db")
             .arg(&self.db)
             .arg("--join")

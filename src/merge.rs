@@ -268,6 +268,7 @@ fn merge_partition(
 ) -> Result<()> {
     let mut replays: FxMap<IdKey<'static>, Replay> = FxMap::default();
     let mut last_index: Option<u64> = None;
+    let documents = prefetched_documents(store, part)?;
     store.each_block(part, &mut |block| {
         for rec in Decoder::new(block) {
             let rec = rec?;
@@ -311,7 +312,7 @@ fn merge_partition(
                         Some(replay) => replay,
                         None => replays
                             .entry(key)
-                            .or_insert(Replay::load(store, &text(playlist))?),
+                            .or_insert(Replay::load(store, &text(playlist), documents.as_ref())?),
                     };
                     replay.apply(&rec, out);
                 }
@@ -326,6 +327,28 @@ fn merge_partition(
     Ok(())
 }
 
+/// For a store on a server, where each lookup is a round trip: the document
+/// playlists partition `part` names, fetched in bulk after a first pass over
+/// its blocks. `None` for a SQLite file, where a lookup costs microseconds
+/// and a second pass would cost more.
+fn prefetched_documents(store: &Store, part: u64) -> Result<Option<FxMap<String, (i64, String)>>> {
+    if !store.lookups_are_round_trips() {
+        return Ok(None);
+    }
+    let mut ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+    store.each_block(part, &mut |block| {
+        for rec in Decoder::new(block) {
+            if let Some(playlist) = rec?.body.playlist() {
+                ids.insert(text(playlist).to_string());
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Some(
+        store.document_playlists(ids.iter().map(|id| &id[..]))?,
+    ))
+}
+
 /// One playlist id while its changes are replayed: the document's playlist of
 /// that id, if any, and the state after the changes replayed so far.
 struct Replay {
@@ -337,9 +360,17 @@ struct Replay {
 }
 
 impl Replay {
-    /// The state before any change: the document's playlist `id`, or none.
-    fn load(store: &Store, id: &str) -> Result<Replay> {
-        let document = store.document_playlist(id)?;
+    /// The state before any change: the document's playlist `id`, or none
+    /// (from `prefetched` when the store fetched them in bulk).
+    fn load(
+        store: &Store,
+        id: &str,
+        prefetched: Option<&FxMap<String, (i64, String)>>,
+    ) -> Result<Replay> {
+        let document = match prefetched {
+            Some(documents) => documents.get(id).cloned(),
+            None => store.document_playlist(id)?,
+        };
         let state = document.as_ref().map(|(_, raw)| {
             let members = json::object_members(raw.as_bytes()).unwrap_or_default();
             let songs = SongList::of(

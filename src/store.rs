@@ -80,7 +80,10 @@ use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
 use crate::stage::Stage;
 
+mod postgres;
 mod sqlite;
+
+pub use postgres::PgTarget;
 
 /// Bumped whenever the layout below changes.
 pub const SCHEMA_VERSION: i64 = 8;
@@ -376,20 +379,37 @@ pub type EachMember<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     File(PathBuf),
+    Postgres(Box<PgTarget>),
 }
 
 impl Location {
     /// What `--db` says: a `postgresql://` or `postgres://` URL, or a file path.
     /// `local_base` is where files that go with a server store are kept on this
     /// host (ignored for a file: they go beside it).
-    pub fn from_argument(argument: &std::ffi::OsStr, _local_base: &Path) -> Result<Location> {
-        Ok(Location::File(PathBuf::from(argument)))
+    pub fn from_argument(argument: &std::ffi::OsStr, local_base: &Path) -> Result<Location> {
+        match argument.to_str() {
+            Some(url) if postgres::target::is_url(url) => Ok(Location::Postgres(Box::new(
+                PgTarget::parse(url, local_base.to_path_buf())
+                    .context("reading the work store's URL")?,
+            ))),
+            _ => Ok(Location::File(PathBuf::from(argument))),
+        }
+    }
+
+    /// The password a server store is reached with, for a process to hand
+    /// to its children in their environment (never on a command line).
+    pub fn password(&self) -> Option<&str> {
+        match self {
+            Location::File(_) => None,
+            Location::Postgres(target) => target.password(),
+        }
     }
 
     /// How messages name it (a server URL with its password masked).
     pub fn display(&self) -> String {
         match self {
             Location::File(path) => path.display().to_string(),
+            Location::Postgres(target) => target.shown(),
         }
     }
 
@@ -397,6 +417,7 @@ impl Location {
     pub fn argument(&self) -> std::ffi::OsString {
         match self {
             Location::File(path) => path.clone().into_os_string(),
+            Location::Postgres(target) => target.argument().into(),
         }
     }
 
@@ -404,6 +425,7 @@ impl Location {
     pub fn file(&self) -> Option<&Path> {
         match self {
             Location::File(path) => Some(path),
+            Location::Postgres(_) => None,
         }
     }
 
@@ -414,6 +436,7 @@ impl Location {
     pub fn local_base(&self) -> PathBuf {
         match self {
             Location::File(path) => path.clone(),
+            Location::Postgres(target) => target.local_base.clone(),
         }
     }
 
@@ -421,6 +444,7 @@ impl Location {
     pub fn exists(&self) -> Result<bool> {
         Ok(match self {
             Location::File(path) => path.exists(),
+            Location::Postgres(target) => postgres::PgDb::connect(target)?.schema_exists()?,
         })
     }
 
@@ -428,6 +452,21 @@ impl Location {
     pub fn remove(&self) -> Result<()> {
         match self {
             Location::File(path) => remove_files(path),
+            Location::Postgres(target) => {
+                let db = postgres::PgDb::connect(target)?;
+                let tag = if db.schema_exists()? {
+                    db.run_id().ok()
+                } else {
+                    None
+                };
+                db.drop_schema()?;
+                let base = &target.local_base;
+                let mut files = kept_texts(base).to_vec();
+                if let Some(tag) = tag {
+                    files.extend(IdKind::ALL.map(|k| tagged_index_path(base, &tag, k)));
+                }
+                remove_paths(&files)
+            }
         }
     }
 }
@@ -445,6 +484,14 @@ trait Backend {
     fn checkpoint(&self) -> Result<()>;
     fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>>;
     fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>>;
+    /// The playlists at these positions, in any order.
+    fn playlists_at(&self, seqs: &[i64]) -> Result<Vec<(i64, String)>> {
+        let mut found = Vec::new();
+        for &seq in seqs {
+            found.extend(self.playlist_at(seq as u64)?);
+        }
+        Ok(found)
+    }
     fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()>;
     fn save_plan(&self, plan: &Plan, partitions: u64) -> Result<()>;
     fn chunks(&self) -> Result<Vec<ChunkRow>>;
@@ -468,6 +515,23 @@ trait Backend {
     fn each_extra(&self, each: &mut EachMember) -> Result<()>;
     fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()>;
     fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>>;
+    /// What names this run's id index files on every host (`None`: the files
+    /// sit beside the store, which is all there is of it).
+    fn index_tag(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// Keeps a built id index in the store, for other hosts.
+    fn publish_index(&self, _kind: IdKind, _path: &Path) -> Result<()> {
+        Ok(())
+    }
+    /// Fetches a kept id index into `path`.
+    fn fetch_index(&self, kind: IdKind, path: &Path) -> Result<()> {
+        bail!(
+            "the {} index {} is missing: run the harness again to import afresh",
+            kind.array_name(),
+            path.display()
+        )
+    }
 }
 
 /// Takes the document's elements during the import (see [`DocumentWriter`]).
@@ -484,6 +548,8 @@ pub struct Store {
     location: Location,
     /// The id indexes, opened on first use (they exist once the import is done).
     indexes: std::cell::OnceCell<Indexes>,
+    /// What names the id index files (see [`Backend::index_tag`]), read once.
+    index_tag: std::cell::OnceCell<Option<String>>,
 }
 
 /// The id indexes of users, songs and the document's playlists.
@@ -536,6 +602,7 @@ impl Store {
     pub fn create(location: &Location) -> Result<Store> {
         let db: Box<dyn Backend> = match location {
             Location::File(path) => Box::new(sqlite::SqliteDb::create(path)?),
+            Location::Postgres(target) => Box::new(postgres::PgDb::create(target)?),
         };
         Ok(Store::with(db, location))
     }
@@ -544,6 +611,7 @@ impl Store {
     pub fn open(location: &Location) -> Result<Store> {
         let db: Box<dyn Backend> = match location {
             Location::File(path) => Box::new(sqlite::SqliteDb::open(path)?),
+            Location::Postgres(target) => Box::new(postgres::PgDb::open(target)?),
         };
         Ok(Store::with(db, location))
     }
@@ -553,6 +621,7 @@ impl Store {
             db,
             location: location.clone(),
             indexes: std::cell::OnceCell::new(),
+            index_tag: std::cell::OnceCell::new(),
         }
     }
 
@@ -676,14 +745,24 @@ impl Store {
     /// Starts the import: clears what an earlier import left and returns the
     /// writer for the document's elements.
     pub fn document_writer(&self) -> Result<DocumentWriter<'_>> {
-        Ok(DocumentWriter(self.db.document_writer()?))
+        Ok(DocumentWriter {
+            store: self,
+            sink: self.db.document_writer()?,
+        })
     }
 
     fn indexes(&self) -> Result<&Indexes> {
         if let Some(indexes) = self.indexes.get() {
             return Ok(indexes);
         }
-        let open = |which: IdKind| IdIndex::open(&self.index_path(which));
+        let open = |which: IdKind| -> Result<IdIndex> {
+            let path = self.index_path(which)?;
+            if !path.exists() {
+                // Another host's import built it: fetch it once into the cache.
+                self.db.fetch_index(which, &path)?;
+            }
+            IdIndex::open(&path)
+        };
         let indexes = Indexes {
             users: open(IdKind::Users)?,
             songs: open(IdKind::Songs)?,
@@ -692,9 +771,29 @@ impl Store {
         Ok(self.indexes.get_or_init(|| indexes))
     }
 
-    /// Where the import writes the id index of `which` (see [`crate::id_index`]).
-    pub fn index_path(&self, which: IdKind) -> PathBuf {
-        crate::paths::with_suffix(&self.location.local_base(), which.suffix())
+    /// Where the import writes the id index of `which`, and where this host
+    /// reads it (see [`crate::id_index`]).
+    pub fn index_path(&self, which: IdKind) -> Result<PathBuf> {
+        let tag = match self.index_tag.get() {
+            Some(tag) => tag,
+            None => {
+                let tag = self.db.index_tag()?;
+                self.index_tag.get_or_init(|| tag)
+            }
+        };
+        let base = self.location.local_base();
+        Ok(match tag {
+            None => crate::paths::with_suffix(&base, which.suffix()),
+            Some(tag) => tagged_index_path(&base, tag, which),
+        })
+    }
+
+    /// Keeps the id indexes the import built in the store, for other hosts.
+    pub fn publish_indexes(&self) -> Result<()> {
+        for kind in IdKind::ALL {
+            self.db.publish_index(kind, &self.index_path(kind)?)?;
+        }
+        Ok(())
     }
 
     /// Where the document's users and songs are in MIXTAPE.
@@ -735,6 +834,35 @@ impl Store {
             Some(seq) => self.db.playlist_at(seq),
             None => Ok(None),
         }
+    }
+
+    /// Whether every lookup in this store is a round trip to a server (the
+    /// merge then fetches what it needs in bulk).
+    pub fn lookups_are_round_trips(&self) -> bool {
+        matches!(self.location, Location::Postgres(_))
+    }
+
+    /// The document's playlists of the given ids that exist, by id, fetched
+    /// together.
+    pub fn document_playlists<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str>,
+    ) -> Result<crate::id_key::FxMap<String, (i64, String)>> {
+        let index = &self.indexes()?.playlists;
+        let mut ids_at = crate::id_key::FxMap::default();
+        for id in ids {
+            if let Some(seq) = index.position(id) {
+                ids_at.insert(seq as i64, id.to_string());
+            }
+        }
+        let seqs: Vec<i64> = ids_at.keys().copied().collect();
+        let mut found = crate::id_key::FxMap::default();
+        for (seq, raw) in self.db.playlists_at(&seqs)? {
+            if let Some(id) = ids_at.remove(&seq) {
+                found.insert(id, (seq, raw));
+            }
+        }
+        Ok(found)
     }
 
     /// The document's playlists at positions `from..to`, raw, in order.
@@ -881,17 +1009,20 @@ impl Store {
 /// Writes the document's elements during the import. Dropped without
 /// [`DocumentWriter::finish`], it rolls back what it has not committed; a
 /// rerun of the import starts over.
-pub struct DocumentWriter<'a>(Box<dyn DocumentSink + 'a>);
+pub struct DocumentWriter<'a> {
+    store: &'a Store,
+    sink: Box<dyn DocumentSink + 'a>,
+}
 
 impl DocumentWriter<'_> {
     /// A document playlist, minified (its id goes to the playlists' index).
     pub fn playlist(&mut self, position: u64, raw: &str) -> Result<()> {
-        self.0.playlist(position, raw)
+        self.sink.playlist(position, raw)
     }
 
     /// A top-level member other than the three arrays.
     pub fn extra(&mut self, seq: u64, key: &str, raw: &str) -> Result<()> {
-        self.0.extra(seq, key, raw)
+        self.sink.extra(seq, key, raw)
     }
 
     /// Stores what the import learnt and marks it done, with the last
@@ -920,37 +1051,33 @@ impl DocumentWriter<'_> {
                 "1".to_string(),
             ),
         ];
-        self.0.finish(&meta)
+        self.store.publish_indexes()?;
+        self.sink.finish(&meta)
     }
 }
 
-fn reason_of(name: &str) -> Result<Reason> {
-    Reason::from_name(name)
-        .with_context(|| format!("work database: unknown reject reason {name:?}"))
+/// A server store's id index file on this host: the run's id in its name,
+/// so that a cache never serves another run.
+fn tagged_index_path(base: &Path, tag: &str, which: IdKind) -> PathBuf {
+    crate::paths::with_suffix(base, &format!(".{tag}{}", which.suffix()))
 }
 
-/// The database file and its companions.
-fn companions(path: &Path) -> [PathBuf; 10] {
-    let kept = |kind: InputKind| crate::paths::with_suffix(path, kind.kept_text_suffix());
+/// The kept decompressed inputs that go with a store at `base`, and their
+/// partial files.
+fn kept_texts(base: &Path) -> [PathBuf; 4] {
+    let kept = |kind: InputKind| crate::paths::with_suffix(base, kind.kept_text_suffix());
     [
         kept(InputKind::Mixtape),
         kept(InputKind::Changes),
         crate::paths::with_suffix(&kept(InputKind::Mixtape), ".partial"),
         crate::paths::with_suffix(&kept(InputKind::Changes), ".partial"),
-        path.to_path_buf(),
-        crate::paths::with_suffix(path, "-wal"),
-        crate::paths::with_suffix(path, "-shm"),
-        crate::paths::with_suffix(path, IdKind::Users.suffix()),
-        crate::paths::with_suffix(path, IdKind::Songs.suffix()),
-        crate::paths::with_suffix(path, IdKind::Playlists.suffix()),
     ]
 }
 
-/// Removes the database, its WAL and shared-memory files, its id indexes and
-/// the kept decompressed inputs.
-pub fn remove_files(path: &Path) -> Result<()> {
-    for file in companions(path) {
-        match std::fs::remove_file(&file) {
+/// Removes files, those already gone included.
+fn remove_paths(files: &[PathBuf]) -> Result<()> {
+    for file in files {
+        match std::fs::remove_file(file) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("removing {}", file.display())),
@@ -959,11 +1086,40 @@ pub fn remove_files(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An exclusive hold on a work database for one harness run (see module docs).
-pub struct RunLock {
-    _lock: nix::fcntl::Flock<File>,
-    path: PathBuf,
+fn reason_of(name: &str) -> Result<Reason> {
+    Reason::from_name(name)
+        .with_context(|| format!("work database: unknown reject reason {name:?}"))
 }
+
+/// Removes the SQLite database, its WAL and shared-memory files, its id
+/// indexes and the kept decompressed inputs.
+pub fn remove_files(path: &Path) -> Result<()> {
+    let mut files = kept_texts(path).to_vec();
+    files.extend([
+        path.to_path_buf(),
+        crate::paths::with_suffix(path, "-wal"),
+        crate::paths::with_suffix(path, "-shm"),
+    ]);
+    files.extend(IdKind::ALL.map(|k| crate::paths::with_suffix(path, k.suffix())));
+    remove_paths(&files)
+}
+
+/// An exclusive hold on a work store for one harness run (see module docs):
+/// a `flock` on `DB.lock` beside a SQLite file, a session advisory lock on
+/// a server (held by a connection of its own, released when it closes).
+pub struct RunLock(Held);
+
+enum Held {
+    File {
+        _lock: nix::fcntl::Flock<File>,
+        path: PathBuf,
+    },
+    /// The connection whose session holds the advisory lock.
+    Server(#[allow(dead_code)] Box<::postgres::Client>),
+}
+
+/// The advisory lock's key: "mixtape!" in ASCII.
+const ADVISORY_LOCK_KEY: i64 = 0x6d69_7874_6170_6521;
 
 impl RunLock {
     /// Takes the run lock of the store at `location`, or fails at once if
@@ -971,6 +1127,19 @@ impl RunLock {
     pub fn acquire(location: &Location) -> Result<RunLock> {
         match location {
             Location::File(path) => RunLock::acquire_file(path),
+            Location::Postgres(target) => {
+                let mut client = target.connect()?;
+                let got: bool = client
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&ADVISORY_LOCK_KEY])?
+                    .get(0);
+                if !got {
+                    bail!(
+                        "another harness run is using the work store {} (its advisory lock is held); wait for it to finish",
+                        target.shown()
+                    );
+                }
+                Ok(RunLock(Held::Server(Box::new(client))))
+            }
         }
     }
 
@@ -984,7 +1153,7 @@ impl RunLock {
             .open(&path)
             .with_context(|| format!("creating lock file {}", path.display()))?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(RunLock { _lock: lock, path }),
+            Ok(lock) => Ok(RunLock(Held::File { _lock: lock, path })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(
                 "another harness run is using the work database {} (lock {} is held); wait for it to finish",
                 db.display(),
@@ -997,7 +1166,9 @@ impl RunLock {
     /// Removes the lock file, then releases the lock (after a finished run).
     /// Removing first means no other run can be holding the removed file.
     pub fn release_and_remove(self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Held::File { path, .. } = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -1210,13 +1381,17 @@ mod tests {
         w.playlist(0, "{\"id\":\"p\"}").unwrap();
         w.playlist(1, "{\"id\":\"q\"}").unwrap();
         for kind in IdKind::ALL {
-            crate::id_index::build(&store.index_path(kind), kind.values(), &mut |add| {
-                if kind == IdKind::Playlists {
-                    add("p", "", 0)?;
-                    add("q", "", 1)?;
-                }
-                Ok(())
-            })
+            crate::id_index::build(
+                &store.index_path(kind).unwrap(),
+                kind.values(),
+                &mut |add| {
+                    if kind == IdKind::Playlists {
+                        add("p", "", 0)?;
+                        add("q", "", 1)?;
+                    }
+                    Ok(())
+                },
+            )
             .unwrap();
         }
         w.finish(&DocumentFacts::default()).unwrap();

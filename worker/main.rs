@@ -117,7 +117,7 @@ fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
     // One chunk by hand: hold the run lock like a harness would, so a worker
     // cannot run beside a harness on the same database. Joined workers run
     // beside the harness on purpose: their leases keep them apart.
-    let db = Location::from_argument(&cli.db, &cache_base())?;
+    let db = Location::from_argument(&cli.db, &cache_base().join("store"))?;
     let by_hand_on_a_file = db.file().is_some_and(Path::is_file);
     let lock = if cli.report_progress || cli.join || !by_hand_on_a_file {
         None

@@ -1,0 +1,868 @@
+//! The PostgreSQL work store: the same tables and operations as the SQLite
+//! file, in a schema `mixtape` of a database on a server, so that workers on
+//! other hosts can share a run (README "Running on several hosts").
+//!
+//! What differs from SQLite, and why:
+//!
+//! - **Schema.** Everything lives in the schema `mixtape`, with `meta` holding
+//!   `program = mixtape` and the schema version. A schema of that name without
+//!   them belongs to another program and is never touched; a run made by
+//!   another version is refused.
+//! - **Leases** use the server's clock (`clock_timestamp()`), so hosts whose
+//!   clocks disagree still agree on when a lease expires. A claim takes the
+//!   first free chunk with `FOR UPDATE SKIP LOCKED`: two workers asking at once
+//!   get different chunks without waiting for each other.
+//! - **A batch** locks its chunk's row (`FOR UPDATE`) and checks the claim's
+//!   token and position in the same transaction as its rows, which go in by
+//!   binary `COPY`: one round trip per table per batch, never one per change.
+//! - **Id indexes** are files, as with SQLite, built by the import on the
+//!   harness's host and stored in `mixtape.indexes` once; a worker on another
+//!   host fetches them once into its cache directory (the file names carry
+//!   the run's id, so a cache never serves another run).
+//! - **Order** is only ever by integer columns, so the server's collation
+//!   cannot change a byte of the output.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::Type;
+use postgres::{Client, Row, Transaction};
+
+use super::{
+    reason_of, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each, EachMember, Fate,
+    IdKind, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED, FATE_NEW,
+    FATE_REMOVED, SCHEMA_VERSION,
+};
+use crate::plan::Plan;
+use crate::reject::{Reason, Reject};
+use crate::stage::Stage;
+
+pub(super) mod target;
+mod tls;
+pub use target::PgTarget;
+
+const SCHEMA: &str = "
+CREATE SCHEMA mixtape;
+CREATE TABLE mixtape.meta(key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE mixtape.playlists(seq bigint PRIMARY KEY, raw text NOT NULL);
+CREATE TABLE mixtape.extras(seq bigint PRIMARY KEY, key text NOT NULL, raw text NOT NULL);
+CREATE TABLE mixtape.chunks(
+    chunk bigint PRIMARY KEY,
+    start_offset bigint NOT NULL,
+    end_offset bigint NOT NULL,
+    first_index bigint NOT NULL,
+    changes bigint NOT NULL,
+    next_offset bigint NOT NULL,
+    next_index bigint NOT NULL,
+    auto_count bigint NOT NULL DEFAULT 0,
+    max_playlist_id bigint NOT NULL DEFAULT 0,
+    batches bigint NOT NULL DEFAULT 0,
+    done boolean NOT NULL DEFAULT false,
+    lease_token bigint NOT NULL DEFAULT 0,
+    lease_owner text,
+    lease_expires timestamptz
+);
+CREATE TABLE mixtape.blocks(id bigserial PRIMARY KEY, part bigint NOT NULL, chunk bigint NOT NULL, data bytea NOT NULL);
+CREATE INDEX blocks_by_part ON mixtape.blocks(part, chunk, id);
+CREATE TABLE mixtape.rejects(idx bigint NOT NULL, op text NOT NULL, reason text NOT NULL, detail text NOT NULL, by_merge boolean NOT NULL);
+CREATE TABLE mixtape.merged(part bigint PRIMARY KEY, warnings bigint NOT NULL);
+CREATE TABLE mixtape.results(id text NOT NULL, state bigint NOT NULL, doc_seq bigint, created bigint, json text);
+CREATE TABLE mixtape.indexes(kind text PRIMARY KEY, data bytea NOT NULL);
+";
+
+/// Rows fetched per round trip when a stage streams a table.
+const FETCH_ROWS: i32 = 10_000;
+
+/// Document elements sent per `COPY` during the import.
+const IMPORT_ROWS: usize = 20_000;
+
+const CHUNK_COLUMNS: &str = "chunk, start_offset, end_offset, first_index, changes, next_offset,
+     next_index, auto_count, max_playlist_id, done";
+
+/// A PostgreSQL work store, open: one connection.
+pub(super) struct PgDb {
+    client: RefCell<Client>,
+}
+
+impl PgDb {
+    /// Makes the schema, replacing a `mixtape` schema of this program (never
+    /// another program's).
+    pub(super) fn create(target: &PgTarget) -> Result<PgDb> {
+        let db = PgDb::connect(target)?;
+        if db.schema_exists()? {
+            db.check_ours(target)?;
+            db.client
+                .borrow_mut()
+                .batch_execute("DROP SCHEMA mixtape CASCADE")?;
+        }
+        let run_id = format!(
+            "{:016x}",
+            crate::fingerprint::fnv1a(
+                format!("{:?}{}", Instant::now(), std::process::id()).as_bytes()
+            )
+        );
+        let mut client = db.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        tx.batch_execute(SCHEMA)?;
+        for (key, value) in [
+            ("program", "mixtape".to_string()),
+            ("schema_version", SCHEMA_VERSION.to_string()),
+            ("run_id", run_id),
+        ] {
+            tx.execute(
+                "INSERT INTO mixtape.meta(key, value) VALUES ($1, $2)",
+                &[&key, &value],
+            )?;
+        }
+        tx.commit()?;
+        drop(client);
+        Ok(db)
+    }
+
+    /// Opens the store of a run made by this version.
+    pub(super) fn open(target: &PgTarget) -> Result<PgDb> {
+        let db = PgDb::connect(target)?;
+        if !db.schema_exists()? {
+            bail!("no work store in {} (no schema mixtape)", target.shown());
+        }
+        db.check_ours(target)?;
+        let version = db.meta_text("schema_version")?.unwrap_or_default();
+        if version != SCHEMA_VERSION.to_string() {
+            bail!(
+                "the work store in {} was made by another version of mixtape (schema {version}, expected {SCHEMA_VERSION}); pass --fresh to start over",
+                target.shown()
+            );
+        }
+        Ok(db)
+    }
+
+    pub(super) fn connect(target: &PgTarget) -> Result<PgDb> {
+        Ok(PgDb {
+            client: RefCell::new(target.connect()?),
+        })
+    }
+
+    pub(super) fn schema_exists(&self) -> Result<bool> {
+        let row = self.client.borrow_mut().query_one(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'mixtape'",
+            &[],
+        )?;
+        Ok(row.get::<_, i64>(0) > 0)
+    }
+
+    /// Fails unless the schema `mixtape` was made by this program.
+    fn check_ours(&self, target: &PgTarget) -> Result<()> {
+        let has_meta = self.client.borrow_mut().query_one(
+            "SELECT count(*) FROM information_schema.tables
+             WHERE table_schema = 'mixtape' AND table_name = 'meta'",
+            &[],
+        )?;
+        let ours = has_meta.get::<_, i64>(0) > 0
+            && self.meta_text("program").ok().flatten().as_deref() == Some("mixtape");
+        if !ours {
+            bail!(
+                "the database of {} has a schema mixtape that another program made; mixtape will not touch it (use another database)",
+                target.shown()
+            );
+        }
+        Ok(())
+    }
+
+    /// Drops the schema (after a successful run).
+    pub(super) fn drop_schema(&self) -> Result<()> {
+        self.client
+            .borrow_mut()
+            .batch_execute("DROP SCHEMA IF EXISTS mixtape CASCADE")?;
+        Ok(())
+    }
+
+    /// The run's id, which names the id index files cached on each host.
+    pub(super) fn run_id(&self) -> Result<String> {
+        self.meta_text("run_id")?
+            .context("work store has no run id: was it made by an unfinished run?")
+    }
+
+    /// Stores the id index files the import built, for other hosts.
+    fn store_index(&self, kind: &str, path: &Path) -> Result<()> {
+        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        self.client.borrow_mut().execute(
+            "INSERT INTO mixtape.indexes(kind, data) VALUES ($1, $2)
+             ON CONFLICT (kind) DO UPDATE SET data = EXCLUDED.data",
+            &[&kind, &data],
+        )?;
+        Ok(())
+    }
+
+    /// Fetches a stored id index into `path` (through a temporary and a rename).
+    fn load_index(&self, kind: &str, path: &Path) -> Result<()> {
+        let row = self
+            .client
+            .borrow_mut()
+            .query_opt("SELECT data FROM mixtape.indexes WHERE kind = $1", &[&kind])?;
+        let Some(row) = row else {
+            bail!("the work store has no {kind} index yet: has the import finished?");
+        };
+        let data: &[u8] = row.get(0);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let temp = crate::paths::with_suffix(path, &format!(".{}.tmp", std::process::id()));
+        std::fs::write(&temp, data).with_context(|| format!("writing {}", temp.display()))?;
+        std::fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Streams the rows of `sql` through a cursor, a few thousand rows per
+    /// round trip, handing each to `each`. The connection is free between
+    /// fetches, so `each` may query the store (the merge looks up document
+    /// playlists while it reads blocks). `sql` holds only integer literals,
+    /// never text from outside.
+    fn each_row(&self, sql: &str, each: &mut dyn FnMut(&Row) -> Result<()>) -> Result<()> {
+        self.client.borrow_mut().batch_execute(&format!(
+            "BEGIN; DECLARE mixtape_rows NO SCROLL CURSOR FOR {sql}"
+        ))?;
+        let streamed = (|| -> Result<()> {
+            loop {
+                let rows = self
+                    .client
+                    .borrow_mut()
+                    .query(&format!("FETCH {FETCH_ROWS} FROM mixtape_rows"), &[])?;
+                for row in &rows {
+                    each(row)?;
+                }
+                if rows.len() < FETCH_ROWS as usize {
+                    return Ok(());
+                }
+            }
+        })();
+        let end = if streamed.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        };
+        let ended = self.client.borrow_mut().batch_execute(end);
+        streamed?;
+        Ok(ended?)
+    }
+
+    fn each_first_column(&self, sql: &str, each: &mut Each) -> Result<()> {
+        self.each_row(sql, &mut |row| {
+            let value: &[u8] = match row.columns()[0].type_() {
+                &Type::BYTEA => row.get(0),
+                _ => row.get::<_, &str>(0).as_bytes(),
+            };
+            each(value)
+        })
+    }
+
+    fn number(&self, sql: &str) -> Result<u64> {
+        let row = self.client.borrow_mut().query_one(sql, &[])?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+fn set_meta(tx: &mut Transaction, key: &str, value: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO mixtape.meta(key, value) VALUES ($1, $2)
+         ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+        &[&key, &value],
+    )?;
+    Ok(())
+}
+
+fn secs(lease: Duration) -> f64 {
+    lease.as_secs_f64()
+}
+
+impl Backend for PgDb {
+    fn index_tag(&self) -> Result<Option<String>> {
+        Ok(Some(self.run_id()?))
+    }
+
+    fn publish_index(&self, kind: IdKind, path: &Path) -> Result<()> {
+        self.store_index(kind.array_name(), path)
+    }
+
+    fn fetch_index(&self, kind: IdKind, path: &Path) -> Result<()> {
+        self.load_index(kind.array_name(), path)
+    }
+
+    fn meta_text(&self, key: &str) -> Result<Option<String>> {
+        let row = self
+            .client
+            .borrow_mut()
+            .query_opt("SELECT value FROM mixtape.meta WHERE key = $1", &[&key])?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()> {
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        for (key, value) in pairs {
+            set_meta(&mut tx, key, value)?;
+        }
+        Ok(tx.commit()?)
+    }
+
+    fn set_cache_kib(&self, _kib: i64) -> Result<()> {
+        Ok(())
+    }
+
+    fn release_memory(&self) -> Result<()> {
+        // SAFETY: malloc_trim only returns free heap pages to the OS.
+        unsafe {
+            nix::libc::malloc_trim(0);
+        }
+        Ok(())
+    }
+
+    fn checkpoint_every(&self, _pages: u32) -> Result<()> {
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>> {
+        self.client.borrow_mut().batch_execute(
+            "DELETE FROM mixtape.playlists; DELETE FROM mixtape.extras; DELETE FROM mixtape.indexes",
+        )?;
+        Ok(Box::new(PgDocumentWriter {
+            db: self,
+            playlists: Vec::new(),
+            extras: Vec::new(),
+        }))
+    }
+
+    fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>> {
+        let row = self.client.borrow_mut().query_opt(
+            "SELECT seq, raw FROM mixtape.playlists WHERE seq = $1",
+            &[&(seq as i64)],
+        )?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn playlists_at(&self, seqs: &[i64]) -> Result<Vec<(i64, String)>> {
+        let mut found = Vec::with_capacity(seqs.len());
+        for some in seqs.chunks(FETCH_ROWS as usize) {
+            let rows = self.client.borrow_mut().query(
+                "SELECT seq, raw FROM mixtape.playlists WHERE seq = ANY($1)",
+                &[&some],
+            )?;
+            found.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
+        }
+        Ok(found)
+    }
+
+    fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()> {
+        self.each_first_column(
+            &format!(
+                "SELECT raw FROM mixtape.playlists WHERE seq >= {from} AND seq < {to} ORDER BY seq"
+            ),
+            each,
+        )
+    }
+
+    fn save_plan(&self, plan: &Plan, partitions: u64) -> Result<()> {
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        tx.execute("DELETE FROM mixtape.chunks", &[])?;
+        let insert = tx.prepare(
+            "INSERT INTO mixtape.chunks(chunk, start_offset, end_offset, first_index, changes, next_offset, next_index)
+             VALUES ($1, $2, $3, $4, $5, $2, $4)",
+        )?;
+        for (k, c) in plan.chunks.iter().enumerate() {
+            let values = [
+                k as i64,
+                c.start as i64,
+                c.end as i64,
+                c.first_index as i64,
+                c.changes as i64,
+            ];
+            tx.execute(
+                &insert,
+                &[&values[0], &values[1], &values[2], &values[3], &values[4]],
+            )?;
+        }
+        set_meta(&mut tx, Key::Form.name(), plan.form.name())?;
+        set_meta(&mut tx, Key::Changes.name(), &plan.changes.to_string())?;
+        set_meta(&mut tx, Key::Partitions.name(), &partitions.to_string())?;
+        set_meta(&mut tx, done_marker(Stage::Plan), "1")?;
+        Ok(tx.commit()?)
+    }
+
+    fn chunks(&self) -> Result<Vec<ChunkRow>> {
+        let rows = self.client.borrow_mut().query(
+            &format!("SELECT {CHUNK_COLUMNS} FROM mixtape.chunks ORDER BY chunk"),
+            &[],
+        )?;
+        Ok(rows.iter().map(chunk_row).collect())
+    }
+
+    fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>> {
+        let row = self.client.borrow_mut().query_opt(
+            &format!("SELECT {CHUNK_COLUMNS} FROM mixtape.chunks WHERE chunk = $1"),
+            &[&(chunk as i64)],
+        )?;
+        Ok(row.as_ref().map(chunk_row))
+    }
+
+    fn batches_committed(&self) -> Result<u64> {
+        self.number("SELECT coalesce(sum(batches), 0)::bigint FROM mixtape.chunks")
+    }
+
+    fn claim_next(&self, owner: &str, lease: Duration) -> Result<Claimed> {
+        let claimed = self.client.borrow_mut().query_opt(
+            "UPDATE mixtape.chunks
+             SET lease_token = lease_token + 1, lease_owner = $1,
+                 lease_expires = clock_timestamp() + make_interval(secs => $2)
+             WHERE chunk = (
+                 SELECT chunk FROM mixtape.chunks
+                 WHERE NOT done AND (lease_owner IS NULL OR lease_expires < clock_timestamp())
+                 ORDER BY chunk LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING chunk, lease_token",
+            &[&owner, &secs(lease)],
+        )?;
+        if let Some(row) = claimed {
+            return Ok(Claimed::Chunk(Claim {
+                chunk: row.get::<_, i64>(0) as u64,
+                token: row.get::<_, i64>(1) as u64,
+            }));
+        }
+        let left = self.number("SELECT count(*) FROM mixtape.chunks WHERE NOT done")?;
+        Ok(if left == 0 {
+            Claimed::AllDone
+        } else {
+            Claimed::Wait
+        })
+    }
+
+    fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim> {
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        let row = tx.query_opt(
+            "SELECT lease_owner, done, coalesce(extract(epoch FROM lease_expires - clock_timestamp())::float8, -1)
+             FROM mixtape.chunks WHERE chunk = $1 FOR UPDATE",
+            &[&(chunk as i64)],
+        )?;
+        let Some(row) = row else {
+            bail!("chunk {chunk} does not exist");
+        };
+        let (holder, done, secs_left): (Option<String>, bool, f64) =
+            (row.get(0), row.get(1), row.get(2));
+        if let Some(holder) = holder {
+            if !done && secs_left >= 0.0 && holder != owner {
+                return Err(Leased {
+                    chunk,
+                    owner: holder,
+                    secs_left,
+                }
+                .into());
+            }
+        }
+        let token: i64 = tx
+            .query_one(
+                "UPDATE mixtape.chunks SET lease_token = lease_token + 1, lease_owner = $2,
+                     lease_expires = clock_timestamp() + make_interval(secs => $3)
+                 WHERE chunk = $1 RETURNING lease_token",
+                &[&(chunk as i64), &owner, &secs(lease)],
+            )?
+            .get(0);
+        tx.commit()?;
+        Ok(Claim {
+            chunk,
+            token: token as u64,
+        })
+    }
+
+    fn leases(&self) -> Result<Vec<(Claim, String)>> {
+        let rows = self.client.borrow_mut().query(
+            "SELECT chunk, lease_token, lease_owner FROM mixtape.chunks
+             WHERE NOT done AND lease_owner IS NOT NULL AND lease_expires >= clock_timestamp()",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let claim = Claim {
+                    chunk: r.get::<_, i64>(0) as u64,
+                    token: r.get::<_, i64>(1) as u64,
+                };
+                (claim, r.get(2))
+            })
+            .collect())
+    }
+
+    fn renew_lease(&self, claim: Claim, lease: Duration) -> Result<()> {
+        let renewed = self.client.borrow_mut().execute(
+            "UPDATE mixtape.chunks SET lease_expires = clock_timestamp() + make_interval(secs => $1)
+             WHERE chunk = $2 AND lease_token = $3",
+            &[&secs(lease), &(claim.chunk as i64), &(claim.token as i64)],
+        )?;
+        if renewed != 1 {
+            return Err(LeaseLost { chunk: claim.chunk }.into());
+        }
+        Ok(())
+    }
+
+    fn release_lease(&self, claim: Claim) -> Result<()> {
+        self.client.borrow_mut().execute(
+            "UPDATE mixtape.chunks SET lease_owner = NULL, lease_expires = NULL
+             WHERE chunk = $1 AND lease_token = $2",
+            &[&(claim.chunk as i64), &(claim.token as i64)],
+        )?;
+        Ok(())
+    }
+
+    fn reset_chunk(&self, chunk: u64) -> Result<()> {
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        let chunk = chunk as i64;
+        tx.execute("DELETE FROM mixtape.blocks WHERE chunk = $1", &[&chunk])?;
+        tx.execute(
+            "DELETE FROM mixtape.rejects r USING mixtape.chunks c
+             WHERE c.chunk = $1 AND NOT r.by_merge
+               AND r.idx >= c.first_index AND r.idx < c.first_index + c.changes",
+            &[&chunk],
+        )?;
+        tx.execute(
+            "UPDATE mixtape.chunks SET next_offset = start_offset, next_index = first_index,
+                 auto_count = 0, max_playlist_id = 0, batches = 0, done = false
+             WHERE chunk = $1",
+            &[&chunk],
+        )?;
+        clear_merge(&mut tx)?;
+        Ok(tx.commit()?)
+    }
+
+    fn commit_batch(&self, batch: &Batch) -> Result<LockTiming> {
+        let asked = Instant::now();
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        let chunk = batch.claim.chunk as i64;
+        let ours = tx.query_opt(
+            "SELECT 1 FROM mixtape.chunks
+             WHERE chunk = $1 AND lease_token = $2 AND next_offset = $3 AND NOT done FOR UPDATE",
+            &[
+                &chunk,
+                &(batch.claim.token as i64),
+                &(batch.from_offset as i64),
+            ],
+        )?;
+        let got = Instant::now();
+        if ours.is_none() {
+            return Err(LeaseLost {
+                chunk: batch.claim.chunk,
+            }
+            .into());
+        }
+        {
+            let sink = tx.copy_in("COPY mixtape.blocks(part, chunk, data) FROM STDIN BINARY")?;
+            let mut writer = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::BYTEA]);
+            for (part, data) in batch.parts.iter().enumerate() {
+                if !data.is_empty() {
+                    writer.write(&[&(part as i64), &chunk, data])?;
+                }
+            }
+            writer.finish()?;
+        }
+        copy_rejects(&mut tx, batch.rejects, false)?;
+        tx.execute(
+            "UPDATE mixtape.chunks SET next_offset = $2, next_index = $3, auto_count = $4,
+                 max_playlist_id = $5, batches = batches + 1, done = $6,
+                 lease_expires = clock_timestamp() + make_interval(secs => $7)
+             WHERE chunk = $1",
+            &[
+                &chunk,
+                &(batch.next_offset as i64),
+                &(batch.next_index as i64),
+                &(batch.auto_count as i64),
+                &(batch.max_playlist_id as i64),
+                &batch.done,
+                &secs(batch.lease),
+            ],
+        )?;
+        crate::fault::point("worker-write");
+        tx.commit()?;
+        let timing = LockTiming {
+            waited: got - asked,
+            held: got.elapsed(),
+        };
+        crate::fault::point("worker-commit");
+        Ok(timing)
+    }
+
+    fn merged_partitions(&self) -> Result<Vec<u64>> {
+        let rows = self
+            .client
+            .borrow_mut()
+            .query("SELECT part FROM mixtape.merged", &[])?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
+    fn clear_merge(&self) -> Result<()> {
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        clear_merge(&mut tx)?;
+        Ok(tx.commit()?)
+    }
+
+    fn each_block(&self, part: u64, each: &mut Each) -> Result<()> {
+        self.each_first_column(
+            &format!("SELECT data FROM mixtape.blocks WHERE part = {part} ORDER BY chunk, id"),
+            each,
+        )
+    }
+
+    fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()> {
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        {
+            let sink = tx.copy_in(
+                "COPY mixtape.results(id, state, doc_seq, created, json) FROM STDIN BINARY",
+            )?;
+            let types = [Type::TEXT, Type::INT8, Type::INT8, Type::INT8, Type::TEXT];
+            let mut writer = BinaryCopyInWriter::new(sink, &types);
+            for r in &out.results {
+                let (state, doc_seq, created, json) = match &r.fate {
+                    Fate::Changed { doc_seq, json } => {
+                        (FATE_CHANGED, Some(*doc_seq), None, Some(json.as_str()))
+                    }
+                    Fate::Removed { doc_seq } => (FATE_REMOVED, Some(*doc_seq), None, None),
+                    Fate::New {
+                        doc_seq,
+                        created,
+                        json,
+                    } => (
+                        FATE_NEW,
+                        *doc_seq,
+                        Some(*created as i64),
+                        Some(json.as_str()),
+                    ),
+                };
+                writer.write(&[&r.id, &state, &doc_seq, &created, &json])?;
+            }
+            writer.finish()?;
+        }
+        copy_rejects(&mut tx, &out.rejects, true)?;
+        tx.execute(
+            "INSERT INTO mixtape.merged(part, warnings) VALUES ($1, $2)",
+            &[&(part as i64), &(out.warnings as i64)],
+        )?;
+        crate::fault::point("merge-partition");
+        Ok(tx.commit()?)
+    }
+
+    fn finish_merge(&self) -> Result<()> {
+        self.set_meta_texts(&[(done_marker(Stage::Merge), "1")])
+    }
+
+    fn warnings(&self) -> Result<u64> {
+        self.number("SELECT coalesce(sum(warnings), 0)::bigint FROM mixtape.merged")
+    }
+
+    fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
+        // Two streams in document order, joined as they go (as with SQLite):
+        // two portals of one transaction, read in turns.
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        let docs = tx.bind("SELECT seq, raw FROM mixtape.playlists ORDER BY seq", &[])?;
+        let fates = tx.bind(
+            "SELECT doc_seq, state, json FROM mixtape.results WHERE doc_seq IS NOT NULL ORDER BY doc_seq",
+            &[],
+        )?;
+        let mut fate_rows = Vec::new().into_iter();
+        let mut fates_left = true;
+        let mut next_fate = |tx: &mut Transaction| -> Result<Option<Row>> {
+            if let Some(row) = fate_rows.next() {
+                return Ok(Some(row));
+            }
+            if !fates_left {
+                return Ok(None);
+            }
+            let rows = tx.query_portal(&fates, FETCH_ROWS)?;
+            fates_left = rows.len() == FETCH_ROWS as usize;
+            fate_rows = rows.into_iter();
+            Ok(fate_rows.next())
+        };
+        let mut fate = next_fate(&mut tx)?;
+        loop {
+            let rows = tx.query_portal(&docs, FETCH_ROWS)?;
+            for doc in &rows {
+                let seq: i64 = doc.get(0);
+                while let Some(f) = &fate {
+                    if f.get::<_, i64>(0) >= seq {
+                        break;
+                    }
+                    fate = next_fate(&mut tx)?;
+                }
+                match &fate {
+                    Some(f) if f.get::<_, i64>(0) == seq => {
+                        if f.get::<_, i64>(1) == FATE_CHANGED {
+                            each(f.get::<_, &str>(2).as_bytes())?;
+                        }
+                    }
+                    _ => each(doc.get::<_, &str>(1).as_bytes())?,
+                }
+            }
+            if rows.len() < FETCH_ROWS as usize {
+                break;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn each_new_playlist(&self, each: &mut Each) -> Result<()> {
+        self.each_first_column(
+            &format!("SELECT json FROM mixtape.results WHERE state = {FATE_NEW} ORDER BY created"),
+            each,
+        )
+    }
+
+    fn each_extra(&self, each: &mut EachMember) -> Result<()> {
+        self.each_row(
+            "SELECT key, raw FROM mixtape.extras ORDER BY seq",
+            &mut |row| {
+                each(
+                    row.get::<_, &str>(0).as_bytes(),
+                    row.get::<_, &str>(1).as_bytes(),
+                )
+            },
+        )
+    }
+
+    fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()> {
+        self.each_row(
+            "SELECT idx, op, reason, detail FROM mixtape.rejects ORDER BY idx",
+            &mut |row| {
+                each(Reject {
+                    index: row.get::<_, i64>(0) as u64,
+                    op_json: row.get(1),
+                    reason: reason_of(row.get(2))?,
+                    detail: row.get(3),
+                })
+            },
+        )
+    }
+
+    fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>> {
+        let rows = self.client.borrow_mut().query(
+            "SELECT reason, count(*) FROM mixtape.rejects GROUP BY reason",
+            &[],
+        )?;
+        let mut counted = rows
+            .iter()
+            .map(|r| Ok((reason_of(r.get(0))?, r.get::<_, i64>(1) as u64)))
+            .collect::<Result<Vec<_>>>()?;
+        counted.sort();
+        Ok(counted)
+    }
+}
+
+fn done_marker(stage: Stage) -> &'static str {
+    stage.done_marker().expect("a stage with a marker")
+}
+
+fn chunk_row(r: &Row) -> ChunkRow {
+    let n = |i: usize| r.get::<_, i64>(i) as u64;
+    ChunkRow {
+        chunk: n(0),
+        start: n(1),
+        end: n(2),
+        first_index: n(3),
+        changes: n(4),
+        next_offset: n(5),
+        next_index: n(6),
+        auto_count: n(7),
+        max_playlist_id: n(8),
+        done: r.get(9),
+    }
+}
+
+fn copy_rejects(tx: &mut Transaction, rejects: &[Reject], by_merge: bool) -> Result<()> {
+    if rejects.is_empty() {
+        return Ok(());
+    }
+    let sink =
+        tx.copy_in("COPY mixtape.rejects(idx, op, reason, detail, by_merge) FROM STDIN BINARY")?;
+    let types = [Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::BOOL];
+    let mut writer = BinaryCopyInWriter::new(sink, &types);
+    for r in rejects {
+        writer.write(&[
+            &(r.index as i64),
+            &r.op_json,
+            &r.reason.name(),
+            &r.detail,
+            &by_merge,
+        ])?;
+    }
+    writer.finish()?;
+    Ok(())
+}
+
+fn clear_merge(tx: &mut Transaction) -> Result<()> {
+    tx.batch_execute(
+        "DELETE FROM mixtape.results; DELETE FROM mixtape.rejects WHERE by_merge; DELETE FROM mixtape.merged;",
+    )?;
+    tx.execute(
+        "DELETE FROM mixtape.meta WHERE key = $1",
+        &[&done_marker(Stage::Merge)],
+    )?;
+    Ok(())
+}
+
+/// Writes the document's elements by binary `COPY`, [`IMPORT_ROWS`] at a time.
+struct PgDocumentWriter<'a> {
+    db: &'a PgDb,
+    playlists: Vec<(i64, String)>,
+    extras: Vec<(i64, String, String)>,
+}
+
+impl PgDocumentWriter<'_> {
+    fn flush(&mut self) -> Result<()> {
+        let mut client = self.db.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        if !self.playlists.is_empty() {
+            let sink = tx.copy_in("COPY mixtape.playlists(seq, raw) FROM STDIN BINARY")?;
+            let mut writer = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT]);
+            for (seq, raw) in self.playlists.drain(..) {
+                writer.write(&[&seq, &raw])?;
+            }
+            writer.finish()?;
+        }
+        for (seq, key, raw) in self.extras.drain(..) {
+            tx.execute(
+                "INSERT INTO mixtape.extras(seq, key, raw) VALUES ($1, $2, $3)",
+                &[&seq, &key, &raw],
+            )?;
+        }
+        Ok(tx.commit()?)
+    }
+}
+
+impl DocumentSink for PgDocumentWriter<'_> {
+    fn playlist(&mut self, position: u64, raw: &str) -> Result<()> {
+        self.playlists.push((position as i64, raw.to_string()));
+        if self.playlists.len() >= IMPORT_ROWS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn extra(&mut self, seq: u64, key: &str, raw: &str) -> Result<()> {
+        self.extras
+            .push((seq as i64, key.to_string(), raw.to_string()));
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, meta: &[(&str, String)]) -> Result<()> {
+        self.flush()?;
+        let pairs: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.db.set_meta_texts(&pairs)
+    }
+}
