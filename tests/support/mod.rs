@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod gen;
+pub mod pg;
 pub mod reference;
 
 use std::ops::{Deref, DerefMut};
