@@ -383,6 +383,13 @@ fn server_errors_are_clear_and_never_show_the_password() {
     db.client()
         .batch_execute("DROP SCHEMA mixtape CASCADE")
         .unwrap();
+    // A second harness on the same database while one runs: refused.
+    let mut holder = db.client();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&0x6d69_7874_6170_6521_i64])
+        .unwrap();
+    check(&case.run(&db.url(), 1, &[]), "another harness run is using the work store");
+    drop(holder);
     // A run made by another version.
     assert_ok(&case.run(&db.url(), 1, &["--stop-after", "plan"]), "plan");
     db.client()
