@@ -12,7 +12,8 @@ use mixtape::store::Location;
 use crate::report::ReportTarget;
 
 /// Apply a batch of playlist changes to a mixtape document, with N worker
-/// processes over a SQLite work database. The output is the same bytes for any N:
+/// processes over a work store (a SQLite file, or a PostgreSQL database for runs
+/// that span hosts). The output is the same bytes for any N:
 /// exactly what applying the changes one by one, in file order, gives.
 ///
 /// The arguments come in this order: the document first, then the changes, then

@@ -1,12 +1,14 @@
 //! The work store: every table, every statement of SQL, and who may open it.
 //!
-//! One SQLite file in WAL mode holds everything a run knows, so that a run can
+//! One work store (a SQLite file in WAL mode, or a schema on a PostgreSQL
+//! server) holds everything a run knows, so that a run can
 //! stop at any point and continue later. The stages never write SQL: they call
 //! the typed operations of [`Store`] ("append a batch", "the blocks of partition
-//! P in index order", "commit a partition's results"). That is also the seam for
-//! a second backend (a server database for runs that span hosts): it has to
-//! provide these operations with the same transactional promises, and no stage
-//! changes.
+//! P in index order", "commit a partition's results"). Behind [`Store`] is the
+//! `Backend` trait, with two implementations that make the same transactional
+//! promises: `sqlite` (one file, the default, this module's docs below) and
+//! `postgres` (a server, for runs that span hosts). What is the same for both
+//! lives here: `meta` keys, the id indexes, the types of the operations.
 //!
 //! | table | written by | holds |
 //! |---|---|---|

@@ -388,7 +388,10 @@ fn server_errors_are_clear_and_never_show_the_password() {
     holder
         .execute("SELECT pg_advisory_lock($1)", &[&0x6d69_7874_6170_6521_i64])
         .unwrap();
-    check(&case.run(&db.url(), 1, &[]), "another harness run is using the work store");
+    check(
+        &case.run(&db.url(), 1, &[]),
+        "another harness run is using the work store",
+    );
     drop(holder);
     // A run made by another version.
     assert_ok(&case.run(&db.url(), 1, &["--stop-after", "plan"]), "plan");
