@@ -127,8 +127,12 @@ pub fn worker_name() -> String {
 }
 
 /// How long a joined worker waits before asking again when every chunk left
-/// is leased by another worker.
-const WAIT_FOR_CHUNKS: Duration = Duration::from_millis(50);
+/// is leased by another worker: from the first of these, doubling up to the
+/// second. Short at first because the usual reason is a colleague about to
+/// finish its last chunk; longer later because a dead host's lease takes its
+/// whole length to expire, and every question costs the store a query.
+const WAIT_FOR_CHUNKS: (Duration, Duration) =
+    (Duration::from_millis(2), Duration::from_millis(250));
 
 /// Opens the work database for a worker: it must hold a plan.
 fn open_for_work(db: &Location) -> Result<Store> {
@@ -190,16 +194,21 @@ pub fn join(
     let lease = store.lease()?;
     let name = worker_name();
     let mut summary = JoinSummary::default();
+    let mut wait = WAIT_FOR_CHUNKS.0;
     loop {
         crate::interrupt::check()?;
         match store.claim_next(&name, lease)? {
             Claimed::AllDone => return Ok(summary),
             Claimed::Wait => {
                 release_leases_of_dead_local_workers(&store, &name)?;
-                std::thread::sleep(WAIT_FOR_CHUNKS);
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(WAIT_FOR_CHUNKS.1);
             }
             Claimed::Chunk(claim) => match apply_claimed(&store, claim, lease, options, progress) {
-                Ok(chunk) => summary.chunks.push(chunk),
+                Ok(chunk) => {
+                    wait = WAIT_FOR_CHUNKS.0;
+                    summary.chunks.push(chunk);
+                }
                 Err(e) if e.is::<LeaseLost>() => {
                     summary.lost += 1;
                     eprintln!("worker: {e}");
