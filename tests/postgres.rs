@@ -383,6 +383,32 @@ fn server_errors_are_clear_and_never_show_the_password() {
     db.client()
         .batch_execute("DROP SCHEMA mixtape CASCADE")
         .unwrap();
+    // No password in the URL nor in PGPASSWORD: the password file, as libpq
+    // reads it, and only when others cannot read it.
+    let home = tempfile::tempdir().unwrap();
+    let passfile = home.path().join("pgpass");
+    fs::write(&passfile, format!("*:*:{}:*:{secret}\n", db.name)).unwrap();
+    let from_file = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&passfile, fs::Permissions::from_mode(mode)).unwrap();
+        case.harness(&db.url_without_password(), 1, &["--fresh"])
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", &passfile)
+            .output()
+            .unwrap()
+    };
+    if !secret.is_empty() {
+        let o = from_file(0o644);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("has group or world access"),
+            "{}",
+            stderr(&o)
+        );
+        assert_ok(&from_file(0o600), "password from PGPASSFILE");
+        case.assert_exact("password from PGPASSFILE");
+        fs::remove_file(case.out()).unwrap();
+    }
     // A second harness on the same database while one runs: refused.
     let mut holder = db.client();
     holder

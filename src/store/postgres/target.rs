@@ -169,6 +169,16 @@ impl PgTarget {
         let path = std::env::var_os("PGPASSFILE")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
+        // As libpq: a file others may read is ignored, with a warning.
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).ok()?.permissions());
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "warning: password file {} has group or world access; it is ignored (chmod 0600 it)",
+                path.display()
+            );
+            return None;
+        }
         let text = std::fs::read_to_string(path).ok()?;
         let port = self.port.to_string();
         let wanted = [self.host.as_str(), &port, &self.dbname, &self.user];
