@@ -85,12 +85,17 @@ pub fn run(config: &Config) -> Result<Exit> {
 /// Opens the work database to resume from (`true`), or makes a new one.
 fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, bool)> {
     if config.db.exists()? && !config.fresh {
-        let store = Store::open(&config.db).with_context(|| {
-            format!(
-                "cannot resume; pass --fresh to discard {}",
-                config.db.display()
-            )
-        })?;
+        let store = match Store::open(&config.db) {
+            Ok(store) => store,
+            // --fresh would not help: say only what is wrong.
+            Err(e) if e.is::<mixtape::store::NotOurs>() => return Err(e),
+            Err(e) => {
+                return Err(e.context(format!(
+                    "cannot resume; pass --fresh to discard {}",
+                    config.db.display()
+                )))
+            }
+        };
         let mut why_fresh = None;
         for input in inputs {
             why_fresh = input.changed_since(&store)?;

@@ -298,6 +298,14 @@ pub struct Leased {
     pub secs_left: f64,
 }
 
+/// The place holds something another program made: it is never resumed nor
+/// replaced, `--fresh` or not.
+#[derive(Debug, thiserror::Error)]
+#[error("the database of {store} has a schema mixtape that another program made; mixtape will not touch it (use another database)")]
+pub struct NotOurs {
+    pub store: String,
+}
+
 /// This worker's lease on the chunk was taken over (it expired: the worker was
 /// too slow to renew it); nothing of the batch was written.
 #[derive(Debug, thiserror::Error)]

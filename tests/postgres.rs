@@ -375,7 +375,9 @@ fn server_errors_are_clear_and_never_show_the_password() {
     db.client()
         .batch_execute("CREATE SCHEMA mixtape; CREATE TABLE mixtape.accounts(id int)")
         .unwrap();
-    check(&case.run(&db.url(), 1, &[]), "another program made");
+    let o = case.run(&db.url(), 1, &[]);
+    check(&o, "another program made");
+    assert!(!stderr(&o).contains("--fresh to discard"), "{}", stderr(&o));
     check(
         &case.run(&db.url(), 1, &["--fresh"]),
         "another program made",

@@ -163,10 +163,10 @@ impl PgDb {
         let ours = has_meta.get::<_, i64>(0) > 0
             && self.meta_text("program").ok().flatten().as_deref() == Some("mixtape");
         if !ours {
-            bail!(
-                "the database of {} has a schema mixtape that another program made; mixtape will not touch it (use another database)",
-                target.shown()
-            );
+            return Err(super::NotOurs {
+                store: target.shown(),
+            }
+            .into());
         }
         Ok(())
     }
