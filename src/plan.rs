@@ -10,7 +10,8 @@
 //!   object has no `changes` member, the first line of JSON Lines;
 //! - anything else (or nothing): JSON Lines.
 //!
-//! While scanning it cuts the file into at most N chunks of about equal bytes, on
+//! While scanning it cuts the file into at most K chunks (`--chunks`, by default
+//! the number of workers) of about equal bytes, on
 //! change boundaries only: a chunk is a byte range that starts at a change and
 //! ends where the next chunk starts (or where the last change ends), plus the
 //! global index of its first change, so every change keeps its index whichever
@@ -48,7 +49,7 @@ impl Form {
     }
 }
 
-/// One chunk of CHANGES for one worker.
+/// One chunk of CHANGES: what one worker claims and applies at a time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {
     /// Byte offset of its first change.
@@ -73,8 +74,9 @@ pub struct Plan {
 /// Cuts chunks as change starts go by (see module docs).
 struct Cutter {
     size: u64,
-    workers: u64,
-    /// Index of the next target cut (target `i` is at `size * i / workers`).
+    /// How many chunks to cut at most.
+    wanted: u64,
+    /// Index of the next target cut (target `i` is at `size * i / wanted`).
     next_cut: u64,
     chunks: Vec<Chunk>,
     changes: u64,
@@ -82,10 +84,10 @@ struct Cutter {
 
 impl Cutter {
     fn target(&self, i: u64) -> u64 {
-        if i >= self.workers {
+        if i >= self.wanted {
             u64::MAX
         } else {
-            (u128::from(self.size) * u128::from(i) / u128::from(self.workers)) as u64
+            (u128::from(self.size) * u128::from(i) / u128::from(self.wanted)) as u64
         }
     }
 
@@ -126,21 +128,21 @@ mod segments;
 /// thread is quicker than starting more.
 const MIN_SEGMENT_BYTES: u64 = 1 << 20;
 
-/// Scans CHANGES at `path` and cuts it for `workers` workers, on up to
+/// Scans CHANGES at `path` and cuts it into up to `wanted` chunks, on up to
 /// `threads` threads (JSON Lines and bare arrays; see [`segments`]);
 /// `progress` gets the number of bytes read so far.
 pub fn plan(
     path: &Path,
-    workers: usize,
+    wanted: usize,
     threads: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Plan> {
-    plan_with(path, workers, threads, MIN_SEGMENT_BYTES, progress)
+    plan_with(path, wanted, threads, MIN_SEGMENT_BYTES, progress)
 }
 
 fn plan_with(
     path: &Path,
-    workers: usize,
+    wanted: usize,
     threads: usize,
     min_segment: u64,
     progress: &mut dyn FnMut(u64),
@@ -159,8 +161,8 @@ fn plan_with(
                     form,
                     size,
                     body_start,
-                    targets: (1..workers.max(1) as u64)
-                        .map(|i| (u128::from(size) * u128::from(i) / workers as u128) as u64)
+                    targets: (1..wanted.max(1) as u64)
+                        .map(|i| (u128::from(size) * u128::from(i) / wanted as u128) as u64)
                         .collect(),
                 };
                 let planned = split
@@ -173,7 +175,7 @@ fn plan_with(
     }
     let mut cutter = Cutter {
         size,
-        workers: workers.max(1) as u64,
+        wanted: wanted.max(1) as u64,
         next_cut: 1,
         chunks: Vec::new(),
         changes: 0,
