@@ -6,7 +6,7 @@
 //! the usual file (one change per line) it is where a change starts. Each
 //! thread scans its segment with its own validating scanner, as if a change
 //! started there, and records how many changes it saw and, for every cut the
-//! plan wants (byte `size * i / workers`), the first change starting at or
+//! plan wants (byte `size * i / K`, K the wanted chunks), the first change starting at or
 //! after it.
 //!
 //! A guess can be wrong: after a newline inside a pretty-printed change, a
@@ -32,7 +32,7 @@ pub(super) struct Split<'a> {
     /// File size, and where the body starts: after `[`, or at the first change.
     pub size: u64,
     pub body_start: u64,
-    /// The plan's cut targets: byte `size * i / workers`, `i` in `1..workers`.
+    /// The plan's cut targets: byte `size * i / K`, `i` in `1..K` (K chunks wanted).
     pub targets: Vec<u64>,
 }
 
