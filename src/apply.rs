@@ -255,6 +255,9 @@ pub struct JoinSummary {
     pub chunks: Vec<ChunkSummary>,
     /// Chunks whose lease it lost to another worker.
     pub lost: u64,
+    /// Merge partitions it merged once every chunk was applied
+    /// ([`crate::merge::help`]).
+    pub merged: u64,
 }
 
 /// Applies the chunk of `claim` from its last committed position.

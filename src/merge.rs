@@ -29,6 +29,15 @@
 //! parallel (WAL readers do not wait); a thread holds the write lock only to
 //! write one partition's rows.
 //!
+//! Joined workers (`worker --join`, on any host) help once every chunk is
+//! applied ([`help`]): they take partitions from the last one down while the
+//! harness goes up from the first, so they meet in the middle. Nobody needs a
+//! lease for that: a partition commits with its row in `merged`, whose key
+//! admits one ([`AlreadyMerged`]), so two workers that merge the same
+//! partition at once cost some work, never a wrong byte, and one who dies
+//! leaves its partition to the harness, which merges every partition not yet
+//! merged.
+//!
 //! ## Output and resuming
 //!
 //! For every playlist whose fate differs from the document the merge writes one
@@ -48,7 +57,7 @@ use crate::record::{Body, Decoder, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
 use crate::render;
 use crate::stage::Stage;
-use crate::store::{Fate, Key, PartitionResults, PlaylistResult, Store};
+use crate::store::{AlreadyMerged, Fate, Key, PartitionResults, PlaylistResult, Store};
 
 /// Page cache shared by the merge threads, in KiB (each gets its share): for
 /// the blocks they read and the document playlists they look up by id. The
@@ -100,16 +109,41 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
     store.checkpoint()
 }
 
-/// Merges partition `part` and commits its results.
-fn merge_one(store: &Store, cx: &MergeContext, part: u64) -> Result<()> {
+/// Merges partition `part` and commits its results, unless another worker
+/// has (or does meanwhile); says whether this call merged it.
+fn merge_one(store: &Store, cx: &MergeContext, part: u64) -> Result<bool> {
     crate::interrupt::check()?;
+    if store.is_merged(part)? {
+        return Ok(false);
+    }
     let mut out = PartitionResults::default();
     merge_partition(store, cx, part, &mut out)?;
     // This partition's share of the document check: a slice of playlists.
     let from = cx.playlists * part / cx.partitions;
     let to = cx.playlists * (part + 1) / cx.partitions;
     out.warnings = count_warnings(store, from, to)?;
-    store.commit_partition(part, &out)
+    match store.commit_partition(part, &out) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is::<AlreadyMerged>() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A joined worker's share of the merge, once every chunk is applied: the
+/// partitions not yet merged, from the last one down (the harness goes up),
+/// until none is left. Returns how many this worker merged.
+pub fn help(store: &Store) -> Result<u64> {
+    if store.is_done(Stage::Merge)? || !store.is_done(Stage::Apply)? {
+        return Ok(0);
+    }
+    let context = MergeContext::read(store)?;
+    let mut merged = 0;
+    for part in (0..context.partitions).rev() {
+        if merge_one(store, &context, part)? {
+            merged += 1;
+        }
+    }
+    Ok(merged)
 }
 
 /// Counts the document's playlists at positions `from..to` whose owner or some

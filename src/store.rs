@@ -306,6 +306,14 @@ pub struct NotOurs {
     pub store: String,
 }
 
+/// Another worker committed this merge partition first (each partition's
+/// results commit with its row in `merged`, whose key admits one).
+#[derive(Debug, thiserror::Error)]
+#[error("merge partition {part} was merged by another worker")]
+pub struct AlreadyMerged {
+    pub part: u64,
+}
+
 /// This worker's lease on the chunk was taken over (it expired: the worker was
 /// too slow to renew it); nothing of the batch was written.
 #[derive(Debug, thiserror::Error)]
@@ -515,6 +523,7 @@ trait Backend {
     fn reset_chunk(&self, chunk: u64) -> Result<()>;
     fn commit_batch(&self, batch: &Batch) -> Result<LockTiming>;
     fn merged_partitions(&self) -> Result<Vec<u64>>;
+    fn is_merged(&self, part: u64) -> Result<bool>;
     fn clear_merge(&self) -> Result<()>;
     fn each_block(&self, part: u64, each: &mut Each) -> Result<()>;
     fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()>;
@@ -959,6 +968,11 @@ impl Store {
         self.db.merged_partitions()
     }
 
+    /// Whether partition `part`'s results are committed.
+    pub fn is_merged(&self, part: u64) -> Result<bool> {
+        self.db.is_merged(part)
+    }
+
     /// Clears what a merge left (before a merge starts from nothing: a chunk
     /// redone by hand may have changed what it read).
     pub fn clear_merge(&self) -> Result<()> {
@@ -971,7 +985,8 @@ impl Store {
         self.db.each_block(part, each)
     }
 
-    /// Writes a partition's results with its `merged` row, in one transaction.
+    /// Writes a partition's results with its `merged` row, in one transaction;
+    /// [`AlreadyMerged`], writing nothing, when another worker was first.
     pub fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()> {
         self.db.commit_partition(part, out)
     }
@@ -1382,6 +1397,31 @@ mod tests {
             .commit_batch(&batch(quick, &parts, &[], 0, 5))
             .unwrap();
         assert_eq!(store.chunk(0).unwrap().unwrap().next_offset, 5);
+    }
+
+    #[test]
+    fn a_partition_commits_once_whoever_merges_it() {
+        let (_dir, store) = store();
+        plan_two_chunks(&store);
+        let results = |id: &str| PartitionResults {
+            results: vec![PlaylistResult {
+                id: id.into(),
+                fate: Fate::Removed { doc_seq: 0 },
+            }],
+            rejects: Vec::new(),
+            warnings: 1,
+        };
+        assert!(!store.is_merged(3).unwrap());
+        store.commit_partition(3, &results("first")).unwrap();
+        assert!(store.is_merged(3).unwrap());
+        let second = store.commit_partition(3, &results("second"));
+        assert!(second.unwrap_err().is::<AlreadyMerged>());
+        assert_eq!(
+            store.warnings().unwrap(),
+            1,
+            "the second commit wrote nothing"
+        );
+        assert_eq!(store.merged_partitions().unwrap(), [3]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use mixtape::store::{Key, Location, Store};
 use support::{gen, reference, stderr, TestCommand};
 
 /// A generated case in `dir`, its reference output, and the paths.
@@ -230,6 +231,32 @@ fn a_stalled_worker_is_fenced_off_and_its_late_commit_refused() {
     assert!(taker_status.success(), "{taker_said}");
     assert_eq!(chunks_applied(&taker_said), 1, "{taker_said}");
     assert!(!taker_said.contains("taken over"), "{taker_said}");
+    let o = case.harness(1, &[]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    case.assert_exact();
+}
+
+#[test]
+fn a_joined_worker_helps_with_the_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = case(dir.path(), 14);
+    let o = case
+        .harness(1, &["--stop-after", "apply", "--chunks", "3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, said) = finish(case.joined_worker(elsewhere.path(), &[]));
+    assert_eq!(code, Some(0), "{said}");
+    // It merged every partition (the harness was not running).
+    let store = Store::open(&Location::File(case.db())).unwrap();
+    let partitions = store.meta_number(Key::Partitions).unwrap();
+    assert_eq!(store.merged_partitions().unwrap().len() as u64, partitions);
+    assert!(
+        said.contains(&format!("worker: merged {partitions} partition(s)")),
+        "{said}"
+    );
+    drop(store);
     let o = case.harness(1, &[]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     case.assert_exact();

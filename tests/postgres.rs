@@ -202,6 +202,42 @@ fn workers_on_several_hosts_share_the_run() {
 }
 
 #[test]
+fn a_joined_worker_on_another_host_merges_partitions() {
+    let Some(server) = pg::server() else { return };
+    let db = server.database("merge");
+    let case = case_from(gen::case_of(24, 3000));
+    let stop = ["--chunks", "3", "--stop-after", "apply"];
+    assert_ok(&case.run(&db.url(), 2, &stop), "apply");
+    let home = tempfile::tempdir().unwrap();
+    let o = case
+        .joined_worker(&db, home.path(), &[])
+        .wait_with_output()
+        .unwrap();
+    let said = stderr(&o);
+    assert!(o.status.success(), "{said}");
+    let partitions: String = db
+        .client()
+        .query_one(
+            "SELECT value FROM mixtape.meta WHERE key = 'partitions'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let merged: i64 = db
+        .client()
+        .query_one("SELECT count(*) FROM mixtape.merged", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(merged.to_string(), partitions);
+    assert!(
+        said.contains(&format!("worker: merged {partitions} partition(s)")),
+        "{said}"
+    );
+    assert_ok(&case.run(&db.url(), 2, &[]), "finish");
+    case.assert_exact("merged elsewhere");
+}
+
+#[test]
 fn a_dead_workers_lease_expires_and_a_stalled_one_is_fenced_off() {
     let Some(server) = pg::server() else { return };
     // Killed: its chunk is finished by the harness's workers after 1 s.

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mixtape::apply::{self, WorkerOptions};
 use mixtape::exit_codes::Exit;
 use mixtape::protocol::Progress;
-use mixtape::store::{Location, RunLock};
+use mixtape::store::{Location, RunLock, Store};
 
 /// Apply chunk K of the plan stored in a mixtape work database, or (--join)
 /// claim chunks one after another until the plan is done.
@@ -128,7 +128,7 @@ fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
         Some(chunk) => {
             apply::run_chunk(&db, chunk, &options, progress).map(|one| apply::JoinSummary {
                 chunks: vec![one],
-                lost: 0,
+                ..Default::default()
             })
         }
         None => apply::join(&db, &options, progress),
@@ -157,7 +157,13 @@ fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
     if let Some(lock) = lock {
         lock.release_and_remove();
     }
-    outcome
+    let mut summary = outcome?;
+    // A worker that joined a run by hand helps with the merge too; the
+    // harness's own workers leave it to the harness's threads.
+    if cli.join && !cli.report_progress {
+        summary.merged = mixtape::merge::help(&Store::open(&db)?)?;
+    }
+    Ok(summary)
 }
 
 /// Where a worker keeps what it fetches from a server store (the id
@@ -189,6 +195,12 @@ fn say_what_it_did(summary: &apply::JoinSummary) {
                 chunk.lock_wait
             );
         }
+    }
+    if summary.merged > 0 {
+        eprintln!(
+            "worker: merged {} partition(s) once every chunk was applied",
+            summary.merged
+        );
     }
     if summary.lost > 0 {
         eprintln!(

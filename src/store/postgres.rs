@@ -32,9 +32,9 @@ use postgres::types::Type;
 use postgres::{Client, Row, Transaction};
 
 use super::{
-    reason_of, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each, EachMember, Fate,
-    IdKind, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED, FATE_NEW,
-    FATE_REMOVED, SCHEMA_VERSION,
+    reason_of, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
+    EachMember, Fate, IdKind, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED,
+    FATE_NEW, FATE_REMOVED, SCHEMA_VERSION,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -618,9 +618,29 @@ impl Backend for PgDb {
         )
     }
 
+    fn is_merged(&self, part: u64) -> Result<bool> {
+        Ok(self
+            .client
+            .borrow_mut()
+            .query_opt(
+                "SELECT 1 FROM mixtape.merged WHERE part = $1",
+                &[&(part as i64)],
+            )?
+            .is_some())
+    }
+
     fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()> {
         let mut client = self.client.borrow_mut();
         let mut tx = client.transaction()?;
+        // First the partition's row: its key admits one, and a worker merging
+        // the same partition at once waits here, then finds it taken.
+        let inserted = tx.execute(
+            "INSERT INTO mixtape.merged(part, warnings) VALUES ($1, $2) ON CONFLICT (part) DO NOTHING",
+            &[&(part as i64), &(out.warnings as i64)],
+        )?;
+        if inserted != 1 {
+            return Err(AlreadyMerged { part }.into());
+        }
         {
             let sink = tx.copy_in(
                 "COPY mixtape.results(id, state, doc_seq, created, json) FROM STDIN BINARY",
@@ -649,10 +669,6 @@ impl Backend for PgDb {
             writer.finish()?;
         }
         copy_rejects(&mut tx, &out.rejects, true)?;
-        tx.execute(
-            "INSERT INTO mixtape.merged(part, warnings) VALUES ($1, $2)",
-            &[&(part as i64), &(out.warnings as i64)],
-        )?;
         crate::fault::point("merge-partition");
         Ok(tx.commit()?)
     }

@@ -10,9 +10,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use rusqlite::{Transaction, TransactionBehavior};
 
 use super::{
-    reason_of, remove_files, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
-    EachMember, Fate, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED, FATE_NEW,
-    FATE_REMOVED, SCHEMA_VERSION,
+    reason_of, remove_files, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink,
+    Each, EachMember, Fate, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED,
+    FATE_NEW, FATE_REMOVED, SCHEMA_VERSION,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -536,8 +536,21 @@ impl Backend for SqliteDb {
     }
 
     /// Writes a partition's results with its `merged` row, in one transaction.
+    fn is_merged(&self, part: u64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM merged WHERE part = ?1")?
+            .query_row([part], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()> {
         let tx = self.write()?;
+        // The write lock is held from here: nobody can merge it meanwhile.
+        if self.is_merged(part)? {
+            return Err(AlreadyMerged { part }.into());
+        }
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO results(id, state, doc_seq, created, json) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -564,7 +577,6 @@ impl Backend for SqliteDb {
         Ok(tx.commit()?)
     }
 
-    /// Marks the merge done.
     /// Marks the merge done.
     fn finish_merge(&self) -> Result<()> {
         let tx = self.write()?;
