@@ -120,64 +120,43 @@ impl Input {
     }
 }
 
-/// What the decompress stage did, for the run report.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Decompressions {
-    /// Decompressed bytes written this run, per input (`InputKind::ALL` order).
-    pub written: [Option<u64>; 2],
-}
-
-impl Decompressions {
-    pub fn did_any(&self) -> bool {
-        self.written.iter().any(Option::is_some)
-    }
-}
-
 /// The decompress stage: decompresses every compressed input whose kept text
-/// is not whole yet, at the same time when there are two and `threads` allows.
-pub fn decompress(
-    inputs: &[Input],
-    store: &Store,
-    ui: &Ui,
-    threads: usize,
-) -> Result<Decompressions> {
+/// is not whole yet, at the same time when there are two and `threads` allows;
+/// says whether there was anything to do.
+pub fn decompress(inputs: &[Input], store: &Store, ui: &Ui, threads: usize) -> Result<bool> {
     let mut to_do = Vec::new();
-    for (slot, input) in inputs.iter().enumerate() {
+    for input in inputs {
         if input.compression.is_some() && !input.text_is_whole(store)? {
-            to_do.push((slot, input));
+            to_do.push(input);
         }
     }
-    let mut done = Decompressions::default();
-    let results: Vec<(usize, Result<u64>)> = if threads >= 2 && to_do.len() > 1 {
+    let results: Vec<Result<()>> = if threads >= 2 && to_do.len() > 1 {
         std::thread::scope(|scope| {
-            let running: Vec<_> = to_do
-                .iter()
-                .map(|&(slot, input)| (slot, scope.spawn(move || decompress_one(input, ui))))
+            let running: Vec<_> = (to_do.iter())
+                .map(|&input| scope.spawn(move || decompress_one(input, ui)))
                 .collect();
-            running
-                .into_iter()
-                .map(|(slot, handle)| (slot, handle.join().expect("decompression panicked")))
+            (running.into_iter())
+                .map(|handle| handle.join().expect("decompression panicked"))
                 .collect()
         })
     } else {
         to_do
             .iter()
-            .map(|&(slot, input)| (slot, decompress_one(input, ui)))
+            .map(|&input| decompress_one(input, ui))
             .collect()
     };
-    for (slot, result) in results {
-        let input = &inputs[slot];
-        done.written[slot] = Some(result?);
+    for (input, result) in to_do.iter().zip(results) {
+        result?;
         let print = fingerprint::of_file(&input.text)
             .with_context(|| format!("reading {}", input.text.display()))?;
         store.record_input_text(input.kind, &input.text, &print)?;
     }
-    Ok(done)
+    Ok(!to_do.is_empty())
 }
 
 /// Decompresses one input into its kept file, with a bar: compressed bytes
 /// read against the file's size, and decompressed bytes written.
-fn decompress_one(input: &Input, ui: &Ui) -> Result<u64> {
+fn decompress_one(input: &Input, ui: &Ui) -> Result<()> {
     let format = input.compression.expect("only compressed inputs");
     let label = format!("{} ({})", input.kind.label(), format.name());
     let bar = ui.bytes_bar(Stage::Decompress.name(), input.size);
@@ -197,5 +176,5 @@ fn decompress_one(input: &Input, ui: &Ui) -> Result<u64> {
         indicatif::HumanBytes(got.decompressed_bytes),
         input.text.display()
     ));
-    Ok(got.decompressed_bytes)
+    Ok(())
 }

@@ -17,7 +17,7 @@ use mixtape::store::{InputKind, Key, RunLock, Store};
 use mixtape::{export, import, merge, output_file, plan};
 
 use crate::cli::Config;
-use crate::inputs::{self, Decompressions, Input};
+use crate::inputs::{self, Input};
 use crate::progress::Ui;
 use crate::report::{self, Counts, Ordered, Report, Seconds};
 use crate::workers::{self, LockFigures};
@@ -134,8 +134,7 @@ impl Run<'_> {
         if stage == Stage::Decompress {
             // Done or not is a question for each kept file (inputs::decompress).
             let started = Instant::now();
-            let done = self.decompress()?;
-            if done.did_any() {
+            if self.decompress()? {
                 self.times.record(stage, started);
             }
         } else if !self.store.is_done(stage)? {
@@ -176,7 +175,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn decompress(&mut self) -> Result<Decompressions> {
+    fn decompress(&mut self) -> Result<bool> {
         inputs::decompress(&self.inputs, &self.store, &self.ui, self.threads())
     }
 

@@ -38,7 +38,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use mixtape::protocol::Progress;
-use mixtape::store::{Location, Store};
+use mixtape::store::{ChunkRow, Location, Store};
 
 use crate::progress::{Bar, Ui};
 
@@ -213,7 +213,7 @@ pub fn run(
     let chunks = store.chunks()?;
     let pending = chunks.iter().filter(|c| !c.done).count();
     let command = WorkerCommand::new(worker, db);
-    let mut watch = Watch::new(store, workers.min(pending), ui)?;
+    let mut watch = Watch::new(store, &chunks, workers.min(pending), ui);
     let (tx, rx) = mpsc::channel();
     let mut children = Children(Vec::new());
     for slot in 0..workers.min(pending) {
@@ -273,8 +273,7 @@ struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    fn new(store: &'a Store, workers: usize, ui: &Ui) -> Result<Watch<'a>> {
-        let chunks = store.chunks()?;
+    fn new(store: &'a Store, chunks: &[ChunkRow], workers: usize, ui: &Ui) -> Watch<'a> {
         let total_bytes = chunks.iter().map(|c| c.end - c.start).sum();
         let total_bar = ui.bytes_bar("apply", total_bytes);
         let watch = Watch {
@@ -289,12 +288,12 @@ impl<'a> Watch<'a> {
             stderr_of: vec![Vec::new(); workers],
             malformed: None,
         };
-        watch.show_total(&chunks);
-        Ok(watch)
+        watch.show_total(chunks);
+        watch
     }
 
     /// Moves the total bar to what the store says every chunk has committed.
-    fn show_total(&self, chunks: &[mixtape::store::ChunkRow]) {
+    fn show_total(&self, chunks: &[ChunkRow]) {
         self.total_bar
             .set(chunks.iter().map(|c| c.next_offset - c.start).sum());
         let done = chunks.iter().filter(|c| c.done).count();

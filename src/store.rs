@@ -365,6 +365,22 @@ pub enum Fate {
     },
 }
 
+impl Fate {
+    /// Its `results` columns, as every backend stores them: the state code,
+    /// `doc_seq`, `created`, `json`.
+    fn columns(&self) -> (i64, Option<i64>, Option<i64>, Option<&str>) {
+        match self {
+            Fate::Changed { doc_seq, json } => (FATE_CHANGED, Some(*doc_seq), None, Some(json)),
+            Fate::Removed { doc_seq } => (FATE_REMOVED, Some(*doc_seq), None, None),
+            Fate::New {
+                doc_seq,
+                created,
+                json,
+            } => (FATE_NEW, *doc_seq, Some(*created as i64), Some(json)),
+        }
+    }
+}
+
 /// `results.state` of each [`Fate`].
 const FATE_CHANGED: i64 = 0;
 const FATE_REMOVED: i64 = 1;
@@ -534,6 +550,10 @@ trait Backend {
     fn each_extra(&self, each: &mut EachMember) -> Result<()>;
     fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()>;
     fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>>;
+    /// Whether each lookup is a round trip to a server.
+    fn lookups_are_round_trips(&self) -> bool {
+        false
+    }
     /// What names this run's id index files on every host (`None`: the files
     /// sit beside the store, which is all there is of it).
     fn index_tag(&self) -> Result<Option<String>> {
@@ -858,7 +878,7 @@ impl Store {
     /// Whether every lookup in this store is a round trip to a server (the
     /// merge then fetches what it needs in bulk).
     pub fn lookups_are_round_trips(&self) -> bool {
-        matches!(self.location, Location::Postgres(_))
+        self.db.lookups_are_round_trips()
     }
 
     /// The document's playlists of the given ids that exist, by id, fetched
@@ -1233,6 +1253,18 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(30);
 
+    /// How many blocks partition `part` holds.
+    fn blocks_in(store: &Store, part: u64) -> usize {
+        let mut blocks = 0;
+        store
+            .each_block(part, &mut |_| {
+                blocks += 1;
+                Ok(())
+            })
+            .unwrap();
+        blocks
+    }
+
     fn batch<'a>(
         claim: Claim,
         parts: &'a [Vec<u8>],
@@ -1309,13 +1341,7 @@ mod tests {
         assert!(store
             .commit_batch(&batch(claim, &parts, &[], 99, 15))
             .is_err());
-        let mut blocks = 0;
-        store
-            .each_block(0, &mut |_| {
-                blocks += 1;
-                Ok(())
-            })
-            .unwrap();
+        let blocks = blocks_in(&store, 0);
         assert_eq!(blocks, 0);
         // And the connection is usable afterwards (no transaction left open).
         store
@@ -1385,13 +1411,7 @@ mod tests {
                 .owner,
             "quick"
         );
-        let mut blocks = 0;
-        store
-            .each_block(0, &mut |_| {
-                blocks += 1;
-                Ok(())
-            })
-            .unwrap();
+        let blocks = blocks_in(&store, 0);
         assert_eq!(blocks, 0, "the fenced batch wrote nothing");
         store
             .commit_batch(&batch(quick, &parts, &[], 0, 5))

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use mixtape::store::{Key, Location, Store};
-use support::{gen, reference, stderr, TestCommand};
+use support::{gen, reference, rest_of, stderr, wait_for, TestCommand};
 
 /// A generated case in `dir`, its reference output, and the paths.
 struct Case {
@@ -162,29 +162,6 @@ fn a_killed_joined_worker_loses_its_chunk_when_its_lease_expires() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!db.exists());
     case.assert_exact();
-}
-
-/// Reads `child`'s stderr until it says `what`; returns what it said.
-fn wait_for(err: &mut std::process::ChildStderr, what: &str) -> Vec<u8> {
-    use std::io::Read;
-    let mut said = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&said).contains(what) {
-        assert_eq!(
-            err.read(&mut byte).unwrap(),
-            1,
-            "ended early: {}",
-            String::from_utf8_lossy(&said)
-        );
-        said.push(byte[0]);
-    }
-    said
-}
-
-fn rest_of(mut err: std::process::ChildStderr, mut said: Vec<u8>) -> String {
-    use std::io::Read;
-    err.read_to_end(&mut said).unwrap();
-    String::from_utf8_lossy(&said).into_owned()
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use support::pg::{self, TestDb};
-use support::{gen, reference, stderr, TestCommand};
+use support::{gen, reference, rest_of, stderr, wait_for, TestCommand};
 
 struct Case {
     dir: tempfile::TempDir,
@@ -308,24 +308,6 @@ fn a_dead_workers_lease_expires_and_a_stalled_one_is_fenced_off() {
     assert!(!taker_said.contains("taken over"), "{taker_said}");
     assert_ok(&case.run(&db.url(), 1, &[]), "finish");
     case.assert_exact("fenced worker");
-}
-
-fn wait_for(err: &mut std::process::ChildStderr, what: &str) -> Vec<u8> {
-    use std::io::Read;
-    let mut said = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&said).contains(what) {
-        let n = err.read(&mut byte).unwrap();
-        assert_eq!(n, 1, "ended early: {}", String::from_utf8_lossy(&said));
-        said.push(byte[0]);
-    }
-    said
-}
-
-fn rest_of(mut err: std::process::ChildStderr, mut said: Vec<u8>) -> String {
-    use std::io::Read;
-    err.read_to_end(&mut said).unwrap();
-    String::from_utf8_lossy(&said).into_owned()
 }
 
 #[test]

@@ -33,8 +33,8 @@ use postgres::{Client, Row, Transaction};
 
 use super::{
     reason_of, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
-    EachMember, Fate, IdKind, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED,
-    FATE_NEW, FATE_REMOVED, SCHEMA_VERSION,
+    EachMember, IdKind, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED,
+    FATE_NEW, SCHEMA_VERSION,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -278,6 +278,10 @@ fn secs(lease: Duration) -> f64 {
 }
 
 impl Backend for PgDb {
+    fn lookups_are_round_trips(&self) -> bool {
+        true
+    }
+
     fn index_tag(&self) -> Result<Option<String>> {
         Ok(Some(self.run_id()?))
     }
@@ -648,22 +652,7 @@ impl Backend for PgDb {
             let types = [Type::TEXT, Type::INT8, Type::INT8, Type::INT8, Type::TEXT];
             let mut writer = BinaryCopyInWriter::new(sink, &types);
             for r in &out.results {
-                let (state, doc_seq, created, json) = match &r.fate {
-                    Fate::Changed { doc_seq, json } => {
-                        (FATE_CHANGED, Some(*doc_seq), None, Some(json.as_str()))
-                    }
-                    Fate::Removed { doc_seq } => (FATE_REMOVED, Some(*doc_seq), None, None),
-                    Fate::New {
-                        doc_seq,
-                        created,
-                        json,
-                    } => (
-                        FATE_NEW,
-                        *doc_seq,
-                        Some(*created as i64),
-                        Some(json.as_str()),
-                    ),
-                };
+                let (state, doc_seq, created, json) = r.fate.columns();
                 writer.write(&[&r.id, &state, &doc_seq, &created, &json])?;
             }
             writer.finish()?;

@@ -11,8 +11,8 @@ use rusqlite::{Transaction, TransactionBehavior};
 
 use super::{
     reason_of, remove_files, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink,
-    Each, EachMember, Fate, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED,
-    FATE_NEW, FATE_REMOVED, SCHEMA_VERSION,
+    Each, EachMember, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED, FATE_NEW,
+    SCHEMA_VERSION,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -556,17 +556,7 @@ impl Backend for SqliteDb {
                 "INSERT INTO results(id, state, doc_seq, created, json) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for r in &out.results {
-                let (state, doc_seq, created, json) = match &r.fate {
-                    Fate::Changed { doc_seq, json } => {
-                        (FATE_CHANGED, Some(*doc_seq), None, Some(json))
-                    }
-                    Fate::Removed { doc_seq } => (FATE_REMOVED, Some(*doc_seq), None, None),
-                    Fate::New {
-                        doc_seq,
-                        created,
-                        json,
-                    } => (FATE_NEW, *doc_seq, Some(*created), Some(json)),
-                };
+                let (state, doc_seq, created, json) = r.fate.columns();
                 insert.execute(params![r.id, state, doc_seq, created, json])?;
             }
         }

@@ -151,3 +151,27 @@ pub fn assert_same_text(what: &str, expected: &str, actual: &str) {
     }
     panic!("{msg}");
 }
+
+/// Reads a child's stderr until it says `what`; returns what it said so far.
+pub fn wait_for(err: &mut std::process::ChildStderr, what: &str) -> Vec<u8> {
+    use std::io::Read;
+    let mut said = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&said).contains(what) {
+        assert_eq!(
+            err.read(&mut byte).unwrap(),
+            1,
+            "ended early: {}",
+            String::from_utf8_lossy(&said)
+        );
+        said.push(byte[0]);
+    }
+    said
+}
+
+/// The rest of a child's stderr after `said`, once it has ended.
+pub fn rest_of(mut err: std::process::ChildStderr, mut said: Vec<u8>) -> String {
+    use std::io::Read;
+    err.read_to_end(&mut said).unwrap();
+    String::from_utf8_lossy(&said).into_owned()
+}
