@@ -28,17 +28,17 @@ pub struct Cli {
     /// Where the resulting document is written (replaced whole, or not at all; an
     /// existing file keeps its permissions). Checked before any work is done.
     pub output: PathBuf,
-    /// Worker processes [default: number of CPUs].
-    #[arg(short, long, value_name = "N")]
-    pub workers: Option<NonZeroUsize>,
-    /// Chunks to cut CHANGES into [default: the number of workers]; each
-    /// worker takes the next chunk when it finishes one.
-    #[arg(long, value_name = "K")]
-    pub chunks: Option<NonZeroUsize>,
-    /// How long a worker's claim on a chunk lasts unless renewed; a worker
-    /// that dies loses its chunk to another after this long [default: 30, or
-    /// MIXTAPE_LEASE_SECS].
-    #[arg(long, value_name = "SECS")]
+    /// Worker processes, 1 to 1024 [default: number of CPUs].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_WORKERS))]
+    pub workers: Option<u64>,
+    /// Chunks to cut CHANGES into, 1 to 1,000,000 [default: the number of
+    /// workers]; each worker takes the next chunk when it finishes one.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=MAX_CHUNKS))]
+    pub chunks: Option<u64>,
+    /// How long a worker's claim on a chunk lasts unless renewed, 0.1 to
+    /// 86400; a worker that dies loses its chunk to another after this long
+    /// [default: 30, or MIXTAPE_LEASE_SECS].
+    #[arg(long, value_name = "SECS", value_parser = parse_lease_secs)]
     pub lease_secs: Option<f64>,
     /// Work store: a SQLite file, or a PostgreSQL database
     /// (postgresql://USER@HOST:PORT/DBNAME; password from PGPASSWORD or
@@ -97,16 +97,38 @@ pub struct Config {
 }
 
 /// How long leases last: `--lease-secs`, else `MIXTAPE_LEASE_SECS` (a
-/// testing aid), else 30 seconds; never under a tenth of a second.
+/// testing aid), else 30 seconds; always within [`LEASE_SECS`].
 fn lease_secs(flag: Option<f64>) -> f64 {
     let from_env = || std::env::var("MIXTAPE_LEASE_SECS").ok()?.parse().ok();
     flag.or_else(from_env)
         .filter(|s: &f64| s.is_finite())
         .unwrap_or(DEFAULT_LEASE_SECS)
-        .max(0.1)
+        .clamp(*LEASE_SECS.start(), *LEASE_SECS.end())
 }
 
 const DEFAULT_LEASE_SECS: f64 = 30.0;
+/// The leases a run accepts: long enough to renew, short enough to be a
+/// duration (a day).
+const LEASE_SECS: std::ops::RangeInclusive<f64> = 0.1..=86_400.0;
+/// More workers than this would only wait for one another (and for threads).
+const MAX_WORKERS: u64 = 1024;
+/// The plan keeps a row per chunk; more than this is never useful.
+const MAX_CHUNKS: u64 = 1_000_000;
+
+/// `--lease-secs`: a number of seconds within [`LEASE_SECS`].
+fn parse_lease_secs(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !secs.is_finite() || !LEASE_SECS.contains(&secs) {
+        return Err(format!(
+            "{text} is out of range: a lease lasts {} to {} seconds",
+            LEASE_SECS.start(),
+            LEASE_SECS.end()
+        ));
+    }
+    Ok(secs)
+}
 
 /// Whether and how bars are drawn, `--progress` and the terminal considered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,10 +143,10 @@ pub enum DrawProgress {
 
 impl Cli {
     pub fn into_config(self, stderr_is_terminal: bool) -> anyhow::Result<Config> {
-        let workers = self
-            .workers
-            .map(NonZeroUsize::get)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get));
+        let workers = self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            |n| n as usize,
+        );
         let db = match &self.db {
             // A server store's files on this host (kept decompressed inputs,
             // id indexes) go beside OUTPUT.
@@ -147,7 +169,7 @@ impl Cli {
             changes: self.changes,
             output: self.output,
             workers,
-            chunks: self.chunks.map_or(workers, NonZeroUsize::get),
+            chunks: self.chunks.map_or(workers, |k| k as usize),
             lease: std::time::Duration::from_secs_f64(lease_secs(self.lease_secs)),
             keep_db: self.keep_db,
             fresh: self.fresh,
@@ -177,5 +199,16 @@ mod tests {
         assert!(c.workers >= 1);
         assert_eq!(c.draw_progress, DrawProgress::No);
         assert!(Cli::try_parse_from(["harness", "-w", "0", "m", "c", "o"]).is_err());
+        for bad in [
+            ["-w", "100000"],
+            ["--chunks", "0"],
+            ["--chunks", "1000001"],
+            ["--lease-secs", "1e20"],
+            ["--lease-secs", "NaN"],
+            ["--lease-secs", "0.01"],
+        ] {
+            let args = ["harness", bad[0], bad[1], "m", "c", "o"];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 }

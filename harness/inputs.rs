@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use mixtape::decompress::{self, Compression};
 use mixtape::fingerprint;
@@ -39,6 +39,16 @@ impl Input {
     /// Looks at the input at `path` for a run on the work database `db`.
     pub fn open(kind: InputKind, path: &Path, db: &Path) -> Result<Input> {
         let cannot_read = || format!("cannot read {} {}", kind.label(), path.display());
+        // Before any open: a FIFO would block the open, a device would never end.
+        let meta = std::fs::metadata(path).with_context(cannot_read)?;
+        if !meta.is_file() {
+            bail!(
+                "{} {} is not a regular file (it is {}); give a file",
+                kind.label(),
+                path.display(),
+                kind_of_file(&meta.file_type())
+            );
+        }
         let fingerprint = fingerprint::of_file(path).with_context(cannot_read)?;
         let compression = Compression::of_file(path).with_context(cannot_read)?;
         let size = std::fs::metadata(path).with_context(cannot_read)?.len();
@@ -75,11 +85,16 @@ impl Input {
     /// Records the input in a new store; a plain input is also the text the
     /// stages read (a compressed one's text is recorded once it is whole).
     pub fn record(&self, store: &Store) -> Result<()> {
-        store.record_input(self.kind, &self.path.to_string_lossy(), &self.fingerprint)?;
-        if self.compression.is_none() {
-            store.record_input_text(self.kind, &self.text, &self.fingerprint)?;
-        }
-        Ok(())
+        let text = self
+            .compression
+            .is_none()
+            .then_some((self.text.as_path(), self.fingerprint.as_str()));
+        store.record_input(
+            self.kind,
+            &self.path.to_string_lossy(),
+            &self.fingerprint,
+            text,
+        )
     }
 
     /// The size of the text the stages read.
@@ -117,6 +132,24 @@ impl Input {
                 self.text.display()
             )),
         }
+    }
+}
+
+/// What a file that is not a regular file is, for messages.
+fn kind_of_file(file_type: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a named pipe"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
     }
 }
 

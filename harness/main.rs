@@ -4,6 +4,7 @@
 //! their whole context chain.
 
 mod cli;
+mod files;
 mod inputs;
 mod pipeline;
 mod progress;
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("harness: error: {e:#}");
-            return Exit::Failure.into();
+            return Exit::of_error(&e).into();
         }
     };
     mixtape::interrupt::install();

@@ -26,6 +26,8 @@ use crate::workers::{self, LockFigures};
 pub fn run(config: &Config) -> Result<Exit> {
     let started = Instant::now();
     let ui = Ui::new(config.draw_progress);
+    // Before anything is opened: no two paths of the run may be one file.
+    crate::files::check(config)?;
     let inputs = [
         Input::open(InputKind::Mixtape, &config.mixtape, &config.db.local_base())?,
         Input::open(InputKind::Changes, &config.changes, &config.db.local_base())?,
@@ -47,17 +49,27 @@ pub fn run(config: &Config) -> Result<Exit> {
     if let Some(path) = report_file {
         output_file::remove_stale_temporaries(path)?;
     }
-    let (store, resumed) = open_or_create(config, &inputs, &ui)?;
+    let (store, opened) = open_or_create(config, &inputs, &ui)?;
     store.set_lease(config.lease)?;
     let mut run = Run {
         config,
         ui,
         store,
         inputs,
-        resumed,
+        resumed: opened != Opened::Fresh,
         times: StageTimes::default(),
         started,
     };
+    if opened == Opened::Finished {
+        run.ui.message(&format!(
+            "harness: OUTPUT {} is already in place: the run that made the work database {} finished it; nothing is applied again",
+            config.output.display(),
+            config.db.display()
+        ));
+        run.summarize()?;
+        run.report(Exit::Success, None, true)?;
+        return run.clean_up(lock);
+    }
     run.say_what_resumes()?;
     for stage in Stage::ALL {
         if stage == Stage::Export {
@@ -71,24 +83,40 @@ pub fn run(config: &Config) -> Result<Exit> {
         }
     }
     let (exit, output_written) = run.export()?;
+    if output_written {
+        mixtape::fault::point("output-published");
+    }
     run.report(exit, None, output_written)?;
     if exit == Exit::Success {
-        drop(run.store);
-        if !config.keep_db {
-            config.db.remove()?;
-        }
-        lock.release_and_remove();
+        return run.clean_up(lock);
     }
     Ok(exit)
 }
 
-/// Opens the work database to resume from (`true`), or makes a new one.
-fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, bool)> {
+/// What [`open_or_create`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opened {
+    /// A new work store.
+    Fresh,
+    /// A work store to continue from.
+    Resumed,
+    /// The work store of a run that already put OUTPUT in place (and was
+    /// stopped before it cleaned up): nothing is to be done again.
+    Finished,
+}
+
+/// Opens the work database to resume from, or makes a new one.
+fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, Opened)> {
     if config.db.exists()? && !config.fresh {
         let store = match Store::open(&config.db) {
             Ok(store) => store,
             // --fresh would not help: say only what is wrong.
-            Err(e) if e.is::<mixtape::store::NotOurs>() => return Err(e),
+            Err(e)
+                if e.is::<mixtape::store::NotOurs>()
+                    || e.is::<mixtape::exit_codes::UsageError>() =>
+            {
+                return Err(e)
+            }
             Err(e) => {
                 return Err(e.context(format!(
                     "cannot resume; pass --fresh to discard {}",
@@ -96,6 +124,9 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, 
                 )))
             }
         };
+        if published_by(&store, config, inputs)? {
+            return Ok((store, Opened::Finished));
+        }
         let mut why_fresh = None;
         for input in inputs {
             why_fresh = input.changed_since(&store)?;
@@ -104,7 +135,7 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, 
             }
         }
         match why_fresh {
-            None => return Ok((store, true)),
+            None => return Ok((store, Opened::Resumed)),
             Some(why) => ui.message(&format!("harness: starting fresh: {why}")),
         }
     }
@@ -112,7 +143,38 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, 
     for input in inputs {
         input.record(&store)?;
     }
-    Ok((store, false))
+    Ok((store, Opened::Fresh))
+}
+
+/// Whether `store` is that of a run of this command that has put OUTPUT in
+/// place: the store recorded publishing OUTPUT, OUTPUT is there with the
+/// recorded fingerprint, CHANGES is the one the store was made from, and so is
+/// MIXTAPE, unless MIXTAPE is that very OUTPUT (an in-place run, whose
+/// MIXTAPE is now the result).
+fn published_by(store: &Store, config: &Config, inputs: &[Input]) -> Result<bool> {
+    let Some((path, print)) = store.published_output()? else {
+        return Ok(false);
+    };
+    if path != absolute(&config.output)?
+        || mixtape::fingerprint::of_file(&config.output)
+            .ok()
+            .as_deref()
+            != Some(print.as_str())
+    {
+        return Ok(false);
+    }
+    for input in inputs {
+        let is_the_output = input.kind == InputKind::Mixtape && input.fingerprint == print;
+        if !is_the_output && input.changed_since(store)?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// `path` made absolute (symlinks not followed: the rename replaces the name).
+fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
 }
 
 /// One run in progress: what every stage needs.
@@ -150,6 +212,17 @@ impl Run<'_> {
             self.times.record(stage, started);
         }
         mixtape::interrupt::check()
+    }
+
+    /// After a successful run: removes the work store unless `--keep-db`,
+    /// and the run lock.
+    fn clean_up(self, lock: RunLock) -> Result<Exit> {
+        drop(self.store);
+        if !self.config.keep_db {
+            self.config.db.remove()?;
+        }
+        lock.release_and_remove();
+        Ok(Exit::Success)
     }
 
     /// Says what a resumed run finds already done.
@@ -269,6 +342,7 @@ impl Run<'_> {
                 db: &config.db,
                 mixtape: &self.inputs[0].text,
                 output: (!strict_failure).then_some(config.output.as_path()),
+                output_absolute: &absolute(&config.output)?,
                 rejects: &config.rejects,
                 threads: self.threads(),
             },

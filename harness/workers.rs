@@ -82,7 +82,7 @@ impl WorkerCommand {
     pub fn new(worker: &Path, db: &Location) -> WorkerCommand {
         WorkerCommand {
             program: worker.to_path_buf(),
-            db: db.argument(),
+            db: safe_argument(db.argument()),
             password: db.password().map(str::to_string),
         }
     }
@@ -109,9 +109,36 @@ impl WorkerCommand {
         };
         format!(
             "{} --db {} {what} --trace",
-            self.program.display(),
-            self.db.to_string_lossy()
+            shell_quoted(&self.program.to_string_lossy()),
+            shell_quoted(&self.db.to_string_lossy())
         )
+    }
+}
+
+/// A path argument that no command line reads as a flag: a relative path
+/// that starts with `-` gets `./` in front (the same file).
+fn safe_argument(argument: OsString) -> OsString {
+    if argument.as_encoded_bytes().starts_with(b"-") {
+        let mut safe = OsString::from("./");
+        safe.push(argument);
+        safe
+    } else {
+        argument
+    }
+}
+
+/// `text` as a POSIX shell reads it back: unchanged when it holds only
+/// characters no shell treats specially, else in single quotes (a single
+/// quote inside written `'\''`).
+fn shell_quoted(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 
@@ -422,6 +449,14 @@ mod tests {
         assert_eq!(
             cmd.by_hand(None),
             "/bin/worker --db /tmp/o.work.db --join --trace"
+        );
+        let odd = WorkerCommand::new(
+            Path::new("/opt/my tools/worker"),
+            &Location::File("-it's.work.db".into()),
+        );
+        assert_eq!(
+            odd.by_hand(Some(0)),
+            "'/opt/my tools/worker' --db './-it'\\''s.work.db' --chunk 0 --trace"
         );
         let spawned = cmd.for_harness();
         let args: Vec<_> = spawned.get_args().map(|a| a.to_string_lossy()).collect();

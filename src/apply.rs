@@ -39,8 +39,9 @@
 //!
 //! A worker applies a chunk only while it holds a lease on it ([`Claim`]):
 //! [`join`] claims chunks one after another until all are done, [`run_chunk`]
-//! claims the one chunk asked for. Every commit renews the lease, and a long
-//! batch renews it on the way; every write checks the claim's token in its
+//! claims the one chunk asked for. Every commit renews the lease, and a thread
+//! of the worker's renews it every third of its length meanwhile, however
+//! long one change takes ([`keep_lease`]); every write checks the claim's token in its
 //! own transaction, so a worker whose lease expired and was taken over cannot
 //! write again ([`LeaseLost`]). Why leases and not a fixed chunk per process:
 //! a process (or a host) that dies must not hold its chunk for ever, and
@@ -48,7 +49,8 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -280,12 +282,13 @@ fn apply_claimed(
     }
     let changes_path = checked_changes_path(store)?;
     let partitions = store.meta_number(Key::Partitions)?.max(1);
+    let lease_lost = AtomicBool::new(false);
     let mut worker = Worker {
         store,
         chunk,
         claim,
         lease,
-        renewed: Instant::now(),
+        lease_lost: &lease_lost,
         partitions,
         options,
         parts: vec![Vec::new(); partitions as usize],
@@ -310,8 +313,49 @@ fn apply_claimed(
         state.end - state.start,
         &worker.summary,
     );
-    worker.run(&changes_path, state.next_offset, state.end)?;
+    std::thread::scope(|scope| {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let location = store.location().clone();
+        let lost = &lease_lost;
+        let keeper = scope.spawn(move || keep_lease(&location, claim, lease, &stopped, lost));
+        let applied = worker.run(&changes_path, state.next_offset, state.end);
+        drop(stop);
+        let _ = keeper.join();
+        applied
+    })?;
     Ok(worker.summary)
+}
+
+/// Renews the lease of `claim` every third of its length until `stop`
+/// speaks or hangs up: a worker keeps its chunk however long one change
+/// takes (a value of hundreds of MB, a paused host that comes back in time
+/// is another matter: its lease is renewed only while it runs). Runs on its
+/// own thread with its own connection. When the lease turns out to be taken
+/// over it says so through `lost`, and the worker stops at its next change
+/// (its next commit would be refused anyway). A renewal that fails for
+/// another reason (a busy server) is tried again at the next tick.
+fn keep_lease(
+    location: &Location,
+    claim: Claim,
+    lease: Duration,
+    stop: &std::sync::mpsc::Receiver<()>,
+    lost: &AtomicBool,
+) {
+    let Ok(store) = Store::open(location) else {
+        return;
+    };
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(lease / 3) {
+        if crate::fault::paused() {
+            // A testing aid's stalled host: nothing of it runs, this neither.
+            continue;
+        }
+        if let Err(e) = store.renew_lease(claim, lease) {
+            if e.is::<LeaseLost>() {
+                lost.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
 }
 
 /// CHANGES as the plan saw it (its decompressed text, when it came
@@ -337,8 +381,8 @@ struct Worker<'a> {
     /// The lease this worker holds on the chunk, and how long a renewal lasts.
     claim: Claim,
     lease: Duration,
-    /// When the lease was last renewed (every commit renews it).
-    renewed: Instant,
+    /// Set by [`keep_lease`] when the lease was taken over.
+    lease_lost: &'a AtomicBool,
     partitions: u64,
     options: &'a WorkerOptions,
     /// Encoded records of the current batch, one buffer per merge partition.
@@ -367,10 +411,9 @@ impl Worker<'_> {
         crate::values::each_value(path, from, end, &what, &mut |raw, after| {
             self.change(raw)?;
             crate::fault::point("worker-change");
-            if self.renewed.elapsed() > self.lease / 3 {
-                // A long batch: keep the chunk, or learn at once that it is lost.
-                self.store.renew_lease(self.claim, self.lease)?;
-                self.renewed = Instant::now();
+            if self.lease_lost.load(Ordering::Relaxed) {
+                // keep_lease learnt that the chunk is another worker's now.
+                return Err(LeaseLost { chunk: self.chunk }.into());
             }
             if crate::interrupt::requested() {
                 // Commit what is done, so the next run continues from here.
@@ -565,7 +608,6 @@ impl Worker<'_> {
         self.summary.lock_wait += timing.waited;
         self.summary.lock_held += timing.held;
         self.committed_offset = next_offset;
-        self.renewed = Instant::now();
         for part in &mut self.parts {
             part.clear();
         }

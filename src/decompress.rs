@@ -140,6 +140,7 @@ pub fn decompress(
     };
     std::fs::rename(&partial, kept)
         .with_context(|| format!("renaming {} to {}", partial.display(), kept.display()))?;
+    crate::paths::sync_directory_of(kept)?;
     Ok(Decompressed {
         compressed_bytes: size,
         decompressed_bytes: written,
@@ -155,10 +156,10 @@ fn copy<'a>(
     progress: &mut dyn FnMut(u64),
     failure: impl Fn(u64) -> Failure<'a>,
 ) -> Result<u64> {
-    let mut out =
-        File::create(partial).with_context(|| format!("creating {}", partial.display()))?;
+    let mut out = crate::private_file::create_new(partial)?;
     let mut buffer = vec![0u8; BUFFER];
     let mut written = 0u64;
+    let room = Room::of(partial)?;
     loop {
         let n = match decoder.read(&mut buffer) {
             Ok(0) => break,
@@ -166,6 +167,7 @@ fn copy<'a>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(failure(written).explain(e)),
         };
+        room.check(n as u64, written, label, partial)?;
         out.write_all(&buffer[..n]).with_context(|| {
             format!("writing the decompressed {label} to {}", partial.display())
         })?;
@@ -177,6 +179,61 @@ fn copy<'a>(
     out.sync_all()
         .with_context(|| format!("writing {}", partial.display()))?;
     Ok(written)
+}
+
+/// The free space a decompression leaves on the file system of the kept text
+/// (README "Limits"): 5 % of the file system, at least 16 MiB, at most 1 GiB.
+/// `MIXTAPE_MIN_FREE_BYTES` (a testing aid) sets it.
+pub fn free_space_margin(total_bytes: u64) -> u64 {
+    if let Some(bytes) = std::env::var("MIXTAPE_MIN_FREE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return bytes;
+    }
+    (total_bytes / 20).clamp(16 << 20, 1 << 30)
+}
+
+/// The file system a kept text is written on, and the margin to keep there.
+struct Room {
+    dir: std::path::PathBuf,
+    margin: u64,
+}
+
+impl Room {
+    fn of(file: &Path) -> Result<Room> {
+        let dir = crate::paths::directory_of(file).to_path_buf();
+        let (_, total) = Room::space(&dir)?;
+        Ok(Room {
+            margin: free_space_margin(total),
+            dir,
+        })
+    }
+
+    /// (available to us, file system size), in bytes.
+    fn space(dir: &Path) -> Result<(u64, u64)> {
+        let fs = nix::sys::statvfs::statvfs(dir)
+            .with_context(|| format!("asking how much room is left in {}", dir.display()))?;
+        let unit = fs.fragment_size() as u64;
+        Ok((
+            (fs.blocks_available() as u64).saturating_mul(unit),
+            (fs.blocks() as u64).saturating_mul(unit),
+        ))
+    }
+
+    /// Fails, before writing `next` more bytes, if that would leave less than
+    /// the margin free.
+    fn check(&self, next: u64, written: u64, label: &str, partial: &Path) -> Result<()> {
+        let (available, _) = Room::space(&self.dir)?;
+        if available < self.margin.saturating_add(next) {
+            anyhow::bail!(
+                "decompressing {label} stopped before the disk is full: {written} bytes of text were written to {} and only {available} bytes are left on that file system, which mixtape keeps at least {} bytes free on (README \"Limits\"); make room, or put the work database on a larger disk with --db",
+                partial.display(),
+                self.margin
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Where a decompression stopped, for its error message.

@@ -23,11 +23,20 @@ impl Exit {
     pub fn of_error(error: &anyhow::Error) -> Exit {
         if crate::interrupt::is_interrupted(error) {
             Exit::Interrupted
+        } else if error.chain().any(|cause| cause.is::<UsageError>()) {
+            Exit::Usage
         } else {
             Exit::Failure
         }
     }
 }
+
+/// A command line that clap accepts but the run refuses before any work: two
+/// arguments that name the same file, an argument we cannot take yet. Exits 2,
+/// as clap's own usage errors do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 impl From<Exit> for std::process::ExitCode {
     fn from(exit: Exit) -> Self {
@@ -45,5 +54,7 @@ mod tests {
         let interrupted = anyhow::Error::new(crate::interrupt::Interrupted).context("applying");
         assert_eq!(Exit::of_error(&interrupted), Exit::Interrupted);
         assert_eq!(Exit::Interrupted as u8, 130);
+        let usage = anyhow::Error::new(UsageError("same file".into())).context("checking paths");
+        assert_eq!(Exit::of_error(&usage), Exit::Usage);
     }
 }

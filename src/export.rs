@@ -46,7 +46,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 
 use crate::json;
-use crate::output_file::write_atomically;
+use crate::output_file::{write_atomically, write_atomically_then};
 use crate::store::{Each, Location, Store};
 use crate::values;
 
@@ -58,6 +58,9 @@ pub struct Export<'a> {
     /// OUTPUT, or `None` when only the rejects report is written (`--strict`
     /// with rejected changes).
     pub output: Option<&'a Path>,
+    /// OUTPUT as an absolute path, recorded in the store just before OUTPUT
+    /// is renamed into place ([`Store::record_publishing`]).
+    pub output_absolute: &'a Path,
     pub rejects: &'a Path,
     pub threads: usize,
 }
@@ -100,7 +103,7 @@ pub fn export(store: &Store, job: &Export) -> Result<()> {
         &mut || {},
     )?;
     match job.output {
-        Some(output) => assemble(store, output, &tasks, &pieces),
+        Some(output) => assemble(store, output, job.output_absolute, &tasks, &pieces),
         None => Ok(()),
     }
 }
@@ -133,46 +136,58 @@ fn tasks(store: &Store, job: &Export) -> Result<Vec<Placed>> {
 fn assemble(
     store: &Store,
     output: &Path,
+    output_absolute: &Path,
     tasks: &[Placed],
     pieces: &[Mutex<Option<File>>],
 ) -> Result<()> {
-    write_atomically(output, |out| {
-        out.write_all(b"{\n")?;
-        for (array, name) in [
-            (Array::Users, "users"),
-            (Array::Playlists, "playlists"),
-            (Array::Songs, "songs"),
-        ] {
-            if array != Array::Users {
+    // Just before the rename, the store learns what is being published: a
+    // crash after the rename leaves a store that says its run is finished.
+    let record = |temp: &Path| {
+        let print = crate::fingerprint::of_file(temp)
+            .with_context(|| format!("reading {}", temp.display()))?;
+        store.record_publishing(output_absolute, &print)
+    };
+    write_atomically_then(
+        output,
+        |out| {
+            out.write_all(b"{\n")?;
+            for (array, name) in [
+                (Array::Users, "users"),
+                (Array::Playlists, "playlists"),
+                (Array::Songs, "songs"),
+            ] {
+                if array != Array::Users {
+                    out.write_all(b",\n")?;
+                }
+                write!(out, "\"{name}\": [")?;
+                let mut in_array: Vec<(usize, usize)> = tasks
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (_, to))| match to {
+                        Some((a, place)) if *a == array => Some((*place, i)),
+                        _ => None,
+                    })
+                    .collect();
+                in_array.sort_unstable();
+                let mut any = false;
+                for (_, i) in in_array {
+                    let file = pieces[i].lock().expect("no thread panicked").take();
+                    any |= append_piece(out, file.context("an export piece is missing")?, any)?;
+                }
+                out.write_all(if any { b"\n]" } else { b"]" })?;
+            }
+            store.each_extra(&mut |key, raw| {
                 out.write_all(b",\n")?;
-            }
-            write!(out, "\"{name}\": [")?;
-            let mut in_array: Vec<(usize, usize)> = tasks
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (_, to))| match to {
-                    Some((a, place)) if *a == array => Some((*place, i)),
-                    _ => None,
-                })
-                .collect();
-            in_array.sort_unstable();
-            let mut any = false;
-            for (_, i) in in_array {
-                let file = pieces[i].lock().expect("no thread panicked").take();
-                any |= append_piece(out, file.context("an export piece is missing")?, any)?;
-            }
-            out.write_all(if any { b"\n]" } else { b"]" })?;
-        }
-        store.each_extra(&mut |key, raw| {
-            out.write_all(b",\n")?;
-            out.write_all(key)?;
-            out.write_all(b": ")?;
-            out.write_all(raw)?;
+                out.write_all(key)?;
+                out.write_all(b": ")?;
+                out.write_all(raw)?;
+                Ok(())
+            })?;
+            out.write_all(b"\n}\n")?;
             Ok(())
-        })?;
-        out.write_all(b"\n}\n")?;
-        Ok(())
-    })
+        },
+        record,
+    )
 }
 
 /// Does one task; a piece of OUTPUT comes back as its file.

@@ -5,8 +5,11 @@
 //! destructor runs, no transaction is committed. Workers inherit the variable, so
 //! `worker-change@5` crashes every worker at its fifth change.
 //! `MIXTAPE_FAULT=POINT@N:pause=SECS` makes it stop there for SECS seconds
-//! instead, and then go on: a host that stalls (a long GC pause, a frozen VM)
-//! long enough to lose its lease. The points:
+//! instead, and then go on: a host that stalls as a whole (a frozen VM, a
+//! `SIGSTOP`) long enough to lose its lease, its lease-renewing thread
+//! stalled with it ([`paused`]). `POINT@N:hold=SECS` makes only the thread
+//! that reaches the point wait SECS seconds: one change that takes that long
+//! while the process is alive (its lease is renewed meanwhile). The points:
 //!
 //! | point | where |
 //! |---|---|
@@ -18,6 +21,7 @@
 //! | `worker-commit` | just after a batch's COMMIT |
 //! | `merge-partition` | inside a partition's transaction, before COMMIT ([`crate::store::Store::commit_partition`]) |
 //! | `export-row` | while writing OUTPUT's temporary file |
+//! | `output-published` | in the harness, just after OUTPUT is renamed into place, before the run report and the clean-up |
 //!
 //! `MIXTAPE_BATCH=N` (also a testing aid) makes workers commit every N changes
 //! instead of the chunk's own batch size (see [`crate::apply::BATCH_CHANGES`]:
@@ -28,35 +32,66 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-/// The configured fault, read once: (point, N, pause in seconds or abort).
-fn configured() -> Option<&'static (String, u64, Option<f64>)> {
-    static FAULT: OnceLock<Option<(String, u64, Option<f64>)>> = OnceLock::new();
+/// What the configured point does when reached.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Action {
+    Abort,
+    /// The whole process stalls for these seconds.
+    Pause(f64),
+    /// Only the thread that reached the point waits these seconds.
+    Hold(f64),
+}
+
+/// The configured fault, read once: (point, N, action).
+fn configured() -> Option<&'static (String, u64, Action)> {
+    static FAULT: OnceLock<Option<(String, u64, Action)>> = OnceLock::new();
     FAULT
         .get_or_init(|| {
             let spec = std::env::var("MIXTAPE_FAULT").ok()?;
             let (point, rest) = spec.split_once('@')?;
-            let (n, pause) = match rest.split_once(":pause=") {
-                Some((n, secs)) => (n, Some(secs.parse().ok()?)),
-                None => (rest, None),
+            let seconds = |text: &str| -> Option<f64> {
+                text.parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
             };
-            Some((point.to_string(), n.parse().ok()?, pause))
+            let (n, action) = if let Some((n, secs)) = rest.split_once(":pause=") {
+                (n, Action::Pause(seconds(secs)?))
+            } else if let Some((n, secs)) = rest.split_once(":hold=") {
+                (n, Action::Hold(seconds(secs)?))
+            } else {
+                (rest, Action::Abort)
+            };
+            Some((point.to_string(), n.parse().ok()?, action))
         })
         .as_ref()
 }
 
 static HITS: AtomicU64 = AtomicU64::new(0);
+static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the process is in a `pause` (a stalled host): its other threads
+/// (the lease keeper) stall too.
+pub fn paused() -> bool {
+    PAUSED.load(Ordering::Relaxed)
+}
 
 /// Aborts the process if this is the configured point's N-th hit.
 #[inline]
 pub fn point(name: &str) {
-    if let Some((point, n, pause)) = configured() {
+    if let Some((point, n, action)) = configured() {
         if point == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *n {
-            match pause {
-                Some(secs) => {
+            match *action {
+                Action::Pause(secs) => {
                     eprintln!("fault injection: pausing {secs} s at {name}@{n}");
-                    std::thread::sleep(std::time::Duration::from_secs_f64(*secs));
+                    PAUSED.store(true, Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+                    PAUSED.store(false, Ordering::Relaxed);
                 }
-                None => {
+                Action::Hold(secs) => {
+                    eprintln!("fault injection: holding {secs} s at {name}@{n}");
+                    std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+                }
+                Action::Abort => {
                     eprintln!("fault injection: aborting at {name}@{n}");
                     std::process::abort();
                 }

@@ -185,7 +185,7 @@ pub fn build(
     temp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("writing id index {}", path.display()))?;
-    Ok(())
+    crate::paths::sync_directory_of(path)
 }
 
 fn write_varint(mut n: u64, out: &mut Vec<u8>) {

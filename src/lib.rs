@@ -32,6 +32,7 @@ pub mod output_file;
 pub mod parallel;
 pub mod paths;
 pub mod plan;
+pub mod private_file;
 pub mod protocol;
 pub mod record;
 pub mod reject;

@@ -100,6 +100,18 @@ pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<()> {
+    write_atomically_then(path, write, |_| Ok(()))
+}
+
+/// [`write_atomically`], calling `before_rename` with the temporary file once
+/// it is whole and on disk, just before it is renamed over `path` (the
+/// pipeline records there what it is about to publish). The directory is
+/// synced after the rename, so the new name survives a power cut.
+pub fn write_atomically_then(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+    before_rename: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let dir = directory_of(path);
     let existing_mode = std::fs::metadata(path).ok().map(|m| m.permissions());
     let temp = temp_builder(&temp_prefix(path))
@@ -119,10 +131,11 @@ pub fn write_atomically(
     temp.as_file()
         .sync_all()
         .with_context(|| format!("writing {}", path.display()))?;
+    before_rename(temp.path())?;
     temp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("renaming into {}", path.display()))?;
-    Ok(())
+    crate::paths::sync_directory_of(path)
 }
 
 #[cfg(test)]

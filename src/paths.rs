@@ -17,6 +17,16 @@ pub fn directory_of(path: &Path) -> &Path {
     }
 }
 
+/// Flushes the directory holding `path` to disk: after a rename that
+/// publishes a file, so that the new name is as durable as its contents.
+pub fn sync_directory_of(path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = directory_of(path);
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

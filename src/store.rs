@@ -71,7 +71,7 @@
 //! (or another program's database) is never resumed.
 
 use std::borrow::Cow;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -88,7 +88,11 @@ mod sqlite;
 pub use postgres::PgTarget;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
+
+/// `meta` keys of the publication record ([`Store::record_publishing`]).
+const PUBLISHED_PATH: &str = "published_output_path";
+const PUBLISHED_FINGERPRINT: &str = "published_output_fingerprint";
 
 /// A value kept in `meta`. Stage markers are not keys: see [`Store::is_done`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -474,6 +478,37 @@ impl Location {
         }
     }
 
+    /// Every file on this host that goes with the store, with how messages
+    /// name it: for a SQLite file the file itself, its WAL, shared memory,
+    /// lock, the file being created, and the id indexes; for both kinds the
+    /// kept decompressed inputs and their partial files. A server store's id
+    /// index cache names carry the run's id and are not known before it opens.
+    pub fn companions(&self) -> Vec<(&'static str, PathBuf)> {
+        let base = self.local_base();
+        let with = |suffix: &str| crate::paths::with_suffix(&base, suffix);
+        let mut files = Vec::new();
+        if let Location::File(path) = self {
+            files.push(("work database", path.clone()));
+            files.push(("work database's WAL", with("-wal")));
+            files.push(("work database's shared memory", with("-shm")));
+            files.push(("work database's lock", with(".lock")));
+            files.push(("work database being created", with(".creating")));
+            files.push(("work database being created (WAL)", with(".creating-wal")));
+            files.push(("work database being created (shm)", with(".creating-shm")));
+            for kind in IdKind::ALL {
+                files.push(("id index", with(kind.suffix())));
+            }
+        }
+        let labels = [
+            "kept MIXTAPE text",
+            "kept CHANGES text",
+            "partial MIXTAPE text",
+            "partial CHANGES text",
+        ];
+        files.extend(labels.into_iter().zip(kept_texts(&base)));
+        files
+    }
+
     /// Whether a store exists there (to resume from).
     pub fn exists(&self) -> Result<bool> {
         Ok(match self {
@@ -564,6 +599,12 @@ trait Backend {
         Ok(())
     }
     /// Fetches a kept id index into `path`.
+    /// Whether the id index file at `path` (this host's cached copy of
+    /// another host's index) is the one the store holds, by its recorded
+    /// hash. Files beside a SQLite database are that database's own.
+    fn cached_index_is_current(&self, _kind: IdKind, _path: &Path) -> Result<bool> {
+        Ok(true)
+    }
     fn fetch_index(&self, kind: IdKind, path: &Path) -> Result<()> {
         bail!(
             "the {} index {} is missing: run the harness again to import afresh",
@@ -728,11 +769,49 @@ impl Store {
         Ok((self.db.meta_text(path)?, self.db.meta_text(print)?))
     }
 
-    /// Records an input's path and fingerprint.
-    pub fn record_input(&self, which: InputKind, path: &str, fingerprint: &str) -> Result<()> {
+    /// Records an input's path and fingerprint and, for a plain input, the
+    /// text the stages read (itself), in one transaction: a store never holds
+    /// half a record of an input.
+    pub fn record_input(
+        &self,
+        which: InputKind,
+        path: &str,
+        fingerprint: &str,
+        text: Option<(&Path, &str)>,
+    ) -> Result<()> {
         let (path_key, print_key) = which.keys();
-        self.db
-            .set_meta_texts(&[(path_key, path), (print_key, fingerprint)])
+        let (text_path_key, text_print_key) = which.text_keys();
+        let text_path = text.map(|(p, _)| p.to_string_lossy().into_owned());
+        let mut pairs = vec![(path_key, path), (print_key, fingerprint)];
+        if let (Some(text_path), Some((_, text_print))) = (&text_path, text) {
+            pairs.push((text_path_key, text_path.as_str()));
+            pairs.push((text_print_key, text_print));
+        }
+        self.db.set_meta_texts(&pairs)
+    }
+
+    /// Records, just before OUTPUT is renamed into place, which file the run
+    /// publishes and the fingerprint it will have there (the temporary file's:
+    /// a rename keeps size, modification time and contents). A run that finds
+    /// this record and OUTPUT with that fingerprint knows the run finished.
+    pub fn record_publishing(&self, output: &Path, fingerprint: &str) -> Result<()> {
+        self.db.set_meta_texts(&[
+            (PUBLISHED_PATH, &output.to_string_lossy()),
+            (PUBLISHED_FINGERPRINT, fingerprint),
+        ])
+    }
+
+    /// What [`Store::record_publishing`] recorded, if anything.
+    pub fn published_output(&self) -> Result<Option<(PathBuf, String)>> {
+        Ok(
+            match (
+                self.db.meta_text(PUBLISHED_PATH)?,
+                self.db.meta_text(PUBLISHED_FINGERPRINT)?,
+            ) {
+                (Some(path), Some(print)) => Some((PathBuf::from(path), print)),
+                _ => None,
+            },
+        )
     }
 
     /// The file the stages read for an input, and its fingerprint when it was
@@ -796,8 +875,9 @@ impl Store {
         }
         let open = |which: IdKind| -> Result<IdIndex> {
             let path = self.index_path(which)?;
-            if !path.exists() {
-                // Another host's import built it: fetch it once into the cache.
+            if !path.exists() || !self.db.cached_index_is_current(which, &path)? {
+                // Another host's import built it: fetch it once into the
+                // cache (again, when the cached copy is not the stored one).
                 self.db.fetch_index(which, &path)?;
             }
             IdIndex::open(&path)
@@ -1119,6 +1199,21 @@ fn kept_texts(base: &Path) -> [PathBuf; 4] {
     ]
 }
 
+/// The rule both backends apply, in the transaction that marks the merge
+/// done: every partition is in `merged` (a chunk applied again meanwhile by
+/// `worker --redo` clears them, and the merge must then be done again).
+fn check_merge_complete(merged: u64, partitions: Option<&str>) -> Result<()> {
+    let partitions: u64 = partitions
+        .and_then(|p| p.parse().ok())
+        .context("work database has no partitions: was it made by an unfinished run?")?;
+    if merged != partitions {
+        bail!(
+            "the merge is not complete: {merged} of {partitions} partitions are merged (was a chunk applied again meanwhile?); run the harness again to merge again"
+        );
+    }
+    Ok(())
+}
+
 /// Removes files, those already gone included.
 fn remove_paths(files: &[PathBuf]) -> Result<()> {
     for file in files {
@@ -1191,12 +1286,7 @@ impl RunLock {
     /// Takes the lock beside the file `db`.
     fn acquire_file(db: &Path) -> Result<RunLock> {
         let path = crate::paths::with_suffix(db, ".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("creating lock file {}", path.display()))?;
+        let file = crate::private_file::open_or_create(&path)?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(RunLock(Held::File { _lock: lock, path })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(

@@ -3,7 +3,7 @@
 //! chunk, and reads its progress reports ([`mixtape::protocol`]) on stdout; a
 //! person can run one by hand to debug a chunk.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use std::io::{IsTerminal, Write};
@@ -118,11 +118,13 @@ fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
     // cannot run beside a harness on the same database. Joined workers run
     // beside the harness on purpose: their leases keep them apart.
     let db = Location::from_argument(&cli.db, &cache_base().join("store"))?;
-    let by_hand_on_a_file = db.file().is_some_and(Path::is_file);
-    let lock = if cli.report_progress || cli.join || !by_hand_on_a_file {
-        None
-    } else {
+    let by_hand = !(cli.report_progress || cli.join);
+    let missing_file = db.file().is_some_and(|f| !f.is_file());
+    let lock = if by_hand && !missing_file {
+        // A file store or a server store alike (the server's advisory lock).
         Some(RunLock::acquire(&db)?)
+    } else {
+        None
     };
     let apply = |progress: &mut apply::ProgressFn| match cli.chunk {
         Some(chunk) => {
@@ -167,13 +169,25 @@ fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
 }
 
 /// Where a worker keeps what it fetches from a server store (the id
-/// indexes): the user's cache directory, else the temporary directory.
+/// indexes): `$XDG_CACHE_HOME/mixtape`, else `~/.cache/mixtape`, else a
+/// directory of this user's own in the temporary directory
+/// (`mixtape-cache-UID`, which must be private: see
+/// [`mixtape::private_file::private_dir`]). A cached index is used only when
+/// its hash is the one the store recorded.
 fn cache_base() -> PathBuf {
-    let dir = std::env::var_os("XDG_CACHE_HOME")
+    let absolute = |dir: PathBuf| dir.is_absolute().then_some(dir);
+    std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    dir.join("mixtape")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache"))
+                .and_then(absolute)
+        })
+        .map(|dir| dir.join("mixtape"))
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("mixtape-cache-{}", nix::unistd::geteuid()))
+        })
 }
 
 /// The lines a person who ran the worker by hand reads at the end.

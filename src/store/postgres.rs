@@ -70,7 +70,7 @@ CREATE INDEX blocks_by_part ON mixtape.blocks(part, chunk, id);
 CREATE TABLE mixtape.rejects(idx bigint NOT NULL, op text NOT NULL, reason text NOT NULL, detail text NOT NULL, by_merge boolean NOT NULL);
 CREATE TABLE mixtape.merged(part bigint PRIMARY KEY, warnings bigint NOT NULL);
 CREATE TABLE mixtape.results(id text NOT NULL, state bigint NOT NULL, doc_seq bigint, created bigint, json text);
-CREATE TABLE mixtape.indexes(kind text PRIMARY KEY, data bytea NOT NULL);
+CREATE TABLE mixtape.indexes(kind text PRIMARY KEY, data bytea NOT NULL, sha256 text NOT NULL);
 ";
 
 /// Rows fetched per round trip when a stage streams a table.
@@ -188,31 +188,56 @@ impl PgDb {
     /// Stores the id index files the import built, for other hosts.
     fn store_index(&self, kind: &str, path: &Path) -> Result<()> {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let hash = sha256_hex(&data);
         self.client.borrow_mut().execute(
-            "INSERT INTO mixtape.indexes(kind, data) VALUES ($1, $2)
-             ON CONFLICT (kind) DO UPDATE SET data = EXCLUDED.data",
-            &[&kind, &data],
+            "INSERT INTO mixtape.indexes(kind, data, sha256) VALUES ($1, $2, $3)
+             ON CONFLICT (kind) DO UPDATE SET data = EXCLUDED.data, sha256 = EXCLUDED.sha256",
+            &[&kind, &data, &hash],
         )?;
         Ok(())
     }
 
-    /// Fetches a stored id index into `path` (through a temporary and a rename).
-    fn load_index(&self, kind: &str, path: &Path) -> Result<()> {
-        let row = self
+    /// The hash recorded with a stored id index.
+    fn index_hash(&self, kind: &str) -> Result<Option<String>> {
+        Ok(self
             .client
             .borrow_mut()
-            .query_opt("SELECT data FROM mixtape.indexes WHERE kind = $1", &[&kind])?;
+            .query_opt(
+                "SELECT sha256 FROM mixtape.indexes WHERE kind = $1",
+                &[&kind],
+            )?
+            .map(|row| row.get(0)))
+    }
+
+    /// Fetches a stored id index into `path` (through a temporary and a rename).
+    fn load_index(&self, kind: &str, path: &Path) -> Result<()> {
+        let row = self.client.borrow_mut().query_opt(
+            "SELECT data, sha256 FROM mixtape.indexes WHERE kind = $1",
+            &[&kind],
+        )?;
         let Some(row) = row else {
             bail!("the work store has no {kind} index yet: has the import finished?");
         };
         let data: &[u8] = row.get(0);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let recorded: &str = row.get(1);
+        if sha256_hex(data) != recorded {
+            bail!("the work store's {kind} index does not match its recorded hash");
         }
-        let temp = crate::paths::with_suffix(path, &format!(".{}.tmp", std::process::id()));
-        std::fs::write(&temp, data).with_context(|| format!("writing {}", temp.display()))?;
-        std::fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        let dir = crate::paths::directory_of(path);
+        crate::private_file::private_dir(dir)?;
+        // A name no one can predict, created exclusively and 0600
+        // (tempfile's defaults), renamed over the cached copy when whole.
+        let mut temp = tempfile::Builder::new()
+            .prefix(".index.")
+            .tempfile_in(dir)
+            .with_context(|| format!("caching an id index in {}", dir.display()))?;
+        std::io::Write::write_all(&mut temp, data)
+            .with_context(|| format!("writing {}", temp.path().display()))?;
+        temp.as_file().sync_all()?;
+        temp.persist(path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("writing {}", path.display()))?;
+        crate::paths::sync_directory_of(path)
     }
 
     /// Streams the rows of `sql` through a cursor, a few thousand rows per
@@ -264,6 +289,12 @@ impl PgDb {
     }
 }
 
+/// SHA-256 of `data`, in hex: how a cached id index is recognised.
+fn sha256_hex(data: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn set_meta(tx: &mut Transaction, key: &str, value: &str) -> Result<()> {
     tx.execute(
         "INSERT INTO mixtape.meta(key, value) VALUES ($1, $2)
@@ -292,6 +323,14 @@ impl Backend for PgDb {
 
     fn fetch_index(&self, kind: IdKind, path: &Path) -> Result<()> {
         self.load_index(kind.array_name(), path)
+    }
+
+    fn cached_index_is_current(&self, kind: IdKind, path: &Path) -> Result<bool> {
+        let Some(recorded) = self.index_hash(kind.array_name())? else {
+            return Ok(false);
+        };
+        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(sha256_hex(&data) == recorded)
     }
 
     fn meta_text(&self, key: &str) -> Result<Option<String>> {
@@ -663,7 +702,23 @@ impl Backend for PgDb {
     }
 
     fn finish_merge(&self) -> Result<()> {
-        self.set_meta_texts(&[(done_marker(Stage::Merge), "1")])
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        // Keeps out a chunk's reset (which deletes from merged) until the
+        // marker is in: the count below stays true until the commit.
+        tx.batch_execute("LOCK TABLE mixtape.merged IN SHARE ROW EXCLUSIVE MODE")?;
+        let merged: i64 = tx
+            .query_one("SELECT count(*) FROM mixtape.merged", &[])?
+            .get(0);
+        let partitions: Option<String> = tx
+            .query_opt(
+                "SELECT value FROM mixtape.meta WHERE key = 'partitions'",
+                &[],
+            )?
+            .map(|r| r.get(0));
+        super::check_merge_complete(merged as u64, partitions.as_deref())?;
+        set_meta(&mut tx, done_marker(Stage::Merge), "1")?;
+        Ok(tx.commit()?)
     }
 
     fn warnings(&self) -> Result<u64> {

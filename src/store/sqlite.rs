@@ -82,6 +82,36 @@ pub(super) struct SqliteDb {
     conn: Connection,
 }
 
+/// Fails, as a usage error, unless `path` is a SQLite file with this
+/// program's tables (of any schema version): the one kind of file a run may
+/// open as its work database, and `--fresh` may replace.
+fn refuse_unless_work_database(path: &Path) -> Result<()> {
+    let ours = (|| -> Option<bool> {
+        let mut head = [0u8; 16];
+        std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut head).ok()?;
+        if &head != b"SQLite format 3\0" {
+            return Some(false);
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('meta', 'chunks', 'blocks')",
+                [],
+                |r| r.get(0),
+            )
+            .ok()?;
+        Some(tables == 3)
+    })();
+    if ours != Some(true) {
+        return Err(crate::exit_codes::UsageError(format!(
+            "--db {} is not a mixtape work database; mixtape will neither use nor replace it (give --db another path)",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 impl SqliteDb {
     fn set_meta_text(&self, key: &str, value: &str) -> Result<()> {
         self.conn
@@ -96,10 +126,18 @@ impl SqliteDb {
     /// database (a kill during creation leaves only the temporary, which
     /// the next creation removes).
     pub(super) fn create(path: &Path) -> Result<SqliteDb> {
+        // Only a work database is ever replaced (--fresh): never a file the
+        // user pointed --db at by mistake.
+        if std::fs::symlink_metadata(path).is_ok() {
+            refuse_unless_work_database(path)?;
+        }
         remove_files(path)?;
         let creating = crate::paths::with_suffix(path, ".creating");
         remove_files(&creating)?;
         {
+            // Made here, so that it is private (0600) and not through a
+            // symlink; SQLite gives its WAL and shared memory the same mode.
+            drop(crate::private_file::create_new(&creating)?);
             let conn = Connection::open(&creating)
                 .with_context(|| format!("creating work database {}", path.display()))?;
             conn.pragma_update(None, "page_size", PAGE_SIZE)?;
@@ -121,6 +159,7 @@ impl SqliteDb {
         }
         std::fs::rename(&creating, path)
             .with_context(|| format!("creating work database {}", path.display()))?;
+        crate::paths::sync_directory_of(path)?;
         let conn = Connection::open(path)
             .with_context(|| format!("opening work database {}", path.display()))?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
@@ -132,6 +171,7 @@ impl SqliteDb {
         if !path.is_file() {
             bail!("no work database at {}", path.display());
         }
+        refuse_unless_work_database(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -570,6 +610,16 @@ impl Backend for SqliteDb {
     /// Marks the merge done.
     fn finish_merge(&self) -> Result<()> {
         let tx = self.write()?;
+        let merged: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM merged", [], |r| r.get(0))?;
+        let partitions: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        super::check_merge_complete(merged as u64, partitions.as_deref())?;
         self.mark_done(Stage::Merge)?;
         Ok(tx.commit()?)
     }

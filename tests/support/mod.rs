@@ -32,7 +32,13 @@ impl TestCommand {
         TestCommand::of(env!("CARGO_BIN_EXE_worker"))
     }
 
+    /// `MIXTAPE_TEST_BIN_DIR`, when set, runs the binaries of another build
+    /// instead (to watch a new test fail on an older build).
     fn of(program: &str) -> TestCommand {
+        let program = match std::env::var_os("MIXTAPE_TEST_BIN_DIR") {
+            Some(dir) => PathBuf::from(dir).join(Path::new(program).file_name().unwrap()),
+            None => PathBuf::from(program),
+        };
         let mut cmd = Command::new(program);
         for aid in [
             "MIXTAPE_FAULT",

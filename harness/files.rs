@@ -1,0 +1,207 @@
+//! Every path a run reads or writes, resolved in one place before any work
+//! (README "What is never lost").
+//!
+//! A run reads MIXTAPE and CHANGES and writes OUTPUT, the rejects report, the
+//! run report and the work database with its companions (WAL, shared memory,
+//! lock, id indexes, kept decompressed texts). Each of these can be named by
+//! the user, directly or through a default derived from another, so two of them
+//! can turn out to be one file: `--rejects out.json` for OUTPUT `out.json`,
+//! `--db mixtape.json`, OUTPUT = CHANGES. Every such pair would destroy a file
+//! (a rename over it, a clean-up that deletes it), so the run refuses them,
+//! exit 2, naming both arguments.
+//!
+//! Sameness is decided as the open would see it: an existing file by device
+//! and inode (hard links and symlinks included), a file yet to be made by its
+//! absolute path once its directory and any symlink at its own name are
+//! followed. The one pair allowed to be the same file is OUTPUT = MIXTAPE (an
+//! in-place run; see the pipeline's publication record). MIXTAPE = CHANGES is
+//! allowed too: both are only read.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use mixtape::exit_codes::UsageError;
+
+use crate::cli::Config;
+use crate::report;
+
+/// One path of the run, and which argument gave it.
+struct Named {
+    /// How messages name it: `OUTPUT out.json`, `the rejects report (--rejects r)`.
+    what: String,
+    role: Role,
+    path: PathBuf,
+    /// Said after a collision, for a path the user did not name directly.
+    hint: &'static str,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Mixtape,
+    Changes,
+    Output,
+    Written,
+}
+
+/// How the open would find a path.
+#[derive(Debug, PartialEq, Eq)]
+enum Identity {
+    /// An existing file.
+    Inode { dev: u64, ino: u64 },
+    /// A file that does not exist yet, where it would be created.
+    New(PathBuf),
+}
+
+/// Refuses a command line whose paths collide, or that uses `-` (reading
+/// stdin and writing stdout are not supported yet); see the module docs.
+pub fn check(config: &Config) -> Result<()> {
+    let mut named = vec![
+        Named {
+            what: format!("MIXTAPE {}", config.mixtape.display()),
+            role: Role::Mixtape,
+            path: config.mixtape.clone(),
+            hint: "",
+        },
+        Named {
+            what: format!("CHANGES {}", config.changes.display()),
+            role: Role::Changes,
+            path: config.changes.clone(),
+            hint: "",
+        },
+        Named {
+            what: format!("OUTPUT {}", config.output.display()),
+            role: Role::Output,
+            path: config.output.clone(),
+            hint: "",
+        },
+        Named {
+            what: format!("the rejects report {}", config.rejects.display()),
+            role: Role::Written,
+            path: config.rejects.clone(),
+            hint: " (--rejects; by default OUTPUT with .rejects.jsonl appended)",
+        },
+    ];
+    for n in &named {
+        if n.path.as_os_str() == "-" {
+            return Err(UsageError(format!(
+                "{}: `-` (standard input or output) is not supported; give a file path (./- for a file named -)",
+                n.what
+            ))
+            .into());
+        }
+    }
+    if let Some(db) = config.db.file() {
+        if db.as_os_str() == "-" {
+            return Err(UsageError(
+                "--db -: `-` is not supported; give a file path (./- for a file named -)".into(),
+            )
+            .into());
+        }
+    }
+    if let Some(path) = report::file_of(&config.summary_json) {
+        named.push(Named {
+            what: format!("the run report (--summary-json {})", path.display()),
+            role: Role::Written,
+            path: path.to_path_buf(),
+            hint: "",
+        });
+    }
+    for (what, path) in config.db.companions() {
+        named.push(Named {
+            what: format!("the {what} {}", path.display()),
+            role: Role::Written,
+            path,
+            hint: " (the work database and its companions are named from --db, by default OUTPUT with .work.db appended)",
+        });
+    }
+    let identities: Vec<Identity> = named.iter().map(|n| identity(&n.path)).collect();
+    for (i, a) in named.iter().enumerate() {
+        for (j, b) in named.iter().enumerate().skip(i + 1) {
+            if identities[i] != identities[j] || may_share(a.role, b.role) {
+                continue;
+            }
+            return Err(UsageError(format!(
+                "{} and {} are the same file{}; give them different paths",
+                a.what, b.what, named[j].hint,
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The pairs that may be one file: an in-place run, and two inputs.
+fn may_share(a: Role, b: Role) -> bool {
+    matches!(
+        (a, b),
+        (Role::Mixtape, Role::Output)
+            | (Role::Output, Role::Mixtape)
+            | (Role::Mixtape, Role::Changes)
+            | (Role::Changes, Role::Mixtape)
+    )
+}
+
+/// Where opening `path` would land (see the module docs).
+fn identity(path: &Path) -> Identity {
+    if let Ok(meta) = std::fs::metadata(path) {
+        return Identity::Inode {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+    }
+    Identity::New(where_created(path))
+}
+
+/// The absolute path at which creating `path` would make a file: a dangling
+/// symlink at its name is followed (as `open(O_CREAT)` does), its directory
+/// resolved. Bounded like the kernel's own symlink following.
+fn where_created(path: &Path) -> PathBuf {
+    let mut at = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    for _ in 0..40 {
+        match std::fs::read_link(&at) {
+            Ok(target) => {
+                let dir = at.parent().map(Path::to_path_buf).unwrap_or_default();
+                at = dir.join(target);
+            }
+            Err(_) => break,
+        }
+    }
+    match (at.parent(), at.file_name()) {
+        (Some(dir), Some(name)) => match dir.canonicalize() {
+            Ok(dir) => dir.join(name),
+            Err(_) => at.clone(),
+        },
+        _ => at.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_and_new_files_resolve_as_the_open_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.json");
+        std::fs::write(&file, "{}").unwrap();
+        let hard = dir.path().join("hard.json");
+        std::fs::hard_link(&file, &hard).unwrap();
+        let soft = dir.path().join("soft.json");
+        std::os::unix::fs::symlink("a.json", &soft).unwrap();
+        assert_eq!(identity(&file), identity(&hard));
+        assert_eq!(identity(&file), identity(&soft));
+        // A dangling symlink names the file it would create.
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink("new.json", &dangling).unwrap();
+        assert_eq!(identity(&dangling), identity(&dir.path().join("new.json")));
+        // The same new file, named through `..`.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        assert_eq!(
+            identity(&sub.join("../x.json")),
+            identity(&dir.path().join("x.json"))
+        );
+        assert_ne!(identity(&file), identity(&dir.path().join("x.json")));
+    }
+}
