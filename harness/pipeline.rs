@@ -43,6 +43,7 @@ pub fn run(config: &Config) -> Result<Exit> {
     if let Some(path) = report_file {
         output_file::check_writable("run report", path)?;
     }
+    config.db.refuse_foreign_file()?;
     let lock = RunLock::acquire(&config.db)?;
     output_file::remove_stale_temporaries(&config.output)?;
     output_file::remove_stale_temporaries(&config.rejects)?;
@@ -113,7 +114,7 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, 
             // --fresh would not help: say only what is wrong.
             Err(e)
                 if e.is::<mixtape::store::NotOurs>()
-                    || e.is::<mixtape::exit_codes::UsageError>() =>
+                    || e.is::<mixtape::store::NotAWorkDatabase>() =>
             {
                 return Err(e)
             }

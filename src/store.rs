@@ -310,6 +310,14 @@ pub struct NotOurs {
     pub store: String,
 }
 
+/// The file at `--db` is not a mixtape work database (another program's
+/// file, a document): it is never used nor replaced, `--fresh` or not.
+#[derive(Debug, thiserror::Error)]
+#[error("--db {} is not a work database: mixtape will neither use nor replace it, even with --fresh (give --db another path)", path.display())]
+pub struct NotAWorkDatabase {
+    pub path: PathBuf,
+}
+
 /// Another worker committed this merge partition first (each partition's
 /// results commit with its row in `merged`, whose key admits one).
 #[derive(Debug, thiserror::Error)]
@@ -507,6 +515,18 @@ impl Location {
         ];
         files.extend(labels.into_iter().zip(kept_texts(&base)));
         files
+    }
+
+    /// Fails ([`NotAWorkDatabase`]) when a file store's path holds a file
+    /// that is not a mixtape work database: checked before the run lock is
+    /// taken, so that nothing is made beside someone else's file.
+    pub fn refuse_foreign_file(&self) -> Result<()> {
+        match self {
+            Location::File(path) if std::fs::symlink_metadata(path).is_ok() => {
+                sqlite::refuse_unless_work_database(path)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether a store exists there (to resume from).
@@ -1532,6 +1552,34 @@ mod tests {
             "the second commit wrote nothing"
         );
         assert_eq!(store.merged_partitions().unwrap(), [3]);
+    }
+
+    #[test]
+    fn the_merge_is_done_only_when_every_partition_is_merged() {
+        let (_dir, store) = store();
+        plan_two_chunks(&store); // 8 partitions
+        for part in 0..7 {
+            store
+                .commit_partition(part, &PartitionResults::default())
+                .unwrap();
+        }
+        let early = store.finish_merge();
+        assert!(early.unwrap_err().to_string().contains("7 of 8 partitions"));
+        assert!(!store.is_done(Stage::Merge).unwrap());
+        store
+            .commit_partition(7, &PartitionResults::default())
+            .unwrap();
+        // A chunk applied again (worker --redo) clears the merge meanwhile.
+        store.reset_chunk(0).unwrap();
+        assert!(store.finish_merge().is_err());
+        assert!(!store.is_done(Stage::Merge).unwrap());
+        for part in 0..8 {
+            store
+                .commit_partition(part, &PartitionResults::default())
+                .unwrap();
+        }
+        store.finish_merge().unwrap();
+        assert!(store.is_done(Stage::Merge).unwrap());
     }
 
     #[test]

@@ -181,7 +181,7 @@ fn a_worker_before_the_plan_or_on_a_foreign_file_says_so() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        stderr(&o).contains("pass --fresh to discard"),
+        stderr(&o).contains("is not a work database"),
         "{}",
         stderr(&o)
     );

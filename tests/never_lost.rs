@@ -225,8 +225,11 @@ fn fresh_deletes_only_a_work_database() {
             "out.json",
         ]);
         let o = run_in(dir.path(), &args);
-        assert_refused(&o, &["notes.txt is not a mixtape work database"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("notes.txt is not a work database"), "{err}");
         assert_eq!(read(&dir.path().join("notes.txt")), "my notes");
+        assert_eq!(entries_starting(dir.path(), "notes.txt"), ["notes.txt"]);
     }
     // A real work database is still replaced by --fresh.
     let kept = run_in(

@@ -120,6 +120,7 @@ fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
     let db = Location::from_argument(&cli.db, &cache_base().join("store"))?;
     let by_hand = !(cli.report_progress || cli.join);
     let missing_file = db.file().is_some_and(|f| !f.is_file());
+    db.refuse_foreign_file()?;
     let lock = if by_hand && !missing_file {
         // A file store or a server store alike (the server's advisory lock).
         Some(RunLock::acquire(&db)?)

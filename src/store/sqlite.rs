@@ -82,10 +82,10 @@ pub(super) struct SqliteDb {
     conn: Connection,
 }
 
-/// Fails, as a usage error, unless `path` is a SQLite file with this
+/// Fails ([`super::NotAWorkDatabase`]) unless `path` is a SQLite file with this
 /// program's tables (of any schema version): the one kind of file a run may
 /// open as its work database, and `--fresh` may replace.
-fn refuse_unless_work_database(path: &Path) -> Result<()> {
+pub(super) fn refuse_unless_work_database(path: &Path) -> Result<()> {
     let ours = (|| -> Option<bool> {
         let mut head = [0u8; 16];
         std::io::Read::read_exact(&mut std::fs::File::open(path).ok()?, &mut head).ok()?;
@@ -103,10 +103,9 @@ fn refuse_unless_work_database(path: &Path) -> Result<()> {
         Some(tables == 3)
     })();
     if ours != Some(true) {
-        return Err(crate::exit_codes::UsageError(format!(
-            "--db {} is not a mixtape work database; mixtape will neither use nor replace it (give --db another path)",
-            path.display()
-        ))
+        return Err(super::NotAWorkDatabase {
+            path: path.to_path_buf(),
+        }
         .into());
     }
     Ok(())
