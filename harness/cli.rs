@@ -48,7 +48,8 @@ pub struct Cli {
     /// Keep the work database after a successful run.
     #[arg(long)]
     pub keep_db: bool,
-    /// Discard an existing work database instead of resuming from it.
+    /// Discard an existing work database instead of resuming from it (only a
+    /// work database: any other file at --db is refused, never deleted).
     #[arg(long)]
     pub fresh: bool,
     /// Rejects report, JSON Lines [default: OUTPUT with .rejects.jsonl appended].

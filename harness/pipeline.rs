@@ -415,12 +415,15 @@ impl Run<'_> {
             String::new()
         };
         self.ui.final_message(&format!(
-            "harness: {} changes read, {} applied, {} rejected{reasons}{warning_text}; {:.2}s ({})",
+            "harness: {} changes read, {} applied, {} rejected{reasons}{warning_text}; {:.2}s{}",
             counts.changes_read,
             counts.applied,
             counts.rejected,
             self.started.elapsed().as_secs_f64(),
-            self.times.describe()
+            match self.times.describe() {
+                stages if stages.is_empty() => String::new(),
+                stages => format!(" ({stages})"),
+            }
         ));
         self.bench_line();
         Ok(())
