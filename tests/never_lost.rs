@@ -10,7 +10,8 @@
 //!   flags, the printed "reproduce by hand" command pasted into a shell;
 //! - a crash after OUTPUT is in place, in place (OUTPUT = MIXTAPE), on both
 //!   stores;
-//! - a hand-run worker on PostgreSQL beside a harness;
+//! - a hand-run worker on PostgreSQL beside a harness; the merge marked done
+//!   only when every partition is merged, on the server;
 //! - a lease kept while one change takes three leases;
 //! - decompression on a small file system;
 //! - a symlink planted where a kept text is made; the worker cache;
@@ -452,6 +453,47 @@ fn a_hand_run_worker_on_postgres_refuses_to_run_beside_a_harness() {
         read(&dir.path().join("out.json.rejects.jsonl")),
         expected_rejects()
     );
+}
+
+/// The merge is marked done only when every partition is in `merged`, on the
+/// server as in the SQLite file (whose unit test is in src/store.rs).
+#[test]
+fn the_merge_is_done_only_when_every_partition_is_merged_on_postgres() {
+    use mixtape::plan::{Chunk, Form, Plan};
+    use mixtape::stage::Stage;
+    use mixtape::store::{Location, PartitionResults, Store};
+    let Some(server) = pg::server() else { return };
+    let db = server.database("merged");
+    let dir = tempfile::tempdir().unwrap();
+    let location = Location::from_argument(db.url().as_ref(), &dir.path().join("local")).unwrap();
+    let store = Store::create(&location).unwrap();
+    let chunk = Chunk {
+        start: 0,
+        end: 10,
+        first_index: 0,
+        changes: 2,
+    };
+    let plan = Plan {
+        form: Form::Lines,
+        changes: 2,
+        chunks: vec![chunk],
+    };
+    store.save_plan(&plan, 4).unwrap();
+    let commit = |part| {
+        store
+            .commit_partition(part, &PartitionResults::default())
+            .unwrap()
+    };
+    (0..3).for_each(commit);
+    let early = store.finish_merge().unwrap_err().to_string();
+    assert!(early.contains("3 of 4 partitions"), "{early}");
+    assert!(!store.is_done(Stage::Merge).unwrap());
+    commit(3);
+    store.reset_chunk(0).unwrap(); // a worker --redo meanwhile
+    assert!(store.finish_merge().is_err());
+    (0..4).for_each(commit);
+    store.finish_merge().unwrap();
+    assert!(store.is_done(Stage::Merge).unwrap());
 }
 
 // ---- leases ----
