@@ -21,6 +21,14 @@
 //!   the run's id, so a cache never serves another run).
 //! - **Order** is only ever by integer columns, so the server's collation
 //!   cannot change a byte of the output.
+//! - **Streams** (a partition's blocks, the final playlists, the rejects) are
+//!   read through a portal of a transaction on a second connection of their
+//!   own, a page of rows at a time: the rows are handed over with the main
+//!   connection free, so a callback may query the store (the merge looks up
+//!   document playlists while it reads blocks). One stream at a time per store:
+//!   a stream started from inside another is an error, never a panic. Every
+//!   statement takes its values as bind parameters; no SQL is put together
+//!   from values.
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -79,13 +87,25 @@ const FETCH_ROWS: i32 = 10_000;
 /// Document elements sent per `COPY` during the import.
 const IMPORT_ROWS: usize = 20_000;
 
-const CHUNK_COLUMNS: &str = "chunk, start_offset, end_offset, first_index, changes, next_offset,
-     next_index, auto_count, max_playlist_id, done";
+/// Every chunk, in the columns [`chunk_row`] reads.
+const SELECT_CHUNKS: &str = "SELECT chunk, start_offset, end_offset, first_index, changes,
+     next_offset, next_index, auto_count, max_playlist_id, done
+     FROM mixtape.chunks ORDER BY chunk";
+/// One chunk (`$1`), in the columns [`chunk_row`] reads.
+const SELECT_CHUNK: &str = "SELECT chunk, start_offset, end_offset, first_index, changes,
+     next_offset, next_index, auto_count, max_playlist_id, done
+     FROM mixtape.chunks WHERE chunk = $1";
 
-/// A PostgreSQL work store, open: one connection.
+/// A PostgreSQL work store, open: one connection for statements, and one
+/// opened when first needed for streams (see the module docs).
 pub(super) struct PgDb {
     client: RefCell<Client>,
+    target: PgTarget,
+    streams: RefCell<Option<Client>>,
 }
+
+/// A bind parameter of a statement.
+type Param<'a> = &'a (dyn postgres::types::ToSql + Sync);
 
 impl PgDb {
     /// Makes the schema, replacing a `mixtape` schema of this program (never
@@ -142,6 +162,8 @@ impl PgDb {
     pub(super) fn connect(target: &PgTarget) -> Result<PgDb> {
         Ok(PgDb {
             client: RefCell::new(target.connect()?),
+            target: target.clone(),
+            streams: RefCell::new(None),
         })
     }
 
@@ -240,21 +262,20 @@ impl PgDb {
         crate::paths::sync_directory_of(path)
     }
 
-    /// Streams the rows of `sql` through a cursor, a few thousand rows per
-    /// round trip, handing each to `each`. The connection is free between
-    /// fetches, so `each` may query the store (the merge looks up document
-    /// playlists while it reads blocks). `sql` holds only integer literals,
-    /// never text from outside.
-    fn each_row(&self, sql: &str, each: &mut dyn FnMut(&Row) -> Result<()>) -> Result<()> {
-        self.client.borrow_mut().batch_execute(&format!(
-            "BEGIN; DECLARE mixtape_rows NO SCROLL CURSOR FOR {sql}"
-        ))?;
-        let streamed = (|| -> Result<()> {
+    /// Streams the rows of `sql` (with `params`) to `each`, [`FETCH_ROWS`] at
+    /// a time, through a portal of a read-only transaction on the streaming
+    /// connection (see the module docs): `each` runs with the main connection
+    /// free and may query the store.
+    fn each_row(
+        &self,
+        sql: &str,
+        params: &[Param],
+        each: &mut dyn FnMut(&Row) -> Result<()>,
+    ) -> Result<()> {
+        self.with_stream(|tx| {
+            let portal = tx.bind(sql, params)?;
             loop {
-                let rows = self
-                    .client
-                    .borrow_mut()
-                    .query(&format!("FETCH {FETCH_ROWS} FROM mixtape_rows"), &[])?;
+                let rows = tx.query_portal(&portal, FETCH_ROWS)?;
                 for row in &rows {
                     each(row)?;
                 }
@@ -262,19 +283,27 @@ impl PgDb {
                     return Ok(());
                 }
             }
-        })();
-        let end = if streamed.is_ok() {
-            "COMMIT"
-        } else {
-            "ROLLBACK"
-        };
-        let ended = self.client.borrow_mut().batch_execute(end);
-        streamed?;
-        Ok(ended?)
+        })
     }
 
-    fn each_first_column(&self, sql: &str, each: &mut Each) -> Result<()> {
-        self.each_row(sql, &mut |row| {
+    /// Runs `stream` in a transaction of the streaming connection (opened on
+    /// first use), committed when it succeeds and rolled back when it fails.
+    fn with_stream(&self, stream: impl FnOnce(&mut Transaction) -> Result<()>) -> Result<()> {
+        let mut streams = self
+            .streams
+            .try_borrow_mut()
+            .map_err(|_| anyhow::anyhow!("work store: a stream was started inside another"))?;
+        if streams.is_none() {
+            *streams = Some(self.target.connect()?);
+        }
+        let client = streams.as_mut().expect("connected above");
+        let mut tx = client.build_transaction().read_only(true).start()?;
+        stream(&mut tx)?;
+        Ok(tx.commit()?)
+    }
+
+    fn each_first_column(&self, sql: &str, params: &[Param], each: &mut Each) -> Result<()> {
+        self.each_row(sql, params, &mut |row| {
             let value: &[u8] = match row.columns()[0].type_() {
                 &Type::BYTEA => row.get(0),
                 _ => row.get::<_, &str>(0).as_bytes(),
@@ -371,11 +400,9 @@ impl Backend for PgDb {
     }
 
     fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>> {
-        self.client.borrow_mut().batch_execute(
-            "DELETE FROM mixtape.playlists; DELETE FROM mixtape.extras; DELETE FROM mixtape.indexes",
-        )?;
         Ok(Box::new(PgDocumentWriter {
             db: self,
+            cleared: false,
             playlists: Vec::new(),
             extras: Vec::new(),
         }))
@@ -403,9 +430,8 @@ impl Backend for PgDb {
 
     fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()> {
         self.each_first_column(
-            &format!(
-                "SELECT raw FROM mixtape.playlists WHERE seq >= {from} AND seq < {to} ORDER BY seq"
-            ),
+            "SELECT raw FROM mixtape.playlists WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+            &[&(from as i64), &(to as i64)],
             each,
         )
     }
@@ -439,18 +465,15 @@ impl Backend for PgDb {
     }
 
     fn chunks(&self) -> Result<Vec<ChunkRow>> {
-        let rows = self.client.borrow_mut().query(
-            &format!("SELECT {CHUNK_COLUMNS} FROM mixtape.chunks ORDER BY chunk"),
-            &[],
-        )?;
+        let rows = self.client.borrow_mut().query(SELECT_CHUNKS, &[])?;
         Ok(rows.iter().map(chunk_row).collect())
     }
 
     fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>> {
-        let row = self.client.borrow_mut().query_opt(
-            &format!("SELECT {CHUNK_COLUMNS} FROM mixtape.chunks WHERE chunk = $1"),
-            &[&(chunk as i64)],
-        )?;
+        let row = self
+            .client
+            .borrow_mut()
+            .query_opt(SELECT_CHUNK, &[&(chunk as i64)])?;
         Ok(row.as_ref().map(chunk_row))
     }
 
@@ -656,7 +679,8 @@ impl Backend for PgDb {
 
     fn each_block(&self, part: u64, each: &mut Each) -> Result<()> {
         self.each_first_column(
-            &format!("SELECT data FROM mixtape.blocks WHERE part = {part} ORDER BY chunk, id"),
+            "SELECT data FROM mixtape.blocks WHERE part = $1 ORDER BY chunk, id",
+            &[&(part as i64)],
             each,
         )
     }
@@ -727,59 +751,59 @@ impl Backend for PgDb {
 
     fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
         // Two streams in document order, joined as they go (as with SQLite):
-        // two portals of one transaction, read in turns.
-        let mut client = self.client.borrow_mut();
-        let mut tx = client.transaction()?;
-        let docs = tx.bind("SELECT seq, raw FROM mixtape.playlists ORDER BY seq", &[])?;
-        let fates = tx.bind(
-            "SELECT doc_seq, state, json FROM mixtape.results WHERE doc_seq IS NOT NULL ORDER BY doc_seq",
-            &[],
-        )?;
-        let mut fate_rows = Vec::new().into_iter();
-        let mut fates_left = true;
-        let mut next_fate = |tx: &mut Transaction| -> Result<Option<Row>> {
-            if let Some(row) = fate_rows.next() {
-                return Ok(Some(row));
-            }
-            if !fates_left {
-                return Ok(None);
-            }
-            let rows = tx.query_portal(&fates, FETCH_ROWS)?;
-            fates_left = rows.len() == FETCH_ROWS as usize;
-            fate_rows = rows.into_iter();
-            Ok(fate_rows.next())
-        };
-        let mut fate = next_fate(&mut tx)?;
-        loop {
-            let rows = tx.query_portal(&docs, FETCH_ROWS)?;
-            for doc in &rows {
-                let seq: i64 = doc.get(0);
-                while let Some(f) = &fate {
-                    if f.get::<_, i64>(0) >= seq {
-                        break;
-                    }
-                    fate = next_fate(&mut tx)?;
+        // two portals of one transaction of the streaming connection, read in
+        // turns; `each` runs with the main connection free.
+        self.with_stream(|tx| {
+            let docs = tx.bind("SELECT seq, raw FROM mixtape.playlists ORDER BY seq", &[])?;
+            let fates = tx.bind(
+                "SELECT doc_seq, state, json FROM mixtape.results WHERE doc_seq IS NOT NULL ORDER BY doc_seq",
+                &[],
+            )?;
+            let mut fate_rows = Vec::new().into_iter();
+            let mut fates_left = true;
+            let mut next_fate = |tx: &mut Transaction| -> Result<Option<Row>> {
+                if let Some(row) = fate_rows.next() {
+                    return Ok(Some(row));
                 }
-                match &fate {
-                    Some(f) if f.get::<_, i64>(0) == seq => {
-                        if f.get::<_, i64>(1) == FATE_CHANGED {
-                            each(f.get::<_, &str>(2).as_bytes())?;
+                if !fates_left {
+                    return Ok(None);
+                }
+                let rows = tx.query_portal(&fates, FETCH_ROWS)?;
+                fates_left = rows.len() == FETCH_ROWS as usize;
+                fate_rows = rows.into_iter();
+                Ok(fate_rows.next())
+            };
+            let mut fate = next_fate(tx)?;
+            loop {
+                let rows = tx.query_portal(&docs, FETCH_ROWS)?;
+                for doc in &rows {
+                    let seq: i64 = doc.get(0);
+                    while let Some(f) = &fate {
+                        if f.get::<_, i64>(0) >= seq {
+                            break;
                         }
+                        fate = next_fate(tx)?;
                     }
-                    _ => each(doc.get::<_, &str>(1).as_bytes())?,
+                    match &fate {
+                        Some(f) if f.get::<_, i64>(0) == seq => {
+                            if f.get::<_, i64>(1) == FATE_CHANGED {
+                                each(f.get::<_, &str>(2).as_bytes())?;
+                            }
+                        }
+                        _ => each(doc.get::<_, &str>(1).as_bytes())?,
+                    }
+                }
+                if rows.len() < FETCH_ROWS as usize {
+                    return Ok(());
                 }
             }
-            if rows.len() < FETCH_ROWS as usize {
-                break;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+        })
     }
 
     fn each_new_playlist(&self, each: &mut Each) -> Result<()> {
         self.each_first_column(
-            &format!("SELECT json FROM mixtape.results WHERE state = {FATE_NEW} ORDER BY created"),
+            "SELECT json FROM mixtape.results WHERE state = $1 ORDER BY created",
+            &[&FATE_NEW],
             each,
         )
     }
@@ -787,6 +811,7 @@ impl Backend for PgDb {
     fn each_extra(&self, each: &mut EachMember) -> Result<()> {
         self.each_row(
             "SELECT key, raw FROM mixtape.extras ORDER BY seq",
+            &[],
             &mut |row| {
                 each(
                     row.get::<_, &str>(0).as_bytes(),
@@ -799,6 +824,7 @@ impl Backend for PgDb {
     fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()> {
         self.each_row(
             "SELECT idx, op, reason, detail FROM mixtape.rejects ORDER BY idx",
+            &[],
             &mut |row| {
                 each(Reject {
                     index: row.get::<_, i64>(0) as u64,
@@ -876,17 +902,27 @@ fn clear_merge(tx: &mut Transaction) -> Result<()> {
     Ok(())
 }
 
-/// Writes the document's elements by binary `COPY`, [`IMPORT_ROWS`] at a time.
+/// Writes the document's elements by binary `COPY`, [`IMPORT_ROWS`] at a
+/// time, each batch in a transaction: the first one also clears what an
+/// earlier import left, the last one also sets the import's `meta` values and
+/// done-marker (as with SQLite: a marker never commits without its rows).
 struct PgDocumentWriter<'a> {
     db: &'a PgDb,
+    /// Whether the first batch (which clears the tables) has committed.
+    cleared: bool,
     playlists: Vec<(i64, String)>,
     extras: Vec<(i64, String, String)>,
 }
 
 impl PgDocumentWriter<'_> {
-    fn flush(&mut self) -> Result<()> {
+    fn flush(&mut self, meta: &[(&str, String)]) -> Result<()> {
         let mut client = self.db.client.borrow_mut();
         let mut tx = client.transaction()?;
+        if !self.cleared {
+            // (The id indexes are replaced whole when published, just before
+            // the last batch: they are not cleared here.)
+            tx.batch_execute("DELETE FROM mixtape.playlists; DELETE FROM mixtape.extras")?;
+        }
         if !self.playlists.is_empty() {
             let sink = tx.copy_in("COPY mixtape.playlists(seq, raw) FROM STDIN BINARY")?;
             let mut writer = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TEXT]);
@@ -901,7 +937,12 @@ impl PgDocumentWriter<'_> {
                 &[&seq, &key, &raw],
             )?;
         }
-        Ok(tx.commit()?)
+        for (key, value) in meta {
+            set_meta(&mut tx, key, value)?;
+        }
+        tx.commit()?;
+        self.cleared = true;
+        Ok(())
     }
 }
 
@@ -909,7 +950,7 @@ impl DocumentSink for PgDocumentWriter<'_> {
     fn playlist(&mut self, position: u64, raw: &str) -> Result<()> {
         self.playlists.push((position as i64, raw.to_string()));
         if self.playlists.len() >= IMPORT_ROWS {
-            self.flush()?;
+            self.flush(&[])?;
         }
         Ok(())
     }
@@ -921,8 +962,6 @@ impl DocumentSink for PgDocumentWriter<'_> {
     }
 
     fn finish(mut self: Box<Self>, meta: &[(&str, String)]) -> Result<()> {
-        self.flush()?;
-        let pairs: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.db.set_meta_texts(&pairs)
+        self.flush(meta)
     }
 }
