@@ -21,6 +21,19 @@ use mixtape::store::{InputKind, Store};
 
 use crate::progress::Ui;
 
+/// The run's two inputs.
+pub struct Inputs {
+    pub mixtape: Input,
+    pub changes: Input,
+}
+
+impl Inputs {
+    /// Both, MIXTAPE first (in [`InputKind::ALL`] order).
+    pub fn both(&self) -> [&Input; 2] {
+        [&self.mixtape, &self.changes]
+    }
+}
+
 /// An input, as the store records it.
 pub struct Input {
     pub kind: InputKind,
@@ -156,9 +169,9 @@ fn kind_of_file(file_type: &std::fs::FileType) -> &'static str {
 /// The decompress stage: decompresses every compressed input whose kept text
 /// is not whole yet, at the same time when there are two and `threads` allows;
 /// says whether there was anything to do.
-pub fn decompress(inputs: &[Input], store: &Store, ui: &Ui, threads: usize) -> Result<bool> {
+pub fn decompress(inputs: &Inputs, store: &Store, ui: &Ui, threads: usize) -> Result<bool> {
     let mut to_do = Vec::new();
-    for input in inputs {
+    for input in inputs.both() {
         if input.compression.is_some() && !input.text_is_whole(store)? {
             to_do.push(input);
         }

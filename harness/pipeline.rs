@@ -17,7 +17,7 @@ use mixtape::store::{InputKind, Key, RunLock, Store};
 use mixtape::{export, import, merge, output_file, plan};
 
 use crate::cli::Config;
-use crate::inputs::{self, Input};
+use crate::inputs::{self, Input, Inputs};
 use crate::progress::Ui;
 use crate::report::{self, Counts, Ordered, Report, Seconds};
 use crate::workers::{self, LockFigures};
@@ -28,10 +28,10 @@ pub fn run(config: &Config) -> Result<Exit> {
     let ui = Ui::new(config.draw_progress);
     // Before anything is opened: no two paths of the run may be one file.
     crate::files::check(config)?;
-    let inputs = [
-        Input::open(InputKind::Mixtape, &config.mixtape, &config.db.local_base())?,
-        Input::open(InputKind::Changes, &config.changes, &config.db.local_base())?,
-    ];
+    let inputs = Inputs {
+        mixtape: Input::open(InputKind::Mixtape, &config.mixtape, &config.db.local_base())?,
+        changes: Input::open(InputKind::Changes, &config.changes, &config.db.local_base())?,
+    };
     // Before any work: a run that cannot write its results must not spend an
     // hour finding out, nor leave a work database behind.
     output_file::check_writable("OUTPUT", &config.output)?;
@@ -94,6 +94,18 @@ pub fn run(config: &Config) -> Result<Exit> {
     Ok(exit)
 }
 
+/// Returns what the allocator keeps of freed memory to the system, between
+/// stages, so that each stage's peak stays its own in the harness's resident
+/// size (and workers forked after the import do not inherit it). glibc keeps
+/// freed pages; other allocators need nothing here.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the OS.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// What [`open_or_create`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Opened {
@@ -107,7 +119,7 @@ enum Opened {
 }
 
 /// Opens the work database to resume from, or makes a new one.
-fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, Opened)> {
+fn open_or_create(config: &Config, inputs: &Inputs, ui: &Ui) -> Result<(Store, Opened)> {
     if config.db.exists()? && !config.fresh {
         let store = match Store::open(&config.db) {
             Ok(store) => store,
@@ -129,7 +141,7 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, 
             return Ok((store, Opened::Finished));
         }
         let mut why_fresh = None;
-        for input in inputs {
+        for input in inputs.both() {
             why_fresh = input.changed_since(&store)?;
             if why_fresh.is_some() {
                 break;
@@ -141,7 +153,7 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, 
         }
     }
     let store = Store::create(&config.db)?;
-    for input in inputs {
+    for input in inputs.both() {
         input.record(&store)?;
     }
     Ok((store, Opened::Fresh))
@@ -152,7 +164,7 @@ fn open_or_create(config: &Config, inputs: &[Input], ui: &Ui) -> Result<(Store, 
 /// recorded fingerprint, CHANGES is the one the store was made from, and so is
 /// MIXTAPE, unless MIXTAPE is that very OUTPUT (an in-place run, whose
 /// MIXTAPE is now the result).
-fn published_by(store: &Store, config: &Config, inputs: &[Input]) -> Result<bool> {
+fn published_by(store: &Store, config: &Config, inputs: &Inputs) -> Result<bool> {
     let Some((path, print)) = store.published_output()? else {
         return Ok(false);
     };
@@ -164,7 +176,7 @@ fn published_by(store: &Store, config: &Config, inputs: &[Input]) -> Result<bool
     {
         return Ok(false);
     }
-    for input in inputs {
+    for input in inputs.both() {
         let is_the_output = input.kind == InputKind::Mixtape && input.fingerprint == print;
         if !is_the_output && input.changed_since(store)?.is_some() {
             return Ok(false);
@@ -183,8 +195,8 @@ struct Run<'a> {
     config: &'a Config,
     ui: Ui,
     store: Store,
-    /// MIXTAPE and CHANGES, in [`InputKind::ALL`] order.
-    inputs: [Input; 2],
+    /// MIXTAPE and CHANGES.
+    inputs: Inputs,
     /// Whether this run continues a work database made before.
     resumed: bool,
     times: StageTimes,
@@ -254,7 +266,7 @@ impl Run<'_> {
     }
 
     fn import(&mut self) -> Result<()> {
-        let mixtape = &self.inputs[0];
+        let mixtape = &self.inputs.mixtape;
         let bar = self
             .ui
             .bytes_bar(Stage::Import.name(), mixtape.text_size()?);
@@ -265,6 +277,7 @@ impl Run<'_> {
         // The ids' sort buffers are gone: give their memory back before the
         // workers start (a child's peak RSS counts what it inherits at fork).
         self.store.release_memory()?;
+        give_back_freed_memory();
         bar.finish(&format!(
             "{} users, {} playlists, {} songs",
             figures.users, figures.playlists, figures.songs
@@ -273,7 +286,7 @@ impl Run<'_> {
     }
 
     fn plan(&mut self) -> Result<()> {
-        let changes = &self.inputs[1];
+        let changes = &self.inputs.changes;
         let size = changes.text_size()?;
         let bar = self.ui.bytes_bar(Stage::Plan.name(), size);
         let planned = plan::plan(
@@ -324,6 +337,7 @@ impl Run<'_> {
         let partitions = self.store.meta_number(Key::Partitions)?;
         let bar = self.ui.count_bar(Stage::Merge.name(), partitions);
         merge::merge(&self.store, self.threads(), &mut |done, _| bar.set(done))?;
+        give_back_freed_memory();
         bar.finish(&format!("{partitions} partitions"));
         Ok(())
     }
@@ -341,7 +355,7 @@ impl Run<'_> {
             &self.store,
             &export::Export {
                 db: &config.db,
-                mixtape: &self.inputs[0].text,
+                mixtape: &self.inputs.mixtape.text,
                 output: (!strict_failure).then_some(config.output.as_path()),
                 output_absolute: &absolute(&config.output)?,
                 rejects: &config.rejects,
@@ -436,7 +450,7 @@ impl Run<'_> {
         };
         let planned = self.store.is_done(Stage::Plan)?;
         let form = planned.then(|| self.store.meta(Key::Form)).transpose()?;
-        let [mixtape, changes] = &self.inputs;
+        let Inputs { mixtape, changes } = &self.inputs;
         let config = self.config;
         let report = Report {
             mixtape_version: env!("CARGO_PKG_VERSION"),

@@ -38,6 +38,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use mixtape::protocol::Progress;
+use mixtape::stage::Stage;
 use mixtape::store::{ChunkRow, Location, Store};
 
 use crate::progress::{Bar, Ui};
@@ -302,7 +303,7 @@ struct Watch<'a> {
 impl<'a> Watch<'a> {
     fn new(store: &'a Store, chunks: &[ChunkRow], workers: usize, ui: &Ui) -> Watch<'a> {
         let total_bytes = chunks.iter().map(|c| c.end - c.start).sum();
-        let total_bar = ui.bytes_bar("apply", total_bytes);
+        let total_bar = ui.bytes_bar(Stage::Apply.name(), total_bytes);
         let watch = Watch {
             store,
             total_bar,

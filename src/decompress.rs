@@ -50,13 +50,6 @@ impl Compression {
         }
     }
 
-    /// The format named `name` (as [`Compression::name`] gives it).
-    pub fn from_name(name: &str) -> Option<Compression> {
-        [Compression::Gzip, Compression::Zstd]
-            .into_iter()
-            .find(|c| c.name() == name)
-    }
-
     /// The format whose magic bytes `head` starts with; `None` for anything
     /// else, which is read as plain text (JSON cannot start with these bytes).
     pub fn of_magic(head: &[u8]) -> Option<Compression> {

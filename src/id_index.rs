@@ -93,36 +93,47 @@ impl IdIndex {
     /// How the document writes the id whose text is `id` and which the caller
     /// found written as `token`: `token` itself when the document writes it the
     /// same way (nearly always: no allocation), else the document's form.
-    pub fn written_as<'a>(&'a self, id: &str, token: &'a [u8]) -> Option<Cow<'a, [u8]>> {
-        let value = self.map.get(id)?;
+    pub fn written_as<'a>(&'a self, id: &str, token: &'a [u8]) -> Result<Option<Cow<'a, [u8]>>> {
+        let Some(value) = self.map.get(id) else {
+            return Ok(None);
+        };
         let plain_string = token.first() == Some(&b'"') && !token.contains(&b'\\');
         let integer = token
             .first()
             .is_some_and(|&b| b == b'-' || b.is_ascii_digit());
-        Some(match value {
+        Ok(Some(match value {
             QUOTED if plain_string => Cow::Borrowed(token),
             BARE if integer => Cow::Borrowed(token),
             _ => match self.written(id)? {
-                Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
-                Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+                None => return Ok(None),
+                Some(Cow::Borrowed(s)) => Cow::Borrowed(s.as_bytes()),
+                Some(Cow::Owned(s)) => Cow::Owned(s.into_bytes()),
             },
-        })
+        }))
     }
 
-    /// How the document writes `id`, if it is there.
-    pub fn written<'a>(&'a self, id: &str) -> Option<Cow<'a, str>> {
-        Some(match self.map.get(id)? {
-            QUOTED => Cow::Owned(format!("\"{id}\"")),
-            BARE => Cow::Owned(id.to_string()),
-            side => {
+    /// How the document writes `id`, if it is there. A written form that is
+    /// not inside the file, or not UTF-8, is an error: the index is damaged.
+    pub fn written<'a>(&'a self, id: &str) -> Result<Option<Cow<'a, str>>> {
+        Ok(Some(match self.map.get(id) {
+            None => return Ok(None),
+            Some(QUOTED) => Cow::Owned(format!("\"{id}\"")),
+            Some(BARE) => Cow::Owned(id.to_string()),
+            Some(side) => {
                 let inner = self.map.as_fst().as_inner();
                 let bytes = &inner.mmap[inner.len..inner.mmap.len() - 8];
-                let at = (side - SIDE) as usize;
-                let (len, used) = read_varint(&bytes[at..])?;
-                let token = bytes.get(at + used..at + used + len as usize)?;
-                Cow::Borrowed(std::str::from_utf8(token).ok()?)
+                let damaged = || {
+                    anyhow::anyhow!("an id index is damaged (the written form of id {id:?} is not in it); rerun with --fresh")
+                };
+                let at = usize::try_from(side - SIDE).map_err(|_| damaged())?;
+                let (len, used) = bytes.get(at..).and_then(read_varint).ok_or_else(damaged)?;
+                let token = (at.checked_add(used))
+                    .and_then(|from| Some(from..from.checked_add(usize::try_from(len).ok()?)?))
+                    .and_then(|range| bytes.get(range))
+                    .ok_or_else(damaged)?;
+                Cow::Borrowed(std::str::from_utf8(token).map_err(|_| damaged())?)
             }
-        })
+        }))
     }
 }
 
@@ -232,10 +243,14 @@ mod tests {
         .unwrap();
         let index = IdIndex::open(&path).unwrap();
         for (id, written) in &ids {
-            assert_eq!(index.written(id).as_deref(), Some(written.as_str()), "{id}");
+            assert_eq!(
+                index.written(id).unwrap().as_deref(),
+                Some(written.as_str()),
+                "{id}"
+            );
             assert!(index.contains(id));
         }
-        assert_eq!(index.written("2"), None);
+        assert_eq!(index.written("2").unwrap(), None);
         assert!(!index.contains(""));
     }
 

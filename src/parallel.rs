@@ -6,7 +6,7 @@
 //! none is left, so a slow task does not hold up the others. The first error
 //! ends the run.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -16,7 +16,9 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Runs tasks `0..count` on up to `threads` threads. A thread makes its state
 /// with `init`, then calls `task(state, i)`; `poll` is called on this thread
-/// while they work (to move a progress bar).
+/// while they work (to move a progress bar). After the first error no thread
+/// starts another task (tasks already running finish), and that error (the
+/// first of the threads' errors, in thread order) is returned.
 pub fn run_tasks<S>(
     count: usize,
     threads: usize,
@@ -25,19 +27,28 @@ pub fn run_tasks<S>(
     poll: &mut dyn FnMut(),
 ) -> Result<()> {
     let next = AtomicUsize::new(0);
-    let (init, task, next) = (&init, &task, &next);
+    // Set by the first thread that fails: the others take no new task.
+    let failed = AtomicBool::new(false);
+    let (init, task, next, failed) = (&init, &task, &next, &failed);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads.clamp(1, count.max(1)))
             .map(|_| {
                 scope.spawn(move || -> Result<()> {
-                    let mut state = init()?;
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= count {
-                            return Ok(());
+                    let worked = (|| {
+                        let mut state = init()?;
+                        while !failed.load(Ordering::Relaxed) {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= count {
+                                break;
+                            }
+                            task(&mut state, i)?;
                         }
-                        task(&mut state, i)?;
+                        Ok(())
+                    })();
+                    if worked.is_err() {
+                        failed.store(true, Ordering::Relaxed);
                     }
+                    worked
                 })
             })
             .collect();
@@ -87,5 +98,36 @@ mod tests {
             &mut || {},
         );
         assert_eq!(failed.unwrap_err().to_string(), "seven");
+        // One thread: nothing after the failing task runs.
+        let ran = AtomicU64::new(0);
+        let failed = run_tasks(
+            100,
+            1,
+            || Ok(()),
+            |_, i| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                anyhow::ensure!(i != 3, "three");
+                Ok(())
+            },
+            &mut || {},
+        );
+        assert!(failed.is_err());
+        assert_eq!(ran.into_inner(), 4, "tasks ran after the failure");
+        // Two threads: the other stops taking tasks soon after.
+        let ran = AtomicU64::new(0);
+        let failed = run_tasks(
+            10_000,
+            2,
+            || Ok(()),
+            |_, i| {
+                ran.fetch_add(1, Ordering::Relaxed);
+                anyhow::ensure!(i != 0, "zero");
+                std::thread::sleep(std::time::Duration::from_micros(50));
+                Ok(())
+            },
+            &mut || {},
+        );
+        assert!(failed.is_err());
+        assert!(ran.into_inner() < 1000, "the other thread went on");
     }
 }

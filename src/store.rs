@@ -542,13 +542,7 @@ impl Location {
         match self {
             Location::File(path) => remove_files(path),
             Location::Postgres(target) => {
-                let db = postgres::PgDb::connect(target)?;
-                let tag = if db.schema_exists()? {
-                    db.run_id().ok()
-                } else {
-                    None
-                };
-                db.drop_schema()?;
+                let tag = postgres::drop_store(target)?;
                 let base = &target.local_base;
                 let mut files = kept_texts(base).to_vec();
                 if let Some(tag) = tag {
@@ -734,9 +728,9 @@ impl Store {
         self.db.set_cache_kib(kib)
     }
 
-    /// Gives back what the page cache holds, and what the allocator keeps of
-    /// freed memory, between stages: each stage's peak then stays its own
-    /// instead of adding up in the harness's resident size.
+    /// Gives back what the page cache holds (SQLite), between stages: each
+    /// stage's peak then stays its own instead of adding up in the harness's
+    /// resident size. (The allocator's policy is the harness's.)
     pub fn release_memory(&self) -> Result<()> {
         self.db.release_memory()
     }
@@ -947,14 +941,14 @@ impl Store {
     /// if the user exists ([`IdIndex::written_as`]).
     pub fn user_written<'a>(&'a self, token: &'a [u8]) -> Result<Option<Cow<'a, [u8]>>> {
         let id = crate::json::id_text(token).unwrap_or_default();
-        Ok(self.indexes()?.users.written_as(&id, token))
+        self.indexes()?.users.written_as(&id, token)
     }
 
     /// How the document writes the song whose id a change wrote as `token`,
     /// if the song exists.
     pub fn song_written<'a>(&'a self, token: &'a [u8]) -> Result<Option<Cow<'a, [u8]>>> {
         let id = crate::json::id_text(token).unwrap_or_default();
-        Ok(self.indexes()?.songs.written_as(&id, token))
+        self.indexes()?.songs.written_as(&id, token)
     }
 
     pub fn user_exists(&self, id: &str) -> Result<bool> {
@@ -1274,12 +1268,10 @@ enum Held {
         _lock: nix::fcntl::Flock<File>,
         path: PathBuf,
     },
-    /// The connection whose session holds the advisory lock.
-    Server(#[allow(dead_code)] Box<::postgres::Client>),
+    /// The connection whose session holds the advisory lock (held, never
+    /// used: the lock goes when it closes).
+    Server { _session: Box<::postgres::Client> },
 }
-
-/// The advisory lock's key: "mixtape!" in ASCII.
-const ADVISORY_LOCK_KEY: i64 = 0x6d69_7874_6170_6521;
 
 impl RunLock {
     /// Takes the run lock of the store at `location`, or fails at once if
@@ -1287,19 +1279,9 @@ impl RunLock {
     pub fn acquire(location: &Location) -> Result<RunLock> {
         match location {
             Location::File(path) => RunLock::acquire_file(path),
-            Location::Postgres(target) => {
-                let mut client = target.connect()?;
-                let got: bool = client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&ADVISORY_LOCK_KEY])?
-                    .get(0);
-                if !got {
-                    bail!(
-                        "another harness run is using the work store {} (its advisory lock is held); wait for it to finish",
-                        target.shown()
-                    );
-                }
-                Ok(RunLock(Held::Server(Box::new(client))))
-            }
+            Location::Postgres(target) => Ok(RunLock(Held::Server {
+                _session: Box::new(postgres::take_run_lock(target)?),
+            })),
         }
     }
 

@@ -1,7 +1,10 @@
-//! `worker`: applies one chunk of the plan stored in a work database (README
-//! "Command line" and "Debugging a chunk by hand"). The harness runs one per
-//! chunk, and reads its progress reports ([`mixtape::protocol`]) on stdout; a
-//! person can run one by hand to debug a chunk.
+//! `worker`: applies chunks of the plan stored in a work database (README
+//! "Command line" and "Debugging a chunk by hand"). The harness runs N of
+//! them joined to the run (each claims chunks until none is left) and reads
+//! their progress reports ([`mixtape::protocol`]) on stdout; more may join by
+//! hand, from any host; a person can apply one chunk by hand to debug it.
+//! Which of these a process is ([`Role`]) is decided once, from its command
+//! line.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,8 +61,33 @@ struct Cli {
     #[arg(long, requires = "chunk")]
     redo: bool,
     /// Report progress on stdout for the harness (set by the harness).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, requires = "join")]
     report_progress: bool,
+}
+
+/// Who started this worker, and so what it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Started by the harness (`--join --report-progress`): claims chunks,
+    /// reports progress on stdout, dies with the harness, leaves the merge
+    /// to the harness's threads.
+    ForHarness,
+    /// Joined to a run by hand (`--join`), on any host: claims chunks, then
+    /// helps with the merge, and says what it did.
+    Joined,
+    /// One chunk by hand (`--chunk K`): holds the run lock, as a harness
+    /// would, so that it cannot run beside one.
+    ByHand { chunk: u64 },
+}
+
+impl Role {
+    fn of(cli: &Cli) -> Role {
+        match (cli.chunk, cli.report_progress) {
+            (Some(chunk), _) => Role::ByHand { chunk },
+            (None, true) => Role::ForHarness,
+            (None, false) => Role::Joined,
+        }
+    }
 }
 
 /// One progress report per committed batch on stdout, read by the harness.
@@ -80,15 +108,16 @@ fn report_to_harness(done: u64, total: u64, so_far: &apply::ChunkSummary) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let role = Role::of(&cli);
     mixtape::interrupt::install();
-    if cli.report_progress {
+    if role == Role::ForHarness {
         // Run by the harness: stop if the harness dies, whatever kills it.
         // SIGKILL: a batch not yet committed is simply not there; nothing is lost.
         let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     }
-    match run(&cli) {
+    match run(&cli, role) {
         Ok(summary) => {
-            if !cli.report_progress {
+            if role != Role::ForHarness {
                 say_what_it_did(&summary);
             }
             Exit::Success.into()
@@ -109,34 +138,32 @@ fn main() -> ExitCode {
 
 /// Applies the chunk (or joins the run), reporting progress the way this
 /// worker was started for.
-fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
+fn run(cli: &Cli, role: Role) -> anyhow::Result<apply::JoinSummary> {
     let options = WorkerOptions {
         trace: cli.trace,
         redo: cli.redo,
     };
-    // One chunk by hand: hold the run lock like a harness would, so a worker
-    // cannot run beside a harness on the same database. Joined workers run
-    // beside the harness on purpose: their leases keep them apart.
     let db = Location::from_argument(&cli.db, &cache_base().join("store"))?;
-    let by_hand = !(cli.report_progress || cli.join);
-    let missing_file = db.file().is_some_and(|f| !f.is_file());
     db.refuse_foreign_file()?;
-    let lock = if by_hand && !missing_file {
-        // A file store or a server store alike (the server's advisory lock).
-        Some(RunLock::acquire(&db)?)
-    } else {
-        None
+    // One chunk by hand: hold the run lock like a harness would (a file
+    // store's or the server's advisory lock), so a worker cannot run beside a
+    // harness on the same store. Joined workers run beside the harness on
+    // purpose: their leases keep them apart.
+    let missing_file = db.file().is_some_and(|f| !f.is_file());
+    let lock = match role {
+        Role::ByHand { .. } if !missing_file => Some(RunLock::acquire(&db)?),
+        _ => None,
     };
-    let apply = |progress: &mut apply::ProgressFn| match cli.chunk {
-        Some(chunk) => {
+    let apply = |progress: &mut apply::ProgressFn| match role {
+        Role::ByHand { chunk } => {
             apply::run_chunk(&db, chunk, &options, progress).map(|one| apply::JoinSummary {
                 chunks: vec![one],
                 ..Default::default()
             })
         }
-        None => apply::join(&db, &options, progress),
+        Role::ForHarness | Role::Joined => apply::join(&db, &options, progress),
     };
-    let outcome = if cli.report_progress {
+    let outcome = if role == Role::ForHarness {
         apply(&mut report_to_harness)
     } else if std::io::stderr().is_terminal() && !cli.trace {
         let bar = ProgressBar::new(0).with_style(
@@ -163,7 +190,7 @@ fn run(cli: &Cli) -> anyhow::Result<apply::JoinSummary> {
     let mut summary = outcome?;
     // A worker that joined a run by hand helps with the merge too; the
     // harness's own workers leave it to the harness's threads.
-    if cli.join && !cli.report_progress {
+    if role == Role::Joined {
         summary.merged = mixtape::merge::help(&Store::open(&db)?)?;
     }
     Ok(summary)

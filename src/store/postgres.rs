@@ -318,6 +318,39 @@ impl PgDb {
     }
 }
 
+/// The advisory lock's key: "mixtape!" in ASCII.
+const ADVISORY_LOCK_KEY: i64 = 0x6d69_7874_6170_6521;
+
+/// Takes the run lock of a server store (a session advisory lock), or fails
+/// at once if another run holds it; the lock lasts as long as the returned
+/// connection.
+pub(super) fn take_run_lock(target: &PgTarget) -> Result<Client> {
+    let mut client = target.connect()?;
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&ADVISORY_LOCK_KEY])?
+        .get(0);
+    if !got {
+        bail!(
+            "another harness run is using the work store {} (its advisory lock is held); wait for it to finish",
+            target.shown()
+        );
+    }
+    Ok(client)
+}
+
+/// Drops the store's schema (after a successful run); returns the run's id,
+/// which names the id index files cached on this host, if there was a store.
+pub(super) fn drop_store(target: &PgTarget) -> Result<Option<String>> {
+    let db = PgDb::connect(target)?;
+    let tag = if db.schema_exists()? {
+        db.run_id().ok()
+    } else {
+        None
+    };
+    db.drop_schema()?;
+    Ok(tag)
+}
+
 /// SHA-256 of `data`, in hex: how a cached id index is recognised.
 fn sha256_hex(data: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, data);
@@ -384,10 +417,6 @@ impl Backend for PgDb {
     }
 
     fn release_memory(&self) -> Result<()> {
-        // SAFETY: malloc_trim only returns free heap pages to the OS.
-        unsafe {
-            nix::libc::malloc_trim(0);
-        }
         Ok(())
     }
 

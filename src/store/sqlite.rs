@@ -268,16 +268,10 @@ impl Backend for SqliteDb {
         Ok(())
     }
 
-    /// Gives back what the page cache holds, and what the allocator keeps of
-    /// freed memory, between stages: each stage's peak then stays its own
-    /// instead of adding up in the harness's resident size.
+    /// Gives back what the page cache holds between stages.
     fn release_memory(&self) -> Result<()> {
         self.set_cache_kib(DEFAULT_CACHE_KIB)?;
         self.conn.execute_batch("PRAGMA shrink_memory")?;
-        // SAFETY: malloc_trim only returns free heap pages to the OS.
-        unsafe {
-            nix::libc::malloc_trim(0);
-        }
         Ok(())
     }
 
