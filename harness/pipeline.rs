@@ -1,5 +1,6 @@
 //! The run, stage after stage, each skipped when the store says it is done:
-//! import → plan → apply (workers) → merge → export.
+//! decompress (compressed inputs only) → import → plan → apply (workers) →
+//! merge → export.
 //!
 //! [`run`] is the dispatcher: it checks where the results will go, takes the run
 //! lock, decides whether to resume or start fresh, then walks [`Stage::ALL`],
@@ -387,8 +388,9 @@ impl Run<'_> {
         Ok((Exit::Success, true))
     }
 
-    /// Threads for the stages the harness runs itself (merge, export): one per
-    /// worker, at most one per CPU (more only adds memory).
+    /// Threads for the stages the harness runs itself (decompress, import,
+    /// plan, merge, export): one per worker, at most one per CPU (more only
+    /// adds memory).
     fn threads(&self) -> usize {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         self.config.workers.min(cpus)

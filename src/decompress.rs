@@ -3,8 +3,8 @@
 //! beside the work database.
 //!
 //! Why a file and not a stream: a plan is byte offsets into CHANGES and each
-//! worker seeks to its own chunk; the import splits MIXTAPE into byte ranges for
-//! its threads, and export copies users and songs back from MIXTAPE by offset.
+//! worker seeks to its own chunk; the import records where MIXTAPE's users and
+//! songs arrays are, and the export copies them back from MIXTAPE by offset.
 //! None of that works on a stream, and all of it works unchanged on the
 //! decompressed text, so every later stage simply reads the kept file. The kept
 //! file is written under a `.partial` name and renamed when complete, so a file

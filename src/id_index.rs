@@ -1,7 +1,9 @@
 //! Id indexes: for users and for songs, id text → the id as the document writes
-//! it. Built once, at the end of the import; read by every worker (does this
-//! user or song exist, and how is it written) and by the merge (the warning
-//! check).
+//! it ([`Values::Written`]); for the document's playlists, id text → the
+//! playlist's position ([`Values::Positions`]). Built once, at the end of the
+//! import; read by every worker (does this user or song exist, and how is it
+//! written) and by the merge (the warning check, and which document playlist
+//! an id names).
 //!
 //! ## Why not the database
 //!
@@ -24,8 +26,8 @@
 //! id is written: [`QUOTED`] (`"` id `"`, the usual string id), [`BARE`] (the
 //! text itself, an integer id), or `SIDE + offset` of a length-prefixed raw
 //! token in the side area (a string with escapes, say). The map is built from
-//! keys in byte order (the order SQLite's `ORDER BY id` gives for text with the
-//! default BINARY collation), streaming: memory does not grow with the ids.
+//! keys in byte order, as the import's external sort ([`crate::id_sort`])
+//! gives them, streaming: memory does not grow with the ids.
 
 use std::borrow::Cow;
 use std::fs::File;

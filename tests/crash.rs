@@ -195,7 +195,15 @@ fn kill_9_of_the_harness_at_several_moments_resumes_to_identical_output() {
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
-        let _ = child.wait();
+        let status = child.wait().unwrap();
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(nix::sys::signal::Signal::SIGKILL as i32),
+                "kill after {delay_ms} ms did not land: the run had ended ({status:?})"
+            );
+        }
         assert!(
             wait_until_gone(&db.display().to_string()),
             "a worker outlived the killed harness"

@@ -182,7 +182,7 @@ fn a_stalled_worker_is_fenced_off_and_its_late_commit_refused() {
     );
     let mut stalled_err = stalled.stderr.take().unwrap();
     let stalled_said = wait_for(&mut stalled_err, "pausing");
-    std::thread::sleep(std::time::Duration::from_millis(3300));
+    support::wait_until_lease_expired(&Location::File(case.db()), 0);
     // B takes the chunk over (A's lease has expired), and stalls too, before
     // its first commit but within its own lease: when A wakes, the chunk is
     // still where A left it, and only the lease says A may no longer write.

@@ -181,3 +181,31 @@ pub fn rest_of(mut err: std::process::ChildStderr, mut said: Vec<u8>) -> String 
     err.read_to_end(&mut said).unwrap();
     String::from_utf8_lossy(&said).into_owned()
 }
+
+/// Waits (bounded: 20 s) until no live lease holds chunk `chunk` of the store
+/// at `location`: the state a test of lease expiry waits for, instead of a
+/// time. Asks the store by claiming the chunk as "probe" (refused while the
+/// lease lives) and, once that succeeds, releases it at once: the next worker
+/// takes it as it would take an expired one, and the old holder is fenced off
+/// just the same (every claim raises the token).
+pub fn wait_until_lease_expired(location: &mixtape::store::Location, chunk: u64) {
+    let store = mixtape::store::Store::open(location).expect("opening the store");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match store.claim_chunk(chunk, "probe:0", std::time::Duration::from_secs(60)) {
+            Ok(claim) => {
+                store
+                    .release_lease(claim)
+                    .expect("releasing the probe's claim");
+                return;
+            }
+            Err(e) if e.is::<mixtape::store::Leased>() => {}
+            Err(e) => panic!("probing chunk {chunk}: {e:#}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease on chunk {chunk} never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
