@@ -63,7 +63,9 @@ fn a_terminal_gets_bars_for_every_stage_and_worker() {
         line.push(' ');
         line.push_str(&a);
     }
-    let o = Command::new("script")
+    let mut script = Command::new("script");
+    support::without_testing_aids(&mut script);
+    let o = script
         .args(["-qec", &line, "/dev/null"])
         .env("TERM", "xterm")
         .output()

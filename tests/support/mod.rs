@@ -40,16 +40,23 @@ impl TestCommand {
             None => PathBuf::from(program),
         };
         let mut cmd = Command::new(program);
-        for aid in [
-            "MIXTAPE_FAULT",
-            "MIXTAPE_BATCH",
-            "MIXTAPE_BENCH",
-            "MIXTAPE_LEASE_SECS",
-            "MIXTAPE_WORKER_NAME",
-        ] {
-            cmd.env_remove(aid);
-        }
+        without_testing_aids(&mut cmd);
         TestCommand(cmd)
+    }
+}
+
+/// Removes from `cmd`'s environment every testing aid a test run might have
+/// inherited (README "Testing aids"): each test sets the ones it wants.
+pub fn without_testing_aids(cmd: &mut Command) {
+    for aid in [
+        "MIXTAPE_FAULT",
+        "MIXTAPE_BATCH",
+        "MIXTAPE_BENCH",
+        "MIXTAPE_LEASE_SECS",
+        "MIXTAPE_WORKER_NAME",
+        "MIXTAPE_MIN_FREE_BYTES",
+    ] {
+        cmd.env_remove(aid);
     }
 }
 
