@@ -411,7 +411,8 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
                 match array {
                     Some(array) => {
                         if seen.contains(&array) {
-                            return Err(self.located(
+                            return Err(located(
+                                self.path,
                                 key_offset,
                                 &format!("member {} appears twice", array.name()),
                             ));
@@ -446,7 +447,11 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
     fn array(&mut self, s: &mut Scanner<File>, array: Array) -> Result<(), Failure> {
         if s.peek()? != Some(b'[') {
             let at = s.offset();
-            return Err(self.located(at, &format!("member {} must be an array", array.name())));
+            return Err(located(
+                self.path,
+                at,
+                &format!("member {} must be an array", array.name()),
+            ));
         }
         s.expect(b'[', "'['")?;
         let inside = s.offset();
@@ -499,11 +504,12 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
         s.end_capture();
         sent
     }
+}
 
-    /// An error about the element at `offset`, with its line and column.
-    fn located(&self, offset: u64, message: &str) -> Failure {
-        Failure::Other(errors::at_offset("MIXTAPE", self.path, offset, message))
-    }
+/// An error about the element of MIXTAPE (at `path`) at `offset`, with its
+/// line and column.
+fn located(path: &Path, offset: u64, message: &str) -> Failure {
+    Failure::Other(errors::at_offset("MIXTAPE", path, offset, message))
 }
 
 impl Processor<'_> {
@@ -532,10 +538,6 @@ impl Processor<'_> {
         Ok(())
     }
 
-    /// An error about the element at `offset`, with its line and column.
-    fn located(&self, offset: u64, message: &str) -> Failure {
-        Failure::Other(errors::at_offset("MIXTAPE", self.path, offset, message))
-    }
     fn element(
         &mut self,
         array: Array,
@@ -577,13 +579,22 @@ impl Processor<'_> {
     ) -> Result<(std::borrow::Cow<'r, str>, &'r [u8]), Failure> {
         let name = array.name();
         let Some(found) = found else {
-            return Err(self.located(offset, &format!("{name}[{position}] is not an object")));
+            return Err(located(
+                self.path,
+                offset,
+                &format!("{name}[{position}] is not an object"),
+            ));
         };
         let Some(id_raw) = found else {
-            return Err(self.located(offset, &format!("{name}[{position}] has no id")));
+            return Err(located(
+                self.path,
+                offset,
+                &format!("{name}[{position}] has no id"),
+            ));
         };
         let Some(id) = json::id_text(id_raw) else {
-            return Err(self.located(
+            return Err(located(
+                self.path,
                 offset,
                 &format!(
                     "{name}[{position}]: id must be a string or an integer, found {}",
@@ -605,7 +616,8 @@ impl Processor<'_> {
             let valid = json::array_elements(songs)
                 .is_some_and(|list| list.iter().all(|s| json::id_text(s).is_some()));
             if !valid {
-                return Err(self.located(
+                return Err(located(
+                    self.path,
                     offset,
                     &format!("{name}[{position}] (id {id}): song_ids must be an array of song ids"),
                 ));

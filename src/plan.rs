@@ -72,6 +72,14 @@ pub struct Plan {
 }
 
 /// Cuts chunks as change starts go by (see module docs).
+/// Where the plan aims its `i`-th cut of a file of `size` bytes into
+/// `wanted` chunks: byte `size * i / wanted` (the first change starting there
+/// or after begins chunk `i`). The one place both ways of planning (one scan,
+/// or segments on several threads) take it from.
+fn cut_target(size: u64, i: u64, wanted: u64) -> u64 {
+    (u128::from(size) * u128::from(i) / u128::from(wanted.max(1))) as u64
+}
+
 struct Cutter {
     size: u64,
     /// How many chunks to cut at most.
@@ -87,7 +95,7 @@ impl Cutter {
         if i >= self.wanted {
             u64::MAX
         } else {
-            (u128::from(self.size) * u128::from(i) / u128::from(self.wanted)) as u64
+            cut_target(self.size, i, self.wanted)
         }
     }
 
@@ -162,7 +170,7 @@ fn plan_with(
                     size,
                     body_start,
                     targets: (1..wanted.max(1) as u64)
-                        .map(|i| (u128::from(size) * u128::from(i) / wanted as u128) as u64)
+                        .map(|i| cut_target(size, i, wanted as u64))
                         .collect(),
                 };
                 let planned = split
