@@ -1213,6 +1213,76 @@ fn kept_texts(base: &Path) -> [PathBuf; 4] {
     ]
 }
 
+/// A document playlist as the merge-join reads it: its position and text.
+type DocRow = (i64, Vec<u8>);
+/// A result about a document playlist: its `doc_seq`, state and new text.
+type FateRow = (i64, i64, Option<Vec<u8>>);
+
+/// The merge-join both backends feed, for [`Store::each_final_document_playlist`]:
+/// `docs` are the document's playlists in position order, `fates` the merge's
+/// results about document playlists in `doc_seq` order (at most one each).
+/// Each document playlist is handed to `each` as it ends: as it was when no
+/// result is about it, as its new text when it changed, not at all when it was
+/// removed (a playlist created anew under its id is among the new ones).
+fn join_final_document_playlists(
+    docs: impl Iterator<Item = Result<DocRow>>,
+    mut fates: impl Iterator<Item = Result<FateRow>>,
+    each: &mut Each,
+) -> Result<()> {
+    let mut fate = fates.next().transpose()?;
+    for doc in docs {
+        let (seq, raw) = doc?;
+        while fate.as_ref().is_some_and(|(at, _, _)| *at < seq) {
+            fate = fates.next().transpose()?;
+        }
+        match &fate {
+            Some((at, state, json)) if *at == seq => {
+                if *state == FATE_CHANGED {
+                    each(
+                        json.as_deref()
+                            .context("work store: a changed playlist without text")?,
+                    )?;
+                }
+            }
+            _ => each(&raw)?,
+        }
+    }
+    Ok(())
+}
+
+/// The lease rule both backends apply when a chunk is claimed by number, in
+/// the claim's transaction: a chunk that is not done and whose lease, held by
+/// another owner, has `secs_left` to run is refused ([`Leased`]); an expired
+/// lease, a free chunk, a done one (applying it again is up to the caller) and
+/// one's own lease are taken.
+fn refuse_if_leased(
+    chunk: u64,
+    holder: Option<String>,
+    done: bool,
+    secs_left: f64,
+    owner: &str,
+) -> Result<()> {
+    match holder {
+        Some(holder) if !done && secs_left >= 0.0 && holder != owner => Err(Leased {
+            chunk,
+            owner: holder,
+            secs_left,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
+/// What asking for the next chunk gives when no chunk is free: every chunk is
+/// done, or some are leased by live workers (wait: one of them may die).
+fn when_none_is_free(chunks_not_done: u64) -> Claimed {
+    if chunks_not_done == 0 {
+        Claimed::AllDone
+    } else {
+        Claimed::Wait
+    }
+}
+
 /// The rule both backends apply, in the transaction that marks the merge
 /// done: every partition is in `merged` (a chunk applied again meanwhile by
 /// `worker --redo` clears them, and the merge must then be done again).
@@ -1238,6 +1308,17 @@ fn remove_paths(files: &[PathBuf]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The count of rejects per reason as both backends read it (`reason`,
+/// `count(*)` rows in any order): by reason, in the table's order of
+/// precedence ([`Reason`]'s order).
+fn counted_by_reason(rows: impl Iterator<Item = (String, u64)>) -> Result<Vec<(Reason, u64)>> {
+    let mut counted = rows
+        .map(|(name, n)| Ok((reason_of(&name)?, n)))
+        .collect::<Result<Vec<_>>>()?;
+    counted.sort();
+    Ok(counted)
 }
 
 fn reason_of(name: &str) -> Result<Reason> {

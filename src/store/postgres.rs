@@ -41,8 +41,7 @@ use postgres::{Client, Row, Transaction};
 
 use super::{
     reason_of, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
-    EachMember, IdKind, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED,
-    FATE_NEW, SCHEMA_VERSION,
+    EachMember, IdKind, Key, LeaseLost, LockTiming, PartitionResults, FATE_NEW, SCHEMA_VERSION,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -318,6 +317,35 @@ impl PgDb {
     }
 }
 
+/// The rows of `portal`, [`FETCH_ROWS`] per round trip, each made a `T` by
+/// `read`; several such streams of one transaction may be read in turns.
+fn paged<'t, 'c, T, R: Fn(&Row) -> T + 't>(
+    tx: &'t RefCell<&'t mut Transaction<'c>>,
+    portal: &'t postgres::Portal,
+    read: R,
+) -> impl Iterator<Item = Result<T>> + use<'t, 'c, T, R> {
+    let mut page = Vec::new().into_iter();
+    let mut more = true;
+    std::iter::from_fn(move || loop {
+        if let Some(row) = page.next() {
+            return Some(Ok(read(&row)));
+        }
+        if !more {
+            return None;
+        }
+        match tx.borrow_mut().query_portal(portal, FETCH_ROWS) {
+            Ok(rows) => {
+                more = rows.len() == FETCH_ROWS as usize;
+                page = rows.into_iter();
+            }
+            Err(e) => {
+                more = false;
+                return Some(Err(e.into()));
+            }
+        }
+    })
+}
+
 /// The advisory lock's key: "mixtape!" in ASCII.
 const ADVISORY_LOCK_KEY: i64 = 0x6d69_7874_6170_6521;
 
@@ -529,11 +557,7 @@ impl Backend for PgDb {
             }));
         }
         let left = self.number("SELECT count(*) FROM mixtape.chunks WHERE NOT done")?;
-        Ok(if left == 0 {
-            Claimed::AllDone
-        } else {
-            Claimed::Wait
-        })
+        Ok(super::when_none_is_free(left))
     }
 
     fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim> {
@@ -547,18 +571,7 @@ impl Backend for PgDb {
         let Some(row) = row else {
             bail!("chunk {chunk} does not exist");
         };
-        let (holder, done, secs_left): (Option<String>, bool, f64) =
-            (row.get(0), row.get(1), row.get(2));
-        if let Some(holder) = holder {
-            if !done && secs_left >= 0.0 && holder != owner {
-                return Err(Leased {
-                    chunk,
-                    owner: holder,
-                    secs_left,
-                }
-                .into());
-            }
-        }
+        super::refuse_if_leased(chunk, row.get(0), row.get(1), row.get(2), owner)?;
         let token: i64 = tx
             .query_one(
                 "UPDATE mixtape.chunks SET lease_token = lease_token + 1, lease_owner = $2,
@@ -779,53 +792,24 @@ impl Backend for PgDb {
     }
 
     fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
-        // Two streams in document order, joined as they go (as with SQLite):
-        // two portals of one transaction of the streaming connection, read in
-        // turns; `each` runs with the main connection free.
+        // The two streams of the join (super::join_final_document_playlists):
+        // two portals of one transaction of the streaming connection, read a
+        // page at a time in turns; `each` runs with the main connection free.
         self.with_stream(|tx| {
             let docs = tx.bind("SELECT seq, raw FROM mixtape.playlists ORDER BY seq", &[])?;
             let fates = tx.bind(
                 "SELECT doc_seq, state, json FROM mixtape.results WHERE doc_seq IS NOT NULL ORDER BY doc_seq",
                 &[],
             )?;
-            let mut fate_rows = Vec::new().into_iter();
-            let mut fates_left = true;
-            let mut next_fate = |tx: &mut Transaction| -> Result<Option<Row>> {
-                if let Some(row) = fate_rows.next() {
-                    return Ok(Some(row));
-                }
-                if !fates_left {
-                    return Ok(None);
-                }
-                let rows = tx.query_portal(&fates, FETCH_ROWS)?;
-                fates_left = rows.len() == FETCH_ROWS as usize;
-                fate_rows = rows.into_iter();
-                Ok(fate_rows.next())
-            };
-            let mut fate = next_fate(tx)?;
-            loop {
-                let rows = tx.query_portal(&docs, FETCH_ROWS)?;
-                for doc in &rows {
-                    let seq: i64 = doc.get(0);
-                    while let Some(f) = &fate {
-                        if f.get::<_, i64>(0) >= seq {
-                            break;
-                        }
-                        fate = next_fate(tx)?;
-                    }
-                    match &fate {
-                        Some(f) if f.get::<_, i64>(0) == seq => {
-                            if f.get::<_, i64>(1) == FATE_CHANGED {
-                                each(f.get::<_, &str>(2).as_bytes())?;
-                            }
-                        }
-                        _ => each(doc.get::<_, &str>(1).as_bytes())?,
-                    }
-                }
-                if rows.len() < FETCH_ROWS as usize {
-                    return Ok(());
-                }
-            }
+            let tx = RefCell::new(tx);
+            let docs = paged(&tx, &docs, |row| {
+                (row.get(0), row.get::<_, &str>(1).as_bytes().to_vec())
+            });
+            let fates = paged(&tx, &fates, |row| {
+                let json: Option<&str> = row.get(2);
+                (row.get(0), row.get(1), json.map(|j| j.as_bytes().to_vec()))
+            });
+            super::join_final_document_playlists(docs, fates, each)
         })
     }
 
@@ -870,12 +854,9 @@ impl Backend for PgDb {
             "SELECT reason, count(*) FROM mixtape.rejects GROUP BY reason",
             &[],
         )?;
-        let mut counted = rows
-            .iter()
-            .map(|r| Ok((reason_of(r.get(0))?, r.get::<_, i64>(1) as u64)))
-            .collect::<Result<Vec<_>>>()?;
-        counted.sort();
-        Ok(counted)
+        super::counted_by_reason(
+            (rows.iter()).map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)),
+        )
     }
 }
 

@@ -11,8 +11,7 @@ use rusqlite::{Transaction, TransactionBehavior};
 
 use super::{
     reason_of, remove_files, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink,
-    Each, EachMember, Key, LeaseLost, Leased, LockTiming, PartitionResults, FATE_CHANGED, FATE_NEW,
-    SCHEMA_VERSION,
+    Each, EachMember, Key, LeaseLost, LockTiming, PartitionResults, FATE_NEW, SCHEMA_VERSION,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -382,11 +381,7 @@ impl Backend for SqliteDb {
                 (self.conn).query_row("SELECT count(*) FROM chunks WHERE done = 0", [], |r| {
                     r.get(0)
                 })?;
-            return Ok(if left == 0 {
-                Claimed::AllDone
-            } else {
-                Claimed::Wait
-            });
+            return Ok(super::when_none_is_free(left));
         }
         let tx = self.write()?;
         let now = now_secs();
@@ -407,18 +402,10 @@ impl Backend for SqliteDb {
             .prepare_cached("SELECT lease_owner, lease_expires, done FROM chunks WHERE chunk = ?1")?
             .query_row([chunk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        match holder {
-            None => bail!("chunk {chunk} does not exist"),
-            Some((Some(holder), expires, false)) if expires >= now && holder != owner => {
-                return Err(Leased {
-                    chunk,
-                    owner: holder,
-                    secs_left: expires - now,
-                }
-                .into())
-            }
-            Some(_) => {}
-        }
+        let Some((holder, expires, done)) = holder else {
+            bail!("chunk {chunk} does not exist");
+        };
+        super::refuse_if_leased(chunk, holder, done, expires - now, owner)?;
         let token = take_lease(&tx, chunk, owner, now + lease.as_secs_f64())?;
         tx.commit()?;
         Ok(Claim { chunk, token })
@@ -629,10 +616,9 @@ impl Backend for SqliteDb {
     /// The final state of the document's playlists: those that survive, in
     /// document order, as the merge left them.
     fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
-        // Two streams in document order, joined as they go: the document's
-        // playlists, and the merge's results about them (sorted once here:
-        // SQLite's sorter reads the table in order, which beats an index whose
-        // every row costs a random lookup).
+        // The two streams of the join (super::join_final_document_playlists),
+        // the results sorted once here: SQLite's sorter reads the table in
+        // order, which beats an index whose every row costs a random lookup.
         let mut docs = self
             .conn
             .prepare("SELECT seq, raw FROM playlists ORDER BY seq")?;
@@ -641,25 +627,25 @@ impl Backend for SqliteDb {
             "SELECT doc_seq, state, json FROM results WHERE doc_seq IS NOT NULL ORDER BY doc_seq",
         )?;
         let mut fates = fates.query([])?;
-        let mut fate = fates.next()?;
-        while let Some(doc) = docs.next()? {
-            let seq: i64 = doc.get(0)?;
-            while let Some(f) = fate {
-                if f.get::<_, i64>(0)? >= seq {
-                    break;
-                }
-                fate = fates.next()?;
-            }
-            match fate {
-                Some(f) if f.get::<_, i64>(0)? == seq => {
-                    if f.get::<_, i64>(1)? == FATE_CHANGED {
-                        each(f.get_ref(2)?.as_bytes()?)?;
-                    } // else removed, or removed and created anew (among the new ones)
-                }
-                _ => each(doc.get_ref(1)?.as_bytes()?)?,
-            }
-        }
-        Ok(())
+        let docs = std::iter::from_fn(|| -> Option<Result<super::DocRow>> {
+            let row = docs.next().transpose()?;
+            Some((|| {
+                let row = row?;
+                Ok((row.get(0)?, row.get_ref(1)?.as_bytes()?.to_vec()))
+            })())
+        });
+        let fates = std::iter::from_fn(|| -> Option<Result<super::FateRow>> {
+            let row = fates.next().transpose()?;
+            Some((|| {
+                let row = row?;
+                let json = match row.get_ref(2)? {
+                    rusqlite::types::ValueRef::Null => None,
+                    text => Some(text.as_bytes()?.to_vec()),
+                };
+                Ok((row.get(0)?, row.get(1)?, json))
+            })())
+        });
+        super::join_final_document_playlists(docs, fates, each)
     }
 
     /// The playlists the changes created, in order of creation.
@@ -706,15 +692,10 @@ impl Backend for SqliteDb {
         let mut stmt = self
             .conn
             .prepare("SELECT reason, count(*) FROM rejects GROUP BY reason")?;
-        let mut counted = stmt
+        let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
-            .map(|row| {
-                let (name, n) = row?;
-                Ok((reason_of(&name)?, n))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        counted.sort();
-        Ok(counted)
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        super::counted_by_reason(rows.into_iter())
     }
 }
 
