@@ -88,7 +88,7 @@ mod sqlite;
 pub use postgres::PgTarget;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// `meta` keys of the publication record ([`Store::record_publishing`]).
 const PUBLISHED_PATH: &str = "published_output_path";

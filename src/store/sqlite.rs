@@ -35,8 +35,8 @@ CREATE TABLE playlists(seq INTEGER PRIMARY KEY, raw TEXT NOT NULL);
 CREATE TABLE extras(seq INTEGER PRIMARY KEY, key TEXT NOT NULL, raw TEXT NOT NULL);
 CREATE TABLE chunks(
     chunk INTEGER PRIMARY KEY,
-    start INTEGER NOT NULL,
-    end INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
     first_index INTEGER NOT NULL,
     changes INTEGER NOT NULL,
     next_offset INTEGER NOT NULL,
@@ -325,7 +325,7 @@ impl Backend for SqliteDb {
         tx.execute("DELETE FROM chunks", [])?;
         {
             let mut insert = tx.prepare(
-                "INSERT INTO chunks(chunk, start, end, first_index, changes, next_offset, next_index)
+                "INSERT INTO chunks(chunk, start_offset, end_offset, first_index, changes, next_offset, next_index)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?2, ?4)",
             )?;
             for (k, c) in plan.chunks.iter().enumerate() {
@@ -342,7 +342,7 @@ impl Backend for SqliteDb {
     /// Every chunk of the plan, in order.
     fn chunks(&self) -> Result<Vec<ChunkRow>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT chunk, start, end, first_index, changes, next_offset, next_index,
+            "SELECT chunk, start_offset, end_offset, first_index, changes, next_offset, next_index,
                     auto_count, max_playlist_id, done
              FROM chunks ORDER BY chunk",
         )?;
@@ -355,7 +355,7 @@ impl Backend for SqliteDb {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT chunk, start, end, first_index, changes, next_offset, next_index,
+                "SELECT chunk, start_offset, end_offset, first_index, changes, next_offset, next_index,
                         auto_count, max_playlist_id, done
                  FROM chunks WHERE chunk = ?1",
             )?
@@ -471,7 +471,7 @@ impl Backend for SqliteDb {
             [chunk],
         )?;
         tx.execute(
-            "UPDATE chunks SET next_offset = start, next_index = first_index, auto_count = 0,
+            "UPDATE chunks SET next_offset = start_offset, next_index = first_index, auto_count = 0,
                  max_playlist_id = 0, batches = 0, done = 0 WHERE chunk = ?1",
             [chunk],
         )?;
