@@ -47,7 +47,7 @@ use anyhow::{Context, Result};
 
 use crate::json;
 use crate::output_file::{write_atomically, write_atomically_then};
-use crate::store::{Each, Location, Store};
+use crate::store::{Each, IdKind, Location, Store};
 use crate::values;
 
 /// What the export writes, and with how many threads.
@@ -79,14 +79,6 @@ enum Task {
     NewPlaylists,
 }
 
-/// Which array a piece belongs to.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Array {
-    Users,
-    Playlists,
-    Songs,
-}
-
 /// Writes the rejects report and (when asked) OUTPUT; see the module docs.
 pub fn export(store: &Store, job: &Export) -> Result<()> {
     let tasks = tasks(store, job)?;
@@ -109,7 +101,7 @@ pub fn export(store: &Store, job: &Export) -> Result<()> {
 }
 
 /// Where a task's piece goes: (array, place in that array) of OUTPUT.
-type Placed = (Task, Option<(Array, usize)>);
+type Placed = (Task, Option<(IdKind, usize)>);
 
 /// The tasks of an export. The two playlist tasks are the longest (each sorts
 /// the merge's results): they go first, so the copies fill the other threads
@@ -117,13 +109,16 @@ type Placed = (Task, Option<(Array, usize)>);
 fn tasks(store: &Store, job: &Export) -> Result<Vec<Placed>> {
     let mut tasks: Vec<Placed> = Vec::new();
     if job.output.is_some() {
-        tasks.push((Task::NewPlaylists, Some((Array::Playlists, 1))));
-        tasks.push((Task::DocumentPlaylists, Some((Array::Playlists, 0))));
+        tasks.push((Task::NewPlaylists, Some((IdKind::Playlists, 1))));
+        tasks.push((Task::DocumentPlaylists, Some((IdKind::Playlists, 0))));
     }
     tasks.push((Task::Rejects, None));
     if job.output.is_some() {
         let ranges = store.array_ranges()?;
-        for (array, range) in [(Array::Users, &ranges.users), (Array::Songs, &ranges.songs)] {
+        for (array, range) in [
+            (IdKind::Users, &ranges.users),
+            (IdKind::Songs, &ranges.songs),
+        ] {
             for (place, (from, to)) in range.iter().flat_map(|r| r.pieces()).enumerate() {
                 tasks.push((Task::Copy { from, to }, Some((array, place))));
             }
@@ -152,11 +147,11 @@ fn assemble(
         |out| {
             out.write_all(b"{\n")?;
             for (array, name) in [
-                (Array::Users, "users"),
-                (Array::Playlists, "playlists"),
-                (Array::Songs, "songs"),
+                (IdKind::Users, "users"),
+                (IdKind::Playlists, "playlists"),
+                (IdKind::Songs, "songs"),
             ] {
-                if array != Array::Users {
+                if array != IdKind::Users {
                     out.write_all(b",\n")?;
                 }
                 write!(out, "\"{name}\": [")?;

@@ -47,24 +47,6 @@ pub struct ImportFigures {
     pub songs: u64,
 }
 
-/// The three arrays the tool understands.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Array {
-    Users,
-    Playlists,
-    Songs,
-}
-
-impl Array {
-    fn name(self) -> &'static str {
-        match self {
-            Array::Users => "users",
-            Array::Playlists => "playlists",
-            Array::Songs => "songs",
-        }
-    }
-}
-
 /// Imports MIXTAPE at `path`; `progress` gets the number of bytes read so far.
 /// With `threads` ≥ 2, scanning and processing run on two threads.
 pub fn import(
@@ -213,7 +195,7 @@ trait Sink {
     /// Element `position` of `array`, raw, found at `offset`.
     fn element(
         &mut self,
-        array: Array,
+        array: IdKind,
         position: u64,
         raw: &[u8],
         offset: u64,
@@ -273,7 +255,7 @@ struct Batch {
 
 enum Item {
     Element {
-        array: Array,
+        array: IdKind,
         position: u64,
         offset: u64,
         bytes: std::ops::Range<usize>,
@@ -312,7 +294,7 @@ impl ChannelSink {
 impl Sink for ChannelSink {
     fn element(
         &mut self,
-        array: Array,
+        array: IdKind,
         position: u64,
         raw: &[u8],
         offset: u64,
@@ -343,7 +325,7 @@ impl Sink for ChannelSink {
 impl Sink for Processor<'_> {
     fn element(
         &mut self,
-        array: Array,
+        array: IdKind,
         position: u64,
         raw: &[u8],
         offset: u64,
@@ -390,7 +372,7 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
             }
             _ => return Err(s.unexpected("a JSON object (the mixtape document)").into()),
         }
-        let mut seen: Vec<Array> = Vec::new();
+        let mut seen: Vec<IdKind> = Vec::new();
         if !s.eat(b'}')? {
             loop {
                 s.peek()?;
@@ -403,9 +385,9 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
                 };
                 s.end_capture();
                 let array = match name.as_str() {
-                    "users" => Some(Array::Users),
-                    "playlists" => Some(Array::Playlists),
-                    "songs" => Some(Array::Songs),
+                    "users" => Some(IdKind::Users),
+                    "playlists" => Some(IdKind::Playlists),
+                    "songs" => Some(IdKind::Songs),
                     _ => None,
                 };
                 match array {
@@ -414,7 +396,7 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
                             return Err(located(
                                 self.path,
                                 key_offset,
-                                &format!("member {} appears twice", array.name()),
+                                &format!("member {} appears twice", array.array_name()),
                             ));
                         }
                         seen.push(array);
@@ -444,13 +426,13 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
         self.sink.progress(s.offset())
     }
 
-    fn array(&mut self, s: &mut Scanner<File>, array: Array) -> Result<(), Failure> {
+    fn array(&mut self, s: &mut Scanner<File>, array: IdKind) -> Result<(), Failure> {
         if s.peek()? != Some(b'[') {
             let at = s.offset();
             return Err(located(
                 self.path,
                 at,
-                &format!("member {} must be an array", array.name()),
+                &format!("member {} must be an array", array.array_name()),
             ));
         }
         s.expect(b'[', "'['")?;
@@ -488,9 +470,9 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
             };
             s.expect(b']', "',' or ']' after an array element")?;
             match array {
-                Array::Users => self.ranges.users = Some(range),
-                Array::Songs => self.ranges.songs = Some(range),
-                Array::Playlists => {}
+                IdKind::Users => self.ranges.users = Some(range),
+                IdKind::Songs => self.ranges.songs = Some(range),
+                IdKind::Playlists => {}
             }
             return Ok(());
         }
@@ -540,12 +522,12 @@ impl Processor<'_> {
 
     fn element(
         &mut self,
-        array: Array,
+        array: IdKind,
         position: u64,
         raw: &[u8],
         offset: u64,
     ) -> Result<(), Failure> {
-        if array == Array::Playlists {
+        if array == IdKind::Playlists {
             self.minified.clear();
             json::minify_into(raw, &mut self.minified);
             let minified = std::mem::take(&mut self.minified);
@@ -558,7 +540,7 @@ impl Processor<'_> {
         // copies them from MIXTAPE again. So only the id is read, in place.
         let (id, written) = self.id_of(array, position, json::find_member(raw, "id"), offset)?;
         let written = std::str::from_utf8(written).map_err(|e| anyhow!(e))?;
-        if array == Array::Users {
+        if array == IdKind::Users {
             self.users.push(&id, written, position, offset)?;
             self.figures.users += 1;
         } else {
@@ -572,12 +554,12 @@ impl Processor<'_> {
     /// `id` member found: `None` when it is not an object.
     fn id_of<'r>(
         &self,
-        array: Array,
+        array: IdKind,
         position: u64,
         found: Option<Option<&'r [u8]>>,
         offset: u64,
     ) -> Result<(std::borrow::Cow<'r, str>, &'r [u8]), Failure> {
-        let name = array.name();
+        let name = array.array_name();
         let Some(found) = found else {
             return Err(located(
                 self.path,
@@ -608,9 +590,9 @@ impl Processor<'_> {
     fn playlist(&mut self, position: u64, minified: &[u8], offset: u64) -> Result<(), Failure> {
         let members = json::object_members(minified);
         let found = members.as_ref().map(|m| json::member(m, "id"));
-        let (id, _) = self.id_of(Array::Playlists, position, found, offset)?;
+        let (id, _) = self.id_of(IdKind::Playlists, position, found, offset)?;
         let members = members.expect("id_of checked it is an object");
-        let name = Array::Playlists.name();
+        let name = IdKind::Playlists.array_name();
         let raw_text = std::str::from_utf8(minified).map_err(|e| anyhow!(e))?;
         if let Some(songs) = json::member(&members, "song_ids") {
             let valid = json::array_elements(songs)

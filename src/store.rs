@@ -653,7 +653,8 @@ struct Indexes {
     playlists: IdIndex,
 }
 
-/// Which elements an id index holds.
+/// The document's three arrays: what the import reads, the export writes,
+/// and which elements an id index holds (one enum for all three).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IdKind {
     Users,
