@@ -41,7 +41,7 @@
 //! [`join`] claims chunks one after another until all are done, [`run_chunk`]
 //! claims the one chunk asked for. Every commit renews the lease, and a thread
 //! of the worker's renews it every third of its length meanwhile, however
-//! long one change takes ([`keep_lease`]); every write checks the claim's token in its
+//! long one change takes (`keep_lease`); every write checks the claim's token in its
 //! own transaction, so a worker whose lease expired and was taken over cannot
 //! write again ([`LeaseLost`]). Why leases and not a fixed chunk per process:
 //! a process (or a host) that dies must not hold its chunk for ever, and

@@ -558,16 +558,33 @@ impl Location {
 /// stages call. Each method is one transaction where it writes (see the module
 /// docs for which writes go together).
 trait Backend {
+    // ---- meta ----
+    /// Reads one `meta` value; `None` when the key is not set.
     fn meta_text(&self, key: &str) -> Result<Option<String>>;
-    /// Sets `meta` values, all in one transaction.
+    /// Sets `meta` values (insert or replace), all in one transaction.
     fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()>;
+
+    // ---- this connection's resources (no-ops where a backend has none) ----
+    /// Sets this connection's page cache, in KiB (SQLite).
     fn set_cache_kib(&self, kib: i64) -> Result<()>;
+    /// Gives back what this connection caches (SQLite's page cache).
     fn release_memory(&self) -> Result<()>;
+    /// Checkpoints the WAL only every `pages` pages (SQLite).
     fn checkpoint_every(&self, pages: u32) -> Result<()>;
+    /// Moves the WAL into the database and truncates it (SQLite).
     fn checkpoint(&self) -> Result<()>;
+
+    // ---- import ----
+    /// Starts an import: the sink writes `playlists` and `extras` in
+    /// transactions of many rows; the first clears what an earlier import
+    /// left, the last (at [`DocumentSink::finish`]) also writes the import's
+    /// `meta` values and done-marker. Dropped unfinished, its open
+    /// transaction rolls back.
     fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>>;
+    /// The document playlist at position `seq`, with its position.
     fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>>;
-    /// The playlists at these positions, in any order.
+    /// The playlists at these positions, in any order (one round trip per
+    /// page of positions on a server).
     fn playlists_at(&self, seqs: &[i64]) -> Result<Vec<(i64, String)>> {
         let mut found = Vec::new();
         for &seq in seqs {
@@ -575,30 +592,83 @@ trait Backend {
         }
         Ok(found)
     }
+    /// Streams the document's playlists at positions `from..to`, raw, in
+    /// order. `each` may query the store.
     fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()>;
+
+    // ---- plan and chunks ----
+    /// Replaces the plan: every chunk's row, the form, the number of changes
+    /// and of merge partitions, and the plan's done-marker, in one
+    /// transaction.
     fn save_plan(&self, plan: &Plan, partitions: u64) -> Result<()>;
+    /// Every chunk's row, by chunk number.
     fn chunks(&self) -> Result<Vec<ChunkRow>>;
+    /// One chunk's row.
     fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>>;
+    /// How many batches have been committed, over all chunks.
     fn batches_committed(&self) -> Result<u64>;
+
+    // ---- claims and leases (the rules: refuse_if_leased, when_none_is_free) ----
+    /// Takes the first chunk that is not done and not leased by a live
+    /// lease, raising its token, in one transaction; two claimers at once
+    /// never get one chunk. When none is free: [`when_none_is_free`].
     fn claim_next(&self, owner: &str, lease: Duration) -> Result<Claimed>;
+    /// Takes chunk `chunk`, raising its token, unless [`refuse_if_leased`]
+    /// refuses ([`Leased`]); in one transaction.
     fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim>;
+    /// The chunks with a lease owner, with that owner (expired or not).
     fn leases(&self) -> Result<Vec<(Claim, String)>>;
+    /// Extends the claim's lease to `lease` from now; [`LeaseLost`] when the
+    /// token is no longer the chunk's.
     fn renew_lease(&self, claim: Claim, lease: Duration) -> Result<()>;
+    /// Frees the chunk at once if the claim's token is still the chunk's
+    /// (a lost lease frees nothing).
     fn release_lease(&self, claim: Claim) -> Result<()>;
+    /// Puts a chunk back at its start and deletes what it recorded (blocks,
+    /// worker rejects of its indexes) and the merge's results, in one
+    /// transaction.
     fn reset_chunk(&self, chunk: u64) -> Result<()>;
+    /// Writes a batch (blocks, rejects) with the chunk's new position and
+    /// figures, renewing its lease, in one transaction that first checks the
+    /// claim's token and the chunk's position ([`LeaseLost`] otherwise:
+    /// nothing written).
     fn commit_batch(&self, batch: &Batch) -> Result<LockTiming>;
+
+    // ---- merge ----
+    /// The partitions in `merged`.
     fn merged_partitions(&self) -> Result<Vec<u64>>;
+    /// Whether partition `part` is in `merged`.
     fn is_merged(&self, part: u64) -> Result<bool>;
+    /// Deletes the merge's results, its rejects, `merged` and its
+    /// done-marker, in one transaction.
     fn clear_merge(&self) -> Result<()>;
+    /// Streams partition `part`'s blocks in index order (by chunk, then as
+    /// committed). `each` may query the store.
     fn each_block(&self, part: u64, each: &mut Each) -> Result<()>;
+    /// Writes a partition's results and rejects with its row in `merged`, in
+    /// one transaction; [`AlreadyMerged`] (nothing written) when the row is
+    /// there.
     fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()>;
+    /// Sets the merge's done-marker, in a transaction that checks
+    /// [`check_merge_complete`] (an error, nothing written, otherwise).
     fn finish_merge(&self) -> Result<()>;
+    /// The warnings the merged partitions counted.
     fn warnings(&self) -> Result<u64>;
+
+    // ---- export (the rule: join_final_document_playlists) ----
+    /// Streams the document's playlists as they end, in document order
+    /// (see [`join_final_document_playlists`]). `each` may query the store.
     fn each_final_document_playlist(&self, each: &mut Each) -> Result<()>;
+    /// Streams the new playlists' text in the order they were created.
     fn each_new_playlist(&self, each: &mut Each) -> Result<()>;
+    /// Streams the document's other top-level members, in document order.
     fn each_extra(&self, each: &mut EachMember) -> Result<()>;
+    /// Streams every reject in index order.
     fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()>;
+    /// Rejects counted by reason ([`counted_by_reason`]).
     fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>>;
+
+    // ---- where the backends truly differ: id indexes on other hosts ----
     /// Whether each lookup is a round trip to a server.
     fn lookups_are_round_trips(&self) -> bool {
         false
@@ -608,17 +678,18 @@ trait Backend {
     fn index_tag(&self) -> Result<Option<String>> {
         Ok(None)
     }
-    /// Keeps a built id index in the store, for other hosts.
+    /// Keeps a built id index in the store, with its hash, for other hosts.
     fn publish_index(&self, _kind: IdKind, _path: &Path) -> Result<()> {
         Ok(())
     }
-    /// Fetches a kept id index into `path`.
     /// Whether the id index file at `path` (this host's cached copy of
     /// another host's index) is the one the store holds, by its recorded
     /// hash. Files beside a SQLite database are that database's own.
     fn cached_index_is_current(&self, _kind: IdKind, _path: &Path) -> Result<bool> {
         Ok(true)
     }
+    /// Fetches a kept id index into `path` (checked against its hash, written
+    /// through a private temporary file and a rename).
     fn fetch_index(&self, kind: IdKind, path: &Path) -> Result<()> {
         bail!(
             "the {} index {} is missing: run the harness again to import afresh",
