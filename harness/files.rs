@@ -56,49 +56,25 @@ enum Identity {
 /// Refuses a command line whose paths collide, or that uses `-` (reading
 /// stdin and writing stdout are not supported yet); see the module docs.
 pub fn check(config: &Config) -> Result<()> {
-    let mut named = vec![
-        Named {
-            what: format!("MIXTAPE {}", config.mixtape.display()),
-            role: Role::Mixtape,
-            path: config.mixtape.clone(),
-            hint: "",
-        },
-        Named {
-            what: format!("CHANGES {}", config.changes.display()),
-            role: Role::Changes,
-            path: config.changes.clone(),
-            hint: "",
-        },
-        Named {
-            what: format!("OUTPUT {}", config.output.display()),
-            role: Role::Output,
-            path: config.output.clone(),
-            hint: "",
-        },
-        Named {
-            what: format!("the rejects report {}", config.rejects.display()),
-            role: Role::Written,
-            path: config.rejects.clone(),
-            hint: " (--rejects; by default OUTPUT with .rejects.jsonl appended)",
-        },
+    let given = [
+        ("MIXTAPE", Role::Mixtape, &config.mixtape, ""),
+        ("CHANGES", Role::Changes, &config.changes, ""),
+        ("OUTPUT", Role::Output, &config.output, ""),
+        (
+            "the rejects report",
+            Role::Written,
+            &config.rejects,
+            " (--rejects; by default OUTPUT with .rejects.jsonl appended)",
+        ),
     ];
-    for n in &named {
-        if n.path.as_os_str() == "-" {
-            return Err(UsageError(format!(
-                "{}: `-` (standard input or output) is not supported; give a file path (./- for a file named -)",
-                n.what
-            ))
-            .into());
-        }
-    }
-    if let Some(db) = config.db.file() {
-        if db.as_os_str() == "-" {
-            return Err(UsageError(
-                "--db -: `-` is not supported; give a file path (./- for a file named -)".into(),
-            )
-            .into());
-        }
-    }
+    let mut named: Vec<Named> = (given.into_iter())
+        .map(|(label, role, path, hint)| Named {
+            what: format!("{label} {}", path.display()),
+            role,
+            path: path.clone(),
+            hint,
+        })
+        .collect();
     if let Some(path) = report::file_of(&config.summary_json) {
         named.push(Named {
             what: format!("the run report (--summary-json {})", path.display()),
@@ -114,6 +90,13 @@ pub fn check(config: &Config) -> Result<()> {
             path,
             hint: " (the work database and its companions are named from --db, by default OUTPUT with .work.db appended)",
         });
+    }
+    if let Some(dash) = named.iter().find(|n| n.path.as_os_str() == "-") {
+        return Err(UsageError(format!(
+            "{}: `-` (standard input or output) is not supported; give a file path (./- for a file named -)",
+            dash.what
+        ))
+        .into());
     }
     let identities: Vec<Identity> = named.iter().map(|n| identity(&n.path)).collect();
     for (i, a) in named.iter().enumerate() {

@@ -125,12 +125,7 @@ fn open_or_create(config: &Config, inputs: &Inputs, ui: &Ui) -> Result<(Store, O
         let store = match Store::open(&config.db) {
             Ok(store) => store,
             // --fresh would not help: say only what is wrong.
-            Err(e)
-                if e.is::<mixtape::store::NotOurs>()
-                    || e.is::<mixtape::store::NotAWorkDatabase>() =>
-            {
-                return Err(e)
-            }
+            Err(e) if e.is::<mixtape::store::NotOurs>() => return Err(e),
             Err(e) => {
                 return Err(e.context(format!(
                     "cannot resume; pass --fresh to discard {}",

@@ -83,7 +83,9 @@ pub(super) struct SqliteDb {
 
 /// Fails ([`super::NotAWorkDatabase`]) unless `path` is a SQLite file with this
 /// program's tables (of any schema version): the one kind of file a run may
-/// open as its work database, and `--fresh` may replace.
+/// open as its work database, and `--fresh` may replace. Checked once per
+/// process, where the user's `--db` comes in ([`super::Location::refuse_foreign_file`]),
+/// and before a creation replaces a file, not on every open.
 pub(super) fn refuse_unless_work_database(path: &Path) -> Result<()> {
     let ours = (|| -> Option<bool> {
         let mut head = [0u8; 16];
@@ -169,7 +171,6 @@ impl SqliteDb {
         if !path.is_file() {
             bail!("no work database at {}", path.display());
         }
-        refuse_unless_work_database(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
