@@ -201,6 +201,25 @@ pub struct ChunkRow {
     pub done: bool,
 }
 
+impl ChunkRow {
+    /// A chunk's row from the columns of [`SELECT_CHUNKS`] as either backend
+    /// reads them: `number(i)` is column `i` as a number, `done` the last.
+    fn from_columns(number: impl Fn(usize) -> Result<u64>, done: bool) -> Result<ChunkRow> {
+        Ok(ChunkRow {
+            chunk: number(0)?,
+            start: number(1)?,
+            end: number(2)?,
+            first_index: number(3)?,
+            changes: number(4)?,
+            next_offset: number(5)?,
+            next_index: number(6)?,
+            auto_count: number(7)?,
+            max_playlist_id: number(8)?,
+            done,
+        })
+    }
+}
+
 /// What the import learnt about the document, stored with its done-marker.
 #[derive(Clone, Debug, Default)]
 pub struct DocumentFacts {
@@ -554,27 +573,123 @@ impl Location {
     }
 }
 
-/// What a work store provides, whatever holds it: the typed operations the
-/// stages call. Each method is one transaction where it writes (see the module
-/// docs for which writes go together).
-trait Backend {
-    // ---- meta ----
+/// The store's tables as the stages use them: plan and chunks, claims and
+/// leases, the merge, the export's streams, and this connection's resources.
+/// This is the contract each backend implements and the stages call directly
+/// (through [`Store`], which dereferences to it). Each operation that writes is
+/// one transaction: what it writes commits together or not at all, and a typed
+/// error ([`LeaseLost`], [`Leased`], [`AlreadyMerged`]) means it wrote nothing.
+/// Streams (`each_*`) hand rows to a callback that may query the store.
+pub trait Tables {
+    // ---- this connection's resources (no-ops where a backend has none) ----
+    /// Sets this connection's page cache, in KiB (SQLite).
+    fn set_cache_kib(&self, kib: i64) -> Result<()>;
+    /// Gives back what this connection caches (SQLite's page cache), between
+    /// stages: each stage's peak then stays its own instead of adding up in
+    /// the harness's resident size. (The allocator's policy is the harness's.)
+    fn release_memory(&self) -> Result<()>;
+    /// Checkpoints the WAL only every `pages` pages (SQLite): each checkpoint
+    /// syncs the database file, and a worker's batches write thousands of pages.
+    fn checkpoint_every(&self, pages: u32) -> Result<()>;
+    /// Moves the WAL into the database and truncates it (SQLite); done between
+    /// stages so the WAL does not grow without bound.
+    fn checkpoint(&self) -> Result<()>;
+    /// Whether each lookup is a round trip to a server (the merge then fetches
+    /// what it needs in bulk).
+    fn lookups_are_round_trips(&self) -> bool {
+        false
+    }
+
+    // ---- the document's playlists, as imported ----
+    /// Streams the document's playlists at positions `from..to`, raw, in
+    /// order.
+    fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()>;
+
+    // ---- plan and chunks ----
+    /// Replaces the plan: every chunk's row, the form, the number of changes
+    /// and of merge partitions, and the plan's done-marker, in one
+    /// transaction.
+    fn save_plan(&self, plan: &Plan, partitions: u64) -> Result<()>;
+    /// Every chunk's row, by chunk number ([`SELECT_CHUNKS`]).
+    fn chunks(&self) -> Result<Vec<ChunkRow>>;
+    /// One chunk's row, if the plan has it ([`SELECT_CHUNK`]).
+    fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>>;
+    /// How many batches have been committed, over all chunks.
+    fn batches_committed(&self) -> Result<u64>;
+
+    // ---- claims and leases (the rules: refuse_if_leased, when_none_is_free) ----
+    /// Takes the first chunk that is not done and not leased by a live lease,
+    /// for `lease`, for `owner` (who it is, for messages), raising its token,
+    /// in one transaction; two claimers at once never get one chunk. When none
+    /// is free: [`when_none_is_free`].
+    fn claim_next(&self, owner: &str, lease: Duration) -> Result<Claimed>;
+    /// Takes chunk `chunk` (done or not: a worker run by hand may redo it),
+    /// raising its token, unless [`refuse_if_leased`] refuses ([`Leased`]);
+    /// in one transaction.
+    fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim>;
+    /// The chunks with a lease owner, with that owner (expired or not).
+    fn leases(&self) -> Result<Vec<(Claim, String)>>;
+    /// Extends the claim's lease to `lease` from now; [`LeaseLost`] when the
+    /// token is no longer the chunk's (taken over).
+    fn renew_lease(&self, claim: Claim, lease: Duration) -> Result<()>;
+    /// Frees the chunk at once (a worker that stops) if the claim's token is
+    /// still the chunk's, so that another worker need not wait for expiry; a
+    /// lost lease frees nothing.
+    fn release_lease(&self, claim: Claim) -> Result<()>;
+    /// Writes a batch (blocks, rejects) with the chunk's new position and
+    /// figures, renewing its lease, in one transaction that first checks the
+    /// claim's token and the chunk's position ([`LeaseLost`] otherwise:
+    /// nothing written). See [`Batch`].
+    fn commit_batch(&self, batch: &Batch) -> Result<LockTiming>;
+
+    // ---- merge ----
+    /// The partitions in `merged` (their results are committed).
+    fn merged_partitions(&self) -> Result<Vec<u64>>;
+    /// Whether partition `part` is in `merged`.
+    fn is_merged(&self, part: u64) -> Result<bool>;
+    /// Streams partition `part`'s blocks in index order: by chunk, then in the
+    /// order the chunk's workers committed them.
+    fn each_block(&self, part: u64, each: &mut Each) -> Result<()>;
+    /// Writes a partition's results and rejects with its row in `merged`, in
+    /// one transaction; [`AlreadyMerged`] (nothing written) when another
+    /// worker was first.
+    fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()>;
+    /// Sets the merge's done-marker, in a transaction that checks
+    /// [`check_merge_complete`] (an error, nothing written, otherwise).
+    fn finish_merge(&self) -> Result<()>;
+    /// Document playlists that name a missing owner or song, as counted by
+    /// the merged partitions.
+    fn warnings(&self) -> Result<u64>;
+
+    // ---- export (the rule: join_final_document_playlists) ----
+    /// Streams the document's playlists as they end: those that survive, in
+    /// document order, as the merge left them (see
+    /// [`join_final_document_playlists`]).
+    fn each_final_document_playlist(&self, each: &mut Each) -> Result<()>;
+    /// Streams the new playlists' text in the order they were created.
+    fn each_new_playlist(&self, each: &mut Each) -> Result<()>;
+    /// Streams the document's other top-level members, (raw key, minified
+    /// value), in document order.
+    fn each_extra(&self, each: &mut EachMember) -> Result<()>;
+    /// Streams every reject in index order.
+    fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()>;
+    /// How many changes were rejected for each reason, in [`Reason::ALL`]
+    /// order, only the reasons present ([`counted_by_reason`]).
+    fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>>;
+}
+
+/// What a backend supplies below the rules of [`Store`]: `meta` values, the
+/// import's sink, lookups by position, id indexes kept for other hosts, and
+/// the shared statements ([`Statement`]) run in one transaction.
+trait Backend: Tables {
     /// Reads one `meta` value; `None` when the key is not set.
     fn meta_text(&self, key: &str) -> Result<Option<String>>;
     /// Sets `meta` values (insert or replace), all in one transaction.
     fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()>;
+    /// Runs `statements` in order in one transaction: all of them commit, or
+    /// (on the first error) none.
+    fn run_in_one_transaction(&self, statements: &[Statement]) -> Result<()>;
 
-    // ---- this connection's resources (no-ops where a backend has none) ----
-    /// Sets this connection's page cache, in KiB (SQLite).
-    fn set_cache_kib(&self, kib: i64) -> Result<()>;
-    /// Gives back what this connection caches (SQLite's page cache).
-    fn release_memory(&self) -> Result<()>;
-    /// Checkpoints the WAL only every `pages` pages (SQLite).
-    fn checkpoint_every(&self, pages: u32) -> Result<()>;
-    /// Moves the WAL into the database and truncates it (SQLite).
-    fn checkpoint(&self) -> Result<()>;
-
-    // ---- import ----
     /// Starts an import: the sink writes `playlists` and `extras` in
     /// transactions of many rows; the first clears what an earlier import
     /// left, the last (at [`DocumentSink::finish`]) also writes the import's
@@ -592,87 +707,8 @@ trait Backend {
         }
         Ok(found)
     }
-    /// Streams the document's playlists at positions `from..to`, raw, in
-    /// order. `each` may query the store.
-    fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()>;
-
-    // ---- plan and chunks ----
-    /// Replaces the plan: every chunk's row, the form, the number of changes
-    /// and of merge partitions, and the plan's done-marker, in one
-    /// transaction.
-    fn save_plan(&self, plan: &Plan, partitions: u64) -> Result<()>;
-    /// Every chunk's row, by chunk number.
-    fn chunks(&self) -> Result<Vec<ChunkRow>>;
-    /// One chunk's row.
-    fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>>;
-    /// How many batches have been committed, over all chunks.
-    fn batches_committed(&self) -> Result<u64>;
-
-    // ---- claims and leases (the rules: refuse_if_leased, when_none_is_free) ----
-    /// Takes the first chunk that is not done and not leased by a live
-    /// lease, raising its token, in one transaction; two claimers at once
-    /// never get one chunk. When none is free: [`when_none_is_free`].
-    fn claim_next(&self, owner: &str, lease: Duration) -> Result<Claimed>;
-    /// Takes chunk `chunk`, raising its token, unless [`refuse_if_leased`]
-    /// refuses ([`Leased`]); in one transaction.
-    fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim>;
-    /// The chunks with a lease owner, with that owner (expired or not).
-    fn leases(&self) -> Result<Vec<(Claim, String)>>;
-    /// Extends the claim's lease to `lease` from now; [`LeaseLost`] when the
-    /// token is no longer the chunk's.
-    fn renew_lease(&self, claim: Claim, lease: Duration) -> Result<()>;
-    /// Frees the chunk at once if the claim's token is still the chunk's
-    /// (a lost lease frees nothing).
-    fn release_lease(&self, claim: Claim) -> Result<()>;
-    /// Puts a chunk back at its start and deletes what it recorded (blocks,
-    /// worker rejects of its indexes) and the merge's results, in one
-    /// transaction.
-    fn reset_chunk(&self, chunk: u64) -> Result<()>;
-    /// Writes a batch (blocks, rejects) with the chunk's new position and
-    /// figures, renewing its lease, in one transaction that first checks the
-    /// claim's token and the chunk's position ([`LeaseLost`] otherwise:
-    /// nothing written).
-    fn commit_batch(&self, batch: &Batch) -> Result<LockTiming>;
-
-    // ---- merge ----
-    /// The partitions in `merged`.
-    fn merged_partitions(&self) -> Result<Vec<u64>>;
-    /// Whether partition `part` is in `merged`.
-    fn is_merged(&self, part: u64) -> Result<bool>;
-    /// Deletes the merge's results, its rejects, `merged` and its
-    /// done-marker, in one transaction.
-    fn clear_merge(&self) -> Result<()>;
-    /// Streams partition `part`'s blocks in index order (by chunk, then as
-    /// committed). `each` may query the store.
-    fn each_block(&self, part: u64, each: &mut Each) -> Result<()>;
-    /// Writes a partition's results and rejects with its row in `merged`, in
-    /// one transaction; [`AlreadyMerged`] (nothing written) when the row is
-    /// there.
-    fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()>;
-    /// Sets the merge's done-marker, in a transaction that checks
-    /// [`check_merge_complete`] (an error, nothing written, otherwise).
-    fn finish_merge(&self) -> Result<()>;
-    /// The warnings the merged partitions counted.
-    fn warnings(&self) -> Result<u64>;
-
-    // ---- export (the rule: join_final_document_playlists) ----
-    /// Streams the document's playlists as they end, in document order
-    /// (see [`join_final_document_playlists`]). `each` may query the store.
-    fn each_final_document_playlist(&self, each: &mut Each) -> Result<()>;
-    /// Streams the new playlists' text in the order they were created.
-    fn each_new_playlist(&self, each: &mut Each) -> Result<()>;
-    /// Streams the document's other top-level members, in document order.
-    fn each_extra(&self, each: &mut EachMember) -> Result<()>;
-    /// Streams every reject in index order.
-    fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()>;
-    /// Rejects counted by reason ([`counted_by_reason`]).
-    fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>>;
 
     // ---- where the backends truly differ: id indexes on other hosts ----
-    /// Whether each lookup is a round trip to a server.
-    fn lookups_are_round_trips(&self) -> bool {
-        false
-    }
     /// What names this run's id index files on every host (`None`: the files
     /// sit beside the store, which is all there is of it).
     fn index_tag(&self) -> Result<Option<String>> {
@@ -696,6 +732,62 @@ trait Backend {
             kind.array_name(),
             path.display()
         )
+    }
+}
+
+/// One statement of a rule written once for both backends, in the SQL both
+/// speak: tables unqualified (a server connection's `search_path` is the
+/// run's schema), `$1` for the one parameter, `true`/`false` for flags.
+pub(crate) struct Statement {
+    sql: &'static str,
+    param: Option<Param>,
+}
+
+/// The one bind parameter of a [`Statement`].
+#[derive(Clone, Copy)]
+enum Param {
+    Number(i64),
+    Text(&'static str),
+}
+
+/// Every chunk's row, in the columns [`ChunkRow::from_columns`] reads.
+const SELECT_CHUNKS: &str = "SELECT chunk, start_offset, end_offset, first_index, changes,
+     next_offset, next_index, auto_count, max_playlist_id, done
+     FROM chunks ORDER BY chunk";
+/// One chunk's row (`$1`), in the columns [`ChunkRow::from_columns`] reads.
+const SELECT_CHUNK: &str = "SELECT chunk, start_offset, end_offset, first_index, changes,
+     next_offset, next_index, auto_count, max_playlist_id, done
+     FROM chunks WHERE chunk = $1";
+
+/// What the merge leaves: its results, its rejects, `merged` and its marker.
+fn clear_merge_statements() -> [Statement; 4] {
+    [
+        Statement::plain("DELETE FROM results"),
+        Statement::plain("DELETE FROM rejects WHERE by_merge = true"),
+        Statement::plain("DELETE FROM merged"),
+        Statement {
+            sql: "DELETE FROM meta WHERE key = $1",
+            param: Some(Param::Text(
+                Stage::Merge.done_marker().expect("the merge has a marker"),
+            )),
+        },
+    ]
+}
+
+/// What chunk `$1` recorded (its blocks, its workers' rejects of its indexes)
+/// and its position, put back at its start.
+const RESET_CHUNK: [&str; 3] = [
+    "DELETE FROM blocks WHERE chunk = $1",
+    "DELETE FROM rejects WHERE by_merge = false
+       AND idx >= (SELECT first_index FROM chunks WHERE chunk = $1)
+       AND idx < (SELECT first_index + changes FROM chunks WHERE chunk = $1)",
+    "UPDATE chunks SET next_offset = start_offset, next_index = first_index, auto_count = 0,
+         max_playlist_id = 0, batches = 0, done = false WHERE chunk = $1",
+];
+
+impl Statement {
+    fn plain(sql: &'static str) -> Statement {
+        Statement { sql, param: None }
     }
 }
 
@@ -793,30 +885,6 @@ impl Store {
 
     pub fn location(&self) -> &Location {
         &self.location
-    }
-
-    /// Sets this connection's page cache, in KiB (SQLite).
-    pub fn set_cache_kib(&self, kib: i64) -> Result<()> {
-        self.db.set_cache_kib(kib)
-    }
-
-    /// Gives back what the page cache holds (SQLite), between stages: each
-    /// stage's peak then stays its own instead of adding up in the harness's
-    /// resident size. (The allocator's policy is the harness's.)
-    pub fn release_memory(&self) -> Result<()> {
-        self.db.release_memory()
-    }
-
-    /// Checkpoints only every `pages` pages of WAL (SQLite): each checkpoint
-    /// syncs the database file, and a worker's batches write thousands of pages.
-    pub fn checkpoint_every(&self, pages: u32) -> Result<()> {
-        self.db.checkpoint_every(pages)
-    }
-
-    /// Moves what the WAL holds into the database and truncates it (SQLite);
-    /// done between stages so the WAL does not grow without bound.
-    pub fn checkpoint(&self) -> Result<()> {
-        self.db.checkpoint()
     }
 
     // ---- meta ----
@@ -1041,12 +1109,6 @@ impl Store {
         }
     }
 
-    /// Whether every lookup in this store is a round trip to a server (the
-    /// merge then fetches what it needs in bulk).
-    pub fn lookups_are_round_trips(&self) -> bool {
-        self.db.lookups_are_round_trips()
-    }
-
     /// The document's playlists of the given ids that exist, by id, fetched
     /// together.
     pub fn document_playlists<'a>(
@@ -1070,150 +1132,34 @@ impl Store {
         Ok(found)
     }
 
-    /// The document's playlists at positions `from..to`, raw, in order.
-    pub fn each_document_playlist_between(
-        &self,
-        from: u64,
-        to: u64,
-        each: &mut Each,
-    ) -> Result<()> {
-        self.db.each_document_playlist_between(from, to, each)
-    }
-
-    // ---- plan ----
-
-    /// Stores the plan (replacing any earlier one) with the number of merge
-    /// partitions, and marks the stage done.
-    pub fn save_plan(&self, plan: &Plan, partitions: u64) -> Result<()> {
-        self.db.save_plan(plan, partitions)
-    }
-
-    /// Every chunk of the plan, in order.
-    pub fn chunks(&self) -> Result<Vec<ChunkRow>> {
-        self.db.chunks()
-    }
-
-    /// Chunk `chunk` of the plan, if there is one.
-    pub fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>> {
-        self.db.chunk(chunk)
-    }
-
-    /// How many batches all workers committed so far.
-    pub fn batches_committed(&self) -> Result<u64> {
-        self.db.batches_committed()
-    }
-
-    // ---- apply ----
-
-    /// Claims the first chunk that is not done and not leased by a live
-    /// worker, for `lease`, for `owner` (who it is, for messages).
-    pub fn claim_next(&self, owner: &str, lease: Duration) -> Result<Claimed> {
-        self.db.claim_next(owner, lease)
-    }
-
-    /// Claims chunk `chunk` (done or not: a worker run by hand may redo it),
-    /// unless another worker holds a live lease on it ([`Leased`]).
-    pub fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim> {
-        self.db.claim_chunk(chunk, owner, lease)
-    }
-
-    /// The live leases on chunks not done: each claim, with its owner.
-    pub fn leases(&self) -> Result<Vec<(Claim, String)>> {
-        self.db.leases()
-    }
-
-    /// Extends the lease of `claim` by `lease` from now; [`LeaseLost`] when it
-    /// was taken over.
-    pub fn renew_lease(&self, claim: Claim, lease: Duration) -> Result<()> {
-        self.db.renew_lease(claim, lease)
-    }
-
-    /// Gives the chunk up at once (a worker that stops), if the lease is still
-    /// this claim's: another worker may take it without waiting for expiry.
-    pub fn release_lease(&self, claim: Claim) -> Result<()> {
-        self.db.release_lease(claim)
-    }
+    // ---- the rules about undoing ----
 
     /// Undoes everything chunk `chunk` recorded, and the merge (which read it),
     /// in one transaction: the chunk starts again from its beginning.
     pub fn reset_chunk(&self, chunk: u64) -> Result<()> {
-        self.db.reset_chunk(chunk)
+        let chunk = Param::Number(chunk as i64);
+        let reset = RESET_CHUNK.map(|sql| Statement {
+            sql,
+            param: Some(chunk),
+        });
+        let statements: Vec<Statement> =
+            reset.into_iter().chain(clear_merge_statements()).collect();
+        self.db.run_in_one_transaction(&statements)
     }
 
-    /// Writes a worker's batch and its chunk's new position in one transaction
-    /// (see [`Batch`]). Fails with [`LeaseLost`], writing nothing, when the
-    /// claim is no longer the chunk's or the chunk moved meanwhile.
-    pub fn commit_batch(&self, batch: &Batch) -> Result<LockTiming> {
-        self.db.commit_batch(batch)
-    }
-
-    // ---- merge ----
-
-    /// The partitions whose results are already committed.
-    pub fn merged_partitions(&self) -> Result<Vec<u64>> {
-        self.db.merged_partitions()
-    }
-
-    /// Whether partition `part`'s results are committed.
-    pub fn is_merged(&self, part: u64) -> Result<bool> {
-        self.db.is_merged(part)
-    }
-
-    /// Clears what a merge left (before a merge starts from nothing: a chunk
-    /// redone by hand may have changed what it read).
+    /// Clears what a merge left, in one transaction (before a merge starts
+    /// from nothing: a chunk redone by hand may have changed what it read).
     pub fn clear_merge(&self) -> Result<()> {
-        self.db.clear_merge()
+        self.db.run_in_one_transaction(&clear_merge_statements())
     }
+}
 
-    /// The blocks of partition `part`, in index order: by chunk, then in the
-    /// order the chunk's workers appended them.
-    pub fn each_block(&self, part: u64, each: &mut Each) -> Result<()> {
-        self.db.each_block(part, each)
-    }
+/// The stages call the tables' operations on the store itself.
+impl std::ops::Deref for Store {
+    type Target = dyn Tables;
 
-    /// Writes a partition's results with its `merged` row, in one transaction;
-    /// [`AlreadyMerged`], writing nothing, when another worker was first.
-    pub fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()> {
-        self.db.commit_partition(part, out)
-    }
-
-    /// Marks the merge done.
-    pub fn finish_merge(&self) -> Result<()> {
-        self.db.finish_merge()
-    }
-
-    /// Document playlists that name a missing owner or song, as counted by the merge.
-    pub fn warnings(&self) -> Result<u64> {
-        self.db.warnings()
-    }
-
-    // ---- export ----
-
-    /// The final state of the document's playlists: those that survive, in
-    /// document order, as the merge left them.
-    pub fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
-        self.db.each_final_document_playlist(each)
-    }
-
-    /// The playlists the changes created, in order of creation.
-    pub fn each_new_playlist(&self, each: &mut Each) -> Result<()> {
-        self.db.each_new_playlist(each)
-    }
-
-    /// The document's other top-level members: (raw key, minified value), in order.
-    pub fn each_extra(&self, each: &mut EachMember) -> Result<()> {
-        self.db.each_extra(each)
-    }
-
-    /// Every rejected change, in index order.
-    pub fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()> {
-        self.db.each_reject(each)
-    }
-
-    /// How many changes were rejected for each reason, in [`Reason::ALL`] order,
-    /// only the reasons present.
-    pub fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>> {
-        self.db.rejects_by_reason()
+    fn deref(&self) -> &(dyn Tables + 'static) {
+        &*self.db
     }
 }
 

@@ -41,7 +41,8 @@ use postgres::{Client, Row, Transaction};
 
 use super::{
     reason_of, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
-    EachMember, IdKind, Key, LeaseLost, LockTiming, PartitionResults, FATE_NEW, SCHEMA_VERSION,
+    EachMember, IdKind, Key, LeaseLost, LockTiming, Param, PartitionResults, Statement, Tables,
+    FATE_NEW, SCHEMA_VERSION, SELECT_CHUNK, SELECT_CHUNKS,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -86,15 +87,6 @@ const FETCH_ROWS: i32 = 10_000;
 /// Document elements sent per `COPY` during the import.
 const IMPORT_ROWS: usize = 20_000;
 
-/// Every chunk, in the columns [`chunk_row`] reads.
-const SELECT_CHUNKS: &str = "SELECT chunk, start_offset, end_offset, first_index, changes,
-     next_offset, next_index, auto_count, max_playlist_id, done
-     FROM mixtape.chunks ORDER BY chunk";
-/// One chunk (`$1`), in the columns [`chunk_row`] reads.
-const SELECT_CHUNK: &str = "SELECT chunk, start_offset, end_offset, first_index, changes,
-     next_offset, next_index, auto_count, max_playlist_id, done
-     FROM mixtape.chunks WHERE chunk = $1";
-
 /// A PostgreSQL work store, open: one connection for statements, and one
 /// opened when first needed for streams (see the module docs).
 pub(super) struct PgDb {
@@ -104,7 +96,7 @@ pub(super) struct PgDb {
 }
 
 /// A bind parameter of a statement.
-type Param<'a> = &'a (dyn postgres::types::ToSql + Sync);
+type Bind<'a> = &'a (dyn postgres::types::ToSql + Sync);
 
 impl PgDb {
     /// Makes the schema, replacing a `mixtape` schema of this program (never
@@ -268,7 +260,7 @@ impl PgDb {
     fn each_row(
         &self,
         sql: &str,
-        params: &[Param],
+        params: &[Bind],
         each: &mut dyn FnMut(&Row) -> Result<()>,
     ) -> Result<()> {
         self.with_stream(|tx| {
@@ -301,7 +293,7 @@ impl PgDb {
         Ok(tx.commit()?)
     }
 
-    fn each_first_column(&self, sql: &str, params: &[Param], each: &mut Each) -> Result<()> {
+    fn each_first_column(&self, sql: &str, params: &[Bind], each: &mut Each) -> Result<()> {
         self.each_row(sql, params, &mut |row| {
             let value: &[u8] = match row.columns()[0].type_() {
                 &Type::BYTEA => row.get(0),
@@ -398,46 +390,9 @@ fn secs(lease: Duration) -> f64 {
     lease.as_secs_f64()
 }
 
-impl Backend for PgDb {
+impl Tables for PgDb {
     fn lookups_are_round_trips(&self) -> bool {
         true
-    }
-
-    fn index_tag(&self) -> Result<Option<String>> {
-        Ok(Some(self.run_id()?))
-    }
-
-    fn publish_index(&self, kind: IdKind, path: &Path) -> Result<()> {
-        self.store_index(kind.array_name(), path)
-    }
-
-    fn fetch_index(&self, kind: IdKind, path: &Path) -> Result<()> {
-        self.load_index(kind.array_name(), path)
-    }
-
-    fn cached_index_is_current(&self, kind: IdKind, path: &Path) -> Result<bool> {
-        let Some(recorded) = self.index_hash(kind.array_name())? else {
-            return Ok(false);
-        };
-        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(sha256_hex(&data) == recorded)
-    }
-
-    fn meta_text(&self, key: &str) -> Result<Option<String>> {
-        let row = self
-            .client
-            .borrow_mut()
-            .query_opt("SELECT value FROM mixtape.meta WHERE key = $1", &[&key])?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
-    fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()> {
-        let mut client = self.client.borrow_mut();
-        let mut tx = client.transaction()?;
-        for (key, value) in pairs {
-            set_meta(&mut tx, key, value)?;
-        }
-        Ok(tx.commit()?)
     }
 
     fn set_cache_kib(&self, _kib: i64) -> Result<()> {
@@ -454,35 +409,6 @@ impl Backend for PgDb {
 
     fn checkpoint(&self) -> Result<()> {
         Ok(())
-    }
-
-    fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>> {
-        Ok(Box::new(PgDocumentWriter {
-            db: self,
-            cleared: false,
-            playlists: Vec::new(),
-            extras: Vec::new(),
-        }))
-    }
-
-    fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>> {
-        let row = self.client.borrow_mut().query_opt(
-            "SELECT seq, raw FROM mixtape.playlists WHERE seq = $1",
-            &[&(seq as i64)],
-        )?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
-    }
-
-    fn playlists_at(&self, seqs: &[i64]) -> Result<Vec<(i64, String)>> {
-        let mut found = Vec::with_capacity(seqs.len());
-        for some in seqs.chunks(FETCH_ROWS as usize) {
-            let rows = self.client.borrow_mut().query(
-                "SELECT seq, raw FROM mixtape.playlists WHERE seq = ANY($1)",
-                &[&some],
-            )?;
-            found.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
-        }
-        Ok(found)
     }
 
     fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()> {
@@ -523,7 +449,7 @@ impl Backend for PgDb {
 
     fn chunks(&self) -> Result<Vec<ChunkRow>> {
         let rows = self.client.borrow_mut().query(SELECT_CHUNKS, &[])?;
-        Ok(rows.iter().map(chunk_row).collect())
+        rows.iter().map(chunk_row).collect()
     }
 
     fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>> {
@@ -531,7 +457,7 @@ impl Backend for PgDb {
             .client
             .borrow_mut()
             .query_opt(SELECT_CHUNK, &[&(chunk as i64)])?;
-        Ok(row.as_ref().map(chunk_row))
+        row.as_ref().map(chunk_row).transpose()
     }
 
     fn batches_committed(&self) -> Result<u64> {
@@ -626,27 +552,6 @@ impl Backend for PgDb {
         Ok(())
     }
 
-    fn reset_chunk(&self, chunk: u64) -> Result<()> {
-        let mut client = self.client.borrow_mut();
-        let mut tx = client.transaction()?;
-        let chunk = chunk as i64;
-        tx.execute("DELETE FROM mixtape.blocks WHERE chunk = $1", &[&chunk])?;
-        tx.execute(
-            "DELETE FROM mixtape.rejects r USING mixtape.chunks c
-             WHERE c.chunk = $1 AND NOT r.by_merge
-               AND r.idx >= c.first_index AND r.idx < c.first_index + c.changes",
-            &[&chunk],
-        )?;
-        tx.execute(
-            "UPDATE mixtape.chunks SET next_offset = start_offset, next_index = first_index,
-                 auto_count = 0, max_playlist_id = 0, batches = 0, done = false
-             WHERE chunk = $1",
-            &[&chunk],
-        )?;
-        clear_merge(&mut tx)?;
-        Ok(tx.commit()?)
-    }
-
     fn commit_batch(&self, batch: &Batch) -> Result<LockTiming> {
         let asked = Instant::now();
         let mut client = self.client.borrow_mut();
@@ -710,13 +615,6 @@ impl Backend for PgDb {
             .borrow_mut()
             .query("SELECT part FROM mixtape.merged", &[])?;
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
-    }
-
-    fn clear_merge(&self) -> Result<()> {
-        let mut client = self.client.borrow_mut();
-        let mut tx = client.transaction()?;
-        clear_merge(&mut tx)?;
-        Ok(tx.commit()?)
     }
 
     fn each_block(&self, part: u64, each: &mut Each) -> Result<()> {
@@ -860,24 +758,93 @@ impl Backend for PgDb {
     }
 }
 
+impl Backend for PgDb {
+    fn run_in_one_transaction(&self, statements: &[Statement]) -> Result<()> {
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        for statement in statements {
+            match statement.param {
+                None => tx.execute(statement.sql, &[])?,
+                Some(Param::Number(n)) => tx.execute(statement.sql, &[&n])?,
+                Some(Param::Text(text)) => tx.execute(statement.sql, &[&text])?,
+            };
+        }
+        Ok(tx.commit()?)
+    }
+
+    fn index_tag(&self) -> Result<Option<String>> {
+        Ok(Some(self.run_id()?))
+    }
+
+    fn publish_index(&self, kind: IdKind, path: &Path) -> Result<()> {
+        self.store_index(kind.array_name(), path)
+    }
+
+    fn fetch_index(&self, kind: IdKind, path: &Path) -> Result<()> {
+        self.load_index(kind.array_name(), path)
+    }
+
+    fn cached_index_is_current(&self, kind: IdKind, path: &Path) -> Result<bool> {
+        let Some(recorded) = self.index_hash(kind.array_name())? else {
+            return Ok(false);
+        };
+        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(sha256_hex(&data) == recorded)
+    }
+
+    fn meta_text(&self, key: &str) -> Result<Option<String>> {
+        let row = self
+            .client
+            .borrow_mut()
+            .query_opt("SELECT value FROM mixtape.meta WHERE key = $1", &[&key])?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()> {
+        let mut client = self.client.borrow_mut();
+        let mut tx = client.transaction()?;
+        for (key, value) in pairs {
+            set_meta(&mut tx, key, value)?;
+        }
+        Ok(tx.commit()?)
+    }
+
+    fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>> {
+        Ok(Box::new(PgDocumentWriter {
+            db: self,
+            cleared: false,
+            playlists: Vec::new(),
+            extras: Vec::new(),
+        }))
+    }
+
+    fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>> {
+        let row = self.client.borrow_mut().query_opt(
+            "SELECT seq, raw FROM mixtape.playlists WHERE seq = $1",
+            &[&(seq as i64)],
+        )?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn playlists_at(&self, seqs: &[i64]) -> Result<Vec<(i64, String)>> {
+        let mut found = Vec::with_capacity(seqs.len());
+        for some in seqs.chunks(FETCH_ROWS as usize) {
+            let rows = self.client.borrow_mut().query(
+                "SELECT seq, raw FROM mixtape.playlists WHERE seq = ANY($1)",
+                &[&some],
+            )?;
+            found.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
+        }
+        Ok(found)
+    }
+}
+
 fn done_marker(stage: Stage) -> &'static str {
     stage.done_marker().expect("a stage with a marker")
 }
 
-fn chunk_row(r: &Row) -> ChunkRow {
-    let n = |i: usize| r.get::<_, i64>(i) as u64;
-    ChunkRow {
-        chunk: n(0),
-        start: n(1),
-        end: n(2),
-        first_index: n(3),
-        changes: n(4),
-        next_offset: n(5),
-        next_index: n(6),
-        auto_count: n(7),
-        max_playlist_id: n(8),
-        done: r.get(9),
-    }
+fn chunk_row(r: &Row) -> Result<ChunkRow> {
+    ChunkRow::from_columns(|i| Ok(r.try_get::<_, i64>(i)? as u64), r.try_get(9)?)
 }
 
 fn copy_rejects(tx: &mut Transaction, rejects: &[Reject], by_merge: bool) -> Result<()> {
@@ -898,17 +865,6 @@ fn copy_rejects(tx: &mut Transaction, rejects: &[Reject], by_merge: bool) -> Res
         ])?;
     }
     writer.finish()?;
-    Ok(())
-}
-
-fn clear_merge(tx: &mut Transaction) -> Result<()> {
-    tx.batch_execute(
-        "DELETE FROM mixtape.results; DELETE FROM mixtape.rejects WHERE by_merge; DELETE FROM mixtape.merged;",
-    )?;
-    tx.execute(
-        "DELETE FROM mixtape.meta WHERE key = $1",
-        &[&done_marker(Stage::Merge)],
-    )?;
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use rusqlite::{Transaction, TransactionBehavior};
 
 use super::{
     reason_of, remove_files, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink,
-    Each, EachMember, Key, LeaseLost, LockTiming, PartitionResults, FATE_NEW, SCHEMA_VERSION,
+    Each, EachMember, Key, LeaseLost, LockTiming, Param, PartitionResults, Statement, Tables,
+    FATE_NEW, SCHEMA_VERSION, SELECT_CHUNK, SELECT_CHUNKS,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -245,23 +246,7 @@ impl SqliteDb {
     }
 }
 
-impl Backend for SqliteDb {
-    fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()> {
-        let tx = self.write()?;
-        for (key, value) in pairs {
-            self.set_meta_text(key, value)?;
-        }
-        Ok(tx.commit()?)
-    }
-
-    fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT seq, raw FROM playlists WHERE seq = ?1")?
-            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
-    }
-
+impl Tables for SqliteDb {
     /// Sets this connection's page cache, in KiB.
     fn set_cache_kib(&self, kib: i64) -> Result<()> {
         self.conn.pragma_update(None, "cache_size", -kib)?;
@@ -288,26 +273,6 @@ impl Backend for SqliteDb {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
-    }
-
-    fn meta_text(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?)
-    }
-
-    /// Starts the import: clears what an earlier import left and returns the
-    /// writer for the document's elements.
-    fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>> {
-        let tx = self.write()?;
-        tx.execute_batch("DELETE FROM playlists; DELETE FROM extras;")?;
-        Ok(Box::new(DocumentWriter {
-            store: self,
-            tx: Some(tx),
-            in_transaction: 0,
-        }))
     }
 
     /// The document's playlists at positions `from..to`, raw, in order.
@@ -340,28 +305,20 @@ impl Backend for SqliteDb {
         Ok(tx.commit()?)
     }
 
-    /// Every chunk of the plan, in order.
     fn chunks(&self) -> Result<Vec<ChunkRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT chunk, start_offset, end_offset, first_index, changes, next_offset, next_index,
-                    auto_count, max_playlist_id, done
-             FROM chunks ORDER BY chunk",
-        )?;
-        let rows = stmt.query_map([], chunk_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut stmt = self.conn.prepare_cached(SELECT_CHUNKS)?;
+        let mut rows = stmt.query([])?;
+        let mut chunks = Vec::new();
+        while let Some(row) = rows.next()? {
+            chunks.push(chunk_row(row)?);
+        }
+        Ok(chunks)
     }
 
-    /// Chunk `chunk` of the plan, if there is one.
     fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT chunk, start_offset, end_offset, first_index, changes, next_offset, next_index,
-                        auto_count, max_playlist_id, done
-                 FROM chunks WHERE chunk = ?1",
-            )?
-            .query_row([chunk], chunk_row)
-            .optional()?)
+        let mut stmt = self.conn.prepare_cached(SELECT_CHUNK)?;
+        let mut rows = stmt.query([chunk])?;
+        rows.next()?.map(chunk_row).transpose()
     }
 
     /// How many batches all workers committed so far.
@@ -460,26 +417,6 @@ impl Backend for SqliteDb {
         Ok(tx.commit()?)
     }
 
-    /// Undoes everything chunk `chunk` recorded, and the merge (which read it),
-    /// in one transaction: the chunk starts again from its beginning.
-    fn reset_chunk(&self, chunk: u64) -> Result<()> {
-        let tx = self.write()?;
-        tx.execute("DELETE FROM blocks WHERE chunk = ?1", [chunk])?;
-        tx.execute(
-            "DELETE FROM rejects WHERE by_merge = 0
-               AND idx >= (SELECT first_index FROM chunks WHERE chunk = ?1)
-               AND idx < (SELECT first_index + changes FROM chunks WHERE chunk = ?1)",
-            [chunk],
-        )?;
-        tx.execute(
-            "UPDATE chunks SET next_offset = start_offset, next_index = first_index, auto_count = 0,
-                 max_playlist_id = 0, batches = 0, done = 0 WHERE chunk = ?1",
-            [chunk],
-        )?;
-        clear_merge(&tx)?;
-        Ok(tx.commit()?)
-    }
-
     /// Writes a worker's batch and its chunk's new position in one transaction
     /// (see [`Batch`]). Fails, writing nothing, when another worker moved the
     /// chunk meanwhile.
@@ -536,14 +473,6 @@ impl Backend for SqliteDb {
         let mut stmt = self.conn.prepare_cached("SELECT part FROM merged")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Clears what a merge left (before a merge starts from nothing: a chunk
-    /// redone by hand may have changed what it read).
-    fn clear_merge(&self) -> Result<()> {
-        let tx = self.write()?;
-        clear_merge(&tx)?;
-        Ok(tx.commit()?)
     }
 
     /// The blocks of partition `part`, in index order: by chunk, then in the
@@ -700,6 +629,56 @@ impl Backend for SqliteDb {
     }
 }
 
+impl Backend for SqliteDb {
+    fn run_in_one_transaction(&self, statements: &[Statement]) -> Result<()> {
+        let tx = self.write()?;
+        for statement in statements {
+            match statement.param {
+                None => tx.execute(statement.sql, [])?,
+                Some(Param::Number(n)) => tx.execute(statement.sql, [n])?,
+                Some(Param::Text(text)) => tx.execute(statement.sql, [text])?,
+            };
+        }
+        Ok(tx.commit()?)
+    }
+
+    fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()> {
+        let tx = self.write()?;
+        for (key, value) in pairs {
+            self.set_meta_text(key, value)?;
+        }
+        Ok(tx.commit()?)
+    }
+
+    fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT seq, raw FROM playlists WHERE seq = ?1")?
+            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn meta_text(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Starts the import: clears what an earlier import left and returns the
+    /// writer for the document's elements.
+    fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>> {
+        let tx = self.write()?;
+        tx.execute_batch("DELETE FROM playlists; DELETE FROM extras;")?;
+        Ok(Box::new(DocumentWriter {
+            store: self,
+            tx: Some(tx),
+            in_transaction: 0,
+        }))
+    }
+}
+
 /// Writes the document's elements during the import, committing every
 /// [`IMPORT_BATCH`] elements. Dropped unfinished, it rolls back its open
 /// transaction; a rerun of the import starts over.
@@ -762,19 +741,8 @@ fn take_lease(tx: &Transaction, chunk: u64, owner: &str, expires: f64) -> Result
         .query_row(params![chunk, owner, expires], |r| r.get(0))?)
 }
 
-fn chunk_row(r: &rusqlite::Row) -> rusqlite::Result<ChunkRow> {
-    Ok(ChunkRow {
-        chunk: r.get(0)?,
-        start: r.get(1)?,
-        end: r.get(2)?,
-        first_index: r.get(3)?,
-        changes: r.get(4)?,
-        next_offset: r.get(5)?,
-        next_index: r.get(6)?,
-        auto_count: r.get(7)?,
-        max_playlist_id: r.get(8)?,
-        done: r.get(9)?,
-    })
+fn chunk_row(r: &rusqlite::Row) -> Result<ChunkRow> {
+    ChunkRow::from_columns(|i| Ok(r.get(i)?), r.get(9)?)
 }
 
 fn insert_rejects(tx: &Transaction, rejects: &[Reject], by_merge: bool) -> Result<()> {
@@ -790,16 +758,5 @@ fn insert_rejects(tx: &Transaction, rejects: &[Reject], by_merge: bool) -> Resul
             by_merge
         ])?;
     }
-    Ok(())
-}
-
-fn clear_merge(tx: &Transaction) -> Result<()> {
-    tx.execute_batch(
-        "DELETE FROM results; DELETE FROM rejects WHERE by_merge = 1; DELETE FROM merged;",
-    )?;
-    tx.execute(
-        "DELETE FROM meta WHERE key = ?1",
-        [Stage::Merge.done_marker().expect("merge has a marker")],
-    )?;
     Ok(())
 }

@@ -273,7 +273,14 @@ impl PgTarget {
                 config.connect(super::tls::connector(tls)?)
             }
         };
-        connected.with_context(|| format!("cannot connect to the work store {}", self.shown()))
+        let mut client = connected
+            .with_context(|| format!("cannot connect to the work store {}", self.shown()))?;
+        // The statements of the rules written once for both backends
+        // (`store::Statement`) name the run's tables unqualified.
+        client
+            .batch_execute("SET search_path TO mixtape")
+            .with_context(|| format!("setting up the connection to {}", self.shown()))?;
+        Ok(client)
     }
 }
 
