@@ -105,157 +105,131 @@ fn main() -> std::io::Result<()> {
         return Ok(());
     }
     let Some(size) = size(&args[1]) else {
-        eprintln!("unknown size {} (S, M, L or XL)", args[1]);
+        eprintln!("unknown size {} (S, M, L, XL or D)", args[1]);
         std::process::exit(2);
     };
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let started = std::time::Instant::now();
-
-    // The document: users, playlists, songs, one element per line.
-    let mut songs_of: Vec<Vec<u32>> = Vec::with_capacity(size.playlists as usize);
-    {
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(dir.join("mixtape.json"))?);
-        writeln!(out, "{{\"users\": [")?;
-        for u in 1..=size.users {
-            let sep = if u < size.users { "," } else { "" };
-            writeln!(out, "{{\"id\": \"{u}\", \"name\": \"User {u}\"}}{sep}")?;
-        }
-        writeln!(out, "],\n\"playlists\": [")?;
-        for p in 1..=size.playlists {
-            let n = 1 + rng.below(20);
-            let mut list = Vec::with_capacity(n as usize);
-            while (list.len() as u64) < n {
-                let s = 1 + rng.below(size.songs) as u32;
-                if !list.contains(&s) {
-                    list.push(s);
-                }
-            }
-            let owner = 1 + rng.below(size.users);
-            write!(
-                out,
-                "{{\"id\": \"{p}\", \"owner_id\": \"{owner}\", \"song_ids\": ["
-            )?;
-            for (i, s) in list.iter().enumerate() {
-                write!(out, "{}\"{s}\"", if i > 0 { ", " } else { "" })?;
-            }
-            let sep = if p < size.playlists { "," } else { "" };
-            writeln!(out, "]}}{sep}")?;
-            songs_of.push(list);
-        }
-        writeln!(out, "],\n\"songs\": [")?;
-        for s in 1..=size.songs {
-            let sep = if s < size.songs { "," } else { "" };
-            let artist = ARTISTS[(s % ARTISTS.len() as u64) as usize];
-            writeln!(
-                out,
-                "{{\"id\": \"{s}\", \"artist\": \"{artist}\", \"title\": \"Song {s}\"}}{sep}"
-            )?;
-        }
-        writeln!(out, "]}}")?;
-        out.flush()?;
+    let songs_of = write_document(&dir.join("mixtape.json"), &size, &mut rng)?;
+    let mut changes = Changes {
+        alive: (1..=size.playlists).map(Some).collect(),
+        next_explicit: size.playlists + 1_000_000,
+        songs_of,
+        size,
+        rng,
+    };
+    let path = dir.join("changes.jsonl");
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+    for _ in 0..changes.size.changes {
+        changes.write_one(&mut out)?;
     }
+    out.flush()?;
+    let bytes = std::fs::metadata(&path)?.len();
+    eprintln!(
+        "gen {}: {} changes ({} MB) in {:.1}s",
+        args[1],
+        changes.size.changes,
+        bytes >> 20,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
 
-    // The changes, JSON Lines. Playlists alive are tracked roughly so that most
-    // changes apply; `None` marks a removed playlist.
-    let mut alive: Vec<Option<u64>> = (1..=size.playlists).map(Some).collect();
-    let mut next_explicit = size.playlists + 1_000_000;
-    let mut out = BufWriter::with_capacity(1 << 20, File::create(dir.join("changes.jsonl"))?);
-    for _ in 0..size.changes {
+/// The document: users, playlists, songs, one element per line. Returns each
+/// playlist's songs.
+fn write_document(path: &Path, size: &Size, rng: &mut Rng) -> std::io::Result<Vec<Vec<u32>>> {
+    let mut songs_of: Vec<Vec<u32>> = Vec::with_capacity(size.playlists as usize);
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    writeln!(out, "{{\"users\": [")?;
+    for u in 1..=size.users {
+        let sep = if u < size.users { "," } else { "" };
+        writeln!(out, "{{\"id\": \"{u}\", \"name\": \"User {u}\"}}{sep}")?;
+    }
+    writeln!(out, "],\n\"playlists\": [")?;
+    for p in 1..=size.playlists {
+        let n = 1 + rng.below(20);
+        let mut list = Vec::with_capacity(n as usize);
+        while (list.len() as u64) < n {
+            let s = 1 + rng.below(size.songs) as u32;
+            if !list.contains(&s) {
+                list.push(s);
+            }
+        }
+        let owner = 1 + rng.below(size.users);
+        write!(
+            out,
+            "{{\"id\": \"{p}\", \"owner_id\": \"{owner}\", \"song_ids\": ["
+        )?;
+        write_ids(&mut out, &list, ", ")?;
+        let sep = if p < size.playlists { "," } else { "" };
+        writeln!(out, "]}}{sep}")?;
+        songs_of.push(list);
+    }
+    writeln!(out, "],\n\"songs\": [")?;
+    for s in 1..=size.songs {
+        let sep = if s < size.songs { "," } else { "" };
+        let artist = ARTISTS[(s % ARTISTS.len() as u64) as usize];
+        writeln!(
+            out,
+            "{{\"id\": \"{s}\", \"artist\": \"{artist}\", \"title\": \"Song {s}\"}}{sep}"
+        )?;
+    }
+    writeln!(out, "]}}")?;
+    out.flush()?;
+    Ok(songs_of)
+}
+
+/// Quoted ids, `separator` between them.
+fn write_ids(out: &mut impl Write, ids: &[u32], separator: &str) -> std::io::Result<()> {
+    for (i, s) in ids.iter().enumerate() {
+        write!(out, "{}\"{s}\"", if i > 0 { separator } else { "" })?;
+    }
+    Ok(())
+}
+
+/// The changes, JSON Lines. Playlists alive are tracked roughly so that most
+/// changes apply.
+struct Changes {
+    size: Size,
+    rng: Rng,
+    /// Each playlist slot's id; `None` marks a removed playlist.
+    alive: Vec<Option<u64>>,
+    songs_of: Vec<Vec<u32>>,
+    /// The next explicit id an `add_playlist` gives.
+    next_explicit: u64,
+}
+
+impl Changes {
+    /// Writes one change, of a kind drawn by the mix.
+    fn write_one(&mut self, out: &mut impl Write) -> std::io::Result<()> {
         // Mostly changes to live playlists: retry a few times past removed ones.
-        let mut slot = rng.below(alive.len() as u64) as usize;
+        let mut slot = self.rng.below(self.alive.len() as u64) as usize;
         for _ in 0..4 {
-            if alive[slot].is_some() {
+            if self.alive[slot].is_some() {
                 break;
             }
-            slot = rng.below(alive.len() as u64) as usize;
+            slot = self.rng.below(self.alive.len() as u64) as usize;
         }
-        let roll = rng.percent();
-        match (roll, alive[slot]) {
-            (0..=69, Some(p)) => {
-                // add_song; 2% of songs do not exist.
-                let song = if rng.percent() < 2 {
-                    size.songs + 1 + rng.below(1000)
-                } else {
-                    1 + rng.below(size.songs)
-                };
-                writeln!(
-                    out,
-                    "{{\"op\":\"add_song\",\"playlist_id\":\"{p}\",\"song_id\":\"{song}\"}}"
-                )?;
-                if song <= size.songs && songs_of[slot].len() < 1000 {
-                    songs_of[slot].push(song as u32);
-                }
-            }
-            (70..=84, Some(p)) => {
-                let list = &mut songs_of[slot];
-                let song = if list.is_empty() || rng.percent() < 5 {
-                    1 + rng.below(size.songs)
-                } else {
-                    let i = rng.below(list.len() as u64) as usize;
-                    u64::from(list.swap_remove(i))
-                };
-                writeln!(
-                    out,
-                    "{{\"op\":\"remove_song\",\"playlist_id\":\"{p}\",\"song_id\":\"{song}\"}}"
-                )?;
-            }
-            (85..=93, _) => {
-                let owner = if rng.percent() < 1 {
-                    size.users + 7
-                } else {
-                    1 + rng.below(size.users)
-                };
-                let n = 1 + rng.below(10);
-                let mut list = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    list.push(1 + rng.below(size.songs) as u32);
-                }
-                write!(
-                    out,
-                    "{{\"op\":\"add_playlist\",\"owner_id\":\"{owner}\",\"song_ids\":["
-                )?;
-                for (i, s) in list.iter().enumerate() {
-                    write!(out, "{}\"{s}\"", if i > 0 { "," } else { "" })?;
-                }
-                write!(out, "],\"name\":\"Mix {}\"", rng.below(1_000_000))?;
-                if rng.percent() < 50 {
-                    writeln!(out, ",\"playlist_id\":\"{next_explicit}\"}}")?;
-                    alive.push(Some(next_explicit));
-                    songs_of.push(list);
-                    next_explicit += 1;
-                } else {
-                    writeln!(out, "}}")?;
-                }
-            }
+        let roll = self.rng.percent();
+        match (roll, self.alive[slot]) {
+            (0..=69, Some(p)) => self.add_song(out, slot, p),
+            (70..=84, Some(p)) => self.remove_song(out, slot, p),
+            (85..=93, _) => self.add_playlist(out),
             (94..=95, Some(p)) => {
                 writeln!(
                     out,
                     "{{\"op\":\"remove_playlist\",\"playlist_id\":\"{p}\"}}"
                 )?;
-                alive[slot] = None;
-                songs_of[slot].clear();
+                self.alive[slot] = None;
+                self.songs_of[slot].clear();
+                Ok(())
             }
-            (96..=98, None) => {
-                // A removed playlist comes back.
-                let p = (slot as u64) + 1;
-                let p = if p <= size.playlists {
-                    p
-                } else {
-                    size.playlists + 1_000_000 + p - size.playlists - 1
-                };
-                writeln!(
-                    out,
-                    "{{\"op\":\"add_playlist\",\"owner_id\":\"{}\",\"song_ids\":[\"{}\"],\"playlist_id\":\"{p}\"}}",
-                    1 + rng.below(size.users),
-                    1 + rng.below(size.songs)
-                )?;
-                alive[slot] = Some(p);
-            }
+            (96..=98, None) => self.playlist_comes_back(out, slot),
             (_, Some(p)) if roll >= 99 => {
                 writeln!(
                     out,
                     "{{\"op\":\"rename\",\"playlist_id\":\"{p}\",\"name\":\"x\"}}"
-                )?;
+                )
             }
             (_, p) => {
                 // add_song on whatever this slot is (unknown_playlist when removed).
@@ -263,19 +237,88 @@ fn main() -> std::io::Result<()> {
                 writeln!(
                     out,
                     "{{\"op\":\"add_song\",\"playlist_id\":\"{p}\",\"song_id\":\"{}\"}}",
-                    1 + rng.below(size.songs)
-                )?;
+                    1 + self.rng.below(self.size.songs)
+                )
             }
         }
     }
-    out.flush()?;
-    let bytes = std::fs::metadata(dir.join("changes.jsonl"))?.len();
-    eprintln!(
-        "gen {}: {} changes ({} MB) in {:.1}s",
-        args[1],
-        size.changes,
-        bytes >> 20,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+
+    /// `add_song` to playlist `p`; 2% of songs do not exist.
+    fn add_song(&mut self, out: &mut impl Write, slot: usize, p: u64) -> std::io::Result<()> {
+        let songs = self.size.songs;
+        let song = if self.rng.percent() < 2 {
+            songs + 1 + self.rng.below(1000)
+        } else {
+            1 + self.rng.below(songs)
+        };
+        writeln!(
+            out,
+            "{{\"op\":\"add_song\",\"playlist_id\":\"{p}\",\"song_id\":\"{song}\"}}"
+        )?;
+        if song <= songs && self.songs_of[slot].len() < 1000 {
+            self.songs_of[slot].push(song as u32);
+        }
+        Ok(())
+    }
+
+    /// `remove_song` from playlist `p`, mostly of a song it holds.
+    fn remove_song(&mut self, out: &mut impl Write, slot: usize, p: u64) -> std::io::Result<()> {
+        let list = &mut self.songs_of[slot];
+        let song = if list.is_empty() || self.rng.percent() < 5 {
+            1 + self.rng.below(self.size.songs)
+        } else {
+            let i = self.rng.below(list.len() as u64) as usize;
+            u64::from(list.swap_remove(i))
+        };
+        writeln!(
+            out,
+            "{{\"op\":\"remove_song\",\"playlist_id\":\"{p}\",\"song_id\":\"{song}\"}}"
+        )
+    }
+
+    /// `add_playlist`, half with an explicit id, 1% with a missing owner.
+    fn add_playlist(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        let (users, songs) = (self.size.users, self.size.songs);
+        let owner = if self.rng.percent() < 1 {
+            users + 7
+        } else {
+            1 + self.rng.below(users)
+        };
+        let n = 1 + self.rng.below(10);
+        let list: Vec<u32> = (0..n).map(|_| 1 + self.rng.below(songs) as u32).collect();
+        write!(
+            out,
+            "{{\"op\":\"add_playlist\",\"owner_id\":\"{owner}\",\"song_ids\":["
+        )?;
+        write_ids(out, &list, ",")?;
+        write!(out, "],\"name\":\"Mix {}\"", self.rng.below(1_000_000))?;
+        if self.rng.percent() < 50 {
+            writeln!(out, ",\"playlist_id\":\"{}\"}}", self.next_explicit)?;
+            self.alive.push(Some(self.next_explicit));
+            self.songs_of.push(list);
+            self.next_explicit += 1;
+            Ok(())
+        } else {
+            writeln!(out, "}}")
+        }
+    }
+
+    /// A removed playlist comes back under its old id.
+    fn playlist_comes_back(&mut self, out: &mut impl Write, slot: usize) -> std::io::Result<()> {
+        let playlists = self.size.playlists;
+        let p = (slot as u64) + 1;
+        let p = if p <= playlists {
+            p
+        } else {
+            playlists + 1_000_000 + p - playlists - 1
+        };
+        writeln!(
+            out,
+            "{{\"op\":\"add_playlist\",\"owner_id\":\"{}\",\"song_ids\":[\"{}\"],\"playlist_id\":\"{p}\"}}",
+            1 + self.rng.below(self.size.users),
+            1 + self.rng.below(self.size.songs)
+        )?;
+        self.alive[slot] = Some(p);
+        Ok(())
+    }
 }

@@ -5,7 +5,6 @@
 
 mod cli;
 mod files;
-mod inputs;
 mod pipeline;
 mod progress;
 mod report;

@@ -13,12 +13,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use mixtape::exit_codes::Exit;
+use mixtape::input::{Input, Inputs};
 use mixtape::stage::Stage;
 use mixtape::store::{InputKind, Key, RunLock, Store};
-use mixtape::{export, import, merge, output_file, plan};
+use mixtape::{decompress, export, import, merge, output_file, plan};
 
 use crate::cli::Config;
-use crate::inputs::{self, Input, Inputs};
 use crate::progress::Ui;
 use crate::report::{self, Counts, Ordered, Report, Seconds};
 use crate::workers::{self, LockFigures};
@@ -202,21 +202,15 @@ struct Run<'a> {
 impl Run<'_> {
     /// Runs `stage` unless the store says it is done.
     fn stage(&mut self, stage: Stage) -> Result<()> {
-        if stage == Stage::Decompress {
-            // Done or not is a question for each kept file (inputs::decompress).
-            let started = Instant::now();
-            if self.decompress()? {
-                self.times.record(stage, started);
-            }
-        } else if !self.store.is_done(stage)? {
+        if !self.store.is_done(stage)? {
             let started = Instant::now();
             match stage {
+                Stage::Decompress => self.decompress()?,
                 Stage::Import => self.import()?,
                 Stage::Plan => self.plan()?,
                 Stage::Apply => self.apply()?,
                 Stage::Merge => self.merge()?,
                 Stage::Export => unreachable!("export ends the run: Run::export"),
-                Stage::Decompress => unreachable!("handled above"),
             }
             self.times.record(stage, started);
         }
@@ -257,8 +251,34 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn decompress(&mut self) -> Result<bool> {
-        inputs::decompress(&self.inputs, &self.store, &self.ui, self.threads())
+    /// Decompresses the inputs whose kept text is not whole, with a bar each:
+    /// compressed bytes read against the file's size, and bytes written.
+    fn decompress(&mut self) -> Result<()> {
+        let to_do = decompress::pending(&self.inputs, &self.store)?;
+        let label = |input: &Input| {
+            let format = input
+                .compression
+                .expect("only compressed inputs are pending");
+            format!("{} ({})", input.kind.label(), format.name())
+        };
+        let bars: Vec<_> = (to_do.iter())
+            .map(|input| self.ui.bytes_bar(Stage::Decompress.name(), input.size))
+            .collect();
+        let got = decompress::stage(&to_do, &self.store, self.threads(), &|i, read, written| {
+            bars[i].set(read);
+            let out = indicatif::HumanBytes(written);
+            bars[i].set_message(format!("{}: {out} out", label(to_do[i])));
+        })?;
+        for ((input, bar), got) in to_do.iter().zip(&bars).zip(got) {
+            bar.finish(&format!(
+                "{}: {} into {} ({})",
+                label(input),
+                indicatif::HumanBytes(got.compressed_bytes),
+                indicatif::HumanBytes(got.decompressed_bytes),
+                input.text.display()
+            ));
+        }
+        Ok(())
     }
 
     fn import(&mut self) -> Result<()> {

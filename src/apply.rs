@@ -18,7 +18,7 @@
 //! lookups (in the memory-mapped id indexes, [`crate::id_index`]) touch no
 //! database; the recorded changes are encoded into one blob per merge
 //! partition ([`crate::record`]). Only then does the worker take the write lock
-//! ([`Store::commit_batch`]) to write those few rows, its rejects and its new
+//! ([`crate::store::Tables::commit_batch`]) to write those few rows, its rejects and its new
 //! position in the chunk. So the serial part of the stage is a few row inserts
 //! per batch, not one per change.
 //!

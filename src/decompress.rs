@@ -1,6 +1,7 @@
-//! Compressed inputs (README "Compressed inputs"): gzip and zstd, recognised by
-//! their magic bytes (never their names), decompressed once into a file kept
-//! beside the work database.
+//! The decompress stage (README "Compressed inputs"): gzip and zstd inputs,
+//! recognised by their magic bytes (never their names), decompressed once into
+//! a file kept beside the work database; both at once when both inputs are
+//! compressed, and never again for a kept file the store says is whole.
 //!
 //! Why a file and not a stream: a plan is byte offsets into CHANGES and each
 //! worker seeks to its own chunk; the import records where MIXTAPE's users and
@@ -24,7 +25,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use flate2::read::MultiGzDecoder;
 
+use crate::input::{Input, Inputs};
 use crate::paths::with_suffix;
+use crate::store::Store;
 
 /// A compression format an input may come in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +85,64 @@ impl Compression {
 pub struct Decompressed {
     pub compressed_bytes: u64,
     pub decompressed_bytes: u64,
+}
+
+/// The compressed inputs whose kept text is not whole yet: what the stage
+/// has to do.
+pub fn pending<'a>(inputs: &'a Inputs, store: &Store) -> Result<Vec<&'a Input>> {
+    let mut to_do = Vec::new();
+    for input in inputs.both() {
+        if input.compression.is_some() && !input.text_is_whole(store)? {
+            to_do.push(input);
+        }
+    }
+    Ok(to_do)
+}
+
+/// The decompress stage: decompresses each of `to_do` (from [`pending`]) into
+/// its kept text, at the same time when there are two and `threads` allows,
+/// and records each kept text in the store once it is whole. `progress(i,
+/// read, written)` reports on `to_do[i]`; the figures come back in that order.
+pub fn stage(
+    to_do: &[&Input],
+    store: &Store,
+    threads: usize,
+    progress: &(dyn Fn(usize, u64, u64) + Sync),
+) -> Result<Vec<Decompressed>> {
+    let one = |i: usize| {
+        let input = to_do[i];
+        let format = input
+            .compression
+            .expect("only compressed inputs are pending");
+        let label = input.kind.label();
+        decompress(
+            label,
+            &input.path,
+            format,
+            &input.text,
+            &mut |read, written| progress(i, read, written),
+        )
+    };
+    let results: Vec<Result<Decompressed>> = if threads >= 2 && to_do.len() > 1 {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = (0..to_do.len())
+                .map(|i| scope.spawn(move || one(i)))
+                .collect();
+            (running.into_iter())
+                .map(|handle| handle.join().expect("decompression panicked"))
+                .collect()
+        })
+    } else {
+        (0..to_do.len()).map(one).collect()
+    };
+    let mut figures = Vec::new();
+    for (input, result) in to_do.iter().zip(results) {
+        figures.push(result?);
+        let print = crate::fingerprint::of_file(&input.text)
+            .with_context(|| format!("reading {}", input.text.display()))?;
+        store.record_input_text(input.kind, &input.text, &print)?;
+    }
+    Ok(figures)
 }
 
 /// Progress: compressed bytes read so far, decompressed bytes written so far.

@@ -17,9 +17,9 @@
 //! | `import-element` | after an element is inserted, before the transaction commits |
 //! | `plan-change` | while scanning CHANGES |
 //! | `worker-change` | after a change is handled, its batch not yet committed |
-//! | `worker-write` | inside a batch's write transaction, before COMMIT ([`crate::store::Store::commit_batch`]) |
+//! | `worker-write` | inside a batch's write transaction, before COMMIT ([`crate::store::Tables::commit_batch`]) |
 //! | `worker-commit` | just after a batch's COMMIT |
-//! | `merge-partition` | inside a partition's transaction, before COMMIT ([`crate::store::Store::commit_partition`]) |
+//! | `merge-partition` | inside a partition's transaction, before COMMIT ([`crate::store::Tables::commit_partition`]) |
 //! | `export-row` | while writing OUTPUT's temporary file |
 //! | `output-published` | in the harness, just after OUTPUT is renamed into place, before the run report and the clean-up |
 //!

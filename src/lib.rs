@@ -25,6 +25,7 @@ pub mod id_index;
 pub mod id_key;
 pub mod id_sort;
 pub mod import;
+pub mod input;
 pub mod interrupt;
 pub mod json;
 pub mod merge;

@@ -71,7 +71,6 @@ pub struct Plan {
     pub chunks: Vec<Chunk>,
 }
 
-/// Cuts chunks as change starts go by (see module docs).
 /// Where the plan aims its `i`-th cut of a file of `size` bytes into
 /// `wanted` chunks: byte `size * i / wanted` (the first change starting there
 /// or after begins chunk `i`). The one place both ways of planning (one scan,
@@ -80,6 +79,7 @@ fn cut_target(size: u64, i: u64, wanted: u64) -> u64 {
     (u128::from(size) * u128::from(i) / u128::from(wanted.max(1))) as u64
 }
 
+/// Cuts chunks as change starts go by (see module docs).
 struct Cutter {
     size: u64,
     /// How many chunks to cut at most.
@@ -199,41 +199,61 @@ fn plan_with(
     })
 }
 
-/// The form of CHANGES and where its changes start, for the forms whose
-/// changes sit at the top level (a bare array: after its `[`; JSON Lines: at
-/// the first value); `None` for the object form, or a first value that does
-/// not even scan (the one-thread plan reports it).
-fn body_of(mut s: Scanner<File>) -> ScanResult<Option<(Form, u64)>> {
+/// How CHANGES begins: what decides its form, read the same way by the
+/// one-thread plan ([`scan`]) and the parallel one ([`body_of`]).
+enum Head {
+    /// A bare array; the scanner is after its `[`.
+    Array,
+    /// The object form; the scanner is at the value of its `changes` member
+    /// (the members before it read).
+    Object,
+    /// JSON Lines whose first value, an object without `changes` at offset
+    /// `first`, is read (the scanner is after it).
+    FirstLineRead { first: u64 },
+    /// JSON Lines, the scanner at the first value (or at the end).
+    Lines,
+}
+
+fn head(s: &mut Scanner<File>) -> ScanResult<Head> {
     s.skip_bom()?;
-    Ok(match s.peek()? {
+    match s.peek()? {
         Some(b'[') => {
             s.expect(b'[', "'['")?;
-            Some((Form::Array, s.offset()))
+            Ok(Head::Array)
         }
         Some(b'{') => {
             let first = s.offset();
             s.expect(b'{', "'{'")?;
             if s.eat(b'}')? {
-                return Ok(Some((Form::Lines, first)));
+                return Ok(Head::FirstLineRead { first });
             }
             loop {
                 s.peek()?;
-                match s.key() {
-                    Ok(key) if key == "changes" => return Ok(None),
-                    Ok(_) => {}
-                    Err(_) => return Ok(None),
+                if s.key()? == "changes" {
+                    return Ok(Head::Object);
                 }
-                if s.value().is_err() {
-                    return Ok(None);
-                }
+                s.value()?;
                 if s.eat(b',')? {
                     continue;
                 }
-                return Ok(s.eat(b'}')?.then_some((Form::Lines, first)));
+                s.expect(b'}', "',' or '}' after an object member")?;
+                return Ok(Head::FirstLineRead { first });
             }
         }
-        Some(_) => Some((Form::Lines, s.offset())),
-        None => None,
+        _ => Ok(Head::Lines),
+    }
+}
+
+/// The form of CHANGES and where its changes start, for the forms whose
+/// changes sit at the top level (a bare array: after its `[`; JSON Lines: at
+/// the first value); `None` for the object form, or a beginning that does
+/// not even scan (the one-thread plan reports it).
+fn body_of(mut s: Scanner<File>) -> ScanResult<Option<(Form, u64)>> {
+    Ok(match head(&mut s) {
+        Ok(Head::Array) => Some((Form::Array, s.offset())),
+        Ok(Head::FirstLineRead { first }) => Some((Form::Lines, first)),
+        Ok(Head::Lines) => s.peek()?.map(|_| (Form::Lines, s.offset())),
+        Ok(Head::Object) | Err(_) => None,
     })
 }
 
@@ -242,55 +262,22 @@ fn scan(
     cutter: &mut Cutter,
     progress: &mut dyn FnMut(u64),
 ) -> ScanResult<Form> {
-    s.skip_bom()?;
-    let form = match s.peek()? {
-        Some(b'[') => {
-            s.expect(b'[', "'['")?;
+    let form = match head(s)? {
+        Head::Array => {
             changes_array(s, cutter, progress)?;
             Form::Array
         }
-        Some(b'{') => {
-            let first_start = s.offset();
-            s.expect(b'{', "'{'")?;
-            let mut found_changes = false;
-            if !s.eat(b'}')? {
-                loop {
-                    s.peek()?;
-                    let key_offset = s.offset();
-                    if s.key()? == "changes" {
-                        if found_changes {
-                            return Err(s.error_at(key_offset, "member changes appears twice"));
-                        }
-                        found_changes = true;
-                        if s.peek()? != Some(b'[') {
-                            let at = s.offset();
-                            return Err(
-                                s.error_at(at, "member changes must be an array of changes")
-                            );
-                        }
-                        s.expect(b'[', "'['")?;
-                        changes_array(s, cutter, progress)?;
-                    } else {
-                        s.value()?;
-                    }
-                    if s.eat(b',')? {
-                        continue;
-                    }
-                    s.expect(b'}', "',' or '}' after an object member")?;
-                    break;
-                }
-            }
-            if found_changes {
-                Form::Object
-            } else {
-                // The first value was a change: JSON Lines.
-                cutter.change_starts(first_start);
-                cutter.change_ends(s.offset());
-                lines(s, cutter, progress)?;
-                return Ok(Form::Lines);
-            }
+        Head::Object => {
+            object_form(s, cutter, progress)?;
+            Form::Object
         }
-        _ => {
+        Head::FirstLineRead { first } => {
+            cutter.change_starts(first);
+            cutter.change_ends(s.offset());
+            lines(s, cutter, progress)?;
+            return Ok(Form::Lines);
+        }
+        Head::Lines => {
             lines(s, cutter, progress)?;
             return Ok(Form::Lines);
         }
@@ -301,6 +288,31 @@ fn scan(
         ));
     }
     Ok(form)
+}
+
+/// The object form from the value of its `changes` member on: the changes
+/// array, then the members after it (none of them `changes` again), up to and
+/// including the closing `}`.
+fn object_form(
+    s: &mut Scanner<File>,
+    cutter: &mut Cutter,
+    progress: &mut dyn FnMut(u64),
+) -> ScanResult<()> {
+    if s.peek()? != Some(b'[') {
+        let at = s.offset();
+        return Err(s.error_at(at, "member changes must be an array of changes"));
+    }
+    s.expect(b'[', "'['")?;
+    changes_array(s, cutter, progress)?;
+    while s.eat(b',')? {
+        s.peek()?;
+        let key_offset = s.offset();
+        if s.key()? == "changes" {
+            return Err(s.error_at(key_offset, "member changes appears twice"));
+        }
+        s.value()?;
+    }
+    s.expect(b'}', "',' or '}' after an object member")
 }
 
 /// The elements of a changes array, after its `[`, up to and including its `]`.

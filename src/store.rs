@@ -4,11 +4,17 @@
 //! server) holds everything a run knows, so that a run can
 //! stop at any point and continue later. The stages never write SQL: they call
 //! the typed operations of [`Store`] ("append a batch", "the blocks of partition
-//! P in index order", "commit a partition's results"). Behind [`Store`] is the
-//! `Backend` trait, with two implementations that make the same transactional
-//! promises: `sqlite` (one file, the default, this module's docs below) and
-//! `postgres` (a server, for runs that span hosts). What is the same for both
-//! lives here: `meta` keys, the id indexes, the types of the operations.
+//! P in index order", "commit a partition's results"). Those operations are
+//! the [`Tables`] trait, the contract written once where it is implemented
+//! against; [`Store`] dereferences to it, and adds the rules that are the same
+//! for every backend on top of the private `Backend` trait (`meta` values, the
+//! import's sink, lookups by position, id indexes for other hosts, and
+//! [`Statement`]s of shared SQL run in one transaction). Two backends make the
+//! same transactional promises: `sqlite` (one file, the default, this
+//! module's docs below) and `postgres` (a server, for runs that span hosts).
+//! What is the same for both lives here: `meta` keys, the id indexes, the
+//! types of the operations, and the rules (leases, claims, the merge-join of
+//! the final playlists, counting rejects, what resetting a chunk undoes).
 //!
 //! | table | written by | holds |
 //! |---|---|---|
@@ -44,13 +50,14 @@
 //!
 //! ## Transactions
 //!
-//! Every write goes through a rusqlite [`Transaction`], which rolls back when it
-//! is dropped unfinished (an early `?` included). Writers begin them IMMEDIATE:
+//! Every write goes through the client's transaction guard (a `Transaction`
+//! of rusqlite or of postgres), which rolls back when it is dropped unfinished
+//! (an early `?` included). On SQLite, writers begin them IMMEDIATE:
 //! they take the write lock up front, since a DEFERRED transaction that starts
 //! writing later can fail with `SQLITE_BUSY_SNAPSHOT`, which no busy timeout
 //! cures. What must happen together happens in one of these operations: a batch
-//! and its chunk's new position ([`Store::commit_batch`]), a partition's results
-//! and its `merged` row ([`Store::commit_partition`]), a stage's last rows and
+//! and its chunk's new position ([`Tables::commit_batch`]), a partition's results
+//! and its `merged` row ([`Tables::commit_partition`]), a stage's last rows and
 //! its done-marker.
 //!
 //! ## Locking
@@ -913,6 +920,20 @@ impl Store {
             (Stage::Apply, None) => {
                 Ok(self.is_done(Stage::Plan)? && self.chunks()?.iter().all(|c| c.done))
             }
+            (Stage::Decompress, None) => {
+                // Done when the text the stages read of each input (itself,
+                // or its kept decompressed copy) is recorded and still has the
+                // fingerprint recorded once it was whole.
+                for kind in InputKind::ALL {
+                    match self.input_text(kind)? {
+                        Some((path, print))
+                            if crate::fingerprint::of_file(&path).ok().as_deref()
+                                == Some(&print) => {}
+                        _ => return Ok(false),
+                    }
+                }
+                Ok(true)
+            }
             (_, None) => Ok(false),
         }
     }
@@ -1236,7 +1257,7 @@ type DocRow = (i64, Vec<u8>);
 /// A result about a document playlist: its `doc_seq`, state and new text.
 type FateRow = (i64, i64, Option<Vec<u8>>);
 
-/// The merge-join both backends feed, for [`Store::each_final_document_playlist`]:
+/// The merge-join both backends feed, for [`Tables::each_final_document_playlist`]:
 /// `docs` are the document's playlists in position order, `fates` the merge's
 /// results about document playlists in `doc_seq` order (at most one each).
 /// Each document playlist is handed to `each` as it ends: as it was when no
@@ -1367,9 +1388,8 @@ enum Held {
         _lock: nix::fcntl::Flock<File>,
         path: PathBuf,
     },
-    /// The connection whose session holds the advisory lock (held, never
-    /// used: the lock goes when it closes).
-    Server { _session: Box<::postgres::Client> },
+    /// A server's advisory lock (held, never used: it goes when dropped).
+    Server { _lock: Box<postgres::ServerRunLock> },
 }
 
 impl RunLock {
@@ -1379,7 +1399,7 @@ impl RunLock {
         match location {
             Location::File(path) => RunLock::acquire_file(path),
             Location::Postgres(target) => Ok(RunLock(Held::Server {
-                _session: Box::new(postgres::take_run_lock(target)?),
+                _lock: Box::new(postgres::take_run_lock(target)?),
             })),
         }
     }

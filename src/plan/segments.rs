@@ -6,8 +6,8 @@
 //! the usual file (one change per line) it is where a change starts. Each
 //! thread scans its segment with its own validating scanner, as if a change
 //! started there, and records how many changes it saw and, for every cut the
-//! plan wants (byte `size * i / K`, K the wanted chunks), the first change starting at or
-//! after it.
+//! plan wants (`super::cut_target`: byte `size * i / K`, K the wanted chunks),
+//! the first change starting at or after it.
 //!
 //! A guess can be wrong: after a newline inside a pretty-printed change, a
 //! segment starts in the middle of a value. So the segments are checked in
@@ -41,7 +41,7 @@ struct Segment {
     start: u64,
     outcome: ScanResult<()>,
     changes: u64,
-    /// The first change (local index, offset), and where the last one ended.
+    /// The offset of its first change, and where its last change ended.
     first: Option<u64>,
     last_end: u64,
     /// For each target, the first change starting at or after it: (local

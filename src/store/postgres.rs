@@ -341,10 +341,15 @@ fn paged<'t, 'c, T, R: Fn(&Row) -> T + 't>(
 /// The advisory lock's key: "mixtape!" in ASCII.
 const ADVISORY_LOCK_KEY: i64 = 0x6d69_7874_6170_6521;
 
+/// The run lock of a server store: the connection whose session holds the
+/// advisory lock (the lock goes when it closes).
+pub(super) struct ServerRunLock {
+    _session: Client,
+}
+
 /// Takes the run lock of a server store (a session advisory lock), or fails
-/// at once if another run holds it; the lock lasts as long as the returned
-/// connection.
-pub(super) fn take_run_lock(target: &PgTarget) -> Result<Client> {
+/// at once if another run holds it.
+pub(super) fn take_run_lock(target: &PgTarget) -> Result<ServerRunLock> {
     let mut client = target.connect()?;
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&ADVISORY_LOCK_KEY])?
@@ -355,7 +360,7 @@ pub(super) fn take_run_lock(target: &PgTarget) -> Result<Client> {
             target.shown()
         );
     }
-    Ok(client)
+    Ok(ServerRunLock { _session: client })
 }
 
 /// Drops the store's schema (after a successful run); returns the run's id,

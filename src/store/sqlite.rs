@@ -247,35 +247,28 @@ impl SqliteDb {
 }
 
 impl Tables for SqliteDb {
-    /// Sets this connection's page cache, in KiB.
     fn set_cache_kib(&self, kib: i64) -> Result<()> {
         self.conn.pragma_update(None, "cache_size", -kib)?;
         Ok(())
     }
 
-    /// Gives back what the page cache holds between stages.
     fn release_memory(&self) -> Result<()> {
         self.set_cache_kib(DEFAULT_CACHE_KIB)?;
         self.conn.execute_batch("PRAGMA shrink_memory")?;
         Ok(())
     }
 
-    /// Checkpoints only every `pages` pages of WAL: each checkpoint syncs the
-    /// database file, and a worker's batches write thousands of pages.
     fn checkpoint_every(&self, pages: u32) -> Result<()> {
         self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
         Ok(())
     }
 
-    /// Moves what the WAL holds into the database and truncates it; done between
-    /// stages so the WAL does not grow without bound.
     fn checkpoint(&self) -> Result<()> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(())
     }
 
-    /// The document's playlists at positions `from..to`, raw, in order.
     fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()> {
         self.each_first_column(
             "SELECT raw FROM playlists WHERE seq >= ?1 AND seq < ?2",
@@ -284,8 +277,6 @@ impl Tables for SqliteDb {
         )
     }
 
-    /// Stores the plan (replacing any earlier one) with the number of merge
-    /// partitions, and marks the stage done.
     fn save_plan(&self, plan: &Plan, partitions: u64) -> Result<()> {
         let tx = self.write()?;
         tx.execute("DELETE FROM chunks", [])?;
@@ -321,7 +312,6 @@ impl Tables for SqliteDb {
         rows.next()?.map(chunk_row).transpose()
     }
 
-    /// How many batches all workers committed so far.
     fn batches_committed(&self) -> Result<u64> {
         Ok(self
             .conn
@@ -330,8 +320,6 @@ impl Tables for SqliteDb {
             })?)
     }
 
-    /// Claims the first chunk that is not done and not leased by a live
-    /// worker, for `lease`, for `owner` (who it is, for messages).
     fn claim_next(&self, owner: &str, lease: Duration) -> Result<Claimed> {
         // Asked often by idle workers: look first without the write lock.
         if self.free_chunk(now_secs())?.is_none() {
@@ -351,8 +339,6 @@ impl Tables for SqliteDb {
         Ok(Claimed::Chunk(Claim { chunk, token }))
     }
 
-    /// Claims chunk `chunk` (done or not: a worker run by hand may redo it),
-    /// unless another worker holds a live lease on it.
     fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim> {
         let tx = self.write()?;
         let now = now_secs();
@@ -369,7 +355,6 @@ impl Tables for SqliteDb {
         Ok(Claim { chunk, token })
     }
 
-    /// The live leases on chunks not done: each claim, with its owner.
     fn leases(&self) -> Result<Vec<(Claim, String)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT chunk, lease_token, lease_owner FROM chunks
@@ -387,8 +372,6 @@ impl Tables for SqliteDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Extends the lease of `claim` by `lease` from now; [`LeaseLost`] when it
-    /// was taken over.
     fn renew_lease(&self, claim: Claim, lease: Duration) -> Result<()> {
         let tx = self.write()?;
         let renewed = tx
@@ -406,8 +389,6 @@ impl Tables for SqliteDb {
         Ok(tx.commit()?)
     }
 
-    /// Gives the chunk up at once (a worker that stops), if the lease is still
-    /// this claim's: another worker may take it without waiting for expiry.
     fn release_lease(&self, claim: Claim) -> Result<()> {
         let tx = self.write()?;
         tx.prepare_cached(
@@ -417,9 +398,6 @@ impl Tables for SqliteDb {
         Ok(tx.commit()?)
     }
 
-    /// Writes a worker's batch and its chunk's new position in one transaction
-    /// (see [`Batch`]). Fails, writing nothing, when another worker moved the
-    /// chunk meanwhile.
     fn commit_batch(&self, batch: &Batch) -> Result<LockTiming> {
         let asked = Instant::now();
         let tx = self.write()?;
@@ -468,15 +446,12 @@ impl Tables for SqliteDb {
         Ok(timing)
     }
 
-    /// The partitions whose results are already committed.
     fn merged_partitions(&self) -> Result<Vec<u64>> {
         let mut stmt = self.conn.prepare_cached("SELECT part FROM merged")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The blocks of partition `part`, in index order: by chunk, then in the
-    /// order the chunk's worker appended them.
     fn each_block(&self, part: u64, each: &mut Each) -> Result<()> {
         self.each_first_column(
             "SELECT data FROM blocks WHERE part = ?1 ORDER BY chunk, id",
@@ -485,7 +460,6 @@ impl Tables for SqliteDb {
         )
     }
 
-    /// Writes a partition's results with its `merged` row, in one transaction.
     fn is_merged(&self, part: u64) -> Result<bool> {
         Ok(self
             .conn
@@ -517,7 +491,6 @@ impl Tables for SqliteDb {
         Ok(tx.commit()?)
     }
 
-    /// Marks the merge done.
     fn finish_merge(&self) -> Result<()> {
         let tx = self.write()?;
         let merged: i64 = self
@@ -534,7 +507,6 @@ impl Tables for SqliteDb {
         Ok(tx.commit()?)
     }
 
-    /// Document playlists that name a missing owner or song, as counted by the merge.
     fn warnings(&self) -> Result<u64> {
         Ok(self
             .conn
@@ -543,8 +515,6 @@ impl Tables for SqliteDb {
             })?)
     }
 
-    /// The final state of the document's playlists: those that survive, in
-    /// document order, as the merge left them.
     fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
         // The two streams of the join (super::join_final_document_playlists),
         // the results sorted once here: SQLite's sorter reads the table in
@@ -578,7 +548,6 @@ impl Tables for SqliteDb {
         super::join_final_document_playlists(docs, fates, each)
     }
 
-    /// The playlists the changes created, in order of creation.
     fn each_new_playlist(&self, each: &mut Each) -> Result<()> {
         self.each_first_column(
             "SELECT json FROM results WHERE state = ?1 ORDER BY created",
@@ -587,7 +556,6 @@ impl Tables for SqliteDb {
         )
     }
 
-    /// The document's other top-level members: (raw key, minified value), in order.
     fn each_extra(&self, each: &mut EachMember) -> Result<()> {
         let mut stmt = self
             .conn
@@ -599,7 +567,6 @@ impl Tables for SqliteDb {
         Ok(())
     }
 
-    /// Every rejected change, in index order.
     fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()> {
         let mut stmt = self
             .conn
@@ -616,8 +583,6 @@ impl Tables for SqliteDb {
         Ok(())
     }
 
-    /// How many changes were rejected for each reason, in [`Reason::ALL`] order,
-    /// only the reasons present.
     fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>> {
         let mut stmt = self
             .conn
@@ -666,8 +631,6 @@ impl Backend for SqliteDb {
             .optional()?)
     }
 
-    /// Starts the import: clears what an earlier import left and returns the
-    /// writer for the document's elements.
     fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>> {
         let tx = self.write()?;
         tx.execute_batch("DELETE FROM playlists; DELETE FROM extras;")?;

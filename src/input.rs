@@ -1,25 +1,20 @@
-//! The run's two inputs, and the decompress stage.
+//! The run's two inputs, as the harness opens them and the store records them.
 //!
 //! An [`Input`] is a file the user named (MIXTAPE or CHANGES): how the work
 //! database recognises it again on resume (its fingerprint, always of the file
 //! the user gave), whether it is compressed (its magic bytes), and the text the
 //! stages read: the file itself, or for a compressed input its decompressed copy
-//! kept beside the work database (`DB.mixtape`, `DB.changes`). The decompress
-//! stage lives here because it is about nothing else: it writes those copies,
-//! both at once when both inputs are compressed, and skips a copy the store
-//! says is whole.
+//! kept beside the work database (`DB.mixtape`, `DB.changes`), which the
+//! decompress stage writes ([`crate::decompress::stage`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use mixtape::decompress::{self, Compression};
-use mixtape::fingerprint;
-use mixtape::paths::with_suffix;
-use mixtape::stage::Stage;
-use mixtape::store::{InputKind, Store};
-
-use crate::progress::Ui;
+use crate::decompress::Compression;
+use crate::fingerprint;
+use crate::paths::with_suffix;
+use crate::store::{InputKind, Store};
 
 /// The run's two inputs.
 pub struct Inputs {
@@ -120,7 +115,7 @@ impl Input {
     /// Whether the text the stages read is there and whole: always for a plain
     /// input; for a compressed one, when the kept file is the one the store
     /// recorded after its decompression finished.
-    fn text_is_whole(&self, store: &Store) -> Result<bool> {
+    pub fn text_is_whole(&self, store: &Store) -> Result<bool> {
         if self.compression.is_none() {
             return Ok(true);
         }
@@ -164,63 +159,4 @@ fn kind_of_file(file_type: &std::fs::FileType) -> &'static str {
     } else {
         "not a regular file"
     }
-}
-
-/// The decompress stage: decompresses every compressed input whose kept text
-/// is not whole yet, at the same time when there are two and `threads` allows;
-/// says whether there was anything to do.
-pub fn decompress(inputs: &Inputs, store: &Store, ui: &Ui, threads: usize) -> Result<bool> {
-    let mut to_do = Vec::new();
-    for input in inputs.both() {
-        if input.compression.is_some() && !input.text_is_whole(store)? {
-            to_do.push(input);
-        }
-    }
-    let results: Vec<Result<()>> = if threads >= 2 && to_do.len() > 1 {
-        std::thread::scope(|scope| {
-            let running: Vec<_> = (to_do.iter())
-                .map(|&input| scope.spawn(move || decompress_one(input, ui)))
-                .collect();
-            (running.into_iter())
-                .map(|handle| handle.join().expect("decompression panicked"))
-                .collect()
-        })
-    } else {
-        to_do
-            .iter()
-            .map(|&input| decompress_one(input, ui))
-            .collect()
-    };
-    for (input, result) in to_do.iter().zip(results) {
-        result?;
-        let print = fingerprint::of_file(&input.text)
-            .with_context(|| format!("reading {}", input.text.display()))?;
-        store.record_input_text(input.kind, &input.text, &print)?;
-    }
-    Ok(!to_do.is_empty())
-}
-
-/// Decompresses one input into its kept file, with a bar: compressed bytes
-/// read against the file's size, and decompressed bytes written.
-fn decompress_one(input: &Input, ui: &Ui) -> Result<()> {
-    let format = input.compression.expect("only compressed inputs");
-    let label = format!("{} ({})", input.kind.label(), format.name());
-    let bar = ui.bytes_bar(Stage::Decompress.name(), input.size);
-    let got = decompress::decompress(
-        input.kind.label(),
-        &input.path,
-        format,
-        &input.text,
-        &mut |read, written| {
-            bar.set(read);
-            bar.set_message(format!("{label}: {} out", indicatif::HumanBytes(written)));
-        },
-    )?;
-    bar.finish(&format!(
-        "{label}: {} into {} ({})",
-        indicatif::HumanBytes(got.compressed_bytes),
-        indicatif::HumanBytes(got.decompressed_bytes),
-        input.text.display()
-    ));
-    Ok(())
 }
