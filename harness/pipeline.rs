@@ -27,6 +27,9 @@ use crate::workers::{self, LockFigures};
 pub fn run(config: &Config) -> Result<Exit> {
     let started = Instant::now();
     let ui = Ui::new(config.draw_progress);
+    // Every connection to a server store is bounded in silence by this run's
+    // lease (README "When a host dies").
+    mixtape::store::bound_silence_by_lease(config.lease);
     // Before anything is opened: no two paths of the run may be one file.
     crate::files::check(config)?;
     let inputs = Inputs {

@@ -92,6 +92,7 @@ use crate::stage::Stage;
 mod postgres;
 mod sqlite;
 
+pub use postgres::target::{bound_silence_by_lease, silence_bound};
 pub use postgres::PgTarget;
 
 /// Bumped whenever the layout below changes.

@@ -147,6 +147,17 @@ impl PgDb {
                 target.shown()
             );
         }
+        if !target::silence_follows_a_lease() {
+            // A worker learns the run's lease here: this process's
+            // connections bound their silence by it, this one from now on.
+            let lease = db.meta_text(super::Key::LeaseSecs.name())?;
+            let secs = lease.and_then(|text| text.parse::<f64>().ok());
+            if let Some(secs) = secs.filter(|s| s.is_finite() && *s > 0.0) {
+                if target::bound_silence_by_lease(Duration::from_secs_f64(secs)) {
+                    return PgDb::connect(target);
+                }
+            }
+        }
         Ok(db)
     }
 

@@ -12,9 +12,24 @@
 //! see every process's arguments): [`PgTarget::shown`] masks it,
 //! [`PgTarget::argument`] leaves it out, and the harness hands it to its
 //! workers in their environment (`PGPASSWORD`).
+//!
+//! ## Silence
+//!
+//! A host cut off from the network does not get an error: its packets just
+//! stop arriving, on both ends. So every connection is opened with a bound on
+//! silence ([`silence_bound`], README "When a host dies"): twice the run's
+//! lease, at least 4 s and at most 5 minutes. On this side, TCP keepalives
+//! (probes after a third of it) and `TCP_USER_TIMEOUT` make a read or write
+//! on a silent connection fail within the bound; on the server's side the
+//! session asks for the same of its socket (`tcp_keepalives_*`,
+//! `tcp_user_timeout`) and ends a transaction left idle that long
+//! (`idle_in_transaction_session_timeout`), so that the row locks of a host
+//! cut off mid-transaction are released for the others. Connecting waits at
+//! most the bound too.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -238,8 +253,13 @@ impl PgTarget {
         url
     }
 
-    /// Connects, with TLS when `sslmode` asks for it.
+    /// Connects, with TLS when `sslmode` asks for it, bounded in silence
+    /// (see the module docs).
     pub fn connect(&self) -> Result<Client> {
+        let silence = silence_bound();
+        // Keepalive times are whole seconds, at least one (the kernel's unit).
+        let secs = silence.as_secs().max(1);
+        let (idle, interval) = ((secs / 3).max(1), (secs / 6).max(1));
         let mut config = postgres::Config::new();
         config
             .user(&self.user)
@@ -247,7 +267,12 @@ impl PgTarget {
             .port(self.port)
             .dbname(&self.dbname)
             .application_name("mixtape")
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(silence)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(idle))
+            .keepalives_interval(Duration::from_secs(interval))
+            .keepalives_retries(3)
+            .tcp_user_timeout(silence);
         for (key, value) in &self.params {
             match key.as_str() {
                 "connect_timeout" => {
@@ -277,11 +302,50 @@ impl PgTarget {
             .with_context(|| format!("cannot connect to the work store {}", self.shown()))?;
         // The statements of the rules written once for both backends
         // (`store::Statement`) name the run's tables unqualified.
+        let millis = silence.as_millis();
         client
-            .batch_execute("SET search_path TO mixtape")
+            .execute("SELECT set_config('search_path', 'mixtape', false)", &[])
+            .and_then(|_| {
+                client.execute(
+                    "SELECT set_config('tcp_keepalives_idle', $1, false),
+                            set_config('tcp_keepalives_interval', $2, false),
+                            set_config('tcp_keepalives_count', '3', false),
+                            set_config('tcp_user_timeout', $3, false),
+                            set_config('idle_in_transaction_session_timeout', $3, false)",
+                    &[&idle.to_string(), &interval.to_string(), &millis.to_string()],
+                )
+            })
             .with_context(|| format!("setting up the connection to {}", self.shown()))?;
         Ok(client)
     }
+}
+
+/// The lease this process's connections bound their silence by (see
+/// [`silence_bound`]); set once, from the harness's `--lease-secs` or from
+/// the lease a worker finds in the store.
+static LEASE_FOR_SILENCE: OnceLock<Duration> = OnceLock::new();
+
+/// The lease assumed until one is known: the harness's default.
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Sets the lease the bound on silence follows; says whether it was unset
+/// (later calls change nothing: connections already open keep their bound).
+pub fn bound_silence_by_lease(lease: Duration) -> bool {
+    LEASE_FOR_SILENCE.set(lease).is_ok()
+}
+
+/// Whether [`bound_silence_by_lease`] has been called.
+pub fn silence_follows_a_lease() -> bool {
+    LEASE_FOR_SILENCE.get().is_some()
+}
+
+/// How long a connection may be silent before it counts as broken: twice
+/// the lease, within 4 s and 5 minutes. A host that comes back within its
+/// lease goes on; one that comes back after it learns that it was fenced
+/// off; one silent longer gets an error.
+pub fn silence_bound() -> Duration {
+    let lease = LEASE_FOR_SILENCE.get().copied().unwrap_or(DEFAULT_LEASE);
+    (lease * 2).clamp(Duration::from_secs(4), Duration::from_secs(300))
 }
 
 fn non_empty(s: String) -> Option<String> {
