@@ -37,6 +37,7 @@ fn main() -> ExitCode {
                     config.db.display()
                 );
             } else {
+                let e = mixtape::store::explain_lost_connection(e);
                 eprintln!("harness: error: {e:#}");
             }
             exit

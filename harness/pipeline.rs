@@ -48,7 +48,7 @@ pub fn run(config: &Config) -> Result<Exit> {
         output_file::check_writable("run report", path)?;
     }
     config.db.refuse_foreign_file()?;
-    let lock = RunLock::acquire(&config.db)?;
+    let mut lock = RunLock::acquire(&config.db)?;
     output_file::remove_stale_temporaries(&config.output)?;
     output_file::remove_stale_temporaries(&config.rejects)?;
     if let Some(path) = report_file {
@@ -80,6 +80,7 @@ pub fn run(config: &Config) -> Result<Exit> {
         if stage == Stage::Export {
             break;
         }
+        lock.keep_held(&mut |what| run.ui.message(&format!("harness: {what}")))?;
         run.stage(stage)?;
         if config.stop_after == Some(stage) {
             let exit = run.stopped_after(stage);
@@ -87,6 +88,7 @@ pub fn run(config: &Config) -> Result<Exit> {
             return Ok(exit);
         }
     }
+    lock.keep_held(&mut |what| run.ui.message(&format!("harness: {what}")))?;
     let (exit, output_written) = run.export()?;
     if output_written {
         mixtape::fault::point("output-published");

@@ -333,7 +333,8 @@ fn apply_claimed(
 /// own thread with its own connection. When the lease turns out to be taken
 /// over it says so through `lost`, and the worker stops at its next change
 /// (its next commit would be refused anyway). A renewal that fails for
-/// another reason (a busy server) is tried again at the next tick.
+/// another reason (a busy server, a broken connection) is tried again at the
+/// next tick, on a new connection.
 fn keep_lease(
     location: &Location,
     claim: Claim,
@@ -341,19 +342,27 @@ fn keep_lease(
     stop: &std::sync::mpsc::Receiver<()>,
     lost: &AtomicBool,
 ) {
-    let Ok(store) = Store::open(location) else {
-        return;
-    };
+    let mut store = Store::open(location).ok();
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(lease / 3) {
         if crate::fault::paused() {
             // A testing aid's stalled host: nothing of it runs, this neither.
             continue;
         }
-        if let Err(e) = store.renew_lease(claim, lease) {
-            if e.is::<LeaseLost>() {
+        let renewed = match &store {
+            Some(store) => store.renew_lease(claim, lease),
+            None => Store::open(location).and_then(|opened| {
+                let renewed = opened.renew_lease(claim, lease);
+                store = Some(opened);
+                renewed
+            }),
+        };
+        match renewed {
+            Ok(()) => {}
+            Err(e) if e.is::<LeaseLost>() => {
                 lost.store(true, Ordering::Relaxed);
                 return;
             }
+            Err(_) => store = None,
         }
     }
 }

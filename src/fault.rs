@@ -9,7 +9,8 @@
 //! `SIGSTOP`) long enough to lose its lease, its lease-renewing thread
 //! stalled with it ([`paused`]). `POINT@N:hold=SECS` makes only the thread
 //! that reaches the point wait SECS seconds: one change that takes that long
-//! while the process is alive (its lease is renewed meanwhile). The points:
+//! while the process is alive (its lease is renewed meanwhile); it ends
+//! early once the file `MIXTAPE_FAULT_RELEASE` names exists. The points:
 //!
 //! | point | where |
 //! |---|---|
@@ -89,7 +90,7 @@ pub fn point(name: &str) {
                 }
                 Action::Hold(secs) => {
                     eprintln!("fault injection: holding {secs} s at {name}@{n}");
-                    std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+                    hold(secs);
                 }
                 Action::Abort => {
                     eprintln!("fault injection: aborting at {name}@{n}");
@@ -97,6 +98,19 @@ pub fn point(name: &str) {
                 }
             }
         }
+    }
+}
+
+/// Waits `secs` seconds, or less once the file `MIXTAPE_FAULT_RELEASE`
+/// names exists (a test says when the held thread may go on).
+fn hold(secs: f64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    let release = std::env::var_os("MIXTAPE_FAULT_RELEASE").map(std::path::PathBuf::from);
+    while std::time::Instant::now() < until {
+        if release.as_ref().is_some_and(|file| file.exists()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -1338,6 +1338,19 @@ fn check_merge_complete(merged: u64, partitions: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// `error`, explained when it is a broken connection to a server store
+/// (README "When a host dies"): what was committed stays, and the same
+/// command resumes.
+pub fn explain_lost_connection(error: anyhow::Error) -> anyhow::Error {
+    if postgres::is_lost_connection(&error) {
+        error.context(
+            "lost the connection to the work store (the server restarted or ended the session, or the network to it failed or stayed silent too long); what was committed is kept: run the same command again to resume",
+        )
+    } else {
+        error
+    }
+}
+
 /// Removes files, those already gone included.
 fn remove_paths(files: &[PathBuf]) -> Result<()> {
     for file in files {
@@ -1389,8 +1402,8 @@ enum Held {
         _lock: nix::fcntl::Flock<File>,
         path: PathBuf,
     },
-    /// A server's advisory lock (held, never used: it goes when dropped).
-    Server { _lock: Box<postgres::ServerRunLock> },
+    /// A server's advisory locks (they go when dropped).
+    Server { lock: Box<postgres::ServerRunLock> },
 }
 
 impl RunLock {
@@ -1400,7 +1413,7 @@ impl RunLock {
         match location {
             Location::File(path) => RunLock::acquire_file(path),
             Location::Postgres(target) => Ok(RunLock(Held::Server {
-                _lock: Box::new(postgres::take_run_lock(target)?),
+                lock: Box::new(postgres::take_run_lock(target)?),
             })),
         }
     }
@@ -1418,6 +1431,20 @@ impl RunLock {
             ),
             Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
         }
+    }
+
+    /// Checks that the run still holds its lock, before a stage commits
+    /// anything: on a server, a session of the lock that ended (README "When
+    /// a host dies") is taken again, and `say` tells the user; an error when
+    /// the run can no longer be sure of holding it. (A file lock cannot be
+    /// lost while the process lives.)
+    pub fn keep_held(&mut self, say: &mut dyn FnMut(&str)) -> Result<()> {
+        if let Held::Server { lock } = &mut self.0 {
+            if lock.keep_held()? > 0 {
+                say("the run lock's session on the server ended; took the lock again (no other run could take it meanwhile)");
+            }
+        }
+        Ok(())
     }
 
     /// Removes the lock file, then releases the lock (after a finished run).

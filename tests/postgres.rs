@@ -16,89 +16,11 @@
 mod support;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use support::pg::{self, TestDb};
-use support::{gen, reference, rest_of, stderr, wait_for, TestCommand};
-
-struct Case {
-    dir: tempfile::TempDir,
-    mixtape: PathBuf,
-    changes: PathBuf,
-    expected: reference::Outcome,
-}
-
-fn case_from(generated: gen::Case) -> Case {
-    let dir = tempfile::tempdir().unwrap();
-    let mixtape = dir.path().join("mixtape.json");
-    let changes = dir.path().join("changes.json");
-    fs::write(&mixtape, &generated.mixtape).unwrap();
-    fs::write(&changes, &generated.changes).unwrap();
-    Case {
-        expected: reference::run(&generated.mixtape, &generated.changes).unwrap(),
-        dir,
-        mixtape,
-        changes,
-    }
-}
-
-impl Case {
-    fn out(&self) -> PathBuf {
-        self.dir.path().join("out.json")
-    }
-
-    fn harness(&self, db: &str, workers: usize, extra: &[&str]) -> Command {
-        let mut cmd = TestCommand::harness();
-        cmd.args([
-            "--progress",
-            "never",
-            "-w",
-            &workers.to_string(),
-            "--db",
-            db,
-        ])
-        .args(extra)
-        .arg(&self.mixtape)
-        .arg(&self.changes)
-        .arg(self.out());
-        cmd.into_inner()
-    }
-
-    fn run(&self, db: &str, workers: usize, extra: &[&str]) -> Output {
-        self.harness(db, workers, extra).output().unwrap()
-    }
-
-    fn assert_exact(&self, what: &str) {
-        let out = self.out();
-        let output = fs::read_to_string(&out).unwrap_or_else(|e| panic!("{what}: {e}"));
-        support::assert_same_text(what, &self.expected.output, &output);
-        let rejects = fs::read_to_string(out.with_file_name("out.json.rejects.jsonl")).unwrap();
-        support::assert_same_text(what, &self.expected.rejects, &rejects);
-    }
-
-    /// A `worker --join` as another host would start it: its own directory,
-    /// cache and environment; the URL (without password) and CHANGES shared.
-    fn joined_worker(&self, db: &TestDb, home: &Path, env: &[(&str, &str)]) -> Child {
-        let mut cmd = TestCommand::worker();
-        cmd.env_clear()
-            .env("PGPASSWORD", db.password())
-            .env("XDG_CACHE_HOME", home.join("cache"))
-            .envs(env.iter().copied())
-            .current_dir(home)
-            .args(["--db", &db.url_without_password(), "--join"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        cmd.spawn().unwrap()
-    }
-}
-
-/// The store of `db`, as a test opens it to look at its state.
-fn server_location(db: &TestDb) -> mixtape::store::Location {
-    let local = std::env::temp_dir().join("mixtape-test-unused");
-    mixtape::store::Location::from_argument(db.url().as_ref(), &local).unwrap()
-}
+use support::pg::{self, assert_ok, case_from, server_location};
+use support::{gen, rest_of, stderr, wait_for};
 
 /// Waits (bounded: 30 s) until the store has a committed batch.
 fn wait_for_a_batch(location: &mixtape::store::Location) {
@@ -113,9 +35,6 @@ fn wait_for_a_batch(location: &mixtape::store::Location) {
     panic!("no batch was ever committed");
 }
 
-fn assert_ok(o: &Output, what: &str) {
-    assert!(o.status.success(), "{what}: {}", stderr(o));
-}
 
 #[test]
 fn differential_on_the_server_matches_the_reference_and_sqlite() {

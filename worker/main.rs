@@ -129,6 +129,7 @@ fn main() -> ExitCode {
                     "worker: interrupted; its chunk continues from its last commit next time"
                 );
             } else {
+                let e = mixtape::store::explain_lost_connection(e);
                 eprintln!("worker: error: {e:#}");
             }
             exit.into()

@@ -352,26 +352,118 @@ fn paged<'t, 'c, T, R: Fn(&Row) -> T + 't>(
 /// The advisory lock's key: "mixtape!" in ASCII.
 const ADVISORY_LOCK_KEY: i64 = 0x6d69_7874_6170_6521;
 
-/// The run lock of a server store: the connection whose session holds the
-/// advisory lock (the lock goes when it closes).
-pub(super) struct ServerRunLock {
-    _session: Client,
+/// Whether `error` says that a connection to the server broke: closed,
+/// reset or silent past its bound (an I/O error), or its session ended by the
+/// server (shut down, restarting, or `pg_terminate_backend`).
+pub(super) fn is_lost_connection(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let Some(e) = cause.downcast_ref::<postgres::Error>() else {
+            return false;
+        };
+        let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+        let ended = e.as_db_error().is_some_and(|db| {
+            // admin_shutdown, crash_shutdown, cannot_connect_now
+            matches!(db.code().code(), "57P01" | "57P02" | "57P03")
+        });
+        e.is_closed() || io || ended
+    })
 }
 
-/// Takes the run lock of a server store (a session advisory lock), or fails
-/// at once if another run holds it.
+/// The run lock of a server store: two session advisory locks, each held by
+/// a connection of its own. A session can end under a running harness (an
+/// administrator, a pooler, a network fault): its lock goes with it, but the
+/// other one stays, and a second harness needs both, so it still cannot take
+/// the run over. [`ServerRunLock::keep_held`] notices a lost one and takes
+/// it again.
+pub(super) struct ServerRunLock {
+    target: PgTarget,
+    /// The sessions, one per key of [`RUN_LOCK_KEYS`]; `None` once lost.
+    sessions: [Option<Client>; 2],
+}
+
+/// The advisory lock keys of the run lock (see [`ServerRunLock`]).
+const RUN_LOCK_KEYS: [i64; 2] = [ADVISORY_LOCK_KEY, ADVISORY_LOCK_KEY + 1];
+
+/// How a run-lock session names itself to the server (`application_name`),
+/// so that an administrator (or a test) can tell it from the others.
+const RUN_LOCK_APPLICATION: &str = "mixtape run lock";
+
+/// Takes the run lock of a server store, or fails at once if another run
+/// holds it (either key).
 pub(super) fn take_run_lock(target: &PgTarget) -> Result<ServerRunLock> {
-    let mut client = target.connect()?;
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&ADVISORY_LOCK_KEY])?
-        .get(0);
-    if !got {
-        bail!(
-            "another harness run is using the work store {} (its advisory lock is held); wait for it to finish",
-            target.shown()
-        );
+    let mut sessions = [None, None];
+    for (slot, key) in sessions.iter_mut().zip(RUN_LOCK_KEYS) {
+        match lock_session(target, key)? {
+            Some(session) => *slot = Some(session),
+            None => bail!(
+                "another harness run is using the work store {} (its advisory lock is held); wait for it to finish",
+                target.shown()
+            ),
+        }
     }
-    Ok(ServerRunLock { _session: client })
+    Ok(ServerRunLock {
+        target: target.clone(),
+        sessions,
+    })
+}
+
+/// A new session holding advisory lock `key`; `None` when another holds it.
+fn lock_session(target: &PgTarget, key: i64) -> Result<Option<Client>> {
+    let mut client = target.connect()?;
+    client.execute(
+        "SELECT set_config('application_name', $1, false)",
+        &[&RUN_LOCK_APPLICATION],
+    )?;
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+        .get(0);
+    Ok(got.then_some(client))
+}
+
+impl ServerRunLock {
+    /// Checks that both sessions still hold their locks, taking a lost one
+    /// again; says how many were taken again. Fails when both were lost
+    /// (another harness may then hold the run) or a lost one cannot be taken
+    /// again within a second (a second harness tries both keys and lets go
+    /// of the first when the second is held, so it holds one only briefly).
+    pub(super) fn keep_held(&mut self) -> Result<usize> {
+        for slot in &mut self.sessions {
+            let alive = slot.as_mut().is_some_and(|session| {
+                session
+                    .query_one("SELECT 1", &[])
+                    .is_ok()
+            });
+            if !alive {
+                *slot = None;
+            }
+        }
+        let lost = self.sessions.iter().filter(|s| s.is_none()).count();
+        if lost == 2 {
+            bail!(
+                "this run lost its lock on the work store {} (both of its sessions ended): another harness may have taken the run over; stopping (run the same command again once no other harness runs)",
+                self.target.shown()
+            );
+        }
+        for (slot, key) in self.sessions.iter_mut().zip(RUN_LOCK_KEYS) {
+            if slot.is_some() {
+                continue;
+            }
+            for _ in 0..50 {
+                if let Some(session) = lock_session(&self.target, key)? {
+                    *slot = Some(session);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if slot.is_none() {
+                bail!(
+                    "this run lost one of its locks on the work store {} and another session holds it; stopping",
+                    self.target.shown()
+                );
+            }
+        }
+        Ok(lost)
+    }
 }
 
 /// Drops the store's schema (after a successful run); returns the run's id,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod gen;
+pub mod netns;
 pub mod pg;
 pub mod reference;
 
@@ -32,14 +33,31 @@ impl TestCommand {
         TestCommand::of(env!("CARGO_BIN_EXE_worker"))
     }
 
+    /// The harness, run on `host` (`None`: this one).
+    pub fn harness_on(host: Option<&netns::Host>) -> TestCommand {
+        TestCommand::of_on(env!("CARGO_BIN_EXE_harness"), host)
+    }
+
+    /// A worker, run on `host` (`None`: this one).
+    pub fn worker_on(host: Option<&netns::Host>) -> TestCommand {
+        TestCommand::of_on(env!("CARGO_BIN_EXE_worker"), host)
+    }
+
+    fn of(program: &str) -> TestCommand {
+        TestCommand::of_on(program, None)
+    }
+
     /// `MIXTAPE_TEST_BIN_DIR`, when set, runs the binaries of another build
     /// instead (to watch a new test fail on an older build).
-    fn of(program: &str) -> TestCommand {
+    fn of_on(program: &str, host: Option<&netns::Host>) -> TestCommand {
         let program = match std::env::var_os("MIXTAPE_TEST_BIN_DIR") {
             Some(dir) => PathBuf::from(dir).join(Path::new(program).file_name().unwrap()),
             None => PathBuf::from(program),
         };
-        let mut cmd = Command::new(program);
+        let mut cmd = match host {
+            Some(host) => host.command(&program),
+            None => Command::new(program),
+        };
         without_testing_aids(&mut cmd);
         TestCommand(cmd)
     }
@@ -50,6 +68,7 @@ impl TestCommand {
 pub fn without_testing_aids(cmd: &mut Command) {
     for aid in [
         "MIXTAPE_FAULT",
+        "MIXTAPE_FAULT_RELEASE",
         "MIXTAPE_BATCH",
         "MIXTAPE_BENCH",
         "MIXTAPE_LEASE_SECS",
