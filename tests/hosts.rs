@@ -34,7 +34,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// (skipped, said) without a server, without root, or when the server is not
 /// a throwaway cluster.
 fn lab() -> Option<(MutexGuard<'static, ()>, pg::Server)> {
-    let turn = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let turn = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let server = pg::server()?;
     if !netns::available() {
         return None;
@@ -48,6 +50,29 @@ fn lab() -> Option<(MutexGuard<'static, ()>, pg::Server)> {
         return None;
     }
     Some((turn, server))
+}
+
+/// A child that is killed if the test ends (or fails) before it does.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
 }
 
 /// What a child says on stderr, collected as it comes by a thread of its own,
@@ -153,7 +178,18 @@ fn sessions_from(db: &TestDb, host: &Host) -> i64 {
 /// Plans `case` in `db` (on this host), `chunks` chunks.
 fn plan(case: &Case, db: &TestDb, chunks: &str) {
     let o = case
-        .harness(&db.url(), 1, &["--chunks", chunks, "--stop-after", "plan", "--lease-secs", LEASE])
+        .harness(
+            &db.url(),
+            1,
+            &[
+                "--chunks",
+                chunks,
+                "--stop-after",
+                "plan",
+                "--lease-secs",
+                LEASE,
+            ],
+        )
         .output()
         .unwrap();
     assert_ok(&o, "plan");
@@ -173,7 +209,7 @@ fn a_host_cut_off_mid_chunk_loses_it_and_is_fenced_off_when_it_returns() {
     let home = tempfile::tempdir().unwrap();
     let release = home.path().join("release");
     let release_arg = release.to_string_lossy().into_owned();
-    let mut cut_off = case.joined_worker_on(
+    let mut cut_off = Running(case.joined_worker_on(
         Some(&host),
         &db,
         &db.url_at(&host.server_address),
@@ -184,7 +220,7 @@ fn a_host_cut_off_mid_chunk_loses_it_and_is_fenced_off_when_it_returns() {
             ("MIXTAPE_FAULT_RELEASE", &release_arg),
             ("MIXTAPE_WORKER_NAME", "host-a:1"),
         ],
-    );
+    ));
     let said = Said::of(&mut cut_off);
     said.wait_for("fault injection: holding", Duration::from_secs(30));
     let (chunk, token) = chunk_leased_by(&db, "host-a:1").expect("host a holds a chunk");
@@ -192,18 +228,26 @@ fn a_host_cut_off_mid_chunk_loses_it_and_is_fenced_off_when_it_returns() {
     let cut_at = Instant::now();
     // The rest of the run, here: its workers take the chunk over once the
     // lease expires.
-    let mut rest = case
-        .harness(&db.url(), 2, &["--keep-db", "--lease-secs", LEASE])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut rest = Running(
+        case.harness(&db.url(), 2, &["--keep-db", "--lease-secs", LEASE])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let rest_said = Said::of(&mut rest);
     let status = wait_exit(&mut rest, Duration::from_secs(60), "the rest of the run");
-    assert!(status.success(), "the rest of the run: {}", rest_said.text());
+    assert!(
+        status.success(),
+        "the rest of the run: {}",
+        rest_said.text()
+    );
     let finished = cut_at.elapsed();
     let new_token: i64 = db
         .client()
-        .query_one("SELECT lease_token FROM mixtape.chunks WHERE chunk = $1", &[&chunk])
+        .query_one(
+            "SELECT lease_token FROM mixtape.chunks WHERE chunk = $1",
+            &[&chunk],
+        )
         .unwrap()
         .get(0);
     assert!(new_token > token, "chunk {chunk} was never taken over");
@@ -219,30 +263,42 @@ fn a_host_cut_off_mid_chunk_loses_it_and_is_fenced_off_when_it_returns() {
         "the cut-off worker did not say it was fenced off:\n{text}"
     );
     assert!(status.success(), "the cut-off worker: {text}");
-    assert_eq!(recorded(&db), before, "the fenced-off worker recorded something");
+    assert_eq!(
+        recorded(&db),
+        before,
+        "the fenced-off worker recorded something"
+    );
     assert!(
         finished.as_secs_f64() < LEASE_SECS + 15.0,
         "the run took {finished:?} after the cut (lease {LEASE} s)"
     );
-    figure("host cut off mid-chunk", "cut to the run finished", finished);
+    figure(
+        "host cut off mid-chunk",
+        "cut to the run finished",
+        finished,
+    );
 }
 
 #[test]
 fn the_server_restarting_during_apply_and_merge_stops_the_run_and_the_same_command_resumes() {
     let Some((_turn, server)) = lab() else { return };
-    for (stage, fault) in [("apply", "worker-change@200:hold=120"), ("merge", "merge-partition@2:hold=120")] {
+    for (stage, fault) in [
+        ("apply", "worker-change@200:hold=120"),
+        ("merge", "merge-partition@2:hold=120"),
+    ] {
         let db = server.database("restart");
         let case = case_from(gen::case_of(32, 3000));
         let release = case.dir.path().join(format!("release-{stage}"));
         let release_arg = release.to_string_lossy().into_owned();
-        let mut run = case
-            .harness(&db.url(), 2, &["--chunks", "4", "--lease-secs", LEASE])
-            .env("MIXTAPE_BATCH", "20")
-            .env("MIXTAPE_FAULT", fault)
-            .env("MIXTAPE_FAULT_RELEASE", &release_arg)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut run = Running(
+            case.harness(&db.url(), 2, &["--chunks", "4", "--lease-secs", LEASE])
+                .env("MIXTAPE_BATCH", "20")
+                .env("MIXTAPE_FAULT", fault)
+                .env("MIXTAPE_FAULT_RELEASE", &release_arg)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let said = Said::of(&mut run);
         // Held in the stage (a worker's change, or a partition's
         // transaction): the restart comes in the middle of it.
@@ -254,10 +310,17 @@ fn the_server_restarting_during_apply_and_merge_stops_the_run_and_the_same_comma
         let restarted_at = Instant::now();
         server.restart();
         fs::write(&release, "").unwrap();
-        let status = wait_exit(&mut run, Duration::from_secs(60), "the harness after a restart");
+        let status = wait_exit(
+            &mut run,
+            Duration::from_secs(60),
+            "the harness after a restart",
+        );
         let stopped = restarted_at.elapsed();
         let text = said.text();
-        assert!(!status.success(), "the run went on through a restart:\n{text}");
+        assert!(
+            !status.success(),
+            "the run went on through a restart:\n{text}"
+        );
         assert!(
             text.contains("lost the connection to the work store"),
             "no clear error after a restart during {stage}:\n{text}"
@@ -290,18 +353,26 @@ fn the_harness_host_cut_off_stops_within_the_bound_and_resumes_once_back() {
     let release = case.dir.path().join("release");
     let release_arg = release.to_string_lossy().into_owned();
     let harness_on_host = |extra_env: &[(&str, &str)]| {
-        let mut cmd = case.harness_on(Some(&host), &url, 2, &["--chunks", "4", "--lease-secs", LEASE]);
-        cmd.env("PGPASSWORD", db.password()).envs(extra_env.iter().copied());
+        let mut cmd = case.harness_on(
+            Some(&host),
+            &url,
+            2,
+            &["--chunks", "4", "--lease-secs", LEASE],
+        );
+        cmd.env("PGPASSWORD", db.password())
+            .envs(extra_env.iter().copied());
         cmd
     };
-    let mut run = harness_on_host(&[
-        ("MIXTAPE_BATCH", "20"),
-        ("MIXTAPE_FAULT", "worker-change@100:hold=120"),
-        ("MIXTAPE_FAULT_RELEASE", &release_arg),
-    ])
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut run = Running(
+        harness_on_host(&[
+            ("MIXTAPE_BATCH", "20"),
+            ("MIXTAPE_FAULT", "worker-change@100:hold=120"),
+            ("MIXTAPE_FAULT_RELEASE", &release_arg),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
     let said = Said::of(&mut run);
     wait_until(Duration::from_secs(30), "a batch", || recorded(&db).2 > 2);
     host.cut();
@@ -315,12 +386,16 @@ fn the_harness_host_cut_off_stops_within_the_bound_and_resumes_once_back() {
         "no clear error:\n{text}"
     );
     // Its workers are gone too: nothing runs on the host any more.
-    wait_until(Duration::from_secs(10), "the host's processes ending", || {
-        std::process::Command::new("ip")
-            .args(["netns", "pids", &host.name])
-            .output()
-            .is_ok_and(|o| o.stdout.is_empty())
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "the host's processes ending",
+        || {
+            std::process::Command::new("ip")
+                .args(["netns", "pids", &host.name])
+                .output()
+                .is_ok_and(|o| o.stdout.is_empty())
+        },
+    );
     let bound = 2.0 * LEASE_SECS;
     assert!(
         stopped.as_secs_f64() < bound + 5.0,
@@ -328,13 +403,19 @@ fn the_harness_host_cut_off_stops_within_the_bound_and_resumes_once_back() {
     );
     host.mend();
     fs::write(&release, "").unwrap();
-    let gone = wait_until(Duration::from_secs(30), "the server ending the host's sessions", || {
-        sessions_from(&db, &host) == 0
-    });
+    let gone = wait_until(
+        Duration::from_secs(30),
+        "the server ending the host's sessions",
+        || sessions_from(&db, &host) == 0,
+    );
     let o = harness_on_host(&[]).output().unwrap();
     assert_ok(&o, "the same command once the network is back");
     case.assert_exact("the harness's host cut off");
-    figure("harness's host cut off", "cut to the harness stopped", stopped);
+    figure(
+        "harness's host cut off",
+        "cut to the harness stopped",
+        stopped,
+    );
     figure(
         "harness's host cut off",
         "link back to the server free of its sessions",
@@ -349,14 +430,15 @@ fn a_session_terminated_in_the_middle_of_a_commit_leaves_the_batch_in_or_out() {
     let case = case_from(gen::case_of(34, 3000));
     let release = case.dir.path().join("release");
     let release_arg = release.to_string_lossy().into_owned();
-    let mut run = case
-        .harness(&db.url(), 1, &["--chunks", "2", "--lease-secs", LEASE])
-        .env("MIXTAPE_BATCH", "20")
-        .env("MIXTAPE_FAULT", "worker-write@4:hold=120")
-        .env("MIXTAPE_FAULT_RELEASE", &release_arg)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = Running(
+        case.harness(&db.url(), 1, &["--chunks", "2", "--lease-secs", LEASE])
+            .env("MIXTAPE_BATCH", "20")
+            .env("MIXTAPE_FAULT", "worker-write@4:hold=120")
+            .env("MIXTAPE_FAULT_RELEASE", &release_arg)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let said = Said::of(&mut run);
     // The worker is inside its fourth batch's transaction, before COMMIT.
     let pid = || -> Option<i32> {
@@ -368,7 +450,11 @@ fn a_session_terminated_in_the_middle_of_a_commit_leaves_the_batch_in_or_out() {
             .unwrap()
             .map(|row| row.get(0))
     };
-    wait_until(Duration::from_secs(30), "a batch inside its transaction", || pid().is_some());
+    wait_until(
+        Duration::from_secs(30),
+        "a batch inside its transaction",
+        || pid().is_some(),
+    );
     let batches_before = recorded(&db).2;
     let terminated_at = Instant::now();
     let ended: bool = db
@@ -382,9 +468,16 @@ fn a_session_terminated_in_the_middle_of_a_commit_leaves_the_batch_in_or_out() {
     let stopped = terminated_at.elapsed();
     let text = said.text();
     assert!(!status.success(), "{text}");
-    assert!(text.contains("lost the connection to the work store"), "{text}");
+    assert!(
+        text.contains("lost the connection to the work store"),
+        "{text}"
+    );
     // Not half: the batch's rows are not there, and the chunk did not move.
-    assert_eq!(recorded(&db).2, batches_before, "the terminated batch counted");
+    assert_eq!(
+        recorded(&db).2,
+        batches_before,
+        "the terminated batch counted"
+    );
     let half: i64 = db
         .client()
         .query_one(
@@ -400,7 +493,11 @@ fn a_session_terminated_in_the_middle_of_a_commit_leaves_the_batch_in_or_out() {
     let o = case.run(&db.url(), 1, &["--chunks", "2", "--lease-secs", LEASE]);
     assert_ok(&o, "the same command again");
     case.assert_exact("a session terminated mid-commit");
-    figure("session terminated mid-commit", "termination to the harness stopped", stopped);
+    figure(
+        "session terminated mid-commit",
+        "termination to the harness stopped",
+        stopped,
+    );
 }
 
 #[test]
@@ -410,23 +507,23 @@ fn a_lost_run_lock_session_keeps_a_second_harness_out_and_is_taken_again() {
     let case = case_from(gen::case_of(35, 3000));
     let release = case.dir.path().join("release");
     let release_arg = release.to_string_lossy().into_owned();
-    let mut first = case
-        .harness(&db.url(), 1, &["--chunks", "2", "--lease-secs", LEASE])
-        .env("MIXTAPE_BATCH", "20")
-        .env("MIXTAPE_FAULT", "worker-change@50:hold=120")
-        .env("MIXTAPE_FAULT_RELEASE", &release_arg)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut first = Running(
+        case.harness(&db.url(), 1, &["--chunks", "2", "--lease-secs", LEASE])
+            .env("MIXTAPE_BATCH", "20")
+            .env("MIXTAPE_FAULT", "worker-change@50:hold=120")
+            .env("MIXTAPE_FAULT_RELEASE", &release_arg)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let said = Said::of(&mut first);
     wait_until(Duration::from_secs(30), "a batch", || recorded(&db).2 > 0);
     // One of the run lock's sessions ends, as an administrator would end it.
     let ended: i64 = db
         .client()
         .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE application_name = 'mixtape run lock' AND pid = (
-                SELECT min(pid) FROM pg_stat_activity WHERE application_name = 'mixtape run lock')",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+             WHERE pid = (SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted)",
             &[],
         )
         .unwrap()
@@ -434,7 +531,10 @@ fn a_lost_run_lock_session_keeps_a_second_harness_out_and_is_taken_again() {
     assert_eq!(ended, 1, "no run lock session to end");
     // A second harness still cannot take the run over.
     let second = case.run(&db.url(), 1, &["--chunks", "2", "--lease-secs", LEASE]);
-    assert!(!second.status.success(), "a second harness took the run over");
+    assert!(
+        !second.status.success(),
+        "a second harness took the run over"
+    );
     assert!(
         stderr(&second).contains("another harness run is using the work store"),
         "{}",

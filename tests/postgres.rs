@@ -35,7 +35,6 @@ fn wait_for_a_batch(location: &mixtape::store::Location) {
     panic!("no batch was ever committed");
 }
 
-
 #[test]
 fn differential_on_the_server_matches_the_reference_and_sqlite() {
     let Some(server) = pg::server() else { return };

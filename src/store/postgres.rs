@@ -428,11 +428,9 @@ impl ServerRunLock {
     /// of the first when the second is held, so it holds one only briefly).
     pub(super) fn keep_held(&mut self) -> Result<usize> {
         for slot in &mut self.sessions {
-            let alive = slot.as_mut().is_some_and(|session| {
-                session
-                    .query_one("SELECT 1", &[])
-                    .is_ok()
-            });
+            let alive = slot
+                .as_mut()
+                .is_some_and(|session| session.query_one("SELECT 1", &[]).is_ok());
             if !alive {
                 *slot = None;
             }

@@ -92,7 +92,14 @@ impl Host {
         let steps: [Vec<&str>; 8] = [
             vec!["netns", "add", &host.name],
             vec![
-                "link", "add", &host.near_end, "type", "veth", "peer", "name", &far_end,
+                "link",
+                "add",
+                &host.near_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &far_end,
             ],
             vec!["link", "set", &far_end, "netns", &host.name],
             vec!["addr", "add", &near_cidr, "dev", &host.near_end],
@@ -102,7 +109,12 @@ impl Host {
             [&netns[..], &["link", "set", "lo", "up"]].concat(),
         ];
         for step in &steps {
-            assert!(ip(step), "setting up test host {}: ip {}", host.name, step.join(" "));
+            assert!(
+                ip(step),
+                "setting up test host {}: ip {}",
+                host.name,
+                step.join(" ")
+            );
         }
         host
     }
@@ -117,12 +129,20 @@ impl Host {
     /// Cuts the host off: its link goes down, its packets are dropped
     /// silently in both directions.
     pub fn cut(&self) {
-        assert!(ip(&["link", "set", &self.near_end, "down"]), "cutting {}", self.name);
+        assert!(
+            ip(&["link", "set", &self.near_end, "down"]),
+            "cutting {}",
+            self.name
+        );
     }
 
     /// Puts the link back up.
     pub fn mend(&self) {
-        assert!(ip(&["link", "set", &self.near_end, "up"]), "mending {}", self.name);
+        assert!(
+            ip(&["link", "set", &self.near_end, "up"]),
+            "mending {}",
+            self.name
+        );
     }
 }
 

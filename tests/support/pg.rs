@@ -145,7 +145,10 @@ impl Server {
     pub fn throwaway_cluster(&self) -> Option<(String, String)> {
         let mut admin = self.admin();
         let show = |admin: &mut postgres::Client, what: &str| -> String {
-            admin.query_one(&format!("SHOW {what}"), &[]).unwrap().get(0)
+            admin
+                .query_one(&format!("SHOW {what}"), &[])
+                .unwrap()
+                .get(0)
         };
         let cluster = show(&mut admin, "cluster_name");
         let hba = show(&mut admin, "hba_file");
@@ -163,7 +166,10 @@ impl Server {
             return false;
         };
         let mut admin = self.admin();
-        let listening: String = admin.query_one("SHOW listen_addresses", &[]).unwrap().get(0);
+        let listening: String = admin
+            .query_one("SHOW listen_addresses", &[])
+            .unwrap()
+            .get(0);
         let hba_file: String = admin.query_one("SHOW hba_file", &[]).unwrap().get(0);
         let hba = fs::read_to_string(&hba_file).unwrap();
         let line = "host all all 198.18.0.0/15 scram-sha-256";
@@ -257,11 +263,18 @@ impl Case {
         extra: &[&str],
     ) -> Command {
         let mut cmd = TestCommand::harness_on(host);
-        cmd.args(["--progress", "never", "-w", &workers.to_string(), "--db", db])
-            .args(extra)
-            .arg(&self.mixtape)
-            .arg(&self.changes)
-            .arg(self.out());
+        cmd.args([
+            "--progress",
+            "never",
+            "-w",
+            &workers.to_string(),
+            "--db",
+            db,
+        ])
+        .args(extra)
+        .arg(&self.mixtape)
+        .arg(&self.changes)
+        .arg(self.out());
         cmd.into_inner()
     }
 

@@ -312,7 +312,11 @@ impl PgTarget {
                             set_config('tcp_keepalives_count', '3', false),
                             set_config('tcp_user_timeout', $3, false),
                             set_config('idle_in_transaction_session_timeout', $3, false)",
-                    &[&idle.to_string(), &interval.to_string(), &millis.to_string()],
+                    &[
+                        &idle.to_string(),
+                        &interval.to_string(),
+                        &millis.to_string(),
+                    ],
                 )
             })
             .with_context(|| format!("setting up the connection to {}", self.shown()))?;
