@@ -444,22 +444,26 @@ fn a_session_terminated_in_the_middle_of_a_commit_leaves_the_batch_in_or_out() {
     let pid = || -> Option<i32> {
         db.client()
             .query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'",
+                // Held: idle in its transaction for longer than any batch
+                // takes (other transactions pass through that state briefly).
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+                   AND state = 'idle in transaction'
+                   AND clock_timestamp() - state_change > interval '500 milliseconds'",
                 &[],
             )
             .unwrap()
             .map(|row| row.get(0))
     };
-    wait_until(
-        Duration::from_secs(30),
-        "a batch inside its transaction",
-        || pid().is_some(),
-    );
+    let mut held = None;
+    wait_until(Duration::from_secs(30), "a batch inside its transaction", || {
+        held = pid();
+        held.is_some()
+    });
     let batches_before = recorded(&db).2;
     let terminated_at = Instant::now();
     let ended: bool = db
         .client()
-        .query_one("SELECT pg_terminate_backend($1)", &[&pid().unwrap()])
+        .query_one("SELECT pg_terminate_backend($1)", &[&held.unwrap()])
         .unwrap()
         .get(0);
     assert!(ended, "pg_terminate_backend");

@@ -501,22 +501,6 @@ impl Tables for PgDb {
         true
     }
 
-    fn set_cache_kib(&self, _kib: i64) -> Result<()> {
-        Ok(())
-    }
-
-    fn release_memory(&self) -> Result<()> {
-        Ok(())
-    }
-
-    fn checkpoint_every(&self, _pages: u32) -> Result<()> {
-        Ok(())
-    }
-
-    fn checkpoint(&self) -> Result<()> {
-        Ok(())
-    }
-
     fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()> {
         self.each_first_column(
             "SELECT raw FROM mixtape.playlists WHERE seq >= $1 AND seq < $2 ORDER BY seq",

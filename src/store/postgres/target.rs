@@ -25,7 +25,7 @@
 //! `tcp_user_timeout`) and ends a transaction left idle that long
 //! (`idle_in_transaction_session_timeout`), so that the row locks of a host
 //! cut off mid-transaction are released for the others. Connecting waits at
-//! most the bound too.
+//! most 10 s (or the bound, when shorter).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -267,7 +267,7 @@ impl PgTarget {
             .port(self.port)
             .dbname(&self.dbname)
             .application_name("mixtape")
-            .connect_timeout(silence)
+            .connect_timeout(silence.min(MAX_CONNECT_WAIT))
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(idle))
             .keepalives_interval(Duration::from_secs(interval))
@@ -328,6 +328,10 @@ impl PgTarget {
 /// [`silence_bound`]); set once, from the harness's `--lease-secs` or from
 /// the lease a worker finds in the store.
 static LEASE_FOR_SILENCE: OnceLock<Duration> = OnceLock::new();
+
+/// The longest a connection attempt waits (or the bound on silence, when
+/// shorter): a server that does not answer within it is not there.
+const MAX_CONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// The lease assumed until one is known: the harness's default.
 const DEFAULT_LEASE: Duration = Duration::from_secs(30);
