@@ -22,12 +22,15 @@ use crate::report::ReportTarget;
 #[command(name = "harness", version, max_term_width = 100)]
 pub struct Cli {
     /// The mixtape document (JSON: users, playlists, songs).
-    pub mixtape: PathBuf,
+    #[arg(required = true)]
+    pub mixtape: Option<PathBuf>,
     /// The changes: an object with a `changes` array, a bare array, or JSON Lines.
-    pub changes: PathBuf,
+    #[arg(required = true)]
+    pub changes: Option<PathBuf>,
     /// Where the resulting document is written (replaced whole, or not at all; an
     /// existing file keeps its permissions). Checked before any work is done.
-    pub output: PathBuf,
+    #[arg(required = true)]
+    pub output: Option<PathBuf>,
     /// Worker processes, 1 to 1024 [default: number of CPUs].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_WORKERS))]
     pub workers: Option<u64>,
@@ -69,6 +72,10 @@ pub struct Cli {
     /// after `--strict` fails it or `--stop-after` (README "Run report").
     #[arg(long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
+    /// Print a shell completion script or the man page on stdout, and exit
+    /// (README "Shell completions and man pages").
+    #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
+    pub generate: Option<mixtape::generate::Generate>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -144,6 +151,12 @@ pub enum DrawProgress {
 
 impl Cli {
     pub fn into_config(self, stderr_is_terminal: bool) -> anyhow::Result<Config> {
+        // clap requires the three unless `--generate` (handled before this).
+        let (Some(mixtape), Some(changes), Some(output)) =
+            (self.mixtape, self.changes, self.output)
+        else {
+            anyhow::bail!("MIXTAPE, CHANGES and OUTPUT are required");
+        };
         let workers = self.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             |n| n as usize,
@@ -151,24 +164,22 @@ impl Cli {
         let db = match &self.db {
             // A server store's files on this host (kept decompressed inputs,
             // id indexes) go beside OUTPUT.
-            Some(argument) => {
-                Location::from_argument(argument, &with_suffix(&self.output, ".work"))?
-            }
-            None => Location::File(with_suffix(&self.output, ".work.db")),
+            Some(argument) => Location::from_argument(argument, &with_suffix(&output, ".work"))?,
+            None => Location::File(with_suffix(&output, ".work.db")),
         };
         Ok(Config {
             db,
             rejects: self
                 .rejects
-                .unwrap_or_else(|| with_suffix(&self.output, ".rejects.jsonl")),
+                .unwrap_or_else(|| with_suffix(&output, ".rejects.jsonl")),
             draw_progress: match self.progress {
                 ProgressWhen::Auto if stderr_is_terminal => DrawProgress::OnTerminal,
                 ProgressWhen::Auto | ProgressWhen::Never => DrawProgress::No,
                 ProgressWhen::Always => DrawProgress::Forced,
             },
-            mixtape: self.mixtape,
-            changes: self.changes,
-            output: self.output,
+            mixtape,
+            changes,
+            output,
             workers,
             chunks: self.chunks.map_or(workers, |k| k as usize),
             lease: std::time::Duration::from_secs_f64(lease_secs(self.lease_secs)),

@@ -19,6 +19,10 @@ use mixtape::exit_codes::Exit;
 fn main() -> ExitCode {
     // clap exits with code 2 on a usage error, 0 for --help and --version.
     let cli = cli::Cli::parse();
+    if let Some(what) = cli.generate {
+        use clap::CommandFactory;
+        return generated(what, cli::Cli::command());
+    }
     let config = match cli.into_config(std::io::stderr().is_terminal()) {
         Ok(config) => config,
         Err(e) => {
@@ -44,4 +48,15 @@ fn main() -> ExitCode {
         }
     };
     exit.into()
+}
+
+/// Prints what `--generate` asks for; exit 0, or 1 when stdout fails.
+fn generated(what: mixtape::generate::Generate, cmd: clap::Command) -> ExitCode {
+    match mixtape::generate::write(what, cmd, &mut std::io::stdout().lock()) {
+        Ok(()) => Exit::Success.into(),
+        Err(e) => {
+            eprintln!("harness: error: writing to standard output: {e}");
+            Exit::Failure.into()
+        }
+    }
 }

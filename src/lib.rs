@@ -21,6 +21,7 @@ pub mod exit_codes;
 pub mod export;
 pub mod fault;
 pub mod fingerprint;
+pub mod generate;
 pub mod id_index;
 pub mod id_key;
 pub mod id_sort;

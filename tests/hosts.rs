@@ -455,10 +455,14 @@ fn a_session_terminated_in_the_middle_of_a_commit_leaves_the_batch_in_or_out() {
             .map(|row| row.get(0))
     };
     let mut held = None;
-    wait_until(Duration::from_secs(30), "a batch inside its transaction", || {
-        held = pid();
-        held.is_some()
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "a batch inside its transaction",
+        || {
+            held = pid();
+            held.is_some()
+        },
+    );
     let batches_before = recorded(&db).2;
     let terminated_at = Instant::now();
     let ended: bool = db

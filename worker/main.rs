@@ -39,13 +39,13 @@ struct Cli {
     /// The work store made by `harness`: its SQLite file, or its PostgreSQL
     /// URL (postgresql://USER@HOST:PORT/DBNAME; password from PGPASSWORD or
     /// ~/.pgpass).
-    #[arg(long, value_name = "PATH|URL")]
-    db: std::ffi::OsString,
+    #[arg(long, value_name = "PATH|URL", required = true)]
+    db: Option<std::ffi::OsString>,
     /// Which chunk of the plan to apply (0-based).
     #[arg(
         long,
         value_name = "K",
-        required_unless_present = "join",
+        required_unless_present_any = ["join", "generate"],
         conflicts_with = "join"
     )]
     chunk: Option<u64>,
@@ -63,6 +63,10 @@ struct Cli {
     /// Report progress on stdout for the harness (set by the harness).
     #[arg(long, hide = true, requires = "join")]
     report_progress: bool,
+    /// Print a shell completion script or the man page on stdout, and exit
+    /// (README "Shell completions and man pages").
+    #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
+    generate: Option<mixtape::generate::Generate>,
 }
 
 /// Who started this worker, and so what it does.
@@ -108,6 +112,16 @@ fn report_to_harness(done: u64, total: u64, so_far: &apply::ChunkSummary) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(what) = cli.generate {
+        use clap::CommandFactory;
+        return match mixtape::generate::write(what, Cli::command(), &mut std::io::stdout().lock()) {
+            Ok(()) => Exit::Success.into(),
+            Err(e) => {
+                eprintln!("worker: error: writing to standard output: {e}");
+                Exit::Failure.into()
+            }
+        };
+    }
     let role = Role::of(&cli);
     mixtape::interrupt::install();
     if role == Role::ForHarness {
@@ -144,7 +158,8 @@ fn run(cli: &Cli, role: Role) -> anyhow::Result<apply::JoinSummary> {
         trace: cli.trace,
         redo: cli.redo,
     };
-    let db = Location::from_argument(&cli.db, &cache_base().join("store"))?;
+    let argument = anyhow::Context::context(cli.db.as_ref(), "--db is required")?;
+    let db = Location::from_argument(argument, &cache_base().join("store"))?;
     db.refuse_foreign_file()?;
     // One chunk by hand: hold the run lock like a harness would (a file
     // store's or the server's advisory lock), so a worker cannot run beside a
