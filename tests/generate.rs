@@ -97,7 +97,7 @@ fn check_binary(binary: fn() -> TestCommand, name: &str) {
         "{name}: groff warned: {}",
         support::stderr(&rendered)
     );
-    let text = String::from_utf8_lossy(&rendered.stdout).replace(|c: char| c == '\u{8}', "");
+    let text = String::from_utf8_lossy(&rendered.stdout).replace('\u{8}', "");
     // groff's bold is "c\bc": what is left reads "----ddbb"; compare the page's source.
     for option in &options {
         let escaped = option.replace('-', "\\-");
