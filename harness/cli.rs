@@ -62,6 +62,12 @@ pub struct Cli {
     /// report is still written).
     #[arg(long)]
     pub strict: bool,
+    /// Everything but OUTPUT: validate both files, apply and merge, write the
+    /// rejects report and the summary (and the run report when asked); OUTPUT
+    /// is neither written nor touched. Exit 0, or 3 with --strict when a change
+    /// would be rejected.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
     /// When to draw progress bars (auto: only when stderr is a terminal).
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = ProgressWhen::Auto)]
     pub progress: ProgressWhen,
@@ -99,6 +105,7 @@ pub struct Config {
     pub keep_db: bool,
     pub fresh: bool,
     pub strict: bool,
+    pub dry_run: bool,
     pub draw_progress: DrawProgress,
     pub stop_after: Option<Stage>,
     pub summary_json: Option<ReportTarget>,
@@ -186,6 +193,7 @@ impl Cli {
             keep_db: self.keep_db,
             fresh: self.fresh,
             strict: self.strict,
+            dry_run: self.dry_run,
             stop_after: self.stop_after,
             summary_json: self.summary_json.map(ReportTarget::from_argument),
         })

@@ -38,7 +38,9 @@ pub fn run(config: &Config) -> Result<Exit> {
     };
     // Before any work: a run that cannot write its results must not spend an
     // hour finding out, nor leave a work database behind.
-    output_file::check_writable("OUTPUT", &config.output)?;
+    if !config.dry_run {
+        output_file::check_writable("OUTPUT", &config.output)?;
+    }
     output_file::check_writable("rejects report", &config.rejects)?;
     if let Some(file) = config.db.file() {
         output_file::check_writable("work database", file)?;
@@ -372,29 +374,31 @@ impl Run<'_> {
         let by_reason = self.store.rejects_by_reason()?;
         let rejected: u64 = by_reason.iter().map(|(_, n)| n).sum();
         let strict_failure = config.strict && rejected > 0;
+        // Why OUTPUT is not written, if it is not.
+        let no_output = match (strict_failure, config.dry_run) {
+            (true, _) => Some("--strict"),
+            (false, true) => Some("--dry-run"),
+            (false, false) => None,
+        };
         export::export(
             &self.store,
             &export::Export {
                 db: &config.db,
                 mixtape: &self.inputs.mixtape.text,
-                output: (!strict_failure).then_some(config.output.as_path()),
+                output: no_output.is_none().then_some(config.output.as_path()),
                 output_absolute: &absolute(&config.output)?,
                 rejects: &config.rejects,
                 threads: self.threads(),
             },
         )?;
         bar.set(1);
-        bar.finish(&if strict_failure {
-            format!(
-                "rejects to {} (no output: --strict)",
-                config.rejects.display()
-            )
-        } else {
-            format!(
+        bar.finish(&match no_output {
+            Some(why) => format!("rejects to {} (no output: {why})", config.rejects.display()),
+            None => format!(
                 "{} and {}",
                 config.output.display(),
                 config.rejects.display()
-            )
+            ),
         });
         self.times.record(Stage::Export, started);
         self.summarize()?;
@@ -404,6 +408,14 @@ impl Run<'_> {
                 config.rejects.display()
             ));
             return Ok((Exit::Rejected, false));
+        }
+        if config.dry_run {
+            self.ui.final_message(&format!(
+                "harness: --dry-run: OUTPUT {} was not written; see {}",
+                config.output.display(),
+                config.rejects.display()
+            ));
+            return Ok((Exit::Success, false));
         }
         Ok((Exit::Success, true))
     }

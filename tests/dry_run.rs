@@ -1,0 +1,107 @@
+//! `--dry-run` (README "Command line"): everything but OUTPUT. On generated
+//! cases in every form of CHANGES, with one and several workers: exit 0, no
+//! OUTPUT (an existing one untouched, not even its modification time), the
+//! same rejects report as the reference (and so as a full run), the work
+//! database removed; with `--strict`, exit 3 when a change would be rejected.
+
+mod support;
+
+use std::fs;
+
+use support::{gen, reference, stderr};
+
+fn form_of(changes: &str) -> &'static str {
+    match changes.trim_start().as_bytes().first() {
+        Some(b'[') => "array",
+        _ if changes.contains("\"changes\"") => "object",
+        _ => "lines",
+    }
+}
+
+#[test]
+fn a_dry_run_writes_everything_but_output_in_every_form() {
+    let mut forms = std::collections::BTreeSet::new();
+    for seed in 0..9 {
+        let case = gen::case(seed, 120);
+        let expected = reference::run(&case.mixtape, &case.changes).unwrap();
+        forms.insert(form_of(&case.changes));
+        for workers in [1, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mixtape, changes) = (dir.path().join("m.json"), dir.path().join("c.json"));
+            fs::write(&mixtape, &case.mixtape).unwrap();
+            fs::write(&changes, &case.changes).unwrap();
+            let out = dir.path().join("out.json");
+            // An OUTPUT from before, which a dry run must leave as it is.
+            fs::write(&out, "precious").unwrap();
+            let before = fs::metadata(&out).unwrap().modified().unwrap();
+            let o = support::run(dir.path(), &mixtape, &changes, "out.json", workers, &["-n"]);
+            let what = format!("seed {seed}, {workers} workers");
+            assert!(o.status.success(), "{what}: {}", stderr(&o));
+            assert_eq!(fs::read_to_string(&out).unwrap(), "precious", "{what}");
+            assert_eq!(
+                fs::metadata(&out).unwrap().modified().unwrap(),
+                before,
+                "{what}"
+            );
+            let rejects = fs::read_to_string(dir.path().join("out.json.rejects.jsonl")).unwrap();
+            support::assert_same_text(&what, &expected.rejects, &rejects);
+            assert!(
+                stderr(&o).contains("--dry-run: OUTPUT"),
+                "{what}: {}",
+                stderr(&o)
+            );
+            assert!(
+                !dir.path().join("out.json.work.db").exists(),
+                "{what}: work db left"
+            );
+            // No OUTPUT at all, and --strict.
+            fs::remove_file(&out).unwrap();
+            let o = support::run(
+                dir.path(),
+                &mixtape,
+                &changes,
+                "out.json",
+                workers,
+                &["--dry-run", "--strict"],
+            );
+            let code = if expected.rejected > 0 { 3 } else { 0 };
+            assert_eq!(
+                o.status.code(),
+                Some(code),
+                "{what} --strict: {}",
+                stderr(&o)
+            );
+            assert!(!out.exists(), "{what}: --dry-run wrote OUTPUT");
+            let rejects = fs::read_to_string(dir.path().join("out.json.rejects.jsonl")).unwrap();
+            support::assert_same_text(&what, &expected.rejects, &rejects);
+        }
+    }
+    assert_eq!(forms.len(), 3, "every form of CHANGES: {forms:?}");
+}
+
+#[test]
+fn a_dry_run_needs_no_writable_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = support::fixtures();
+    // OUTPUT in a directory that does not exist: a full run refuses before
+    // any work, a dry run (its reports elsewhere) does not need it.
+    let out = dir.path().join("missing/out.json");
+    let rejects = dir.path().join("rejects.jsonl");
+    let db = dir.path().join("work.db");
+    let o = support::harness(&[
+        &"--dry-run",
+        &"--rejects",
+        &rejects,
+        &"--db",
+        &db,
+        &fixtures.join("mixtape.json"),
+        &fixtures.join("changes.json"),
+        &out,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        fs::read_to_string(&rejects).unwrap(),
+        fs::read_to_string(fixtures.join("expected-rejects.jsonl")).unwrap()
+    );
+    assert!(!out.exists());
+}
