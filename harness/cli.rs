@@ -29,6 +29,9 @@ pub struct Cli {
     pub changes: Option<PathBuf>,
     /// Where the resulting document is written (replaced whole, or not at all; an
     /// existing file keeps its permissions). Checked before any work is done.
+    /// `-`: standard output, once the run has succeeded (then the work
+    /// database and the rejects report default to stdout.json.work.db and
+    /// stdout.json.rejects.jsonl in the current directory).
     #[arg(required = true)]
     pub output: Option<PathBuf>,
     /// Worker processes, 1 to 1024 [default: number of CPUs].
@@ -96,7 +99,12 @@ pub enum ProgressWhen {
 pub struct Config {
     pub mixtape: PathBuf,
     pub changes: PathBuf,
+    /// The file the export writes OUTPUT to: OUTPUT itself, or, when OUTPUT
+    /// is `-`, a private staging file that is copied to stdout once the run
+    /// has succeeded ([`STDOUT_STAGING`]).
     pub output: PathBuf,
+    /// OUTPUT is `-`.
+    pub to_stdout: bool,
     pub workers: usize,
     pub chunks: usize,
     pub lease: std::time::Duration,
@@ -122,6 +130,12 @@ fn lease_secs(flag: Option<f64>) -> f64 {
 }
 
 const DEFAULT_LEASE_SECS: f64 = 30.0;
+
+/// With OUTPUT `-`, the run's files are named as if OUTPUT were this file of
+/// the current directory: `stdout.json.work.db`, `stdout.json.rejects.jsonl`.
+const STDOUT_BASE: &str = "stdout.json";
+/// ... and the document is staged here before it goes to stdout.
+pub const STDOUT_STAGING: &str = "stdout.json.work.staged";
 /// The leases a run accepts: long enough to renew, short enough to be a
 /// duration (a day).
 const LEASE_SECS: std::ops::RangeInclusive<f64> = 0.1..=86_400.0;
@@ -159,11 +173,24 @@ pub enum DrawProgress {
 impl Cli {
     pub fn into_config(self, stderr_is_terminal: bool) -> anyhow::Result<Config> {
         // clap requires the three unless `--generate` (handled before this).
-        let (Some(mixtape), Some(changes), Some(output)) =
+        let (Some(mixtape), Some(changes), Some(given_output)) =
             (self.mixtape, self.changes, self.output)
         else {
             anyhow::bail!("MIXTAPE, CHANGES and OUTPUT are required");
         };
+        let to_stdout = given_output.as_os_str() == "-";
+        // What the defaults of the other files derive from.
+        let output = if to_stdout {
+            PathBuf::from(STDOUT_BASE)
+        } else {
+            given_output
+        };
+        if to_stdout && self.summary_json.as_deref() == Some(std::path::Path::new("-")) {
+            return Err(mixtape::exit_codes::UsageError(
+                "OUTPUT `-` and --summary-json `-` would both write to standard output; give the run report a file".into(),
+            )
+            .into());
+        }
         let workers = self.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             |n| n as usize,
@@ -186,7 +213,12 @@ impl Cli {
             },
             mixtape,
             changes,
-            output,
+            output: if to_stdout {
+                PathBuf::from(STDOUT_STAGING)
+            } else {
+                output
+            },
+            to_stdout,
             workers,
             chunks: self.chunks.map_or(workers, |k| k as usize),
             lease: std::time::Duration::from_secs_f64(lease_secs(self.lease_secs)),

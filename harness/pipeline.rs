@@ -38,7 +38,11 @@ pub fn run(config: &Config) -> Result<Exit> {
     };
     // Before any work: a run that cannot write its results must not spend an
     // hour finding out, nor leave a work database behind.
-    if !config.dry_run {
+    if config.to_stdout && !config.dry_run {
+        // The document is staged in a private file first (an existing file
+        // keeps its mode when the export replaces it).
+        mixtape::private_file::open_or_create(&config.output)?;
+    } else if !config.dry_run {
         output_file::check_writable("OUTPUT", &config.output)?;
     }
     output_file::check_writable("rejects report", &config.rejects)?;
@@ -92,6 +96,14 @@ pub fn run(config: &Config) -> Result<Exit> {
     }
     lock.keep_held(&mut |what| run.ui.message(&format!("harness: {what}")))?;
     let (exit, output_written) = run.export()?;
+    if config.to_stdout && !config.dry_run {
+        if output_written {
+            to_stdout(&config.output)?;
+        } else {
+            // --strict failed the run: nothing goes to stdout.
+            let _ = std::fs::remove_file(&config.output);
+        }
+    }
     if output_written {
         mixtape::fault::point("output-published");
     }
@@ -100,6 +112,30 @@ pub fn run(config: &Config) -> Result<Exit> {
         return run.clean_up(lock);
     }
     Ok(exit)
+}
+
+/// Copies the staged document to stdout, whole, and removes it. A closed
+/// pipe (or any failed write) is an error that says how far it got: the work
+/// database is kept, and the same command exports again.
+fn to_stdout(staged: &std::path::Path) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::open(staged)
+        .with_context(|| format!("reading the staged document {}", staged.display()))?;
+    let size = file.metadata()?.len();
+    let mut out = std::io::stdout().lock();
+    let copied = std::io::copy(&mut file, &mut out).and_then(|n| out.flush().map(|()| n));
+    match copied {
+        Ok(_) => {}
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "writing OUTPUT to standard output ({size} bytes): it was closed or failed before the document was written whole (a reader that stopped early?); the work database is kept: the same command writes it again"
+                )
+            })
+        }
+    }
+    std::fs::remove_file(staged)
+        .with_context(|| format!("removing the staged document {}", staged.display()))
 }
 
 /// Returns what the allocator keeps of freed memory to the system, between
@@ -168,6 +204,11 @@ fn open_or_create(config: &Config, inputs: &Inputs, ui: &Ui) -> Result<(Store, O
 /// MIXTAPE, unless MIXTAPE is that very OUTPUT (an in-place run, whose
 /// MIXTAPE is now the result).
 fn published_by(store: &Store, config: &Config, inputs: &Inputs) -> Result<bool> {
+    if config.to_stdout {
+        // A document staged for stdout is not in place until it has gone
+        // there whole, which no record can tell: export it again.
+        return Ok(false);
+    }
     let Some((path, print)) = store.published_output()? else {
         return Ok(false);
     };
@@ -394,6 +435,10 @@ impl Run<'_> {
         bar.set(1);
         bar.finish(&match no_output {
             Some(why) => format!("rejects to {} (no output: {why})", config.rejects.display()),
+            None if config.to_stdout => format!(
+                "standard output (once the run is done) and {}",
+                config.rejects.display()
+            ),
             None => format!(
                 "{} and {}",
                 config.output.display(),
