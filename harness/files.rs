@@ -53,8 +53,8 @@ enum Identity {
     New(PathBuf),
 }
 
-/// Refuses a command line whose paths collide, or that uses `-` (reading
-/// stdin and writing stdout are not supported yet); see the module docs.
+/// Refuses a command line whose paths collide, or that uses `-` for anything
+/// but one input and OUTPUT; see the module docs.
 pub fn check(config: &Config) -> Result<()> {
     let given = [
         ("MIXTAPE", Role::Mixtape, &config.mixtape, ""),
@@ -91,13 +91,25 @@ pub fn check(config: &Config) -> Result<()> {
             hint: " (the work database and its companions are named from --db, by default OUTPUT with .work.db appended)",
         });
     }
-    if let Some(dash) = named.iter().find(|n| n.path.as_os_str() == "-") {
+    // `-` reads standard input for MIXTAPE or CHANGES (not both): it cannot
+    // be any other path of the run. (OUTPUT `-` is a staging file by now.)
+    let is_dash = |n: &Named| n.path.as_os_str() == "-";
+    let from_stdin = |n: &&Named| is_dash(n) && matches!(n.role, Role::Mixtape | Role::Changes);
+    if named.iter().filter(from_stdin).count() == 2 {
+        return Err(UsageError(
+            "MIXTAPE and CHANGES are both `-`: only one of them can be read from standard input"
+                .into(),
+        )
+        .into());
+    }
+    if let Some(dash) = named.iter().find(|n| is_dash(n) && !from_stdin(n)) {
         return Err(UsageError(format!(
-            "{}: `-` (standard input or output) is not supported; give a file path (./- for a file named -)",
+            "{}: `-` is standard input or output only for MIXTAPE, CHANGES and OUTPUT; give a file path (./- for a file named -)",
             dash.what
         ))
         .into());
     }
+    named.retain(|n| !is_dash(n));
     let identities: Vec<Identity> = named.iter().map(|n| identity(&n.path)).collect();
     for (i, a) in named.iter().enumerate() {
         for (j, b) in named.iter().enumerate().skip(i + 1) {

@@ -32,10 +32,6 @@ pub fn run(config: &Config) -> Result<Exit> {
     mixtape::store::bound_silence_by_lease(config.lease);
     // Before anything is opened: no two paths of the run may be one file.
     crate::files::check(config)?;
-    let inputs = Inputs {
-        mixtape: Input::open(InputKind::Mixtape, &config.mixtape, &config.db.local_base())?,
-        changes: Input::open(InputKind::Changes, &config.changes, &config.db.local_base())?,
-    };
     // Before any work: a run that cannot write its results must not spend an
     // hour finding out, nor leave a work database behind.
     if config.to_stdout && !config.dry_run {
@@ -55,6 +51,12 @@ pub fn run(config: &Config) -> Result<Exit> {
     }
     config.db.refuse_foreign_file()?;
     let mut lock = RunLock::acquire(&config.db)?;
+    // After the lock: an input read from standard input is kept beside the
+    // work database, which this run alone may write.
+    let inputs = Inputs {
+        mixtape: open_input(InputKind::Mixtape, &config.mixtape, config, &ui)?,
+        changes: open_input(InputKind::Changes, &config.changes, config, &ui)?,
+    };
     output_file::remove_stale_temporaries(&config.output)?;
     output_file::remove_stale_temporaries(&config.rejects)?;
     if let Some(path) = report_file {
@@ -112,6 +114,30 @@ pub fn run(config: &Config) -> Result<Exit> {
         return run.clean_up(lock);
     }
     Ok(exit)
+}
+
+/// Opens an input of the run: the file at `path`, or standard input (`-`),
+/// read once into a file kept beside the work database, with a bar.
+fn open_input(kind: InputKind, path: &std::path::Path, config: &Config, ui: &Ui) -> Result<Input> {
+    let db = config.db.local_base();
+    if path.as_os_str() != "-" {
+        return Input::open(kind, path, &db);
+    }
+    let bar = ui.bytes_bar("stdin", 0);
+    let input = Input::from_stdin(kind, &db, &mut |read| {
+        bar.set_message(format!(
+            "{}: {} read",
+            kind.label(),
+            indicatif::HumanBytes(read)
+        ));
+    })?;
+    bar.finish(&format!(
+        "{} from standard input: {} kept at {}",
+        kind.label(),
+        indicatif::HumanBytes(input.size),
+        input.path.display()
+    ));
+    Ok(input)
 }
 
 /// Copies the staged document to stdout, whole, and removes it. A closed

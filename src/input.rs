@@ -75,6 +75,43 @@ impl Input {
         })
     }
 
+    /// Reads standard input (MIXTAPE or CHANGES given as `-`) once into a
+    /// file kept beside the work database `db` (`DB.stdin-mixtape`,
+    /// `DB.stdin-changes`, private), which is then the input as if the user
+    /// had named it: read as it is when plain, decompressed when it is gzip
+    /// or zstd (recognised by its magic bytes, as a file is). When the kept
+    /// file already holds exactly these bytes (SHA-256), it is kept as it is,
+    /// so that a rerun with the same stream on stdin resumes; other bytes
+    /// replace it, and the run starts fresh. `progress` gets the bytes read.
+    pub fn from_stdin(kind: InputKind, db: &Path, progress: &mut dyn FnMut(u64)) -> Result<Input> {
+        let spooled = with_suffix(db, kind.stdin_suffix());
+        let dir = spooled.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        let reading = || format!("reading {} from standard input", kind.label());
+        let mut temporary = tempfile::Builder::new()
+            .prefix(".stdin-")
+            .tempfile_in(dir)
+            .with_context(|| format!("making a file in {} to keep it", dir.display()))?;
+        let read = copy_hashed(
+            &mut std::io::stdin().lock(),
+            temporary.as_file_mut(),
+            progress,
+        )
+        .with_context(reading)?;
+        temporary.as_file().sync_all().with_context(reading)?;
+        let kept = match std::fs::File::open(&spooled) {
+            Ok(mut file) => copy_hashed(&mut file, &mut std::io::sink(), &mut |_| {}).ok(),
+            Err(_) => None,
+        };
+        if kept != Some(read) {
+            temporary
+                .persist(&spooled)
+                .with_context(|| format!("keeping {} at {}", kind.label(), spooled.display()))?;
+            crate::paths::sync_directory_of(&spooled)?;
+        }
+        Input::open(kind, &spooled, db)
+    }
+
     /// Why the store's record of this input differs from the file, if it does.
     pub fn changed_since(&self, store: &Store) -> Result<Option<String>> {
         let (path, print) = store.recorded_input(self.kind)?;
@@ -159,4 +196,30 @@ fn kind_of_file(file_type: &std::fs::FileType) -> &'static str {
     } else {
         "not a regular file"
     }
+}
+
+/// Copies `from` to `to`, returning the SHA-256 of what was copied; `progress`
+/// gets the bytes copied so far, about once per MiB.
+fn copy_hashed(
+    from: &mut dyn std::io::Read,
+    to: &mut dyn std::io::Write,
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<Vec<u8>> {
+    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut copied = 0u64;
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hash.update(&buffer[..n]);
+        to.write_all(&buffer[..n])?;
+        copied += n as u64;
+        progress(copied);
+    }
+    to.flush()?;
+    Ok(hash.finish().as_ref().to_vec())
 }

@@ -184,6 +184,15 @@ impl InputKind {
         }
     }
 
+    /// What names the file an input read from standard input is kept in
+    /// ([`crate::input::Input::from_stdin`]), beside the store.
+    pub fn stdin_suffix(self) -> &'static str {
+        match self {
+            InputKind::Mixtape => ".stdin-mixtape",
+            InputKind::Changes => ".stdin-changes",
+        }
+    }
+
     pub const ALL: [InputKind; 2] = [InputKind::Mixtape, InputKind::Changes];
 }
 
@@ -539,8 +548,14 @@ impl Location {
             "kept CHANGES text",
             "partial MIXTAPE text",
             "partial CHANGES text",
+            "MIXTAPE as read from standard input",
+            "CHANGES as read from standard input",
         ];
-        files.extend(labels.into_iter().zip(kept_texts(&base)));
+        files.extend(
+            labels
+                .into_iter()
+                .zip(kept_texts(&base).into_iter().chain(stdin_copies(&base))),
+        );
         files
     }
 
@@ -567,11 +582,15 @@ impl Location {
     /// Removes the store and the files that go with it on this host.
     pub fn remove(&self) -> Result<()> {
         match self {
-            Location::File(path) => remove_files(path),
+            Location::File(path) => {
+                remove_files(path)?;
+                remove_paths(&stdin_copies(path))
+            }
             Location::Postgres(target) => {
                 let tag = postgres::drop_store(target)?;
                 let base = &target.local_base;
                 let mut files = kept_texts(base).to_vec();
+                files.extend(stdin_copies(base));
                 if let Some(tag) = tag {
                     files.extend(IdKind::ALL.map(|k| tagged_index_path(base, &tag, k)));
                 }
@@ -1260,6 +1279,13 @@ fn kept_texts(base: &Path) -> [PathBuf; 4] {
         crate::paths::with_suffix(&kept(InputKind::Mixtape), ".partial"),
         crate::paths::with_suffix(&kept(InputKind::Changes), ".partial"),
     ]
+}
+
+/// The inputs read from standard input that go with a store at `base`
+/// ([`InputKind::stdin_suffix`]). A new store keeps them (they are read
+/// before it is made); a finished run's clean-up removes them.
+fn stdin_copies(base: &Path) -> [PathBuf; 2] {
+    InputKind::ALL.map(|kind| crate::paths::with_suffix(base, kind.stdin_suffix()))
 }
 
 /// A document playlist as the merge-join reads it: its position and text.

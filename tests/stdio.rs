@@ -167,3 +167,142 @@ fn a_closed_pipe_fails_the_run_keeps_the_work_database_and_the_same_command_writ
         &String::from_utf8_lossy(&o.stdout),
     );
 }
+
+fn as_refs(args: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    args.iter().map(|a| a.as_os_str()).collect()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// The harness with `stdin` on standard input, in `dir`.
+fn run_with_stdin(
+    dir: &std::path::Path,
+    args: &[&std::ffi::OsStr],
+    stdin: &[u8],
+) -> std::process::Output {
+    use std::io::Write;
+    let mut child = TestCommand::harness()
+        .current_dir(dir)
+        .args(["--progress", "never"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let o = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    o
+}
+
+#[test]
+fn either_input_from_stdin_plain_or_compressed_gives_the_same_bytes_in_every_form() {
+    let mut forms = std::collections::BTreeSet::new();
+    for seed in 0..9 {
+        let case = gen::case(seed, 120);
+        let expected = reference::run(&case.mixtape, &case.changes).unwrap();
+        forms.insert(form_of(&case.changes));
+        for (workers, which) in [
+            (1, "MIXTAPE"),
+            (3, "CHANGES"),
+            (2, "MIXTAPE"),
+            (1, "CHANGES"),
+        ] {
+            for compressed in [false, true] {
+                let (dir, mixtape, changes) = written(&case);
+                let text = if which == "MIXTAPE" {
+                    &case.mixtape
+                } else {
+                    &case.changes
+                };
+                let stdin = match compressed {
+                    false => text.as_bytes().to_vec(),
+                    true if seed % 2 == 0 => gzip(text.as_bytes()),
+                    true => zstd::encode_all(text.as_bytes(), 3).unwrap(),
+                };
+                let workers = workers.to_string();
+                let dash = std::ffi::OsStr::new("-");
+                let (m, c) = match which {
+                    "MIXTAPE" => (dash, changes.as_os_str()),
+                    _ => (mixtape.as_os_str(), dash),
+                };
+                let args = [
+                    std::ffi::OsStr::new("-w"),
+                    workers.as_ref(),
+                    m,
+                    c,
+                    "out.json".as_ref(),
+                ];
+                let o = run_with_stdin(dir.path(), &args, &stdin);
+                let what = format!(
+                    "seed {seed}, {which} on stdin (compressed: {compressed}), -w {workers}"
+                );
+                assert!(o.status.success(), "{what}: {}", stderr(&o));
+                let output = fs::read_to_string(dir.path().join("out.json")).unwrap();
+                support::assert_same_text(&what, &expected.output, &output);
+                let rejects =
+                    fs::read_to_string(dir.path().join("out.json.rejects.jsonl")).unwrap();
+                support::assert_same_text(&what, &expected.rejects, &rejects);
+                // Its kept copy goes with the work database.
+                let left = fs::read_dir(dir.path()).unwrap().count();
+                assert_eq!(left, 4, "{what}: files left beside OUTPUT");
+            }
+        }
+    }
+    assert_eq!(forms.len(), 3, "every form: {forms:?}");
+}
+
+#[test]
+fn a_rerun_compares_stdin_with_what_it_kept_and_stdin_to_stdout_works() {
+    let case = gen::case(4, 150);
+    let expected = reference::run(&case.mixtape, &case.changes).unwrap();
+    let (dir, mixtape, _) = written(&case);
+    let args = |extra: &'static str| -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec![];
+        if !extra.is_empty() {
+            args.extend([extra.into(), "plan".into()]);
+        }
+        args.extend([mixtape.clone().into_os_string(), "-".into(), "-".into()]);
+        args
+    };
+    let stopped = args("--stop-after");
+    let o = run_with_stdin(dir.path(), &as_refs(&stopped), case.changes.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stdout.is_empty(), "--stop-after wrote to stdout");
+    // The same stream again: the run resumes from its plan.
+    let full = args("");
+    let o = run_with_stdin(dir.path(), &as_refs(&full), case.changes.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
+    support::assert_same_text(
+        "stdin to stdout",
+        &expected.output,
+        &String::from_utf8_lossy(&o.stdout),
+    );
+    // Other bytes on stdin: a fresh start, never the old plan on new bytes.
+    let o = run_with_stdin(dir.path(), &as_refs(&stopped), case.changes.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other = format!("{}\n", case.changes);
+    let o = run_with_stdin(dir.path(), &as_refs(&full), other.as_bytes());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("starting fresh"), "{}", stderr(&o));
+    support::assert_same_text(
+        "other stdin",
+        &expected.output,
+        &String::from_utf8_lossy(&o.stdout),
+    );
+    // Both inputs on stdin: a usage error.
+    let both: Vec<&std::ffi::OsStr> = vec!["-".as_ref(), "-".as_ref(), "out.json".as_ref()];
+    let o = run_with_stdin(dir.path(), &both, b"");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
