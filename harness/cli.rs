@@ -61,6 +61,11 @@ pub struct Cli {
     /// Rejects report, JSON Lines [default: OUTPUT with .rejects.jsonl appended].
     #[arg(long, value_name = "PATH")]
     pub rejects: Option<PathBuf>,
+    /// Also write the applied report to PATH: JSON Lines, one object per
+    /// applied change in index order (index, op, playlist_id, song_id), the
+    /// ids given to new playlists included (README "Pipelines").
+    #[arg(long, value_name = "PATH")]
+    pub applied: Option<PathBuf>,
     /// Any rejected change fails the run: exit 3 and no OUTPUT (the rejects
     /// report is still written).
     #[arg(long)]
@@ -110,6 +115,7 @@ pub struct Config {
     pub lease: std::time::Duration,
     pub db: Location,
     pub rejects: PathBuf,
+    pub applied: Option<PathBuf>,
     pub keep_db: bool,
     pub fresh: bool,
     pub strict: bool,
@@ -222,6 +228,7 @@ impl Cli {
             workers,
             chunks: self.chunks.map_or(workers, |k| k as usize),
             lease: std::time::Duration::from_secs_f64(lease_secs(self.lease_secs)),
+            applied: self.applied,
             keep_db: self.keep_db,
             fresh: self.fresh,
             strict: self.strict,

@@ -75,6 +75,14 @@ pub fn check(config: &Config) -> Result<()> {
             hint,
         })
         .collect();
+    if let Some(path) = &config.applied {
+        named.push(Named {
+            what: format!("the applied report (--applied {})", path.display()),
+            role: Role::Written,
+            path: path.clone(),
+            hint: "",
+        });
+    }
     if let Some(path) = report::file_of(&config.summary_json) {
         named.push(Named {
             what: format!("the run report (--summary-json {})", path.display()),

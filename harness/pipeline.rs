@@ -42,6 +42,9 @@ pub fn run(config: &Config) -> Result<Exit> {
         output_file::check_writable("OUTPUT", &config.output)?;
     }
     output_file::check_writable("rejects report", &config.rejects)?;
+    if let Some(path) = &config.applied {
+        output_file::check_writable("applied report", path)?;
+    }
     if let Some(file) = config.db.file() {
         output_file::check_writable("work database", file)?;
     }
@@ -59,6 +62,9 @@ pub fn run(config: &Config) -> Result<Exit> {
     };
     output_file::remove_stale_temporaries(&config.output)?;
     output_file::remove_stale_temporaries(&config.rejects)?;
+    if let Some(path) = &config.applied {
+        output_file::remove_stale_temporaries(path)?;
+    }
     if let Some(path) = report_file {
         output_file::remove_stale_temporaries(path)?;
     }
@@ -458,6 +464,12 @@ impl Run<'_> {
                 threads: self.threads(),
             },
         )?;
+        if let Some(path) = &config.applied {
+            let changes = &self.inputs.changes.text;
+            output_file::write_atomically(path, |out| {
+                mixtape::applied::write(&self.store, changes, out)
+            })?;
+        }
         bar.set(1);
         bar.finish(&match no_output {
             Some(why) => format!("rejects to {} (no output: {why})", config.rejects.display()),

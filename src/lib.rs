@@ -13,6 +13,7 @@
 //! (N worker processes) → [`merge`] → [`export`]. [`store`] owns the work
 //! database they share: every table and every statement of SQL.
 
+pub mod applied;
 pub mod apply;
 pub mod change;
 pub mod decompress;

@@ -105,3 +105,43 @@ fn a_dry_run_needs_no_writable_output() {
     );
     assert!(!out.exists());
 }
+
+/// The applied report (`--applied`): on generated cases in every form, with
+/// 1, 2 and 4 workers and with `--dry-run`, the reference's bytes (ids given
+/// to new playlists included), and with the rejects report every index once.
+#[test]
+fn the_applied_report_agrees_with_the_reference_and_covers_every_change_with_the_rejects() {
+    let mut forms = std::collections::BTreeSet::new();
+    for seed in 0..12 {
+        let case = gen::case(seed, 150);
+        let expected = reference::run(&case.mixtape, &case.changes).unwrap();
+        forms.insert(form_of(&case.changes));
+        for (workers, extra) in [(1, None), (2, Some("--dry-run")), (4, None)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mixtape, changes) = (dir.path().join("m.json"), dir.path().join("c.json"));
+            fs::write(&mixtape, &case.mixtape).unwrap();
+            fs::write(&changes, &case.changes).unwrap();
+            let applied = dir.path().join("applied.jsonl");
+            let applied_arg = applied.to_string_lossy().into_owned();
+            let mut args = vec!["--applied", applied_arg.as_str(), "--chunks", "5"];
+            args.extend(extra);
+            let o = support::run(dir.path(), &mixtape, &changes, "out.json", workers, &args);
+            let what = format!("seed {seed}, {workers} workers, {extra:?}");
+            assert!(o.status.success(), "{what}: {}", stderr(&o));
+            let report = fs::read_to_string(&applied).unwrap();
+            support::assert_same_text(&what, &expected.applied, &report);
+            // Every index exactly once, in the applied report or the rejects.
+            let rejects = fs::read_to_string(dir.path().join("out.json.rejects.jsonl")).unwrap();
+            let mut indexes: Vec<u64> = (report.lines().chain(rejects.lines()))
+                .map(|line| {
+                    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+                    value["index"].as_u64().unwrap()
+                })
+                .collect();
+            indexes.sort_unstable();
+            let all: Vec<u64> = (0..expected.changes as u64).collect();
+            assert_eq!(indexes, all, "{what}");
+        }
+    }
+    assert_eq!(forms.len(), 3, "every form: {forms:?}");
+}

@@ -148,6 +148,8 @@ fn quoted(s: &str) -> String {
 pub struct Outcome {
     pub output: String,
     pub rejects: String,
+    /// The applied report: one line per applied change, in index order.
+    pub applied: String,
     pub changes: usize,
     pub rejected: usize,
     /// Input playlists naming an owner or song that does not exist.
@@ -305,6 +307,7 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
     let mut auto_k = 0u64;
     let mut created_order: Vec<(usize, String)> = Vec::new();
     let mut rejects = String::new();
+    let mut applied = String::new();
     let mut rejected = 0;
     for (index, change) in changes.iter().enumerate() {
         let object = Object::parse(change.get());
@@ -318,12 +321,15 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
             max_id,
             &mut created_order,
         );
-        if let Err((op, reason, detail)) = outcome {
-            rejected += 1;
-            rejects.push_str(&format!(
-                "{{\"index\": {index}, \"op\": {op}, \"reason\": \"{reason}\", \"detail\": {}}}\n",
-                quoted(&detail)
-            ));
+        match outcome {
+            Ok(line) => applied.push_str(&line),
+            Err((op, reason, detail)) => {
+                rejected += 1;
+                rejects.push_str(&format!(
+                    "{{\"index\": {index}, \"op\": {op}, \"reason\": \"{reason}\", \"detail\": {}}}\n",
+                    quoted(&detail)
+                ));
+            }
         }
     }
 
@@ -398,6 +404,7 @@ pub fn run(mixtape: &str, changes: &str) -> Result<Outcome, String> {
     Ok(Outcome {
         output,
         rejects,
+        applied,
         changes: changes.len(),
         rejected,
         warnings,
@@ -416,7 +423,7 @@ fn apply_one(
     auto_k: &mut u64,
     max_id: u64,
     created_order: &mut Vec<(usize, String)>,
-) -> Result<(), Rejection> {
+) -> Result<String, Rejection> {
     let Some(o) = object else {
         return Err((
             "null".into(),
@@ -513,7 +520,7 @@ fn apply_one(
                 Live {
                     created: Some(index),
                     doc: usize::MAX,
-                    id_written: written,
+                    id_written: written.clone(),
                     owner_written: owner_written.clone(),
                     songs: list.iter().map(|s| (s.clone(), songs[s].clone())).collect(),
                     copied,
@@ -521,18 +528,18 @@ fn apply_one(
                 },
             );
             created_order.push((index, text));
-            Ok(())
+            Ok(applied_line(index, op, &written, None))
         }
         "remove_playlist" => {
-            let (p, _) = id("playlist_id")?;
+            let (p, p_raw) = id("playlist_id")?;
             if live.remove(&p).is_none() {
                 return reject("unknown_playlist", format!("playlist {p} does not exist"));
             }
-            Ok(())
+            Ok(applied_line(index, op, &p_raw, None))
         }
         _ => {
-            let (p, _) = id("playlist_id")?;
-            let (s, _) = id("song_id")?;
+            let (p, p_raw) = id("playlist_id")?;
+            let (s, s_raw) = id("song_id")?;
             if op == "add_song" && !songs.contains_key(&s) {
                 return reject("unknown_song", format!("song {s} does not exist"));
             }
@@ -558,7 +565,18 @@ fn apply_one(
                 pl.songs.retain(|(t, _)| *t != s);
             }
             pl.changed = true;
-            Ok(())
+            Ok(applied_line(index, op, &p_raw, Some(&s_raw)))
         }
+    }
+}
+
+/// A line of the applied report (README "Pipelines"): ids as the change
+/// wrote them, minified; a given id as a string.
+fn applied_line(index: usize, op: &str, playlist: &str, song: Option<&str>) -> String {
+    match song {
+        Some(song) => format!(
+            "{{\"index\":{index},\"op\":\"{op}\",\"playlist_id\":{playlist},\"song_id\":{song}}}\n"
+        ),
+        None => format!("{{\"index\":{index},\"op\":\"{op}\",\"playlist_id\":{playlist}}}\n"),
     }
 }
