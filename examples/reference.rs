@@ -2,8 +2,9 @@
 //! `cargo run --release --example reference -- MIXTAPE CHANGES OUTPUT`.
 //!
 //! It is the differential tests' reference (tests/support/reference.rs): the
-//! whole of both files in memory, hash maps, one change at a time. Prints its
-//! wall time and peak RSS on stderr.
+//! whole of both files in memory, hash maps, one change at a time. Writes
+//! OUTPUT, `OUTPUT.rejects.jsonl` and `OUTPUT.applied.jsonl` (the harness's
+//! `--applied` report); prints its wall time and peak RSS on stderr.
 
 #[path = "../tests/support/reference.rs"]
 mod reference;
@@ -28,6 +29,9 @@ fn main() {
     let mut rejects = args[3].clone();
     rejects.push_str(".rejects.jsonl");
     std::fs::write(rejects, &outcome.rejects).expect("writing rejects");
+    let mut applied = args[3].clone();
+    applied.push_str(".applied.jsonl");
+    std::fs::write(applied, &outcome.applied).expect("writing the applied report");
     let rss_kb = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
         .map(|u| u.max_rss())
         .unwrap_or(0);
