@@ -10,26 +10,15 @@ use std::fs;
 
 use support::{gen, reference, stderr};
 
-fn form_of(changes: &str) -> &'static str {
-    match changes.trim_start().as_bytes().first() {
-        Some(b'[') => "array",
-        _ if changes.contains("\"changes\"") => "object",
-        _ => "lines",
-    }
-}
-
 #[test]
 fn a_dry_run_writes_everything_but_output_in_every_form() {
     let mut forms = std::collections::BTreeSet::new();
     for seed in 0..9 {
         let case = gen::case(seed, 120);
         let expected = reference::run(&case.mixtape, &case.changes).unwrap();
-        forms.insert(form_of(&case.changes));
+        forms.insert(case.form());
         for workers in [1, 3] {
-            let dir = tempfile::tempdir().unwrap();
-            let (mixtape, changes) = (dir.path().join("m.json"), dir.path().join("c.json"));
-            fs::write(&mixtape, &case.mixtape).unwrap();
-            fs::write(&changes, &case.changes).unwrap();
+            let (dir, mixtape, changes) = case.write_to_temp();
             let out = dir.path().join("out.json");
             // An OUTPUT from before, which a dry run must leave as it is.
             fs::write(&out, "precious").unwrap();
@@ -115,12 +104,9 @@ fn the_applied_report_agrees_with_the_reference_and_covers_every_change_with_the
     for seed in 0..12 {
         let case = gen::case(seed, 150);
         let expected = reference::run(&case.mixtape, &case.changes).unwrap();
-        forms.insert(form_of(&case.changes));
+        forms.insert(case.form());
         for (workers, extra) in [(1, None), (2, Some("--dry-run")), (4, None)] {
-            let dir = tempfile::tempdir().unwrap();
-            let (mixtape, changes) = (dir.path().join("m.json"), dir.path().join("c.json"));
-            fs::write(&mixtape, &case.mixtape).unwrap();
-            fs::write(&changes, &case.changes).unwrap();
+            let (dir, mixtape, changes) = case.write_to_temp();
             let applied = dir.path().join("applied.jsonl");
             let applied_arg = applied.to_string_lossy().into_owned();
             let mut args = vec!["--applied", applied_arg.as_str(), "--chunks", "5"];

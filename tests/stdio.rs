@@ -10,32 +10,15 @@ use std::process::Stdio;
 
 use support::{gen, reference, stderr, TestCommand};
 
-fn form_of(changes: &str) -> &'static str {
-    match changes.trim_start().as_bytes().first() {
-        Some(b'[') => "array",
-        _ if changes.contains("\"changes\"") => "object",
-        _ => "lines",
-    }
-}
-
-/// A case written to a fresh directory: (dir, mixtape, changes).
-fn written(case: &gen::Case) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let (mixtape, changes) = (dir.path().join("m.json"), dir.path().join("c.json"));
-    fs::write(&mixtape, &case.mixtape).unwrap();
-    fs::write(&changes, &case.changes).unwrap();
-    (dir, mixtape, changes)
-}
-
 #[test]
 fn output_dash_gives_the_document_on_stdout_in_every_form() {
     let mut forms = std::collections::BTreeSet::new();
     for seed in 0..9 {
         let case = gen::case(seed, 120);
         let expected = reference::run(&case.mixtape, &case.changes).unwrap();
-        forms.insert(form_of(&case.changes));
+        forms.insert(case.form());
         for workers in [1, 3] {
-            let (dir, mixtape, changes) = written(&case);
+            let (dir, mixtape, changes) = case.write_to_temp();
             let o = TestCommand::harness()
                 .current_dir(dir.path())
                 .args(["--progress", "never", "-w", &workers.to_string()])
@@ -72,7 +55,7 @@ fn a_failed_run_writes_nothing_to_stdout() {
     let case = gen::case(3, 120);
     let expected = reference::run(&case.mixtape, &case.changes).unwrap();
     assert!(expected.rejected > 0, "the case rejects something");
-    let (dir, mixtape, changes) = written(&case);
+    let (dir, mixtape, changes) = case.write_to_temp();
     let run = |extra: &[&str], changes: &std::path::Path| {
         TestCommand::harness()
             .current_dir(dir.path())
@@ -127,7 +110,7 @@ fn a_closed_pipe_fails_the_run_keeps_the_work_database_and_the_same_command_writ
         "{} bytes",
         expected.output.len()
     );
-    let (dir, mixtape, changes) = written(&case);
+    let (dir, mixtape, changes) = case.write_to_temp();
     let command = || {
         let mut cmd = TestCommand::harness();
         cmd.current_dir(dir.path())
@@ -211,7 +194,7 @@ fn either_input_from_stdin_plain_or_compressed_gives_the_same_bytes_in_every_for
     for seed in 0..9 {
         let case = gen::case(seed, 120);
         let expected = reference::run(&case.mixtape, &case.changes).unwrap();
-        forms.insert(form_of(&case.changes));
+        forms.insert(case.form());
         for (workers, which) in [
             (1, "MIXTAPE"),
             (3, "CHANGES"),
@@ -219,7 +202,7 @@ fn either_input_from_stdin_plain_or_compressed_gives_the_same_bytes_in_every_for
             (1, "CHANGES"),
         ] {
             for compressed in [false, true] {
-                let (dir, mixtape, changes) = written(&case);
+                let (dir, mixtape, changes) = case.write_to_temp();
                 let text = if which == "MIXTAPE" {
                     &case.mixtape
                 } else {
@@ -266,7 +249,7 @@ fn either_input_from_stdin_plain_or_compressed_gives_the_same_bytes_in_every_for
 fn a_rerun_compares_stdin_with_what_it_kept_and_stdin_to_stdout_works() {
     let case = gen::case(4, 150);
     let expected = reference::run(&case.mixtape, &case.changes).unwrap();
-    let (dir, mixtape, _) = written(&case);
+    let (dir, mixtape, _) = case.write_to_temp();
     let args = |extra: &'static str| -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> = vec![];
         if !extra.is_empty() {

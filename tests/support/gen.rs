@@ -114,6 +114,26 @@ pub struct Case {
     pub changes: String,
 }
 
+impl Case {
+    /// The form of its changes file: `object`, `array` or `lines`.
+    pub fn form(&self) -> &'static str {
+        match self.changes.trim_start().as_bytes().first() {
+            Some(b'[') => "array",
+            _ if self.changes.contains("\"changes\"") => "object",
+            _ => "lines",
+        }
+    }
+
+    /// Writes it to a new temporary directory: (the directory, MIXTAPE, CHANGES).
+    pub fn write_to_temp(&self) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mixtape, changes) = (dir.path().join("m.json"), dir.path().join("c.json"));
+        std::fs::write(&mixtape, &self.mixtape).unwrap();
+        std::fs::write(&changes, &self.changes).unwrap();
+        (dir, mixtape, changes)
+    }
+}
+
 /// The case for `seed`. `max_changes` bounds the number of changes.
 pub fn case(seed: u64, max_changes: u64) -> Case {
     build(seed, max_changes, false)
