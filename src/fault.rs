@@ -21,6 +21,7 @@
 //! | `worker-write` | inside a batch's write transaction, before COMMIT ([`crate::store::Tables::commit_batch`]) |
 //! | `worker-commit` | just after a batch's COMMIT |
 //! | `merge-partition` | inside a partition's transaction, before COMMIT ([`crate::store::Tables::commit_partition`]) |
+//! | `clear-statement` | after each statement of a transaction that undoes a chunk or clears the merge ([`crate::store::Store::clear_merge`]) |
 //! | `export-row` | while writing OUTPUT's temporary file |
 //! | `output-published` | in the harness, just after OUTPUT is renamed into place, before the run report and the clean-up |
 //!

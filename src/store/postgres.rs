@@ -852,12 +852,21 @@ impl Backend for PgDb {
     fn run_in_one_transaction(&self, statements: &[Statement]) -> Result<()> {
         let mut client = self.client.borrow_mut();
         let mut tx = client.transaction()?;
+        // The shared statements clear the merge's tables. Under READ
+        // COMMITTED each statement sees what committed before it, so a
+        // partition committed between two of them would lose its `merged`
+        // row but keep its results (and be merged twice). Locking `merged`
+        // first makes a partition's commit (its first write is to `merged`)
+        // wait for the clear, or the clear for the commit: as on SQLite,
+        // where a write transaction holds the one write lock.
+        tx.batch_execute("LOCK TABLE mixtape.merged IN EXCLUSIVE MODE")?;
         for statement in statements {
             match statement.param {
                 None => tx.execute(statement.sql, &[])?,
                 Some(Param::Number(n)) => tx.execute(statement.sql, &[&n])?,
                 Some(Param::Text(text)) => tx.execute(statement.sql, &[&text])?,
             };
+            crate::fault::point("clear-statement");
         }
         Ok(tx.commit()?)
     }

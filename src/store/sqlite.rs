@@ -603,6 +603,7 @@ impl Backend for SqliteDb {
                 Some(Param::Number(n)) => tx.execute(statement.sql, [n])?,
                 Some(Param::Text(text)) => tx.execute(statement.sql, [text])?,
             };
+            crate::fault::point("clear-statement");
         }
         Ok(tx.commit()?)
     }
