@@ -125,6 +125,14 @@ pub struct Config {
     pub summary_json: Option<ReportTarget>,
 }
 
+impl Config {
+    /// Whether the export writes the document to the staging file that goes
+    /// to stdout (OUTPUT `-`, and not a dry run).
+    pub fn stages_to_stdout(&self) -> bool {
+        self.to_stdout && !self.dry_run
+    }
+}
+
 /// How long leases last: `--lease-secs`, else `MIXTAPE_LEASE_SECS` (a
 /// testing aid), else 30 seconds; always within [`LEASE_SECS`].
 fn lease_secs(flag: Option<f64>) -> f64 {

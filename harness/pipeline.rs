@@ -32,26 +32,7 @@ pub fn run(config: &Config) -> Result<Exit> {
     mixtape::store::bound_silence_by_lease(config.lease);
     // Before anything is opened: no two paths of the run may be one file.
     crate::files::check(config)?;
-    // Before any work: a run that cannot write its results must not spend an
-    // hour finding out, nor leave a work database behind.
-    if config.to_stdout && !config.dry_run {
-        // The document is staged in a private file first (an existing file
-        // keeps its mode when the export replaces it).
-        mixtape::private_file::open_or_create(&config.output)?;
-    } else if !config.dry_run {
-        output_file::check_writable("OUTPUT", &config.output)?;
-    }
-    output_file::check_writable("rejects report", &config.rejects)?;
-    if let Some(path) = &config.applied {
-        output_file::check_writable("applied report", path)?;
-    }
-    if let Some(file) = config.db.file() {
-        output_file::check_writable("work database", file)?;
-    }
-    let report_file = report::file_of(&config.summary_json);
-    if let Some(path) = report_file {
-        output_file::check_writable("run report", path)?;
-    }
+    check_writable_before_work(config)?;
     config.db.refuse_foreign_file()?;
     let mut lock = RunLock::acquire(&config.db)?;
     // After the lock: an input read from standard input is kept beside the
@@ -61,11 +42,7 @@ pub fn run(config: &Config) -> Result<Exit> {
         changes: open_input(InputKind::Changes, &config.changes, config, &ui)?,
     };
     output_file::remove_stale_temporaries(&config.output)?;
-    output_file::remove_stale_temporaries(&config.rejects)?;
-    if let Some(path) = &config.applied {
-        output_file::remove_stale_temporaries(path)?;
-    }
-    if let Some(path) = report_file {
+    for (_, path) in reports(config) {
         output_file::remove_stale_temporaries(path)?;
     }
     let (store, opened) = open_or_create(config, &inputs, &ui)?;
@@ -90,36 +67,43 @@ pub fn run(config: &Config) -> Result<Exit> {
         return run.clean_up(lock);
     }
     run.say_what_resumes()?;
-    for stage in Stage::ALL {
-        if stage == Stage::Export {
-            break;
-        }
-        lock.keep_held(&mut |what| run.ui.message(&format!("harness: {what}")))?;
-        run.stage(stage)?;
-        if config.stop_after == Some(stage) {
-            let exit = run.stopped_after(stage);
-            run.report(exit, Some(stage), false)?;
-            return Ok(exit);
-        }
+    if let Some(exit) = run.stages_before_export(&mut lock)? {
+        return Ok(exit);
     }
-    lock.keep_held(&mut |what| run.ui.message(&format!("harness: {what}")))?;
-    let (exit, output_written) = run.export()?;
-    if config.to_stdout && !config.dry_run {
-        if output_written {
-            to_stdout(&config.output)?;
-        } else {
-            // --strict failed the run: nothing goes to stdout.
-            let _ = std::fs::remove_file(&config.output);
-        }
+    run.export_and_finish(lock)
+}
+
+/// The reports a run writes beside OUTPUT: the rejects report, and the
+/// applied report and the run report when asked for.
+fn reports(config: &Config) -> Vec<(&'static str, &std::path::Path)> {
+    let mut reports = vec![("rejects report", config.rejects.as_path())];
+    reports.extend(
+        config
+            .applied
+            .as_deref()
+            .map(|path| ("applied report", path)),
+    );
+    reports.extend(report::file_of(&config.summary_json).map(|path| ("run report", path)));
+    reports
+}
+
+/// Before any work: a run that cannot write its results must not spend an
+/// hour finding out, nor leave a work database behind.
+fn check_writable_before_work(config: &Config) -> Result<()> {
+    if config.stages_to_stdout() {
+        // The document is staged in a private file first (an existing file
+        // keeps its mode when the export replaces it).
+        mixtape::private_file::open_or_create(&config.output)?;
+    } else if !config.dry_run {
+        output_file::check_writable("OUTPUT", &config.output)?;
     }
-    if output_written {
-        mixtape::fault::point("output-published");
+    for (what, path) in reports(config) {
+        output_file::check_writable(what, path)?;
     }
-    run.report(exit, None, output_written)?;
-    if exit == Exit::Success {
-        return run.clean_up(lock);
+    if let Some(file) = config.db.file() {
+        output_file::check_writable("work database", file)?;
     }
-    Ok(exit)
+    Ok(())
 }
 
 /// Opens an input of the run: the file at `path`, or standard input (`-`),
@@ -295,6 +279,48 @@ impl Run<'_> {
             self.times.record(stage, started);
         }
         mixtape::interrupt::check()
+    }
+
+    /// Every stage before the export, each after checking the run lock;
+    /// the exit when `--stop-after` ends the run there.
+    fn stages_before_export(&mut self, lock: &mut RunLock) -> Result<Option<Exit>> {
+        for stage in Stage::ALL {
+            if stage == Stage::Export {
+                break;
+            }
+            lock.keep_held(&mut |what| self.ui.message(&format!("harness: {what}")))?;
+            self.stage(stage)?;
+            if self.config.stop_after == Some(stage) {
+                let exit = self.stopped_after(stage);
+                self.report(exit, Some(stage), false)?;
+                return Ok(Some(exit));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The export, the document to stdout when OUTPUT is `-`, the run report,
+    /// and (after a success) the clean-up.
+    fn export_and_finish(mut self, mut lock: RunLock) -> Result<Exit> {
+        let config = self.config;
+        lock.keep_held(&mut |what| self.ui.message(&format!("harness: {what}")))?;
+        let (exit, output_written) = self.export()?;
+        if config.stages_to_stdout() {
+            if output_written {
+                to_stdout(&config.output)?;
+            } else {
+                // --strict failed the run: nothing goes to stdout.
+                let _ = std::fs::remove_file(&config.output);
+            }
+        }
+        if output_written {
+            mixtape::fault::point("output-published");
+        }
+        self.report(exit, None, output_written)?;
+        if exit == Exit::Success {
+            return self.clean_up(lock);
+        }
+        Ok(exit)
     }
 
     /// After a successful run: removes the work store unless `--keep-db`,
