@@ -8,8 +8,18 @@
 //! | M | 1,000,000 | 100,000 | 1,000,000 | 200,000 |
 //! | L | 5,000,000 | 100,000 | 1,000,000 | 200,000 |
 //! | XL | 50,000,000 | 100,000 | 1,000,000 | 200,000 |
+//! | D | 1,000,000 | 1,000,000 | 10,000,000 | 2,000,000 |
+//! | MU | 1,000,000 | 100,000 | 1,000,000 | 200,000 |
+//! | LU | 5,000,000 | 100,000 | 1,000,000 | 200,000 |
 //!
-//! The mix is realistic: mostly `add_song`, some `remove_song` (of songs the
+//! M, L, XL and D are JSON Lines (`changes.jsonl`). MU and LU are the *uniform*
+//! shape of the speed issue (17), written in the object form (`changes.json`,
+//! `{"changes": [...]}`): every change names a playlist drawn uniformly from
+//! every playlist id that exists so far (the document's and those added since,
+//! removed ones included), so about a fifth are rejected, mostly
+//! `unknown_playlist`; see [`Uniform`].
+//!
+//! The mix of M, L, XL and D is realistic: mostly `add_song`, some `remove_song` (of songs the
 //! playlist holds), `add_playlist` (half with an id, half automatic) and
 //! `remove_playlist`, and a few percent of rejects of every kind. It streams
 //! (memory: the playlists' song lists, a few hundred MB for XL) and is seeded,
@@ -38,6 +48,8 @@ impl Rng {
 }
 
 struct Size {
+    /// The uniform shape, in the object form ([`Uniform`]).
+    uniform: bool,
     changes: u64,
     users: u64,
     songs: u64,
@@ -48,19 +60,22 @@ fn size(name: &str) -> Option<Size> {
     Some(match name {
         // M and XL share L's document, so that M, L and XL differ in the
         // changes alone (the memory-flatness comparison is about those).
-        "M" => Size {
+        "M" | "MU" => Size {
+            uniform: name == "MU",
             changes: 1_000_000,
             users: 100_000,
             songs: 1_000_000,
             playlists: 200_000,
         },
-        "L" => Size {
+        "L" | "LU" => Size {
+            uniform: name == "LU",
             changes: 5_000_000,
             users: 100_000,
             songs: 1_000_000,
             playlists: 200_000,
         },
         "XL" => Size {
+            uniform: false,
             changes: 50_000_000,
             users: 100_000,
             songs: 1_000_000,
@@ -69,6 +84,7 @@ fn size(name: &str) -> Option<Size> {
         // A big document and few changes: what import and the warning check
         // cost when the document dominates.
         "D" => Size {
+            uniform: false,
             changes: 1_000_000,
             users: 1_000_000,
             songs: 10_000_000,
@@ -92,7 +108,7 @@ const ARTISTS: [&str; 8] = [
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: gen S|M|L|XL|D DIR [SEED]");
+        eprintln!("usage: gen S|M|L|XL|D|MU|LU DIR [SEED]");
         std::process::exit(2);
     }
     let dir = PathBuf::from(&args[2]);
@@ -105,12 +121,17 @@ fn main() -> std::io::Result<()> {
         return Ok(());
     }
     let Some(size) = size(&args[1]) else {
-        eprintln!("unknown size {} (S, M, L, XL or D)", args[1]);
+        eprintln!("unknown size {} (S, M, L, XL, D, MU or LU)", args[1]);
         std::process::exit(2);
     };
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let started = std::time::Instant::now();
     let songs_of = write_document(&dir.join("mixtape.json"), &size, &mut rng)?;
+    if size.uniform {
+        let path = dir.join("changes.json");
+        Uniform::new(size, rng, songs_of).write_all(&path)?;
+        return report(&args[1], &path, started);
+    }
     let mut changes = Changes {
         alive: (1..=size.playlists).map(Some).collect(),
         next_explicit: size.playlists + 1_000_000,
@@ -124,11 +145,13 @@ fn main() -> std::io::Result<()> {
         changes.write_one(&mut out)?;
     }
     out.flush()?;
-    let bytes = std::fs::metadata(&path)?.len();
+    report(&args[1], &path, started)
+}
+
+fn report(name: &str, path: &Path, started: std::time::Instant) -> std::io::Result<()> {
+    let bytes = std::fs::metadata(path)?.len();
     eprintln!(
-        "gen {}: {} changes ({} MB) in {:.1}s",
-        args[1],
-        changes.size.changes,
+        "gen {name}: {} MB of changes in {:.1}s",
         bytes >> 20,
         started.elapsed().as_secs_f64()
     );
@@ -320,5 +343,125 @@ impl Changes {
         )?;
         self.alive[slot] = Some(p);
         Ok(())
+    }
+}
+
+/// The uniform shape: each change names a playlist id drawn uniformly from
+/// every id that exists so far (the document's `1..=P`, then the explicit ids
+/// `P + 1_000_000 ..` that `add_playlist` gave, removed ones included), in
+/// the object form, one change per line.
+///
+/// The mix: 62 % `add_song` (2 % of unknown songs), 14 % `remove_song` (a song
+/// the playlist was given, when it has one), 17 % `add_playlist` (four in five
+/// with the next explicit id, the rest automatic), 7 % `remove_playlist`.
+/// Removed playlists stay drawable, which is where most rejects come from.
+struct Uniform {
+    size: Size,
+    rng: Rng,
+    /// Songs per drawable playlist (the document's, then the added ones);
+    /// cleared when removed.
+    songs_of: Vec<Vec<u32>>,
+    alive: Vec<bool>,
+}
+
+impl Uniform {
+    fn new(size: Size, rng: Rng, songs_of: Vec<Vec<u32>>) -> Self {
+        let alive = vec![true; songs_of.len()];
+        Uniform {
+            size,
+            rng,
+            songs_of,
+            alive,
+        }
+    }
+
+    /// The id of drawable playlist `slot`.
+    fn id(&self, slot: usize) -> u64 {
+        let document = self.size.playlists as usize;
+        if slot < document {
+            slot as u64 + 1
+        } else {
+            self.size.playlists + 1_000_000 + (slot - document) as u64
+        }
+    }
+
+    fn write_all(mut self, path: &Path) -> std::io::Result<()> {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+        write!(out, "{{\"changes\": [\n")?;
+        for i in 0..self.size.changes {
+            if i > 0 {
+                write!(out, ",\n")?;
+            }
+            self.write_one(&mut out)?;
+        }
+        writeln!(out, "\n]}}")?;
+        out.flush()
+    }
+
+    fn write_one(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        let slot = self.rng.below(self.songs_of.len() as u64) as usize;
+        let p = self.id(slot);
+        let songs = self.size.songs;
+        match self.rng.percent() {
+            0..=61 => {
+                let song = if self.rng.percent() < 2 {
+                    songs + 1 + self.rng.below(1000)
+                } else {
+                    1 + self.rng.below(songs)
+                };
+                if self.alive[slot] && song <= songs && self.songs_of[slot].len() < 1000 {
+                    self.songs_of[slot].push(song as u32);
+                }
+                write!(
+                    out,
+                    "{{\"op\": \"add_song\", \"playlist_id\": \"{p}\", \"song_id\": \"{song}\"}}"
+                )
+            }
+            62..=75 => {
+                let list = &mut self.songs_of[slot];
+                let song = if list.is_empty() {
+                    1 + self.rng.below(songs)
+                } else {
+                    let i = self.rng.below(list.len() as u64) as usize;
+                    u64::from(list.swap_remove(i))
+                };
+                write!(
+                    out,
+                    "{{\"op\": \"remove_song\", \"playlist_id\": \"{p}\", \"song_id\": \"{song}\"}}"
+                )
+            }
+            76..=92 => self.add_playlist(out),
+            _ => {
+                self.alive[slot] = false;
+                self.songs_of[slot].clear();
+                write!(
+                    out,
+                    "{{\"op\": \"remove_playlist\", \"playlist_id\": \"{p}\"}}"
+                )
+            }
+        }
+    }
+
+    fn add_playlist(&mut self, out: &mut impl Write) -> std::io::Result<()> {
+        let owner = 1 + self.rng.below(self.size.users);
+        let n = 1 + self.rng.below(5);
+        let list: Vec<u32> = (0..n)
+            .map(|_| 1 + self.rng.below(self.size.songs) as u32)
+            .collect();
+        write!(
+            out,
+            "{{\"op\": \"add_playlist\", \"owner_id\": \"{owner}\", \"song_ids\": ["
+        )?;
+        write_ids(out, &list, ", ")?;
+        write!(out, "], \"name\": \"Mix {}\"", self.rng.below(1_000_000))?;
+        if self.rng.percent() < 80 {
+            let p = self.id(self.songs_of.len());
+            write!(out, ", \"playlist_id\": \"{p}\"}}")?;
+            self.songs_of.push(list);
+            self.alive.push(true);
+            Ok(())
+        } else {
+            write!(out, "}}")
+        }
     }
 }
