@@ -387,10 +387,10 @@ impl Uniform {
 
     fn write_all(mut self, path: &Path) -> std::io::Result<()> {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
-        write!(out, "{{\"changes\": [\n")?;
+        writeln!(out, "{{\"changes\": [")?;
         for i in 0..self.size.changes {
             if i > 0 {
-                write!(out, ",\n")?;
+                writeln!(out, ",")?;
             }
             self.write_one(&mut out)?;
         }
