@@ -20,14 +20,30 @@
 //! in the page cache, shared by all workers, and count towards a process's
 //! resident size only as far as it touches them.
 //!
+//! ## The dense table: integer ids in one probe
+//!
+//! Most documents number their elements: ids like `"1"` … `"1000000"`. An fst
+//! walk costs 0.2–0.3 µs for those (a node per digit), and apply and the
+//! merge's warning check do millions of them. So beside the fst, every id whose
+//! text is a canonical decimal integer (`0` or `[1-9][0-9]*`) below
+//! [`dense_limit`] (about 1.5 × the number of ids) also has a slot in a table
+//! indexed by that integer: two bits for users and songs (absent, quoted, bare,
+//! or "ask the fst"), a `u32` for playlists (position + 1, 0 for absent). A
+//! lookup of such an id reads one slot; every other id goes to the fst, which
+//! holds every id. Sparse or non-numeric ids cost nothing extra: the table
+//! covers only integers below the limit, whatever the ids are. Its size is
+//! bounded by the number of ids (a quarter byte, or four bytes, per id and a
+//! half), and it is memory-mapped like the rest.
+//!
 //! ## Layout
 //!
-//! `[fst map][side tokens][fst length: u64 LE]`. The map's value says how the
-//! id is written: [`QUOTED`] (`"` id `"`, the usual string id), [`BARE`] (the
-//! text itself, an integer id), or `SIDE + offset` of a length-prefixed raw
-//! token in the side area (a string with escapes, say). The map is built from
-//! keys in byte order, as the import's external sort ([`crate::id_sort`])
-//! gives them, streaming: memory does not grow with the ids.
+//! `[fst map][side tokens][dense table][dense limit: u64 LE][table offset: u64
+//! LE][fst length: u64 LE]`. The map's value says how the id is written:
+//! [`QUOTED`] (`"` id `"`, the usual string id), [`BARE`] (the text itself, an
+//! integer id), or `SIDE + offset` of a length-prefixed raw token in the side
+//! area (a string with escapes, say). The map is built from keys in byte order,
+//! as the import's external sort ([`crate::id_sort`]) gives them, streaming:
+//! memory does not grow with the ids beyond the dense table.
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -44,6 +60,42 @@ const BARE: u64 = 1;
 /// Values from here on point into the side area: `SIDE + offset`.
 const SIDE: u64 = 2;
 
+/// The trailer: dense limit, table offset, fst length.
+const TRAILER: usize = 24;
+
+/// A dense slot of users and songs (two bits): absent, written `"id"`,
+/// written as the bare integer, or written some other way (ask the fst).
+const SLOT_ABSENT: u8 = 0;
+const SLOT_QUOTED: u8 = 1;
+const SLOT_BARE: u8 = 2;
+const SLOT_OTHER: u8 = 3;
+
+/// A dense playlist slot whose position is too large for it: ask the fst.
+const POSITION_IN_FST: u32 = u32::MAX;
+
+/// The integers below which ids get a dense slot, for an index of `count` ids:
+/// room for ids `1..=count` with a margin, and never more than a u32 position
+/// can say.
+pub fn dense_limit(count: u64) -> u64 {
+    (count + count / 2 + 1024).min(u64::from(u32::MAX) - 1)
+}
+
+/// The value of `id` when it is a canonical decimal integer (`0`, or a
+/// nonzero digit then digits, at most 18 of them).
+fn canonical_integer(id: &str) -> Option<u64> {
+    let bytes = id.as_bytes();
+    match bytes {
+        [] => None,
+        [b'0'] => Some(0),
+        [b'1'..=b'9', rest @ ..] if rest.len() < 18 && rest.iter().all(u8::is_ascii_digit) => Some(
+            bytes
+                .iter()
+                .fold(0u64, |n, &b| n * 10 + u64::from(b - b'0')),
+        ),
+        _ => None,
+    }
+}
+
 /// The bytes of the map, a prefix of the mapped file.
 struct MapBytes {
     mmap: Mmap,
@@ -59,6 +111,10 @@ impl AsRef<[u8]> for MapBytes {
 /// One open index.
 pub struct IdIndex {
     map: fst::Map<MapBytes>,
+    /// Where the dense table starts in the file, and the integers it covers.
+    dense_at: usize,
+    dense_limit: u64,
+    values: Values,
 }
 
 impl IdIndex {
@@ -70,33 +126,90 @@ impl IdIndex {
         // SAFETY: the file is written once, to a temporary name, and renamed
         // into place before the import is marked done; nothing writes it after.
         let mmap = unsafe { Mmap::map(&file) }.with_context(bad)?;
-        let Some(trailer) = mmap.len().checked_sub(8) else {
+        let Some(trailer) = mmap.len().checked_sub(TRAILER) else {
             bail!(bad());
         };
-        let len = u64::from_le_bytes(mmap[trailer..].try_into().expect("8 bytes"));
-        if len > trailer as u64 {
+        let number = |i: usize| {
+            u64::from_le_bytes(
+                mmap[trailer + 8 * i..trailer + 8 * i + 8]
+                    .try_into()
+                    .expect("8"),
+            )
+        };
+        let (dense_limit, dense_at, len) = (number(0), number(1), number(2));
+        if len > dense_at || dense_at > trailer as u64 {
             bail!(bad());
         }
-        let len = len as usize;
+        let (dense_at, len) = (dense_at as usize, len as usize);
+        let table = (trailer - dense_at) as u64;
+        let values = match dense_limit {
+            0 => Values::Written,
+            n if table == n.div_ceil(4) => Values::Written,
+            n if table == 4 * n => Values::Positions,
+            _ => bail!(bad()),
+        };
         let map = fst::Map::new(MapBytes { mmap, len }).with_context(bad)?;
-        Ok(IdIndex { map })
+        Ok(IdIndex {
+            map,
+            dense_at,
+            dense_limit,
+            values,
+        })
+    }
+
+    /// The dense slot of `id`, when it has one: its integer.
+    fn dense_slot(&self, id: &str) -> Option<u64> {
+        canonical_integer(id).filter(|&n| n < self.dense_limit)
+    }
+
+    fn dense(&self) -> &[u8] {
+        let inner = self.map.as_fst().as_inner();
+        &inner.mmap[self.dense_at..inner.mmap.len() - TRAILER]
+    }
+
+    /// Slot `n` of a users or songs table.
+    fn written_slot(&self, n: u64) -> u8 {
+        (self.dense()[(n / 4) as usize] >> (2 * (n % 4))) & 3
+    }
+
+    /// The map's value for `id`: from its dense slot when it has one.
+    fn value(&self, id: &str) -> Option<u64> {
+        let Some(n) = self.dense_slot(id) else {
+            return self.map.get(id);
+        };
+        match self.values {
+            Values::Positions => {
+                let at = 4 * n as usize;
+                match u32::from_le_bytes(self.dense()[at..at + 4].try_into().expect("4")) {
+                    0 => None,
+                    POSITION_IN_FST => self.map.get(id),
+                    slot => Some(u64::from(slot - 1)),
+                }
+            }
+            Values::Written => match self.written_slot(n) {
+                SLOT_ABSENT => None,
+                SLOT_QUOTED => Some(QUOTED),
+                SLOT_BARE => Some(BARE),
+                _ => self.map.get(id),
+            },
+        }
     }
 
     /// The position of the element with id `id` (an index of [`Values::Positions`]).
     pub fn position(&self, id: &str) -> Option<u64> {
-        self.map.get(id)
+        self.value(id)
     }
 
     /// Whether `id` is in the index.
     pub fn contains(&self, id: &str) -> bool {
-        self.map.contains_key(id)
+        self.value(id).is_some()
     }
 
     /// How the document writes the id whose text is `id` and which the caller
     /// found written as `token`: `token` itself when the document writes it the
     /// same way (nearly always: no allocation), else the document's form.
     pub fn written_as<'a>(&'a self, id: &str, token: &'a [u8]) -> Result<Option<Cow<'a, [u8]>>> {
-        let Some(value) = self.map.get(id) else {
+        let Some(value) = self.value(id) else {
             return Ok(None);
         };
         let plain_string = token.first() == Some(&b'"') && !token.contains(&b'\\');
@@ -117,13 +230,13 @@ impl IdIndex {
     /// How the document writes `id`, if it is there. A written form that is
     /// not inside the file, or not UTF-8, is an error: the index is damaged.
     pub fn written<'a>(&'a self, id: &str) -> Result<Option<Cow<'a, str>>> {
-        Ok(Some(match self.map.get(id) {
+        Ok(Some(match self.value(id) {
             None => return Ok(None),
             Some(QUOTED) => Cow::Owned(format!("\"{id}\"")),
             Some(BARE) => Cow::Owned(id.to_string()),
             Some(side) => {
                 let inner = self.map.as_fst().as_inner();
-                let bytes = &inner.mmap[inner.len..inner.mmap.len() - 8];
+                let bytes = &inner.mmap[inner.len..self.dense_at];
                 let damaged = || {
                     anyhow::anyhow!("an id index is damaged (the written form of id {id:?} is not in it); rerun with --fresh")
                 };
@@ -154,12 +267,19 @@ pub enum Values {
 
 /// Writes the index of `ids` (id text, written form), which must come in
 /// strictly increasing byte order of the text, to `path` (through a temporary
-/// file and a rename).
+/// file and a rename). `count` is about how many ids there are (at least the
+/// number of distinct ones): it sizes the dense table.
 pub fn build(
     path: &Path,
     values: Values,
+    count: u64,
     ids: &mut dyn FnMut(&mut AddId) -> Result<()>,
 ) -> Result<()> {
+    let dense_limit = dense_limit(count);
+    let mut dense = match values {
+        Values::Written => vec![0u8; dense_limit.div_ceil(4) as usize],
+        Values::Positions => vec![0u8; 4 * dense_limit as usize],
+    };
     let dir = crate::paths::directory_of(path);
     let temp = tempfile::Builder::new()
         .prefix(".index.")
@@ -185,6 +305,9 @@ pub fn build(
             side.extend_from_slice(written.as_bytes());
             SIDE + at
         };
+        if let Some(n) = canonical_integer(id).filter(|&n| n < dense_limit) {
+            set_dense(&mut dense, values, n, value);
+        }
         builder
             .insert(id, value)
             .with_context(|| format!("id index: ids out of order at {id:?}"))
@@ -192,13 +315,37 @@ pub fn build(
     builder.finish()?;
     let map_len = out.stream_position()?;
     out.write_all(&side)?;
-    out.write_all(&map_len.to_le_bytes())?;
+    let dense_at = map_len + side.len() as u64;
+    out.write_all(&dense)?;
+    for number in [dense_limit, dense_at, map_len] {
+        out.write_all(&number.to_le_bytes())?;
+    }
     let temp = out.into_inner().map_err(|e| e.into_error())?;
     temp.as_file().sync_all()?;
     temp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("writing id index {}", path.display()))?;
     crate::paths::sync_directory_of(path)
+}
+
+/// Sets slot `n` of a dense table for an id whose map value is `value`.
+fn set_dense(dense: &mut [u8], values: Values, n: u64, value: u64) {
+    match values {
+        Values::Positions => {
+            // u32::MAX itself, like anything larger, is left to the fst.
+            let slot = u32::try_from(value + 1).unwrap_or(POSITION_IN_FST);
+            let at = 4 * n as usize;
+            dense[at..at + 4].copy_from_slice(&slot.to_le_bytes());
+        }
+        Values::Written => {
+            let slot = match value {
+                QUOTED => SLOT_QUOTED,
+                BARE => SLOT_BARE,
+                _ => SLOT_OTHER,
+            };
+            dense[(n / 4) as usize] |= slot << (2 * (n % 4));
+        }
+    }
 }
 
 fn write_varint(mut n: u64, out: &mut Vec<u8>) {
@@ -236,7 +383,7 @@ mod tests {
             ("a\"b".to_string(), "\"a\\\"b\"".to_string()),
         ];
         ids.sort();
-        build(&path, Values::Written, &mut |each| {
+        build(&path, Values::Written, ids.len() as u64, &mut |each| {
             for (id, written) in &ids {
                 each(id, written, 0)?;
             }
@@ -256,11 +403,74 @@ mod tests {
         assert!(!index.contains(""));
     }
 
+    /// The dense table against the plain truth: ids of every kind (canonical
+    /// integers below and above the table's limit, leading zeros, `0`,
+    /// integers written with escapes or bare, text), and probes of ids that
+    /// are absent, for both kinds of index.
+    #[test]
+    fn dense_slots_answer_as_the_fst_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut truth: Vec<(String, String)> = Vec::new();
+        for n in 0..3000u64 {
+            let id = match n % 7 {
+                0 => format!("{}", n * 10_007), // beyond the limit, mostly
+                1 => format!("0{n}"),
+                2 => format!("x{n}"),
+                _ => format!("{n}"),
+            };
+            let written = match n % 5 {
+                0 => id.clone(),
+                1 if id.starts_with(|c: char| c.is_ascii_digit()) => {
+                    let first = id.as_bytes()[0];
+                    format!("\"\\u00{first:x}{}\"", &id[1..])
+                }
+                _ => format!("\"{id}\""),
+            };
+            truth.push((id, written));
+        }
+        truth.sort();
+        truth.dedup_by(|a, b| a.0 == b.0);
+        for values in [Values::Written, Values::Positions] {
+            let path = dir.path().join(format!("{values:?}"));
+            build(&path, values, truth.len() as u64, &mut |each| {
+                for (position, (id, written)) in truth.iter().enumerate() {
+                    each(id, written, position as u64 * 3)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+            let index = IdIndex::open(&path).unwrap();
+            assert!(
+                index.dense_limit > 3000,
+                "the table covers the small integers"
+            );
+            for (position, (id, written)) in truth.iter().enumerate() {
+                assert!(index.contains(id), "{id}");
+                match values {
+                    Values::Written => {
+                        assert_eq!(index.written(id).unwrap().as_deref(), Some(&written[..]))
+                    }
+                    Values::Positions => assert_eq!(index.position(id), Some(position as u64 * 3)),
+                }
+            }
+            let present: std::collections::HashSet<&str> =
+                truth.iter().map(|(id, _)| &id[..]).collect();
+            for n in 0..40_000u64 {
+                let probe = n.to_string();
+                assert_eq!(
+                    index.contains(&probe),
+                    present.contains(&probe[..]),
+                    "{probe}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn keys_out_of_order_are_an_error_and_damage_is_noticed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids");
-        let out_of_order = build(&path, Values::Positions, &mut |each| {
+        let out_of_order = build(&path, Values::Positions, 2, &mut |each| {
             each("2", "2", 0)?;
             each("1", "1", 1)
         });

@@ -63,6 +63,8 @@ pub struct IdSorter {
     /// Where each record starts in `arena`.
     records: Vec<usize>,
     runs: Vec<File>,
+    /// How many ids were pushed, in all.
+    pushed: u64,
 }
 
 /// A record in the arena: `id_len:u32 written_len:u32 position:u64 offset:u64
@@ -95,7 +97,17 @@ fn record_at(arena: &[u8], at: usize) -> Record<'_> {
 }
 
 impl IdSorter {
+    /// How many ids were pushed (repeats included).
+    pub fn len(&self) -> u64 {
+        self.pushed
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pushed == 0
+    }
+
     pub fn push(&mut self, id: &str, written: &str, position: u64, offset: u64) -> Result<()> {
+        self.pushed += 1;
         self.records.push(self.arena.len());
         self.arena
             .extend_from_slice(&(id.len() as u32).to_le_bytes());

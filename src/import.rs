@@ -143,8 +143,9 @@ fn pipelined(file: File, path: &Path, processor: &mut Processor) -> Result<Array
 /// Builds the id index of `kind` from its sorted ids; a duplicate id is the
 /// document's error, located at the element that repeats it.
 fn build_index(store: &Store, path: &Path, kind: IdKind, ids: IdSorter) -> Result<()> {
+    let count = ids.len();
     let mut ids = Some(ids);
-    id_index::build(&store.index_path(kind)?, kind.values(), &mut |add| {
+    id_index::build(&store.index_path(kind)?, kind.values(), count, &mut |add| {
         let sorted = ids.take().expect("the index asks for its ids once");
         let Some(dup) = sorted.merge(add)? else {
             return Ok(());

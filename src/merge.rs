@@ -217,20 +217,33 @@ impl MergeContext {
 
 /// The state of one playlist id while its changes are replayed.
 struct Playlist {
-    /// Song ids as written, in order.
+    /// Song ids as written, in order, and which songs it holds.
     songs: SongList,
-    /// How often each song id occurs in `songs`.
-    counts: FxMap<IdKey<'static>, u32>,
     origin: Origin,
 }
 
 /// A playlist's song ids as written, in order, in one buffer: a song costs its
-/// bytes and a span, not an allocation of its own.
+/// bytes, a span and its key, not an allocation of its own.
+///
+/// Most playlists hold a few songs, so "does it hold this song" scans the
+/// keys, which beats a hash map (built, probed and freed for every playlist
+/// the merge touches); a list that grows past [`SCAN_AT_MOST`] songs gets a
+/// map of how often each key occurs, kept from then on.
 #[derive(Default)]
 struct SongList {
     bytes: Vec<u8>,
-    spans: Vec<(usize, usize)>,
+    songs: Vec<Song>,
+    counts: Option<FxMap<IdKey<'static>, u32>>,
 }
+
+/// One song of a [`SongList`]: its bytes in the buffer, and its key.
+struct Song {
+    span: (usize, usize),
+    key: IdKey<'static>,
+}
+
+/// The longest song list whose membership is answered by a scan.
+const SCAN_AT_MOST: usize = 32;
 
 impl SongList {
     fn of<'s>(songs: impl IntoIterator<Item = &'s [u8]>) -> SongList {
@@ -244,19 +257,42 @@ impl SongList {
     fn push(&mut self, song: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(song);
-        self.spans.push((start, self.bytes.len()));
+        let key = IdKey::owned(song);
+        match &mut self.counts {
+            Some(counts) => *counts.entry(key.clone()).or_insert(0) += 1,
+            None if self.songs.len() == SCAN_AT_MOST => {
+                let mut counts = FxMap::default();
+                for held in self.songs.iter().map(|s| &s.key).chain([&key]) {
+                    *counts.entry(held.clone()).or_insert(0) += 1;
+                }
+                self.counts = Some(counts);
+            }
+            None => {}
+        }
+        self.songs.push(Song {
+            span: (start, self.bytes.len()),
+            key,
+        });
+    }
+
+    fn holds(&self, key: &IdKey) -> bool {
+        match &self.counts {
+            Some(counts) => counts.get(key).is_some_and(|&n| n > 0),
+            None => self.songs.iter().any(|s| s.key == *key),
+        }
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.spans.iter().map(|&(a, b)| &self.bytes[a..b])
+        self.songs.iter().map(|s| &self.bytes[s.span.0..s.span.1])
     }
 
     /// Drops every song whose key is `key` (their bytes stay in the buffer
     /// until the playlist is done: removals are rare next to additions).
     fn remove_all(&mut self, key: &IdKey) {
-        let bytes = &self.bytes;
-        self.spans
-            .retain(|&(a, b)| IdKey::raw(&bytes[a..b]) != *key);
+        self.songs.retain(|s| s.key != *key);
+        if let Some(counts) = &mut self.counts {
+            counts.remove(&key.clone().into_owned());
+        }
     }
 }
 
@@ -274,15 +310,6 @@ enum Origin {
 
 fn text(raw: &[u8]) -> Cow<'_, str> {
     json::id_text(raw).unwrap_or_default()
-}
-
-/// How often each song occurs in `songs`.
-fn count(songs: &SongList) -> FxMap<IdKey<'static>, u32> {
-    let mut counts = FxMap::with_capacity_and_hasher(songs.spans.len(), Default::default());
-    for song in songs.iter() {
-        *counts.entry(IdKey::owned(song)).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// Replays every change of partition `part`, in index order, in one streaming
@@ -413,7 +440,6 @@ impl Replay {
                     .unwrap_or_default(),
             );
             Playlist {
-                counts: count(&songs),
                 songs,
                 origin: Origin::Document { changed: false },
             }
@@ -519,7 +545,6 @@ impl Playlist {
         };
         let songs = SongList::of(songs.iter().copied());
         Playlist {
-            counts: count(&songs),
             songs,
             origin: Origin::New {
                 created: index,
@@ -531,23 +556,20 @@ impl Playlist {
     }
 
     fn add_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
-        let key = IdKey::owned(song);
-        if self.counts.get(&key).is_some_and(|&n| n > 0) {
+        if self.songs.holds(&IdKey::raw(song)) {
             return Err(Rejection::new(
                 Reason::SongAlreadyInPlaylist,
                 format!("song {} is already in playlist {id}", text(song)),
             ));
         }
-        self.counts.insert(key, 1);
         self.songs.push(song);
         self.mark_changed();
         Ok(())
     }
 
     fn remove_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
-        let key = IdKey::owned(song);
-        let held = self.counts.remove(&key).unwrap_or(0);
-        if held == 0 {
+        let key = IdKey::raw(song);
+        if !self.songs.holds(&key) {
             return Err(Rejection::new(
                 Reason::SongNotInPlaylist,
                 format!("song {} is not in playlist {id}", text(song)),

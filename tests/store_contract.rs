@@ -126,7 +126,7 @@ fn build_indexes(store: &Store, ids: &[&str]) {
     for kind in IdKind::ALL {
         let path = store.index_path(kind).unwrap();
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).unwrap();
-        mixtape::id_index::build(&path, kind.values(), &mut |add| {
+        mixtape::id_index::build(&path, kind.values(), sorted.len() as u64, &mut |add| {
             if kind == IdKind::Playlists {
                 for &(id, position) in &sorted {
                     add(id, "", position)?;
