@@ -41,13 +41,13 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use anyhow::{Context, Result};
 
 use crate::json;
-use crate::output_file::{write_atomically, write_atomically_then};
-use crate::store::{Each, IdKind, Location, Store};
+use crate::output_file::{write_atomically, write_atomically_then, Temporary};
+use crate::store::{ArrayRange, Each, IdKind, Location, Store};
 use crate::values;
 
 /// What the export writes, and with how many threads.
@@ -82,65 +82,207 @@ enum Task {
 /// Writes the rejects report and (when asked) OUTPUT; see the module docs.
 pub fn export(store: &Store, job: &Export) -> Result<()> {
     let tasks = tasks(store, job)?;
-    let pieces: Vec<Mutex<Option<File>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
-    crate::parallel::run_tasks(
-        tasks.len(),
-        job.threads,
-        || Ok(()),
-        |_, i| {
-            let piece = run_task(job, tasks[i].0)?;
-            *pieces[i].lock().expect("no thread panicked") = piece;
-            Ok(())
-        },
-        &mut || {},
-    )?;
-    match job.output {
-        Some(output) => assemble(store, output, job.output_absolute, &tasks, &pieces),
-        None => Ok(()),
-    }
+    let board = Board::new(tasks.len());
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..job.threads.max(1))
+            .map(|_| scope.spawn(|| board.help(job, &tasks)))
+            .collect();
+        let mut result = match job.output {
+            Some(output) => assemble(store, output, job, &tasks, &board),
+            None => Ok(()),
+        };
+        if result.is_ok() {
+            // The rejects report, unless a helper took it.
+            result = board.run_if_open(REJECTS, job, &tasks);
+        }
+        if result.is_err() {
+            board.fail();
+        }
+        let mut helped = Ok(());
+        for helper in helpers {
+            let outcome = helper
+                .join()
+                .map_err(|_| anyhow::anyhow!("an export thread panicked"))
+                .and_then(|r| r);
+            if helped.is_ok() {
+                helped = outcome;
+            }
+        }
+        match result {
+            // A helper's failure is what the assembler stopped for.
+            Err(e) if e.is::<HelperFailed>() => helped.and(Err(e)),
+            other => other.and(helped),
+        }
+    })
 }
 
 /// Where a task's piece goes: (array, place in that array) of OUTPUT.
 type Placed = (Task, Option<(IdKind, usize)>);
 
-/// The tasks of an export. The two playlist tasks are the longest (each sorts
-/// the merge's results): they go first, so the copies fill the other threads
-/// meanwhile.
+/// The rejects report is task 0 ([`tasks`]).
+const REJECTS: usize = 0;
+
+/// The tasks of an export: the rejects report first, then the pieces of
+/// OUTPUT in output order (users, the document's playlists, new playlists,
+/// songs).
 fn tasks(store: &Store, job: &Export) -> Result<Vec<Placed>> {
-    let mut tasks: Vec<Placed> = Vec::new();
-    if job.output.is_some() {
-        tasks.push((Task::NewPlaylists, Some((IdKind::Playlists, 1))));
-        tasks.push((Task::DocumentPlaylists, Some((IdKind::Playlists, 0))));
-    }
-    tasks.push((Task::Rejects, None));
+    let mut tasks: Vec<Placed> = vec![(Task::Rejects, None)];
     if job.output.is_some() {
         let ranges = store.array_ranges()?;
-        for (array, range) in [
-            (IdKind::Users, &ranges.users),
-            (IdKind::Songs, &ranges.songs),
-        ] {
-            for (place, (from, to)) in range.iter().flat_map(|r| r.pieces()).enumerate() {
-                tasks.push((Task::Copy { from, to }, Some((array, place))));
-            }
+        fn copies(range: &Option<ArrayRange>, array: IdKind) -> impl Iterator<Item = Placed> + '_ {
+            let pieces = range.iter().flat_map(|r| r.pieces()).enumerate();
+            pieces.map(move |(place, (from, to))| (Task::Copy { from, to }, Some((array, place))))
         }
+        tasks.extend(copies(&ranges.users, IdKind::Users));
+        tasks.push((Task::DocumentPlaylists, Some((IdKind::Playlists, 0))));
+        tasks.push((Task::NewPlaylists, Some((IdKind::Playlists, 1))));
+        tasks.extend(copies(&ranges.songs, IdKind::Songs));
     }
     Ok(tasks)
 }
 
-/// Puts OUTPUT together from the rendered pieces, in order.
+/// How the export's tasks stand, shared by the assembler (this thread, which
+/// writes OUTPUT in order) and its helpers.
+///
+/// The assembler walks OUTPUT's tasks in order: one nobody has taken it renders
+/// straight into OUTPUT; one a helper rendered it copies in (through the
+/// kernel); one a helper is rendering it waits for. Helpers take the rejects
+/// report first, then tasks from the end of OUTPUT backwards, each into an
+/// anonymous temporary file, so the two meet in the middle and, with one
+/// thread, no byte of OUTPUT is written twice.
+struct Board {
+    state: Mutex<Slots>,
+    changed: Condvar,
+}
+
+struct Slots {
+    /// One per task.
+    slots: Vec<Slot>,
+    /// Someone failed: nobody takes another task.
+    failed: bool,
+}
+
+enum Slot {
+    Open,
+    Taken,
+    Rendered(Option<File>),
+    Used,
+}
+
+/// The assembler stopped because a helper failed (whose error is the one to
+/// report).
+#[derive(Debug)]
+struct HelperFailed;
+
+impl std::fmt::Display for HelperFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an export thread failed")
+    }
+}
+
+impl std::error::Error for HelperFailed {}
+
+/// What the assembler does with one task.
+enum Turn {
+    RenderHere,
+    CopyIn(Option<File>),
+}
+
+impl Board {
+    fn new(count: usize) -> Board {
+        Board {
+            state: Mutex::new(Slots {
+                slots: (0..count).map(|_| Slot::Open).collect(),
+                failed: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn fail(&self) {
+        self.lock().failed = true;
+        self.changed.notify_all();
+    }
+
+    /// The assembler's turn at task `i`: render it here, or the piece a
+    /// helper rendered (waiting for it).
+    fn turn(&self, i: usize) -> Result<Turn> {
+        let mut state = self.lock();
+        loop {
+            if state.failed {
+                return Err(HelperFailed.into());
+            }
+            match std::mem::replace(&mut state.slots[i], Slot::Used) {
+                Slot::Open => return Ok(Turn::RenderHere),
+                Slot::Rendered(piece) => return Ok(Turn::CopyIn(piece)),
+                taken => state.slots[i] = taken,
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Task `i` (the rejects report), here, unless someone took it.
+    fn run_if_open(&self, i: usize, job: &Export, tasks: &[Placed]) -> Result<()> {
+        {
+            let mut state = self.lock();
+            if !matches!(state.slots[i], Slot::Open) {
+                return Ok(());
+            }
+            state.slots[i] = Slot::Used;
+        }
+        run_task(job, tasks[i].0).map(|_| ())
+    }
+
+    /// A helper thread: the rejects report, then tasks from the end.
+    fn help(&self, job: &Export, tasks: &[Placed]) -> Result<()> {
+        let order = std::iter::once(REJECTS).chain((1..tasks.len()).rev());
+        for i in order {
+            {
+                let mut state = self.lock();
+                if state.failed {
+                    return Ok(());
+                }
+                if !matches!(state.slots[i], Slot::Open) {
+                    continue;
+                }
+                state.slots[i] = Slot::Taken;
+            }
+            match run_task(job, tasks[i].0) {
+                Ok(piece) => self.lock().slots[i] = Slot::Rendered(piece),
+                Err(e) => {
+                    self.fail();
+                    return Err(e);
+                }
+            }
+            self.changed.notify_all();
+        }
+        Ok(())
+    }
+}
+
+/// Puts OUTPUT together, in order (see [`Board`]).
 fn assemble(
     store: &Store,
     output: &Path,
-    output_absolute: &Path,
+    job: &Export,
     tasks: &[Placed],
-    pieces: &[Mutex<Option<File>>],
+    board: &Board,
 ) -> Result<()> {
     // Just before the rename, the store learns what is being published: a
     // crash after the rename leaves a store that says its run is finished.
     let record = |temp: &Path| {
         let print = crate::fingerprint::of_file(temp)
             .with_context(|| format!("reading {}", temp.display()))?;
-        store.record_publishing(output_absolute, &print)
+        store.record_publishing(job.output_absolute, &print)
     };
     write_atomically_then(
         output,
@@ -155,19 +297,21 @@ fn assemble(
                     out.write_all(b",\n")?;
                 }
                 write!(out, "\"{name}\": [")?;
-                let mut in_array: Vec<(usize, usize)> = tasks
+                let mut any = false;
+                for (i, (task, _)) in tasks
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, (_, to))| match to {
-                        Some((a, place)) if *a == array => Some((*place, i)),
-                        _ => None,
-                    })
-                    .collect();
-                in_array.sort_unstable();
-                let mut any = false;
-                for (_, i) in in_array {
-                    let file = pieces[i].lock().expect("no thread panicked").take();
-                    any |= append_piece(out, file.context("an export piece is missing")?, any)?;
+                    .filter(|(_, (_, place))| place.is_some_and(|(a, _)| a == array))
+                {
+                    any = match board.turn(i)? {
+                        Turn::RenderHere => {
+                            render_elements(out, any, |each| render_task(job, *task, each))?
+                        }
+                        Turn::CopyIn(piece) => {
+                            let piece = piece.context("an export piece is missing")?;
+                            append_piece(out, piece, any)? || any
+                        }
+                    };
                 }
                 out.write_all(if any { b"\n]" } else { b"]" })?;
             }
@@ -192,25 +336,24 @@ fn run_task(job: &Export, task: Task) -> Result<Option<File>> {
             write_rejects(&open_for_export(job.db)?, job.rejects)?;
             Ok(None)
         }
+        piece => render_piece(|each| render_task(job, piece, each)).map(Some),
+    }
+}
+
+/// Feeds the elements of a piece of OUTPUT to `each`.
+fn render_task(job: &Export, task: Task, each: &mut Each) -> Result<()> {
+    match task {
+        Task::Rejects => unreachable!("the rejects report is not a piece of OUTPUT"),
         Task::Copy { from, to } => {
             let mut minified = Vec::new();
-            render_piece(|each| {
-                values::each_value(job.mixtape, from, to, "an array", &mut |raw, _| {
-                    minified.clear();
-                    json::minify_into(raw, &mut minified);
-                    each(&minified)
-                })
+            values::each_value(job.mixtape, from, to, "an array", &mut |raw, _| {
+                minified.clear();
+                json::minify_into(raw, &mut minified);
+                each(&minified)
             })
-            .map(Some)
         }
-        Task::DocumentPlaylists => {
-            let store = open_for_export(job.db)?;
-            render_piece(|each| store.each_final_document_playlist(each)).map(Some)
-        }
-        Task::NewPlaylists => {
-            let store = open_for_export(job.db)?;
-            render_piece(|each| store.each_new_playlist(each)).map(Some)
-        }
+        Task::DocumentPlaylists => open_for_export(job.db)?.each_final_document_playlist(each),
+        Task::NewPlaylists => open_for_export(job.db)?.each_new_playlist(each),
     }
 }
 
@@ -235,9 +378,25 @@ fn render_piece_into(elements: impl FnOnce(&mut Each) -> Result<()>) -> Result<F
     let file = tempfile::tempfile()?;
     // Small: one per export thread.
     let mut out = BufWriter::with_capacity(256 << 10, file);
+    render_elements(&mut out, true, elements)?;
+    Ok(out.into_inner().map_err(|e| e.into_error())?)
+}
+
+/// Writes the elements `elements` feeds to `out`, each on its own line
+/// after `,` (the first without one unless `any_before`); returns whether any
+/// element is written now or was before.
+fn render_elements(
+    out: &mut dyn Write,
+    any_before: bool,
+    elements: impl FnOnce(&mut Each) -> Result<()>,
+) -> Result<bool> {
     let mut written = 0u64;
     elements(&mut |element: &[u8]| {
-        out.write_all(b",\n")?;
+        out.write_all(if any_before || written > 0 {
+            b",\n"
+        } else {
+            b"\n"
+        })?;
         out.write_all(element)?;
         crate::fault::point("export-row");
         written += 1;
@@ -246,12 +405,12 @@ fn render_piece_into(elements: impl FnOnce(&mut Each) -> Result<()>) -> Result<F
         }
         Ok(())
     })?;
-    Ok(out.into_inner().map_err(|e| e.into_error())?)
+    Ok(any_before || written > 0)
 }
 
 /// Appends a rendered piece to `out`; the first element of an array (no
 /// element `any_before`) loses its leading comma. Returns whether the piece held any element.
-fn append_piece(out: &mut dyn Write, mut piece: File, any_before: bool) -> Result<bool> {
+fn append_piece(out: &mut Temporary, mut piece: File, any_before: bool) -> Result<bool> {
     if piece.metadata()?.len() == 0 {
         return Ok(false);
     }
@@ -283,4 +442,35 @@ fn write_rejects(store: &Store, path: &Path) -> Result<()> {
             Ok(())
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The assembler waits for a piece a helper is rendering, takes an open
+    /// task itself, and stops with [`HelperFailed`] once someone fails.
+    #[test]
+    fn the_assembler_waits_takes_and_stops() {
+        let board = Board::new(3);
+        board.lock().slots[1] = Slot::Taken;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                board.lock().slots[1] = Slot::Rendered(None);
+                board.changed.notify_all();
+            });
+            assert!(matches!(board.turn(1).unwrap(), Turn::CopyIn(None)));
+        });
+        assert!(matches!(board.turn(2).unwrap(), Turn::RenderHere));
+        assert!(matches!(board.lock().slots[2], Slot::Used));
+        board.lock().slots[0] = Slot::Taken;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                board.fail();
+            });
+            assert!(board.turn(0).unwrap_err().is::<HelperFailed>());
+        });
+    }
 }

@@ -100,8 +100,13 @@ pub fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<()> {
-    write_atomically_then(path, write, |_| Ok(()))
+    write_atomically_then(path, |out| write(out), |_| Ok(()))
 }
+
+/// The temporary file [`write_atomically_then`] writes through: a buffer over
+/// the file itself, so that `std::io::copy` from another file goes through the
+/// kernel (`copy_file_range`) without passing through this process.
+pub type Temporary<'a> = BufWriter<&'a std::fs::File>;
 
 /// [`write_atomically`], calling `before_rename` with the temporary file once
 /// it is whole and on disk, just before it is renamed over `path` (the
@@ -109,7 +114,7 @@ pub fn write_atomically(
 /// synced after the rename, so the new name survives a power cut.
 pub fn write_atomically_then(
     path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+    write: impl FnOnce(&mut Temporary) -> Result<()>,
     before_rename: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<()> {
     let dir = directory_of(path);
@@ -122,10 +127,9 @@ pub fn write_atomically_then(
             .set_permissions(mode)
             .with_context(|| format!("keeping the permissions of {}", path.display()))?;
     }
-    let mut out = BufWriter::with_capacity(1 << 20, temp);
+    let mut out = BufWriter::with_capacity(1 << 20, temp.as_file());
     write(&mut out).with_context(|| format!("writing {}", path.display()))?;
-    let temp = out
-        .into_inner()
+    out.into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("writing {}", path.display()))?;
     temp.as_file()
