@@ -470,7 +470,7 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(50));
                 board.fail();
             });
-            assert!(board.turn(0).unwrap_err().is::<HelperFailed>());
+            assert!(board.turn(0).is_err_and(|e| e.is::<HelperFailed>()));
         });
     }
 }
