@@ -81,10 +81,12 @@ pub const MAX_BATCH_CHANGES: u64 = 262_144;
 /// How many batches a chunk is cut into, roughly.
 pub const BATCHES_PER_CHUNK: u64 = 64;
 
-/// WAL pages between automatic checkpoints in a worker (SQLite's default is
-/// 1000): each checkpoint syncs the database file, and batches write thousands
-/// of pages in all. The harness checkpoints, and truncates the WAL, after the stage.
-const WORKER_CHECKPOINT_PAGES: u32 = 8192;
+/// WAL pages between automatic checkpoints in a worker and a merge thread
+/// (SQLite's default is 1000): each checkpoint syncs the database file, and
+/// batches (and merged partitions) write thousands of pages in all; fewer,
+/// larger checkpoints copy a page written twice once. The harness
+/// checkpoints, and truncates the WAL, after the stage.
+pub const BULK_CHECKPOINT_PAGES: u32 = 8192;
 
 /// How the worker was asked to run.
 #[derive(Debug, Clone, Default)]
@@ -139,7 +141,7 @@ const WAIT_FOR_CHUNKS: (Duration, Duration) =
 /// Opens the work database for a worker: it must hold a plan.
 fn open_for_work(db: &Location) -> Result<Store> {
     let store = Store::open(db)?;
-    store.checkpoint_every(WORKER_CHECKPOINT_PAGES)?;
+    store.checkpoint_every(BULK_CHECKPOINT_PAGES)?;
     if !store.is_done(Stage::Plan)? {
         bail!(
             "the work database {} has no plan yet: run the harness with --stop-after plan first",

@@ -94,6 +94,7 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
         || {
             let store = Store::open(db)?;
             store.set_cache_kib((MERGE_CACHE_KIB / threads as i64).max(MIN_THREAD_CACHE_KIB))?;
+            store.checkpoint_every(crate::apply::BULK_CHECKPOINT_PAGES)?;
             Ok(store)
         },
         |thread_store, i| {
@@ -246,8 +247,11 @@ struct Song {
 const SCAN_AT_MOST: usize = 32;
 
 impl SongList {
-    fn of<'s>(songs: impl IntoIterator<Item = &'s [u8]>) -> SongList {
-        let mut list = SongList::default();
+    fn of<'s>(songs: impl ExactSizeIterator<Item = &'s [u8]>) -> SongList {
+        let mut list = SongList {
+            songs: Vec::with_capacity(songs.len()),
+            ..SongList::default()
+        };
         for song in songs {
             list.push(song);
         }
@@ -437,7 +441,8 @@ impl Replay {
             let songs = SongList::of(
                 json::member(&members, "song_ids")
                     .and_then(json::array_elements)
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .into_iter(),
             );
             Playlist {
                 songs,
