@@ -10,11 +10,15 @@
 //!
 //! The work is cut into independent tasks: the rejects report, and the pieces
 //! of OUTPUT (the users and songs arrays cut at the element boundaries the
-//! import recorded every few MiB, and the playlists). Up to `threads` threads
-//! take tasks in turn; each piece is rendered into its own anonymous
-//! temporary file, every element preceded by `,\n`. Then OUTPUT is assembled in
-//! order from the pieces (the first element of an array loses its comma). The
-//! pieces cost as much temporary disk as OUTPUT, for the moment of the export.
+//! import recorded every few MiB, and the playlists). The harness's own thread
+//! writes OUTPUT in order: a piece nobody has taken yet it renders straight
+//! into OUTPUT. Up to `threads - 1` helper threads take the rejects report,
+//! then pieces from the end of OUTPUT backwards, each rendered into its own
+//! anonymous temporary file (every element preceded by `,\n`; the first
+//! element of an array loses its comma), which the assembler copies in through
+//! the kernel when it gets there ([`Board`]). With one thread nothing is
+//! written twice; with more, the helpers' pieces cost temporary disk for the
+//! moment of the export.
 //!
 //! The document's layout (README "Output"): `users`, `playlists`, `songs`, then
 //! any other top-level members, one array element per line, every element
