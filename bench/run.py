@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The benchmark: builds in release mode, generates the cases, runs the harness
-with 1, 2 and all CPUs' workers and the rival (examples/rival.rs: a fast,
-full-spec, in-memory, one-thread applier) on each case, side by side (the
+with 1, 2 and all CPUs' workers and the two rivals (examples/rival.rs: a fast,
+full-spec, in-memory, one-thread applier; examples/minimal.rs: the least an
+in-memory applier does, whose output is not compared) on each case, side by side (the
 configurations take turns, repetition after repetition, so that the machine's
 noise hits them alike), and prints a Markdown table of medians and the ratios
 the targets are about.
@@ -12,8 +13,10 @@ the targets are about.
 --reference also runs the tests' simple reference (slow); --baseline DIR also
 runs the harness found in DIR (an older build, for before/after figures).
 
-Cases go to bench/cases/SIZE (generated once, kept). Every run's output and
-rejects report are checked against the first configuration's, byte for byte: a
+Sizes: M, L, XL, D (JSON Lines) and MU, LU (the uniform shape, object form);
+see examples/gen.rs. Cases go to bench/cases/SIZE (generated once, kept).
+Every run's output and rejects report (but the minimal rival's) are checked
+against the first configuration's, byte for byte: a
 benchmark of a wrong answer is worthless. XL (50M changes) is not run by
 default: it takes minutes, and an in-memory program would need tens of GB.
 """
