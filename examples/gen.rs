@@ -202,6 +202,18 @@ fn write_document(path: &Path, size: &Size, rng: &mut Rng) -> std::io::Result<Ve
     Ok(songs_of)
 }
 
+/// The song a `remove_song` names: one the playlist holds (taken out of
+/// `list`), or any of the `songs` when it holds none or, `stray_percent` % of
+/// the time, anyway.
+fn take_held(rng: &mut Rng, list: &mut Vec<u32>, songs: u64, stray_percent: u64) -> u64 {
+    if list.is_empty() || (stray_percent > 0 && rng.percent() < stray_percent) {
+        1 + rng.below(songs)
+    } else {
+        let i = rng.below(list.len() as u64) as usize;
+        u64::from(list.swap_remove(i))
+    }
+}
+
 /// Quoted ids, `separator` between them.
 fn write_ids(out: &mut impl Write, ids: &[u32], separator: &str) -> std::io::Result<()> {
     for (i, s) in ids.iter().enumerate() {
@@ -286,13 +298,7 @@ impl Changes {
 
     /// `remove_song` from playlist `p`, mostly of a song it holds.
     fn remove_song(&mut self, out: &mut impl Write, slot: usize, p: u64) -> std::io::Result<()> {
-        let list = &mut self.songs_of[slot];
-        let song = if list.is_empty() || self.rng.percent() < 5 {
-            1 + self.rng.below(self.size.songs)
-        } else {
-            let i = self.rng.below(list.len() as u64) as usize;
-            u64::from(list.swap_remove(i))
-        };
+        let song = take_held(&mut self.rng, &mut self.songs_of[slot], self.size.songs, 5);
         writeln!(
             out,
             "{{\"op\":\"remove_song\",\"playlist_id\":\"{p}\",\"song_id\":\"{song}\"}}"
@@ -418,13 +424,7 @@ impl Uniform {
                 )
             }
             62..=75 => {
-                let list = &mut self.songs_of[slot];
-                let song = if list.is_empty() {
-                    1 + self.rng.below(songs)
-                } else {
-                    let i = self.rng.below(list.len() as u64) as usize;
-                    u64::from(list.swap_remove(i))
-                };
+                let song = take_held(&mut self.rng, &mut self.songs_of[slot], songs, 0);
                 write!(
                     out,
                     "{{\"op\": \"remove_song\", \"playlist_id\": \"{p}\", \"song_id\": \"{song}\"}}"

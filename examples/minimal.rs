@@ -143,8 +143,10 @@ struct State<'a> {
 }
 
 fn apply_all<'a>(doc: &'a Document<'a>, changes: &'a [Change<'a>]) -> (State<'a>, usize) {
-    let users: HashSet<Id> = doc.users.iter().map(|u| id_of(u)).collect();
-    let songs: HashSet<Id> = doc.songs.iter().map(|s| id_of(s)).collect();
+    let known = Known {
+        users: doc.users.iter().map(|u| id_of(u)).collect(),
+        songs: doc.songs.iter().map(|s| id_of(s)).collect(),
+    };
     let mut state = State::default();
     for p in &doc.playlists {
         let live = Live {
@@ -170,11 +172,17 @@ fn apply_all<'a>(doc: &'a Document<'a>, changes: &'a [Change<'a>]) -> (State<'a>
             automatic += 1;
         }
         let auto_id = Id(Cow::Owned((max_id + automatic).to_string()));
-        if !state.apply(change, &users, &songs, auto_id) {
+        if !state.apply(change, &known, auto_id) {
             rejected += 1;
         }
     }
     (state, rejected)
+}
+
+/// The users and songs of the document, which never change.
+struct Known<'a> {
+    users: HashSet<Id<'a>>,
+    songs: HashSet<Id<'a>>,
 }
 
 fn id_of<'a>(element: &'a RawValue) -> Id<'a> {
@@ -190,16 +198,10 @@ impl<'a> State<'a> {
     }
 
     /// Applies one change; false when it is rejected.
-    fn apply(
-        &mut self,
-        change: &'a Change<'a>,
-        users: &HashSet<Id>,
-        songs: &HashSet<Id>,
-        auto_id: Id<'a>,
-    ) -> bool {
+    fn apply(&mut self, change: &'a Change<'a>, known: &Known, auto_id: Id<'a>) -> bool {
         let (playlist, song) = (change.playlist_id.as_ref(), change.song_id.as_ref());
         match (&*change.op, playlist, song) {
-            ("add_song", Some(p), Some(s)) if songs.contains(s) => match self.live(p) {
+            ("add_song", Some(p), Some(s)) if known.songs.contains(s) => match self.live(p) {
                 Some(live) if !live.songs.contains(s) => {
                     live.songs.push(s.clone());
                     true
@@ -220,25 +222,19 @@ impl<'a> State<'a> {
                 }
                 _ => false,
             },
-            ("add_playlist", _, _) => self.add_playlist(change, users, songs, auto_id),
+            ("add_playlist", _, _) => self.add_playlist(change, known, auto_id),
             _ => false,
         }
     }
 
-    fn add_playlist(
-        &mut self,
-        change: &'a Change<'a>,
-        users: &HashSet<Id>,
-        songs: &HashSet<Id>,
-        auto_id: Id<'a>,
-    ) -> bool {
+    fn add_playlist(&mut self, change: &'a Change<'a>, known: &Known, auto_id: Id<'a>) -> bool {
         let (Some(owner), Some(list)) = (&change.owner_id, &change.song_ids) else {
             return false;
         };
         let unique: HashSet<&Id> = list.iter().collect();
-        if !users.contains(owner)
+        if !known.users.contains(owner)
             || list.is_empty()
-            || !list.iter().all(|s| songs.contains(s))
+            || !list.iter().all(|s| known.songs.contains(s))
             || unique.len() != list.len()
         {
             return false;
