@@ -145,7 +145,8 @@ impl IdIndex {
         let values = match dense_limit {
             0 => Values::Written,
             n if table == n.div_ceil(4) => Values::Written,
-            n if table == 4 * n => Values::Positions,
+            // Checked: a damaged trailer is an error, not an overflow.
+            n if n.checked_mul(4) == Some(table) => Values::Positions,
             _ => bail!(bad()),
         };
         let map = fst::Map::new(MapBytes { mmap, len }).with_context(bad)?;
@@ -477,6 +478,13 @@ mod tests {
         assert!(out_of_order.is_err());
         assert!(!path.exists());
         std::fs::write(&path, b"short").unwrap();
+        assert!(IdIndex::open(&path).is_err());
+        // A trailer whose dense limit would overflow the table's size.
+        let mut trailer = Vec::new();
+        for number in [u64::MAX / 2, 0, 0] {
+            trailer.extend_from_slice(&number.to_le_bytes());
+        }
+        std::fs::write(&path, &trailer).unwrap();
         assert!(IdIndex::open(&path).is_err());
     }
 }
