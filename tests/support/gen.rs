@@ -139,6 +139,16 @@ pub fn case(seed: u64, max_changes: u64) -> Case {
     build(seed, max_changes, false)
 }
 
+/// The cases for `seeds` (each of at most `max_changes` changes), with their
+/// seeds, after checking that they hold every form of CHANGES between them:
+/// what the tests that must cover every form loop over.
+pub fn cases_in_every_form(seeds: std::ops::Range<u64>, max_changes: u64) -> Vec<(u64, Case)> {
+    let cases: Vec<(u64, Case)> = seeds.map(|seed| (seed, case(seed, max_changes))).collect();
+    let forms: std::collections::BTreeSet<&str> = cases.iter().map(|(_, c)| c.form()).collect();
+    assert_eq!(forms.len(), 3, "every form of CHANGES: {forms:?}");
+    cases
+}
+
 /// The case for `seed`, with exactly `changes` changes.
 pub fn case_of(seed: u64, changes: u64) -> Case {
     build(seed, changes, true)
