@@ -57,10 +57,11 @@ use anyhow::{bail, Context, Result};
 use crate::change::{self, Change};
 use crate::fingerprint;
 use crate::json;
+use crate::partition::Partitions;
 use crate::record::{self, Body, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
 use crate::stage::Stage;
-use crate::store::{Batch, Claim, Claimed, InputKind, Key, LeaseLost, Location, Store};
+use crate::store::{Batch, Claim, Claimed, InputKind, LeaseLost, Location, Store};
 
 /// Changes per batch, at least (one read transaction and one write transaction
 /// each).
@@ -283,7 +284,7 @@ fn apply_claimed(
         return Ok(summary);
     }
     let changes_path = checked_changes_path(store)?;
-    let partitions = store.meta_number(Key::Partitions)?.max(1);
+    let partitions = Partitions::read(store)?;
     let lease_lost = AtomicBool::new(false);
     let mut worker = Worker {
         store,
@@ -293,7 +294,7 @@ fn apply_claimed(
         lease_lost: &lease_lost,
         partitions,
         options,
-        parts: vec![Vec::new(); partitions as usize],
+        parts: vec![Vec::new(); partitions.count as usize],
         rejects: Vec::new(),
         in_batch: 0,
         next_index: state.next_index,
@@ -394,7 +395,7 @@ struct Worker<'a> {
     lease: Duration,
     /// Set by [`keep_lease`] when the lease was taken over.
     lease_lost: &'a AtomicBool,
-    partitions: u64,
+    partitions: Partitions,
     options: &'a WorkerOptions,
     /// Encoded records of the current batch, one buffer per merge partition.
     parts: Vec<Vec<u8>>,
@@ -528,12 +529,12 @@ impl Worker<'_> {
                         playlist,
                         song: &written,
                     },
-                });
+                })?;
                 return Ok(Ok(()));
             }
             Change::RemoveSong { playlist, song } => Body::RemoveSong { playlist, song },
         };
-        self.record(Recorded { index, body });
+        self.record(Recorded { index, body })?;
         Ok(Ok(()))
     }
 
@@ -589,17 +590,20 @@ impl Worker<'_> {
             songs: songs_written.iter().map(|s| s.as_ref()).collect(),
             copied: &rendered,
         };
-        self.record(Recorded { index, body });
+        self.record(Recorded { index, body })?;
         Ok(Ok(()))
     }
 
-    /// Encodes `rec` into its partition's buffer.
-    fn record(&mut self, rec: Recorded) {
+    /// Encodes `rec` into its partition's buffer ([`crate::partition`]).
+    fn record(&mut self, rec: Recorded) -> Result<()> {
         let part = match rec.body.playlist() {
-            Some(p) => partition_of(&json::id_text(p).unwrap_or_default(), self.partitions),
-            None => rec.index % self.partitions,
+            Some(p) => self
+                .partitions
+                .of_playlist(self.store, &json::id_text(p).unwrap_or_default())?,
+            None => self.partitions.of_automatic(rec.index),
         };
         record::encode(&rec, &mut self.parts[part as usize]);
+        Ok(())
     }
 
     /// Writes the batch and the chunk's new position in one transaction.
@@ -652,9 +656,4 @@ fn shorten(minified: &[u8]) -> String {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.into_owned(),
     }
-}
-
-/// The merge partition of playlist id `text`.
-pub fn partition_of(text: &str, partitions: u64) -> u64 {
-    fingerprint::fnv1a(text.as_bytes()) % partitions
 }

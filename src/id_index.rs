@@ -38,7 +38,10 @@
 //! ## Layout
 //!
 //! `[fst map][side tokens][dense table][dense limit: u64 LE][table offset: u64
-//! LE][fst length: u64 LE]`. The map's value says how the id is written:
+//! LE][fst length: u64 LE]`; the top bit of the dense limit's word says that
+//! the map holds no canonical integer at or above the limit
+//! ([`ALL_INTEGERS_DENSE`]), so that a probe of one (a new playlist's id, in
+//! most runs) is answered without the fst. The map's value says how the id is written:
 //! [`QUOTED`] (`"` id `"`, the usual string id), [`BARE`] (the text itself, an
 //! integer id), or `SIDE + offset` of a length-prefixed raw token in the side
 //! area (a string with escapes, say). The map is built from keys in byte order,
@@ -69,6 +72,10 @@ const SLOT_ABSENT: u8 = 0;
 const SLOT_QUOTED: u8 = 1;
 const SLOT_BARE: u8 = 2;
 const SLOT_OTHER: u8 = 3;
+
+/// Set in the trailer's dense-limit word when every canonical integer id is
+/// below the limit: a larger one is absent, without asking the fst.
+const ALL_INTEGERS_DENSE: u64 = 1 << 63;
 
 /// A dense playlist slot whose position is too large for it: ask the fst.
 const POSITION_IN_FST: u32 = u32::MAX;
@@ -114,6 +121,8 @@ pub struct IdIndex {
     /// Where the dense table starts in the file, and the integers it covers.
     dense_at: usize,
     dense_limit: u64,
+    /// No canonical integer at or above `dense_limit` is in the map.
+    all_integers_dense: bool,
     values: Values,
 }
 
@@ -136,7 +145,9 @@ impl IdIndex {
                     .expect("8"),
             )
         };
-        let (dense_limit, dense_at, len) = (number(0), number(1), number(2));
+        let (limit_word, dense_at, len) = (number(0), number(1), number(2));
+        let all_integers_dense = limit_word & ALL_INTEGERS_DENSE != 0;
+        let dense_limit = limit_word & !ALL_INTEGERS_DENSE;
         if len > dense_at || dense_at > trailer as u64 {
             bail!(bad());
         }
@@ -154,13 +165,9 @@ impl IdIndex {
             map,
             dense_at,
             dense_limit,
+            all_integers_dense,
             values,
         })
-    }
-
-    /// The dense slot of `id`, when it has one: its integer.
-    fn dense_slot(&self, id: &str) -> Option<u64> {
-        canonical_integer(id).filter(|&n| n < self.dense_limit)
     }
 
     fn dense(&self) -> &[u8] {
@@ -175,8 +182,10 @@ impl IdIndex {
 
     /// The map's value for `id`: from its dense slot when it has one.
     fn value(&self, id: &str) -> Option<u64> {
-        let Some(n) = self.dense_slot(id) else {
-            return self.map.get(id);
+        let n = match canonical_integer(id) {
+            Some(n) if n < self.dense_limit => n,
+            Some(_) if self.all_integers_dense => return None,
+            _ => return self.map.get(id),
         };
         match self.values {
             Values::Positions => {
@@ -289,6 +298,7 @@ pub fn build(
     let mut side = Vec::new();
     let mut out = BufWriter::with_capacity(1 << 20, temp);
     let mut builder = fst::MapBuilder::new(&mut out)?;
+    let mut all_integers_dense = true;
     ids(&mut |id: &str, written: &str, position: u64| {
         let value = if values == Values::Positions {
             position
@@ -306,8 +316,10 @@ pub fn build(
             side.extend_from_slice(written.as_bytes());
             SIDE + at
         };
-        if let Some(n) = canonical_integer(id).filter(|&n| n < dense_limit) {
-            set_dense(&mut dense, values, n, value);
+        match canonical_integer(id) {
+            Some(n) if n < dense_limit => set_dense(&mut dense, values, n, value),
+            Some(_) => all_integers_dense = false,
+            None => {}
         }
         builder
             .insert(id, value)
@@ -318,7 +330,12 @@ pub fn build(
     out.write_all(&side)?;
     let dense_at = map_len + side.len() as u64;
     out.write_all(&dense)?;
-    for number in [dense_limit, dense_at, map_len] {
+    let flag = if all_integers_dense {
+        ALL_INTEGERS_DENSE
+    } else {
+        0
+    };
+    for number in [dense_limit | flag, dense_at, map_len] {
         out.write_all(&number.to_le_bytes())?;
     }
     let temp = out.into_inner().map_err(|e| e.into_error())?;
@@ -407,14 +424,60 @@ mod tests {
     /// The dense table against the plain truth: ids of every kind (canonical
     /// integers below and above the table's limit, leading zeros, `0`,
     /// integers written with escapes or bare, text), and probes of ids that
-    /// are absent, for both kinds of index.
+    /// are absent, for both kinds of index; and the same without any integer
+    /// above the limit, where probes above it are answered without the fst.
     #[test]
     fn dense_slots_answer_as_the_fst_does() {
-        let dir = tempfile::tempdir().unwrap();
+        for beyond_limit in [true, false] {
+            let truth = dense_test_ids(beyond_limit);
+            for values in [Values::Written, Values::Positions] {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join(format!("{values:?}"));
+                build(&path, values, truth.len() as u64, &mut |each| {
+                    for (position, (id, written)) in truth.iter().enumerate() {
+                        each(id, written, position as u64 * 3)?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                let index = IdIndex::open(&path).unwrap();
+                assert!(
+                    index.dense_limit > 3000,
+                    "the table covers the small integers"
+                );
+                assert_eq!(index.all_integers_dense, !beyond_limit);
+                for (position, (id, written)) in truth.iter().enumerate() {
+                    assert!(index.contains(id), "{id}");
+                    match values {
+                        Values::Written => {
+                            assert_eq!(index.written(id).unwrap().as_deref(), Some(&written[..]))
+                        }
+                        Values::Positions => {
+                            assert_eq!(index.position(id), Some(position as u64 * 3))
+                        }
+                    }
+                }
+                let present: std::collections::HashSet<&str> =
+                    truth.iter().map(|(id, _)| &id[..]).collect();
+                for n in (0..40_000u64).chain((0..3000).map(|n| n * 10_007 + n % 2)) {
+                    let probe = n.to_string();
+                    assert_eq!(
+                        index.contains(&probe),
+                        present.contains(&probe[..]),
+                        "{probe}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Ids of every kind, sorted, with their written forms; canonical
+    /// integers far above the dense limit only if `beyond_limit`.
+    fn dense_test_ids(beyond_limit: bool) -> Vec<(String, String)> {
         let mut truth: Vec<(String, String)> = Vec::new();
         for n in 0..3000u64 {
             let id = match n % 7 {
-                0 => format!("{}", n * 10_007), // beyond the limit, mostly
+                0 if beyond_limit => format!("{}", n * 10_007), // beyond the limit, mostly
                 1 => format!("0{n}"),
                 2 => format!("x{n}"),
                 _ => format!("{n}"),
@@ -431,40 +494,7 @@ mod tests {
         }
         truth.sort();
         truth.dedup_by(|a, b| a.0 == b.0);
-        for values in [Values::Written, Values::Positions] {
-            let path = dir.path().join(format!("{values:?}"));
-            build(&path, values, truth.len() as u64, &mut |each| {
-                for (position, (id, written)) in truth.iter().enumerate() {
-                    each(id, written, position as u64 * 3)?;
-                }
-                Ok(())
-            })
-            .unwrap();
-            let index = IdIndex::open(&path).unwrap();
-            assert!(
-                index.dense_limit > 3000,
-                "the table covers the small integers"
-            );
-            for (position, (id, written)) in truth.iter().enumerate() {
-                assert!(index.contains(id), "{id}");
-                match values {
-                    Values::Written => {
-                        assert_eq!(index.written(id).unwrap().as_deref(), Some(&written[..]))
-                    }
-                    Values::Positions => assert_eq!(index.position(id), Some(position as u64 * 3)),
-                }
-            }
-            let present: std::collections::HashSet<&str> =
-                truth.iter().map(|(id, _)| &id[..]).collect();
-            for n in 0..40_000u64 {
-                let probe = n.to_string();
-                assert_eq!(
-                    index.contains(&probe),
-                    present.contains(&probe[..]),
-                    "{probe}"
-                );
-            }
-        }
+        truth
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod json;
 pub mod merge;
 pub mod output_file;
 pub mod parallel;
+pub mod partition;
 pub mod paths;
 pub mod plan;
 pub mod private_file;

@@ -15,12 +15,14 @@
 //!
 //! ## Memory
 //!
-//! Records are spread over partitions by a hash of the playlist id
-//! ([`crate::apply::partition_of`]), and the plan chose the number of partitions
-//! so that one holds a few MiB of records whatever the input size. A merge
-//! thread streams one partition's records in index order (`merge_partition`)
-//! and holds the state of the playlists they touch (their song lists), never the
-//! records themselves.
+//! Records are spread over partitions by playlist id ([`crate::partition`]:
+//! a document playlist's by its position, any other by a hash), and the plan
+//! chose the number of partitions so that one holds a few MiB of records
+//! whatever the input size. A merge thread reads its slice of the document's
+//! playlists in one range scan (keeping those its records name, and counting
+//! the slice's warnings), then streams the partition's records in index order
+//! (`merge_partition`) and holds the state of the playlists they touch (their
+//! song lists), never the records themselves.
 //!
 //! ## Parallelism
 //!
@@ -51,8 +53,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Result};
 
-use crate::id_key::{FxMap, IdKey};
+use crate::id_key::{FxMap, FxSet, IdKey};
 use crate::json;
+use crate::partition::Partitions;
 use crate::record::{Body, Decoder, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
 use crate::render;
@@ -119,10 +122,6 @@ fn merge_one(store: &Store, cx: &MergeContext, part: u64) -> Result<bool> {
     }
     let mut out = PartitionResults::default();
     merge_partition(store, cx, part, &mut out)?;
-    // This partition's share of the document check: a slice of playlists.
-    let from = cx.playlists * part / cx.partitions;
-    let to = cx.playlists * (part + 1) / cx.partitions;
-    out.warnings = count_warnings(store, from, to)?;
     match store.commit_partition(part, &out) {
         Ok(()) => Ok(true),
         Err(e) if e.is::<AlreadyMerged>() => Ok(false),
@@ -139,7 +138,7 @@ pub fn help(store: &Store) -> Result<u64> {
     }
     let context = MergeContext::read(store)?;
     let mut merged = 0;
-    for part in (0..context.partitions).rev() {
+    for part in (0..context.partitions.count).rev() {
         if merge_one(store, &context, part)? {
             merged += 1;
         }
@@ -147,40 +146,31 @@ pub fn help(store: &Store) -> Result<u64> {
     Ok(merged)
 }
 
-/// Counts the document's playlists at positions `from..to` whose owner or some
-/// song does not exist (README "The mixtape document": kept, but a warning).
-fn count_warnings(store: &Store, from: u64, to: u64) -> Result<u64> {
-    let mut warnings = 0;
-    store.each_document_playlist_between(from, to, &mut |raw| {
-        let members = json::object_members(raw).unwrap_or_default();
-        let owner =
-            json::member(&members, "owner_id").or_else(|| json::member(&members, "user_id"));
-        let owner_ok = match owner.and_then(json::id_text) {
-            Some(id) => store.user_exists(&id)?,
+/// Whether the document's playlist `raw` names an owner and songs that all
+/// exist; one that does not is kept, but counted as a warning (README "The
+/// mixtape document").
+fn is_sound(store: &Store, members: &[(&[u8], &[u8])]) -> Result<bool> {
+    let owner = json::member(members, "owner_id").or_else(|| json::member(members, "user_id"));
+    let owner_ok = match owner.and_then(json::id_text) {
+        Some(id) => store.user_exists(&id)?,
+        None => false,
+    };
+    if !owner_ok {
+        return Ok(false);
+    }
+    let songs = json::member(members, "song_ids")
+        .and_then(json::array_elements)
+        .unwrap_or_default();
+    for song in songs {
+        let exists = match json::id_text(song) {
+            Some(id) => store.song_exists(&id)?,
             None => false,
         };
-        let mut songs_ok = true;
-        if owner_ok {
-            let songs = json::member(&members, "song_ids")
-                .and_then(json::array_elements)
-                .unwrap_or_default();
-            for song in songs {
-                let exists = match json::id_text(song) {
-                    Some(id) => store.song_exists(&id)?,
-                    None => false,
-                };
-                if !exists {
-                    songs_ok = false;
-                    break;
-                }
-            }
+        if !exists {
+            return Ok(false);
         }
-        if !(owner_ok && songs_ok) {
-            warnings += 1;
-        }
-        Ok(())
-    })?;
-    Ok(warnings)
+    }
+    Ok(true)
 }
 
 /// What every partition needs to know.
@@ -191,9 +181,7 @@ struct MergeContext {
     /// For each chunk, the automatic ids of all earlier chunks: `k` of a
     /// chunk's first automatic id, less one.
     auto_before: Vec<u64>,
-    partitions: u64,
-    /// How many playlists the document has.
-    playlists: u64,
+    partitions: Partitions,
 }
 
 impl MergeContext {
@@ -210,8 +198,7 @@ impl MergeContext {
             owner_key: store.meta(Key::OwnerKey)?,
             max_id,
             auto_before,
-            partitions: store.meta_number(Key::Partitions)?,
-            playlists: store.meta_number(Key::Playlists)?,
+            partitions: Partitions::read(store)?,
         })
     }
 }
@@ -331,9 +318,9 @@ fn merge_partition(
     part: u64,
     out: &mut PartitionResults,
 ) -> Result<()> {
+    let mut documents = documents_of_partition(store, cx, part, out)?;
     let mut replays: FxMap<IdKey<'static>, Replay> = FxMap::default();
     let mut last_index: Option<u64> = None;
-    let documents = prefetched_documents(store, part)?;
     store.each_block(part, &mut |block| {
         for rec in Decoder::new(block) {
             let rec = rec?;
@@ -375,9 +362,10 @@ fn merge_partition(
                     let key = IdKey::owned(playlist);
                     let replay = match replays.get_mut(&key) {
                         Some(replay) => replay,
-                        None => replays
-                            .entry(key)
-                            .or_insert(Replay::load(store, &text(playlist), documents.as_ref())?),
+                        None => {
+                            let loaded = Replay::load(store, part, &text(playlist), &mut documents)?;
+                            replays.entry(key).or_insert(loaded)
+                        }
                     };
                     replay.apply(&rec, out);
                 }
@@ -392,26 +380,41 @@ fn merge_partition(
     Ok(())
 }
 
-/// For a store on a server, where each lookup is a round trip: the document
-/// playlists partition `part` names, fetched in bulk after a first pass over
-/// its blocks. `None` for a SQLite file, where a lookup costs microseconds
-/// and a second pass would cost more.
-fn prefetched_documents(store: &Store, part: u64) -> Result<Option<FxMap<String, (i64, String)>>> {
-    if !store.lookups_are_round_trips() {
-        return Ok(None);
-    }
-    let mut ids: std::collections::HashSet<String> = std::collections::HashSet::new();
+/// The document playlists that partition `part`'s records name, by position:
+/// a first pass over the records finds their positions (all in the
+/// partition's slice, [`crate::partition`]), then one range scan of the slice
+/// keeps those and counts the slice's warnings into `out`. Memory: the
+/// playlists the partition touches, which its replay holds anyway.
+fn documents_of_partition(
+    store: &Store,
+    cx: &MergeContext,
+    part: u64,
+    out: &mut PartitionResults,
+) -> Result<FxMap<u64, String>> {
+    let mut touched = FxSet::default();
     store.each_block(part, &mut |block| {
         for rec in Decoder::new(block) {
             if let Some(playlist) = rec?.body.playlist() {
-                ids.insert(text(playlist).to_string());
+                if let Some(position) = store.document_playlist_position(&text(playlist))? {
+                    touched.insert(position);
+                }
             }
         }
         Ok(())
     })?;
-    Ok(Some(
-        store.document_playlists(ids.iter().map(|id| &id[..]))?,
-    ))
+    let (from, to) = cx.partitions.slice(part);
+    let mut documents = FxMap::default();
+    store.each_document_playlist_between(from, to, &mut |position, raw| {
+        let members = json::object_members(raw).unwrap_or_default();
+        if !is_sound(store, &members)? {
+            out.warnings += 1;
+        }
+        if touched.contains(&position) {
+            documents.insert(position, text_of(raw.to_vec()));
+        }
+        Ok(())
+    })?;
+    Ok(documents)
 }
 
 /// One playlist id while its changes are replayed: the document's playlist of
@@ -425,16 +428,22 @@ struct Replay {
 }
 
 impl Replay {
-    /// The state before any change: the document's playlist `id`, or none
-    /// (from `prefetched` when the store fetched them in bulk).
+    /// The state before any change: the document's playlist `id`, or none,
+    /// taken from `documents` ([`documents_of_partition`]).
     fn load(
         store: &Store,
+        part: u64,
         id: &str,
-        prefetched: Option<&FxMap<String, (i64, String)>>,
+        documents: &mut FxMap<u64, String>,
     ) -> Result<Replay> {
-        let document = match prefetched {
-            Some(documents) => documents.get(id).cloned(),
-            None => store.document_playlist(id)?,
+        let document = match store.document_playlist_position(id)? {
+            Some(position) => match documents.remove(&position) {
+                Some(raw) => Some((position as i64, raw)),
+                None => bail!(
+                    "work database: partition {part} holds playlist {id} of another partition; rerun with --fresh"
+                ),
+            },
+            None => None,
         };
         let state = document.as_ref().map(|(_, raw)| {
             let members = json::object_members(raw.as_bytes()).unwrap_or_default();

@@ -96,7 +96,7 @@ pub use postgres::target::{bound_silence_by_lease, silence_bound};
 pub use postgres::PgTarget;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// `meta` keys of the publication record ([`Store::record_publishing`]).
 const PUBLISHED_PATH: &str = "published_output_path";
@@ -453,6 +453,9 @@ pub struct PartitionResults {
 /// Receives one stored element (raw JSON text) at a time.
 pub type Each<'a> = dyn FnMut(&[u8]) -> Result<()> + 'a;
 
+/// Receives one document playlist: its position and its raw JSON text.
+pub type EachPlaylist<'a> = dyn FnMut(u64, &[u8]) -> Result<()> + 'a;
+
 /// Receives one top-level member: its raw key and its minified value.
 pub type EachMember<'a> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'a;
 
@@ -630,16 +633,15 @@ pub trait Tables {
     fn checkpoint(&self) -> Result<()> {
         Ok(())
     }
-    /// Whether each lookup is a round trip to a server (the merge then fetches
-    /// what it needs in bulk).
-    fn lookups_are_round_trips(&self) -> bool {
-        false
-    }
-
     // ---- the document's playlists, as imported ----
-    /// Streams the document's playlists at positions `from..to`, raw, in
-    /// order.
-    fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()>;
+    /// Streams the document's playlists at positions `from..to`, with their
+    /// positions, raw, in order.
+    fn each_document_playlist_between(
+        &self,
+        from: u64,
+        to: u64,
+        each: &mut EachPlaylist,
+    ) -> Result<()>;
 
     // ---- plan and chunks ----
     /// Replaces the plan: every chunk's row, the form, the number of changes
@@ -734,15 +736,6 @@ trait Backend: Tables {
     fn document_writer(&self) -> Result<Box<dyn DocumentSink + '_>>;
     /// The document playlist at position `seq`, with its position.
     fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>>;
-    /// The playlists at these positions, in any order (one round trip per
-    /// page of positions on a server).
-    fn playlists_at(&self, seqs: &[i64]) -> Result<Vec<(i64, String)>> {
-        let mut found = Vec::new();
-        for &seq in seqs {
-            found.extend(self.playlist_at(seq as u64)?);
-        }
-        Ok(found)
-    }
 
     // ---- where the backends truly differ: id indexes on other hosts ----
     /// What names this run's id index files on every host (`None`: the files
@@ -1149,6 +1142,12 @@ impl Store {
         Ok(self.indexes()?.songs.contains(id))
     }
 
+    /// The position of the document's playlist `id`, if the document has one
+    /// ([`crate::partition`]).
+    pub fn document_playlist_position(&self, id: &str) -> Result<Option<u64>> {
+        Ok(self.indexes()?.playlists.position(id))
+    }
+
     /// The document's playlist `id`: its position and raw text. Most ids the
     /// merge asks about are new playlists': the index answers those without
     /// touching the database.
@@ -1157,29 +1156,6 @@ impl Store {
             Some(seq) => self.db.playlist_at(seq),
             None => Ok(None),
         }
-    }
-
-    /// The document's playlists of the given ids that exist, by id, fetched
-    /// together.
-    pub fn document_playlists<'a>(
-        &self,
-        ids: impl Iterator<Item = &'a str>,
-    ) -> Result<crate::id_key::FxMap<String, (i64, String)>> {
-        let index = &self.indexes()?.playlists;
-        let mut ids_at = crate::id_key::FxMap::default();
-        for id in ids {
-            if let Some(seq) = index.position(id) {
-                ids_at.insert(seq as i64, id.to_string());
-            }
-        }
-        let seqs: Vec<i64> = ids_at.keys().copied().collect();
-        let mut found = crate::id_key::FxMap::default();
-        for (seq, raw) in self.db.playlists_at(&seqs)? {
-            if let Some(id) = ids_at.remove(&seq) {
-                found.insert(id, (seq, raw));
-            }
-        }
-        Ok(found)
     }
 
     // ---- the rules about undoing ----

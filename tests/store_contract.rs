@@ -401,7 +401,7 @@ fn an_imports_marker_commits_with_its_last_rows_never_before() {
         let rows_seen = |store: &Store| {
             let mut rows = 0;
             store
-                .each_document_playlist_between(0, 10, &mut |_| {
+                .each_document_playlist_between(0, 10, &mut |_, _| {
                     rows += 1;
                     Ok(())
                 })
@@ -435,7 +435,7 @@ fn an_unfinished_import_leaves_nothing() {
         drop(w);
         let mut rows = Vec::new();
         store
-            .each_document_playlist_between(0, 10, &mut |raw| {
+            .each_document_playlist_between(0, 10, &mut |_, raw| {
                 rows.push(String::from_utf8(raw.to_vec()).unwrap());
                 Ok(())
             })

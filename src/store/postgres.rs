@@ -41,8 +41,8 @@ use postgres::{Client, Row, Transaction};
 
 use super::{
     reason_of, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
-    EachMember, IdKind, Key, LeaseLost, LockTiming, Param, PartitionResults, Statement, Tables,
-    FATE_NEW, SCHEMA_VERSION, SELECT_CHUNK, SELECT_CHUNKS,
+    EachMember, EachPlaylist, IdKind, Key, LeaseLost, LockTiming, Param, PartitionResults,
+    Statement, Tables, FATE_NEW, SCHEMA_VERSION, SELECT_CHUNK, SELECT_CHUNKS,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -497,15 +497,21 @@ fn secs(lease: Duration) -> f64 {
 }
 
 impl Tables for PgDb {
-    fn lookups_are_round_trips(&self) -> bool {
-        true
-    }
-
-    fn each_document_playlist_between(&self, from: u64, to: u64, each: &mut Each) -> Result<()> {
-        self.each_first_column(
-            "SELECT raw FROM mixtape.playlists WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+    fn each_document_playlist_between(
+        &self,
+        from: u64,
+        to: u64,
+        each: &mut EachPlaylist,
+    ) -> Result<()> {
+        self.each_row(
+            "SELECT seq, raw FROM mixtape.playlists WHERE seq >= $1 AND seq < $2 ORDER BY seq",
             &[&(from as i64), &(to as i64)],
-            each,
+            &mut |row| {
+                each(
+                    row.get::<_, i64>(0) as u64,
+                    row.get::<_, &str>(1).as_bytes(),
+                )
+            },
         )
     }
 
@@ -923,18 +929,6 @@ impl Backend for PgDb {
             &[&(seq as i64)],
         )?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
-    }
-
-    fn playlists_at(&self, seqs: &[i64]) -> Result<Vec<(i64, String)>> {
-        let mut found = Vec::with_capacity(seqs.len());
-        for some in seqs.chunks(FETCH_ROWS as usize) {
-            let rows = self.client.borrow_mut().query(
-                "SELECT seq, raw FROM mixtape.playlists WHERE seq = ANY($1)",
-                &[&some],
-            )?;
-            found.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
-        }
-        Ok(found)
     }
 }
 

@@ -1,0 +1,97 @@
+//! Which merge partition a recorded change goes to, and which of the
+//! document's playlists each partition owns.
+//!
+//! The changes about one playlist id must meet in one partition: the merge
+//! replays them there, in order ([`crate::merge`]). How ids are spread:
+//!
+//! - the id of a playlist **of the document** by its *position*: partition
+//!   `p` of `P` owns the document's playlists at positions
+//!   `[N·p/P, N·(p+1)/P)` of `N` ([`Partitions::slice`]);
+//! - **any other** id (a new playlist's, or one that names nothing) by a hash
+//!   of its text ([`crate::fingerprint::fnv1a`]);
+//! - a new playlist with an automatic id, which no other change can name, by
+//!   its change's index.
+//!
+//! Why positions: a partition then needs exactly the document playlists of its
+//! slice, so the merge reads them with one range scan in the order they are
+//! stored (and does its share of the document check, the warnings, in the
+//! same pass), instead of one lookup by id for each playlist it touches.
+
+use anyhow::Result;
+
+use crate::store::{Key, Store};
+
+/// How records are spread over the merge partitions of one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Partitions {
+    /// How many partitions there are (`P`, at least 1).
+    pub count: u64,
+    /// How many playlists the document has (`N`).
+    pub playlists: u64,
+}
+
+impl Partitions {
+    /// The run's partitioning, as the plan saved it.
+    pub fn read(store: &Store) -> Result<Partitions> {
+        Ok(Partitions {
+            count: store.meta_number(Key::Partitions)?.max(1),
+            playlists: store.meta_number(Key::Playlists)?,
+        })
+    }
+
+    /// The partition of the changes about playlist id `id` (its text).
+    pub fn of_playlist(&self, store: &Store, id: &str) -> Result<u64> {
+        Ok(match store.document_playlist_position(id)? {
+            Some(position) => self.of_position(position),
+            None => crate::fingerprint::fnv1a(id.as_bytes()) % self.count,
+        })
+    }
+
+    /// The partition of the new playlist created by change `index` with an
+    /// automatic id.
+    pub fn of_automatic(&self, index: u64) -> u64 {
+        index % self.count
+    }
+
+    /// The partition whose slice holds document position `position`: the
+    /// largest `p` with `⌊N·p/P⌋ ≤ position`, that is `⌊((position+1)·P − 1)/N⌋`.
+    pub fn of_position(&self, position: u64) -> u64 {
+        let (n, p) = (u128::from(self.playlists.max(1)), u128::from(self.count));
+        let partition = ((u128::from(position) + 1) * p - 1) / n;
+        (partition as u64).min(self.count - 1)
+    }
+
+    /// The document positions partition `part` owns: `from..to`.
+    pub fn slice(&self, part: u64) -> (u64, u64) {
+        let (n, p) = (u128::from(self.playlists), u128::from(self.count));
+        let start = |k: u64| (n * u128::from(k) / p) as u64;
+        (start(part), start(part + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every position falls in the slice of the partition it is given to, for
+    /// more partitions than playlists, fewer, and as many.
+    #[test]
+    fn each_position_is_in_its_partitions_slice() {
+        for playlists in [0u64, 1, 2, 3, 7, 100, 1000] {
+            for count in [1u64, 2, 3, 5, 64, 1000, 4096] {
+                let parts = Partitions { count, playlists };
+                let mut covered = 0;
+                for part in 0..count {
+                    let (from, to) = parts.slice(part);
+                    assert!(from <= to, "{parts:?} part {part}");
+                    assert_eq!(from, covered, "{parts:?}: slices leave no gap");
+                    for position in from..to {
+                        assert_eq!(parts.of_position(position), part, "{parts:?} {position}");
+                    }
+                    covered = to;
+                }
+                assert_eq!(covered, playlists, "{parts:?}: slices cover the document");
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Rows in key order without a sort: a merge of sorted runs.
+//!
+//! The export wants three streams in order: the rejects by change index, the
+//! fates of document playlists by position, the new playlists by creation.
+//! Each worker batch and each merge partition inserts its rows of a stream in
+//! one transaction, sorted by that key, under consecutive `seq` values
+//! (`AUTOINCREMENT`: never reused, so rows deleted by a redo leave gaps in a
+//! run, never someone else's rows), and records that `seq` range as a run
+//! ([`record_run`]). A stream is then its runs merged by key (a heap of each
+//! run's next key), each run read a page at a time by `seq` range: memory is
+//! a few MB whatever the number of rows.
+//!
+//! Why not `ORDER BY`: SQLite's sorter writes every row to temporary files and
+//! reads it back; with a million rejects and a million new playlists that was
+//! most of the export (BENCHMARKS.md, issue 17).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use anyhow::{bail, Result};
+use rusqlite::{params, CachedStatement, Connection, Row, Transaction};
+
+/// Rows held in memory at once, over all runs of a stream.
+const BUFFERED_ROWS: usize = 65_536;
+
+/// The streams, as `runs.stream` numbers them.
+#[derive(Clone, Copy)]
+pub(super) enum Stream {
+    Rejects = 0,
+    DocumentFates = 1,
+    NewPlaylists = 2,
+}
+
+/// Records rows `first..=last` (by `seq`) as one sorted run of `stream`.
+pub(super) fn record_run(tx: &Transaction, stream: Stream, first: i64, last: i64) -> Result<()> {
+    tx.prepare_cached("INSERT INTO runs(stream, first, last) VALUES (?1, ?2, ?3)")?
+        .execute(params![stream as i64, first, last])?;
+    Ok(())
+}
+
+/// Reads one row of a page: its key (strictly increasing within a run) and
+/// what the stream yields.
+pub(super) type ReadRow<T> = fn(&Row) -> Result<(u64, T)>;
+
+/// The rows of one stream, merged from its runs, in key order.
+pub(super) struct Merged<'c, T> {
+    page_select: CachedStatement<'c>,
+    page: i64,
+    read: ReadRow<T>,
+    runs: Vec<Run<T>>,
+    heap: BinaryHeap<Reverse<(u64, usize)>>,
+    started: bool,
+}
+
+/// One run being read: the `seq` range still to read, and what was read.
+struct Run<T> {
+    next: i64,
+    last: i64,
+    buffered: VecDeque<(u64, T)>,
+    last_key: Option<u64>,
+}
+
+impl<'c, T> Merged<'c, T> {
+    /// The rows of `stream`; `page_sql` selects `seq` then the row's columns
+    /// with `seq` in `?1..=?2`, `ORDER BY seq LIMIT ?3`, and `read` reads the
+    /// columns after `seq`.
+    pub(super) fn new(
+        conn: &'c Connection,
+        stream: Stream,
+        page_sql: &str,
+        read: ReadRow<T>,
+    ) -> Result<Merged<'c, T>> {
+        let ranges: Vec<(i64, i64)> = conn
+            .prepare_cached("SELECT first, last FROM runs WHERE stream = ?1 ORDER BY first")?
+            .query_map([stream as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let runs = ranges
+            .into_iter()
+            .map(|(first, last)| Run {
+                next: first,
+                last,
+                buffered: VecDeque::new(),
+                last_key: None,
+            })
+            .collect::<Vec<_>>();
+        Ok(Merged {
+            page_select: conn.prepare_cached(page_sql)?,
+            page: (BUFFERED_ROWS / runs.len().max(1)).clamp(16, 4096) as i64,
+            read,
+            heap: BinaryHeap::with_capacity(runs.len()),
+            runs,
+            started: false,
+        })
+    }
+
+    /// Puts run `k`'s next key on the heap, reading a page if need be.
+    fn queue(&mut self, k: usize) -> Result<()> {
+        let run = &mut self.runs[k];
+        if run.buffered.is_empty() && run.next <= run.last {
+            let mut rows = self
+                .page_select
+                .query(params![run.next, run.last, self.page])?;
+            let mut read = 0;
+            while let Some(row) = rows.next()? {
+                let seq: i64 = row.get(0)?;
+                let (key, item) = (self.read)(row)?;
+                if run.last_key.is_some_and(|last| key <= last) {
+                    bail!("work database: a sorted run is out of order; rerun with --fresh");
+                }
+                run.last_key = Some(key);
+                run.buffered.push_back((key, item));
+                run.next = seq + 1;
+                read += 1;
+            }
+            if read < self.page {
+                run.next = run.last + 1;
+            }
+        }
+        if let Some((key, _)) = run.buffered.front() {
+            self.heap.push(Reverse((*key, k)));
+        }
+        Ok(())
+    }
+
+    fn next_row(&mut self) -> Result<Option<T>> {
+        if !self.started {
+            self.started = true;
+            for k in 0..self.runs.len() {
+                self.queue(k)?;
+            }
+        }
+        let Some(Reverse((_, k))) = self.heap.pop() else {
+            return Ok(None);
+        };
+        let (_, item) = self.runs[k]
+            .buffered
+            .pop_front()
+            .expect("a run on the heap has a row");
+        self.queue(k)?;
+        Ok(Some(item))
+    }
+}
+
+impl<T> Iterator for Merged<'_, T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        self.next_row().transpose()
+    }
+}
