@@ -38,14 +38,12 @@ pub fn write(store: &Store, changes: &Path, out: &mut dyn Write) -> Result<()> {
     let mut next_rejected = rejected.into_iter().peekable();
     let mut index = 0u64;
     let mut automatic = 0u64;
-    let mut minified = Vec::new();
+    let mut scratch = Vec::new();
     let mut line = Vec::new();
     for chunk in &chunks {
         let what = format!("CHANGES chunk {}", chunk.chunk);
         crate::values::each_value(changes, chunk.start, chunk.end, &what, &mut |raw, _| {
-            minified.clear();
-            json::minify_into(raw, &mut minified);
-            let parsed = change::parse(&minified);
+            let parsed = change::read(raw, &mut scratch);
             if parsed.counts_as_auto {
                 automatic += 1;
             }

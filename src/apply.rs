@@ -302,7 +302,7 @@ fn apply_claimed(
         max_playlist_id: state.max_playlist_id,
         start: state.start,
         summary,
-        minified: Vec::new(),
+        scratch: Vec::new(),
         committed_offset: state.next_offset,
         batch_size: crate::fault::batch_size(
             (state.changes / BATCHES_PER_CHUNK).clamp(BATCH_CHANGES, MAX_BATCH_CHANGES),
@@ -409,7 +409,8 @@ struct Worker<'a> {
     max_playlist_id: u64,
     start: u64,
     summary: ChunkSummary,
-    minified: Vec<u8>,
+    /// Where [`change::read`] minifies the rare change it cannot read as it is.
+    scratch: Vec<u8>,
     /// The chunk position this worker last committed (or started from).
     committed_offset: u64,
     /// Changes per batch (see [`BATCH_CHANGES`]; `MIXTAPE_BATCH` in tests).
@@ -446,10 +447,8 @@ impl Worker<'_> {
         self.next_index += 1;
         self.in_batch += 1;
         self.summary.changes += 1;
-        let mut minified = std::mem::take(&mut self.minified);
-        minified.clear();
-        json::minify_into(raw, &mut minified);
-        let parsed = change::parse(&minified);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let parsed = change::read(raw, &mut scratch);
         if let Some(id) = parsed.named_playlist_id {
             self.max_playlist_id = self.max_playlist_id.max(id);
         }
@@ -467,7 +466,7 @@ impl Worker<'_> {
             Ok(_) => {
                 self.summary.recorded += 1;
                 if self.options.trace {
-                    eprintln!("change {index}: {} -> recorded", shorten(&minified));
+                    eprintln!("change {index}: {} -> recorded", shorten(raw));
                 }
             }
             Err(Rejection { reason, detail }) => {
@@ -475,7 +474,7 @@ impl Worker<'_> {
                 if self.options.trace {
                     eprintln!(
                         "change {index}: {} -> rejected: {}: {detail}",
-                        shorten(&minified),
+                        shorten(raw),
                         reason.name()
                     );
                 }
@@ -487,7 +486,7 @@ impl Worker<'_> {
                 });
             }
         }
-        self.minified = minified;
+        self.scratch = scratch;
         Ok(())
     }
 
@@ -649,9 +648,10 @@ fn unknown_song(song: &[u8]) -> Rejection {
     )
 }
 
-/// A change's text for a trace line: at most 120 characters.
-fn shorten(minified: &[u8]) -> String {
-    let text = String::from_utf8_lossy(minified);
+/// A change's text for a trace line, minified: at most 120 characters.
+fn shorten(raw: &[u8]) -> String {
+    let minified = json::minify(raw);
+    let text = String::from_utf8_lossy(&minified);
     match text.char_indices().nth(120) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.into_owned(),

@@ -1,4 +1,4 @@
-//! One change, read from its (minified) JSON text: its shape only.
+//! One change, read from its JSON text: its shape only.
 //!
 //! This is the first row of the reject table (README "Semantics and rejects"): a change that is not an
 //! object, has an unknown `op`, or lacks a member or has one of the wrong type is
@@ -84,7 +84,7 @@ pub enum Change<'a> {
 }
 
 /// What reading one change gave.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Parsed<'a> {
     /// The `op` member for the rejects report: a JSON string, or `null` when it
     /// is missing or not a string.
@@ -98,56 +98,257 @@ pub struct Parsed<'a> {
     pub counts_as_auto: bool,
 }
 
-/// Members that are never copied onto a new playlist.
-const NOT_COPIED: [&str; 6] = ["op", "id", "owner_id", "user_id", "song_ids", "playlist_id"];
+/// Reads one change from its raw text (white space anywhere JSON allows it).
+///
+/// Nearly every change is read in one pass over `raw` ([`Fields::of_raw`]);
+/// the few that pass cannot read (an escape in a member name, a copied
+/// member whose value is an array or object with white space inside) are
+/// minified into `scratch` and read by [`parse`]. Both give the same result:
+/// the fuzz tests hold them to it.
+pub fn read<'a>(raw: &'a [u8], scratch: &'a mut Vec<u8>) -> Parsed<'a> {
+    if let Some(fields) = Fields::of_raw(raw) {
+        return fields.into_parsed();
+    }
+    scratch.clear();
+    json::minify_into(raw, scratch);
+    let minified: &'a [u8] = scratch;
+    parse(minified)
+}
 
 /// Reads one change from minified JSON text.
 pub fn parse(minified: &[u8]) -> Parsed<'_> {
-    let Some(members) = json::object_members(minified) else {
-        return Parsed {
+    match json::object_members(minified) {
+        Some(members) => Fields::of_members(&members).into_parsed(),
+        None => Parsed {
             op_json: Cow::Borrowed("null"),
             change: Err("change is not an object".into()),
             named_playlist_id: None,
             counts_as_auto: false,
-        };
-    };
-    let playlist_id = json::member(&members, "playlist_id");
-    let named_playlist_id = playlist_id
-        .and_then(json::id_text)
-        .and_then(|t| json::auto_id_value(&t));
-    let op_text = json::member(&members, "op").map(|raw| (raw, json::decode_string(raw)));
-    let op_json: Cow<'static, str> = match &op_text {
-        Some((_, Some(name))) => match Op::from_name(name) {
-            Some(op) => Cow::Borrowed(op.json_name()),
-            None => {
-                let mut out = Vec::new();
-                json::write_string(name, &mut out);
-                Cow::Owned(String::from_utf8(out).expect("JSON is UTF-8"))
-            }
         },
-        _ => Cow::Borrowed("null"),
-    };
-    let op = match &op_text {
-        None => Err("missing member op".to_string()),
-        Some((_, None)) => Err("member op must be a string".to_string()),
-        Some((_, Some(name))) => {
-            Op::from_name(name).ok_or_else(|| format!("unknown op {}", op_json))
+    }
+}
+
+/// The members a change is read from, each at its first occurrence, and the
+/// members an `add_playlist` would copy, in order. Every value is raw and
+/// minified.
+#[derive(Default)]
+struct Fields<'a> {
+    op: Option<&'a [u8]>,
+    playlist_id: Option<&'a [u8]>,
+    song_id: Option<&'a [u8]>,
+    owner_id: Option<&'a [u8]>,
+    user_id: Option<&'a [u8]>,
+    /// `Some(None)`: `song_ids` is there but is not an array.
+    song_ids: Option<Option<Vec<&'a [u8]>>>,
+    copied: Vec<(&'a [u8], &'a [u8])>,
+}
+
+/// What a member of a given name is to a change. An `add_playlist` copies
+/// every member onto the new playlist but `op`, `id`, `owner_id`, `user_id`,
+/// `song_ids` and `playlist_id`.
+enum Role {
+    Op,
+    PlaylistId,
+    /// `song_id`: read by `add_song` and `remove_song`, copied by `add_playlist`.
+    SongId,
+    OwnerId,
+    UserId,
+    SongIds,
+    /// `id`: neither read nor copied.
+    Ignored,
+    Copied,
+}
+
+impl Role {
+    fn of(name: &[u8]) -> Role {
+        match name {
+            b"op" => Role::Op,
+            b"playlist_id" => Role::PlaylistId,
+            b"song_id" => Role::SongId,
+            b"owner_id" => Role::OwnerId,
+            b"user_id" => Role::UserId,
+            b"song_ids" => Role::SongIds,
+            b"id" => Role::Ignored,
+            _ => Role::Copied,
         }
-    };
-    let counts_as_auto = op == Ok(Op::AddPlaylist) && playlist_id.is_none();
-    let change = op.and_then(|op| build(op, &members, playlist_id));
-    Parsed {
-        op_json,
-        change,
-        named_playlist_id,
-        counts_as_auto,
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// From the members of a minified object.
+    fn of_members(members: &[(&'a [u8], &'a [u8])]) -> Fields<'a> {
+        let mut fields = Fields::default();
+        for &(key, value) in members {
+            let role = match json::key_name(key) {
+                Some(name) => Role::of(name.as_bytes()),
+                None => Role::Copied,
+            };
+            fields.take(key, value, role, || json::array_elements(value));
+        }
+        fields
+    }
+
+    /// Files one member under its role; `elements` splits a `song_ids`
+    /// value, and is called only for the first one.
+    fn take(
+        &mut self,
+        key: &'a [u8],
+        value: &'a [u8],
+        role: Role,
+        elements: impl FnOnce() -> Option<Vec<&'a [u8]>>,
+    ) {
+        let first = |slot: &mut Option<&'a [u8]>| {
+            slot.get_or_insert(value);
+        };
+        match role {
+            Role::Op => first(&mut self.op),
+            Role::PlaylistId => first(&mut self.playlist_id),
+            Role::SongId => {
+                first(&mut self.song_id);
+                self.copied.push((key, value));
+            }
+            Role::OwnerId => first(&mut self.owner_id),
+            Role::UserId => first(&mut self.user_id),
+            Role::SongIds => {
+                if self.song_ids.is_none() {
+                    self.song_ids = Some(elements());
+                }
+            }
+            Role::Ignored => {}
+            Role::Copied => self.copied.push((key, value)),
+        }
+    }
+
+    /// From raw text in one pass, or `None` when the change needs minifying
+    /// first (see [`read`]). Never wrong: any byte it does not expect sends
+    /// the change to the minifying path.
+    fn of_raw(raw: &'a [u8]) -> Option<Fields<'a>> {
+        let mut text = Text { raw, at: 0 };
+        let mut fields = Fields::default();
+        // A copied array or object with white space inside would be copied
+        // with it; that matters only to an add_playlist.
+        let mut copies_unminified = false;
+        text.skip_ws();
+        text.expect(b'{')?;
+        text.skip_ws();
+        if text.peek() == Some(b'}') {
+            text.at += 1;
+        } else {
+            loop {
+                let key = text.plain_key()?;
+                text.skip_ws();
+                text.expect(b':')?;
+                text.skip_ws();
+                let role = Role::of(&key[1..key.len() - 1]);
+                let start = text.at;
+                if matches!(role, Role::SongIds) && fields.song_ids.is_none() {
+                    let elements = text.elements()?;
+                    fields.song_ids = Some(elements);
+                } else {
+                    let value = text.value()?;
+                    let copied = matches!(role, Role::Copied | Role::SongId);
+                    if copied && matches!(raw[start], b'[' | b'{') && !is_minified(value) {
+                        copies_unminified = true;
+                    }
+                    fields.take(key, value, role, || None);
+                }
+                text.skip_ws();
+                match text.next()? {
+                    b',' => text.skip_ws(),
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        text.skip_ws();
+        if text.at != raw.len() {
+            return None;
+        }
+        let adds_playlist =
+            || fields.op.and_then(json::decode_string).as_deref() == Some("add_playlist");
+        if copies_unminified && adds_playlist() {
+            return None;
+        }
+        Some(fields)
+    }
+
+    /// The change these members make, or why it is `invalid_change`.
+    fn into_parsed(self) -> Parsed<'a> {
+        let named_playlist_id = self
+            .playlist_id
+            .and_then(json::id_text)
+            .and_then(|t| json::auto_id_value(&t));
+        let op_name = self.op.map(json::decode_string);
+        let op_json: Cow<'static, str> = match &op_name {
+            Some(Some(name)) => match Op::from_name(name) {
+                Some(op) => Cow::Borrowed(op.json_name()),
+                None => {
+                    let mut out = Vec::new();
+                    json::write_string(name, &mut out);
+                    Cow::Owned(String::from_utf8(out).expect("JSON is UTF-8"))
+                }
+            },
+            _ => Cow::Borrowed("null"),
+        };
+        let op = match &op_name {
+            None => Err("missing member op".to_string()),
+            Some(None) => Err("member op must be a string".to_string()),
+            Some(Some(name)) => {
+                Op::from_name(name).ok_or_else(|| format!("unknown op {}", op_json))
+            }
+        };
+        let counts_as_auto = op == Ok(Op::AddPlaylist) && self.playlist_id.is_none();
+        let change = op.and_then(|op| self.build(op));
+        Parsed {
+            op_json,
+            change,
+            named_playlist_id,
+            counts_as_auto,
+        }
+    }
+
+    fn build(self, op: Op) -> Result<Change<'a>, String> {
+        Ok(match op {
+            Op::AddPlaylist => {
+                let owner = match (self.owner_id, self.user_id) {
+                    (Some(raw), _) => checked_id(raw, "owner_id")?,
+                    (None, Some(raw)) => checked_id(raw, "user_id")?,
+                    (None, None) => return Err("missing member owner_id".into()),
+                };
+                let songs = self
+                    .song_ids
+                    .ok_or_else(|| "missing member song_ids".to_string())?
+                    .filter(|list| list.iter().all(|s| json::id_text(s).is_some()))
+                    .ok_or_else(|| "member song_ids must be an array of ids".to_string())?;
+                let id = match self.playlist_id {
+                    Some(raw) => Some(checked_id(raw, "playlist_id")?),
+                    None => None,
+                };
+                Change::AddPlaylist {
+                    id,
+                    owner,
+                    songs,
+                    copied: self.copied,
+                }
+            }
+            Op::RemovePlaylist => Change::RemovePlaylist {
+                playlist: id_member(self.playlist_id, "playlist_id")?,
+            },
+            Op::AddSong => Change::AddSong {
+                playlist: id_member(self.playlist_id, "playlist_id")?,
+                song: id_member(self.song_id, "song_id")?,
+            },
+            Op::RemoveSong => Change::RemoveSong {
+                playlist: id_member(self.playlist_id, "playlist_id")?,
+                song: id_member(self.song_id, "song_id")?,
+            },
+        })
     }
 }
 
 /// A member that must be an id.
-fn id_member<'a>(members: &[(&'a [u8], &'a [u8])], name: &str) -> Result<&'a [u8], String> {
-    let raw = json::member(members, name).ok_or_else(|| format!("missing member {name}"))?;
-    checked_id(raw, name)
+fn id_member<'a>(raw: Option<&'a [u8]>, name: &str) -> Result<&'a [u8], String> {
+    checked_id(raw.ok_or_else(|| format!("missing member {name}"))?, name)
 }
 
 fn checked_id<'a>(raw: &'a [u8], name: &str) -> Result<&'a [u8], String> {
@@ -157,55 +358,108 @@ fn checked_id<'a>(raw: &'a [u8], name: &str) -> Result<&'a [u8], String> {
     }
 }
 
-fn build<'a>(
-    op: Op,
-    members: &[(&'a [u8], &'a [u8])],
-    playlist_id: Option<&'a [u8]>,
-) -> Result<Change<'a>, String> {
-    Ok(match op {
-        Op::AddPlaylist => {
-            let owner = match json::member(members, "owner_id") {
-                Some(raw) => checked_id(raw, "owner_id")?,
-                None => match json::member(members, "user_id") {
-                    Some(raw) => checked_id(raw, "user_id")?,
-                    None => return Err("missing member owner_id".into()),
-                },
-            };
-            let songs_raw = json::member(members, "song_ids")
-                .ok_or_else(|| "missing member song_ids".to_string())?;
-            let songs = json::array_elements(songs_raw)
-                .filter(|list| list.iter().all(|s| json::id_text(s).is_some()))
-                .ok_or_else(|| "member song_ids must be an array of ids".to_string())?;
-            let id = match playlist_id {
-                Some(raw) => Some(checked_id(raw, "playlist_id")?),
-                None => None,
-            };
-            let copied = members
-                .iter()
-                .filter(|(k, _)| {
-                    json::key_name(k).is_none_or(|name| !NOT_COPIED.contains(&name.as_ref()))
-                })
-                .copied()
-                .collect();
-            Change::AddPlaylist {
-                id,
-                owner,
-                songs,
-                copied,
+/// Raw JSON text (which the scanner validated) being read front to back by
+/// [`Fields::of_raw`]. Every method returns `None` on a byte it does not
+/// expect.
+struct Text<'a> {
+    raw: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Text<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.raw.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next()? == byte).then_some(())
+    }
+
+    fn skip_ws(&mut self) {
+        while self.peek().is_some_and(json::is_ws) {
+            self.at += 1;
+        }
+    }
+
+    /// A member name without escapes, with its quotes.
+    fn plain_key(&mut self) -> Option<&'a [u8]> {
+        let start = self.at;
+        self.expect(b'"')?;
+        loop {
+            match self.next()? {
+                b'"' => return Some(&self.raw[start..self.at]),
+                b'\\' => return None,
+                _ => {}
             }
         }
-        Op::RemovePlaylist => Change::RemovePlaylist {
-            playlist: id_member(members, "playlist_id")?,
-        },
-        Op::AddSong => Change::AddSong {
-            playlist: id_member(members, "playlist_id")?,
-            song: id_member(members, "song_id")?,
-        },
-        Op::RemoveSong => Change::RemoveSong {
-            playlist: id_member(members, "playlist_id")?,
-            song: id_member(members, "song_id")?,
-        },
-    })
+    }
+
+    /// One value, raw. Strings (ids, mostly) are short: a byte loop beats
+    /// `memchr` on them.
+    fn value(&mut self) -> Option<&'a [u8]> {
+        let start = self.at;
+        match self.peek()? {
+            b'"' => {
+                self.at += 1;
+                loop {
+                    match self.next()? {
+                        b'"' => break,
+                        b'\\' => self.at += 1,
+                        _ => {}
+                    }
+                }
+            }
+            _ => self.at = json::value_end(self.raw, start, true)?,
+        }
+        Some(&self.raw[start..self.at])
+    }
+
+    /// The elements of the array here, raw; `Some(None)` when the value here
+    /// is not an array.
+    fn elements(&mut self) -> Option<Option<Vec<&'a [u8]>>> {
+        if self.peek()? != b'[' {
+            self.value()?;
+            return Some(None);
+        }
+        self.at += 1;
+        let mut elements = Vec::new();
+        self.skip_ws();
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(Some(elements));
+        }
+        loop {
+            elements.push(self.value()?);
+            self.skip_ws();
+            match self.next()? {
+                b',' => self.skip_ws(),
+                b']' => return Some(Some(elements)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Whether `raw` has no white space outside its strings.
+fn is_minified(raw: &[u8]) -> bool {
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => match json::string_end(raw, i) {
+                Some(end) => i = end,
+                None => return false,
+            },
+            b if json::is_ws(b) => return false,
+            _ => i += 1,
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -215,6 +469,48 @@ mod tests {
     fn p(text: &str) -> Parsed<'static> {
         let min = json::minify(text.as_bytes());
         parse(Box::leak(min.into_boxed_slice()))
+    }
+
+    /// `read` and `parse` of the minified text must agree; `one_pass` says
+    /// whether `read` must manage without minifying.
+    fn same_either_way(text: &str, one_pass: bool) {
+        let raw = text.as_bytes();
+        assert_eq!(Fields::of_raw(raw).is_some(), one_pass, "{text}");
+        let mut scratch = Vec::new();
+        let minified = json::minify(raw);
+        assert_eq!(read(raw, &mut scratch), parse(&minified), "{text}");
+    }
+
+    #[test]
+    fn one_pass_reads_what_minifying_reads() {
+        for text in [
+            r#"{"op":"add_song","playlist_id":"54002","song_id":"738545"}"#,
+            " {\n \"op\" :\t\"remove_song\" , \"playlist_id\": 7, \"song_id\" : -3 }\r\n",
+            r#"{ "op": "add_playlist", "owner_id": "27745", "song_ids": [ "1" , 2 ], "name": "Mix \" }", "playlist_id": "1200000" }"#,
+            r#"{"op":"add_playlist","user_id":3,"song_ids":["1", [2, 3]],"name":"x"}"#,
+            r#"{"op":"add_playlist","user_id":3,"song_ids":"1","tags":["a","b"]}"#,
+            r#"{"op":"add_playlist","owner_id":1,"song_ids":[],"song_id":5,"id":"9","id":1}"#,
+            r#"{"op":"add_song","op":"remove_playlist","playlist_id":"1","playlist_id":[1, 2]}"#,
+            r#"{"op":"add_song","playlist_id":"1","song_id":1.5}"#,
+            r#"{"op":"rename","playlist_id":"012","x":{"y": 1}}"#,
+            r#"{"op":"\u0061dd_song","playlist_id":true,"song_id":null}"#,
+            r#"{"op":5,"song_ids":[1, 2],"song_ids":"no"}"#,
+            "{}",
+            " { } ",
+        ] {
+            same_either_way(text, true);
+        }
+        for text in [
+            r#"{"\u006fp":"add_song","playlist_id":"1","song_id":"2"}"#,
+            r#"{"op":"add_playlist","owner_id":1,"song_ids":[1],"tags":["a", "b"]}"#,
+            r#"{"op":"add_playlist","owner_id":1,"song_ids":[1],"song_id":{ "a":1}}"#,
+            r#"{"x":[1, 2],"op":"add_playlist","owner_id":1,"song_ids":[1]}"#,
+            "[1, 2]",
+            "5",
+            r#""op""#,
+        ] {
+            same_either_way(text, false);
+        }
     }
 
     #[test]

@@ -176,3 +176,54 @@ fn change_parser_never_panics_and_splits_like_serde_json() {
         }
     }
 }
+
+/// The changes of a generated CHANGES file, each as its raw text (with the
+/// white space a pretty case puts inside).
+fn raw_changes(changes: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Object<'a> {
+        #[serde(borrow)]
+        changes: Vec<&'a serde_json::value::RawValue>,
+    }
+    let trimmed = changes.trim_start();
+    if trimmed.starts_with('[') {
+        let list: Vec<&serde_json::value::RawValue> = serde_json::from_str(trimmed).unwrap();
+        list.iter().map(|v| v.get().to_string()).collect()
+    } else if changes.contains("\"changes\"") {
+        let object: Object = serde_json::from_str(changes).unwrap();
+        object.changes.iter().map(|v| v.get().to_string()).collect()
+    } else {
+        changes.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect()
+    }
+}
+
+/// Reading a change in one pass over its raw text (`change::read`) gives
+/// exactly what minifying it and reading that gives, for generated changes
+/// in every form, pretty or not, and mutated ones the scanner accepts.
+#[test]
+fn reading_a_change_in_one_pass_agrees_with_minifying_it_first() {
+    let mut rng = Rng::new(0x0E5A);
+    let mut scratch = Vec::new();
+    let (mut compared, mut spaced) = (0u64, 0u64);
+    for (seed, case) in gen::cases_in_every_form(0..iterations() / 10 + 20, 12) {
+        for raw in raw_changes(&case.changes) {
+            let mut text = raw.into_bytes();
+            if rng.chance(30) {
+                mutate(&mut rng, &mut text);
+                if !scan_document(&text) {
+                    continue;
+                }
+            }
+            let minified = json::minify(&text);
+            spaced += u64::from(minified.len() != text.len());
+            assert_eq!(
+                change::read(&text, &mut scratch),
+                change::parse(&minified),
+                "seed {seed}: {:?}",
+                String::from_utf8_lossy(&text)
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 200 && spaced > 50, "{compared} changes, {spaced} with white space");
+}
