@@ -480,7 +480,7 @@ impl Worker<'_> {
                 }
                 self.rejects.push(Reject {
                     index,
-                    op_json: parsed.op_json.into_owned(),
+                    op_json: parsed.op_json,
                     reason,
                     detail,
                 });

@@ -48,6 +48,18 @@ impl Op {
         }
     }
 
+    /// The op whose [`Op::json_name`] is `json`.
+    fn from_json_name(json: &str) -> Option<Op> {
+        [
+            Op::AddPlaylist,
+            Op::RemovePlaylist,
+            Op::AddSong,
+            Op::RemoveSong,
+        ]
+        .into_iter()
+        .find(|op| op.json_name() == json)
+    }
+
     fn from_name(name: &str) -> Option<Op> {
         Some(match name {
             "add_playlist" => Op::AddPlaylist,
@@ -56,6 +68,15 @@ impl Op {
             "remove_song" => Op::RemoveSong,
             _ => return None,
         })
+    }
+}
+
+/// A reject's `op` read back from a store: borrowed when it is one of the
+/// four ops' names, as nearly every one is.
+pub fn op_json_of(json: String) -> Cow<'static, str> {
+    match Op::from_json_name(&json) {
+        Some(op) => Cow::Borrowed(op.json_name()),
+        None => Cow::Owned(json),
     }
 }
 

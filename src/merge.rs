@@ -491,7 +491,7 @@ impl Replay {
         if let Err(Rejection { reason, detail }) = outcome {
             out.rejects.push(Reject {
                 index: rec.index,
-                op_json: rec.body.op().json_name().to_string(),
+                op_json: Cow::Borrowed(rec.body.op().json_name()),
                 reason,
                 detail,
             });

@@ -92,7 +92,8 @@ impl<'a> Body<'a> {
     }
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a LEB128 varint (also the rejects' rows, `store::sqlite`).
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -100,7 +101,8 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+/// Appends `b` with its length before it.
+pub(crate) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_varint(out, b.len() as u64);
     out.extend_from_slice(b);
 }
@@ -162,7 +164,7 @@ impl<'a> Decoder<'a> {
         Decoder { data, pos: 0 }
     }
 
-    fn varint(&mut self) -> Result<u64> {
+    pub(crate) fn varint(&mut self) -> Result<u64> {
         let mut v = 0u64;
         let mut shift = 0;
         loop {
@@ -181,7 +183,19 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8]> {
+    /// Whether every byte has been read.
+    pub(crate) fn is_done(&self) -> bool {
+        self.pos >= self.data.len()
+    }
+
+    /// The next byte, or `None` at the end of the data.
+    pub(crate) fn byte(&mut self) -> Option<u8> {
+        let &b = self.data.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8]> {
         let len = self.varint()? as usize;
         let end = self.pos.checked_add(len).filter(|&e| e <= self.data.len());
         let Some(end) = end else {
@@ -239,8 +253,7 @@ impl<'a> Iterator for Decoder<'a> {
     type Item = Result<Recorded<'a>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let &tag = self.data.get(self.pos)?;
-        self.pos += 1;
+        let tag = self.byte()?;
         Some(self.record(tag))
     }
 }

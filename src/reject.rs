@@ -48,6 +48,11 @@ impl Reason {
         }
     }
 
+    /// Its position in [`Reason::ALL`] (how a SQLite store writes it).
+    pub fn ordinal(self) -> usize {
+        self as usize
+    }
+
     /// The reason named `name` in a rejects report.
     pub fn from_name(name: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.name() == name)
@@ -75,8 +80,9 @@ impl Rejection {
 pub struct Reject {
     /// The change's index in CHANGES.
     pub index: u64,
-    /// The change's `op` as JSON: a string, or `null` when missing or not a string.
-    pub op_json: String,
+    /// The change's `op` as JSON: a string, or `null` when missing or not a
+    /// string. Borrowed for the four ops (nearly every reject).
+    pub op_json: std::borrow::Cow<'static, str>,
     pub reason: Reason,
     pub detail: String,
 }
@@ -89,6 +95,7 @@ mod tests {
     fn names_round_trip_and_precedence_is_declaration_order() {
         for (i, reason) in Reason::ALL.into_iter().enumerate() {
             assert_eq!(Reason::from_name(reason.name()), Some(reason));
+            assert_eq!(reason.ordinal(), i);
             assert!(Reason::ALL[..i].iter().all(|earlier| *earlier < reason));
         }
         assert_eq!(Reason::from_name("nope"), None);

@@ -22,7 +22,7 @@
 //! | `playlists`, `extras` | import | the document's playlists and other members, minified, in input order |
 //! | `chunks` | plan, workers | byte range of every chunk and how far its worker got |
 //! | `blocks` | workers | recorded changes, encoded ([`crate::record`]), one row per batch and partition |
-//! | `rejects` | workers, merge | every rejected change, with its index |
+//! | `rejects` | workers, merge | every rejected change, with its index (SQLite: up to 128 a row, encoded) |
 //! | `results` | merge | every playlist whose fate differs from the document ([`Fate`]) |
 //! | `merged` | merge | the partitions already merged, and the warnings each counted |
 //!
@@ -44,7 +44,8 @@
 //! tell whether the kept file is still whole.
 //!
 //! `rejects` and `results` are append-only (no key but the rowid): writers add
-//! rows in whatever order their work comes, and the export sorts once. Keyed
+//! rows in whatever order their work comes, and the export merges them in
+//! order (SQLite: from sorted runs, `sqlite/runs.rs`). Keyed
 //! inserts in random order would rewrite pages all over those tables in every
 //! transaction, which at 5M changes made the merge ten times slower.
 //!
@@ -96,7 +97,7 @@ pub use postgres::target::{bound_silence_by_lease, silence_bound};
 pub use postgres::PgTarget;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// `meta` keys of the publication record ([`Store::record_publishing`]).
 const PUBLISHED_PATH: &str = "published_output_path";

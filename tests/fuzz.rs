@@ -193,7 +193,11 @@ fn raw_changes(changes: &str) -> Vec<String> {
         let object: Object = serde_json::from_str(changes).unwrap();
         object.changes.iter().map(|v| v.get().to_string()).collect()
     } else {
-        changes.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect()
+        changes
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect()
     }
 }
 
@@ -225,5 +229,8 @@ fn reading_a_change_in_one_pass_agrees_with_minifying_it_first() {
             compared += 1;
         }
     }
-    assert!(compared > 200 && spaced > 50, "{compared} changes, {spaced} with white space");
+    assert!(
+        compared > 200 && spaced > 50,
+        "{compared} changes, {spaced} with white space"
+    );
 }

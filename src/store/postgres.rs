@@ -835,7 +835,7 @@ impl Tables for PgDb {
             &mut |row| {
                 each(Reject {
                     index: row.get::<_, i64>(0) as u64,
-                    op_json: row.get(1),
+                    op_json: crate::change::op_json_of(row.get(1)),
                     reason: reason_of(row.get(2))?,
                     detail: row.get(3),
                 })
@@ -951,7 +951,7 @@ fn copy_rejects(tx: &mut Transaction, rejects: &[Reject], by_merge: bool) -> Res
     for r in rejects {
         writer.write(&[
             &(r.index as i64),
-            &r.op_json,
+            &r.op_json.as_ref(),
             &r.reason.name(),
             &r.detail,
             &by_merge,

@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use rusqlite::{Transaction, TransactionBehavior};
 
 use super::{
-    reason_of, remove_files, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink,
-    Each, EachMember, EachPlaylist, Fate, Key, LeaseLost, LockTiming, Param, PartitionResults,
+    remove_files, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
+    EachMember, EachPlaylist, Fate, Key, LeaseLost, LockTiming, Param, PartitionResults,
     PlaylistResult, Statement, Tables, FATE_CHANGED, FATE_NEW, FATE_REMOVED, SCHEMA_VERSION,
     SELECT_CHUNK, SELECT_CHUNKS,
 };
@@ -19,6 +19,7 @@ use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
 use crate::stage::Stage;
 
+mod reject_rows;
 mod runs;
 
 use runs::Stream;
@@ -60,9 +61,7 @@ CREATE INDEX blocks_by_part ON blocks(part, chunk);
 CREATE TABLE rejects(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     idx INTEGER NOT NULL,
-    op TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    detail TEXT NOT NULL,
+    data BLOB NOT NULL,
     by_merge INTEGER NOT NULL
 );
 CREATE TABLE runs(
@@ -540,13 +539,15 @@ impl Tables for SqliteDb {
             Stream::DocumentFates,
             "SELECT seq, doc_seq, state, json FROM results
              WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-            |row| {
+            1,
+            |row, out| {
                 let json = match row.get_ref(3)? {
                     rusqlite::types::ValueRef::Null => None,
                     text => Some(text.as_bytes()?.to_vec()),
                 };
                 let doc_seq: i64 = row.get(1)?;
-                Ok((doc_seq as u64, (doc_seq, row.get(2)?, json)))
+                out.push_back((doc_seq as u64, (doc_seq, row.get(2)?, json)));
+                Ok(())
             },
         )?;
         let docs = std::iter::from_fn(|| -> Option<Result<super::DocRow>> {
@@ -565,7 +566,11 @@ impl Tables for SqliteDb {
             Stream::NewPlaylists,
             "SELECT seq, created, json FROM results
              WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-            |row| Ok((row.get(1)?, row.get_ref(2)?.as_bytes()?.to_vec())),
+            1,
+            |row, out| {
+                out.push_back((row.get(1)?, row.get_ref(2)?.as_bytes()?.to_vec()));
+                Ok(())
+            },
         )?;
         for json in created {
             each(&json?)?;
@@ -588,20 +593,10 @@ impl Tables for SqliteDb {
         let rejects = runs::Merged::new(
             &self.conn,
             Stream::Rejects,
-            "SELECT seq, idx, op, reason, detail FROM rejects
+            "SELECT seq, data FROM rejects
              WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-            |row| {
-                let index: u64 = row.get(1)?;
-                Ok((
-                    index,
-                    Reject {
-                        index,
-                        op_json: row.get(2)?,
-                        reason: reason_of(row.get_ref(3)?.as_str()?)?,
-                        detail: row.get(4)?,
-                    },
-                ))
-            },
+            reject_rows::REJECTS_PER_ROW,
+            |row, out| reject_rows::decode(row.get_ref(1)?.as_blob()?, out),
         )?;
         for reject in rejects {
             each(reject?)?;
@@ -613,17 +608,22 @@ impl Tables for SqliteDb {
         // Counted here in one scan: SQLite's GROUP BY sorts every reject by
         // its reason first (a fifth of the export's time with a million of
         // them), for a handful of groups.
-        let mut stmt = self.conn.prepare("SELECT reason FROM rejects")?;
+        let mut stmt = self.conn.prepare("SELECT data FROM rejects")?;
         let mut rows = stmt.query([])?;
-        let mut counts: Vec<(String, u64)> = Vec::new();
+        let mut counts = [0u64; Reason::ALL.len()];
+        let mut decoded = std::collections::VecDeque::new();
         while let Some(row) = rows.next()? {
-            let reason = row.get_ref(0)?.as_str()?;
-            match counts.iter_mut().find(|(name, _)| name == reason) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((reason.to_string(), 1)),
+            reject_rows::decode(row.get_ref(0)?.as_blob()?, &mut decoded)?;
+            for (_, reject) in decoded.drain(..) {
+                counts[reject.reason.ordinal()] += 1;
             }
         }
-        super::counted_by_reason(counts.into_iter())
+        let counts = Reason::ALL
+            .into_iter()
+            .zip(counts)
+            .map(|(reason, n)| (reason.name().to_string(), n))
+            .filter(|&(_, n)| n > 0);
+        super::counted_by_reason(counts)
     }
 }
 
@@ -793,25 +793,26 @@ fn insert_results(tx: &Transaction, results: &[PlaylistResult]) -> Result<()> {
 /// Inserts one batch's or one partition's rejects, in index order, as one
 /// run ([`runs`]).
 fn insert_rejects(tx: &Transaction, rejects: &[Reject], by_merge: bool) -> Result<()> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO rejects(idx, op, reason, detail, by_merge) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    insert_run(
-        tx,
-        Stream::Rejects,
-        rejects,
-        |r| r.index,
-        |r| {
-            insert.execute(params![
-                r.index,
-                r.op_json,
-                r.reason.name(),
-                r.detail,
-                by_merge
-            ])?;
-            Ok(())
-        },
-    )
+    let mut insert =
+        tx.prepare_cached("INSERT INTO rejects(idx, data, by_merge) VALUES (?1, ?2, ?3)")?;
+    let mut order: Vec<&Reject> = rejects.iter().collect();
+    if !rejects.is_sorted_by_key(|r| r.index) {
+        order.sort_by_key(|r| r.index);
+    }
+    let mut data = Vec::new();
+    let mut first = None;
+    for row in order.chunks(reject_rows::REJECTS_PER_ROW) {
+        data.clear();
+        for reject in row {
+            reject_rows::encode(reject, &mut data);
+        }
+        insert.execute(params![row[0].index, data, by_merge])?;
+        first.get_or_insert(tx.last_insert_rowid());
+    }
+    match first {
+        Some(first) => runs::record_run(tx, Stream::Rejects, first, tx.last_insert_rowid()),
+        None => Ok(()),
+    }
 }
 
 /// Inserts `rows` with `insert`, sorted by `key` (sorting a copy of the

@@ -20,7 +20,8 @@ use std::collections::{BinaryHeap, VecDeque};
 use anyhow::{bail, Result};
 use rusqlite::{params, CachedStatement, Connection, Row, Transaction};
 
-/// Rows held in memory at once, over all runs of a stream.
+/// Items held in memory at once, over all runs of a stream (at least a row
+/// of each run).
 const BUFFERED_ROWS: usize = 65_536;
 
 /// The streams, as `runs.stream` numbers them.
@@ -38,9 +39,10 @@ pub(super) fn record_run(tx: &Transaction, stream: Stream, first: i64, last: i64
     Ok(())
 }
 
-/// Reads one row of a page: its key (strictly increasing within a run) and
-/// what the stream yields.
-pub(super) type ReadRow<T> = fn(&Row) -> Result<(u64, T)>;
+/// Reads one row of a page: appends what the stream yields from it (one item,
+/// or several for rows that hold several), each with its key (strictly
+/// increasing within a run).
+pub(super) type ReadRow<T> = fn(&Row, &mut VecDeque<(u64, T)>) -> Result<()>;
 
 /// The rows of one stream, merged from its runs, in key order.
 pub(super) struct Merged<'c, T> {
@@ -63,11 +65,12 @@ struct Run<T> {
 impl<'c, T> Merged<'c, T> {
     /// The rows of `stream`; `page_sql` selects `seq` then the row's columns
     /// with `seq` in `?1..=?2`, `ORDER BY seq LIMIT ?3`, and `read` reads the
-    /// columns after `seq`.
+    /// columns after `seq`: up to `per_row` items a row.
     pub(super) fn new(
         conn: &'c Connection,
         stream: Stream,
         page_sql: &str,
+        per_row: usize,
         read: ReadRow<T>,
     ) -> Result<Merged<'c, T>> {
         let ranges: Vec<(i64, i64)> = conn
@@ -85,7 +88,8 @@ impl<'c, T> Merged<'c, T> {
             .collect::<Vec<_>>();
         Ok(Merged {
             page_select: conn.prepare_cached(page_sql)?,
-            page: (BUFFERED_ROWS / runs.len().max(1)).clamp(16, 4096) as i64,
+            page: ((BUFFERED_ROWS / runs.len().max(1)).clamp(16, 4096) / per_row.max(1)).max(1)
+                as i64,
             read,
             heap: BinaryHeap::with_capacity(runs.len()),
             runs,
@@ -103,12 +107,14 @@ impl<'c, T> Merged<'c, T> {
             let mut read = 0;
             while let Some(row) = rows.next()? {
                 let seq: i64 = row.get(0)?;
-                let (key, item) = (self.read)(row)?;
-                if run.last_key.is_some_and(|last| key <= last) {
-                    bail!("work database: a sorted run is out of order; rerun with --fresh");
+                let before = run.buffered.len();
+                (self.read)(row, &mut run.buffered)?;
+                for &(key, _) in run.buffered.range(before..) {
+                    if run.last_key.is_some_and(|last| key <= last) {
+                        bail!("work database: a sorted run is out of order; rerun with --fresh");
+                    }
+                    run.last_key = Some(key);
                 }
-                run.last_key = Some(key);
-                run.buffered.push_back((key, item));
                 run.next = seq + 1;
                 read += 1;
             }
