@@ -234,9 +234,14 @@ struct Song {
 const SCAN_AT_MOST: usize = 32;
 
 impl SongList {
-    fn of<'s>(songs: impl ExactSizeIterator<Item = &'s [u8]>) -> SongList {
+    /// The list of `songs`, with room for `bytes` bytes of them and a few
+    /// more songs: growing a buffer (a copy each time) was a tenth of the
+    /// merge.
+    fn of<'s>(songs: impl ExactSizeIterator<Item = &'s [u8]>, bytes: usize) -> SongList {
+        const ROOM: usize = 4;
         let mut list = SongList {
-            songs: Vec::with_capacity(songs.len()),
+            songs: Vec::with_capacity(songs.len() + ROOM),
+            bytes: Vec::with_capacity(bytes + ROOM * 8),
             ..SongList::default()
         };
         for song in songs {
@@ -319,7 +324,8 @@ fn merge_partition(
     out: &mut PartitionResults,
 ) -> Result<()> {
     let mut documents = documents_of_partition(store, cx, part, out)?;
-    let mut replays: FxMap<IdKey<'static>, Replay> = FxMap::default();
+    let mut replays: FxMap<IdKey<'static>, Replay> =
+        FxMap::with_capacity_and_hasher(documents.len() * 2, Default::default());
     let mut last_index: Option<u64> = None;
     store.each_block(part, &mut |block| {
         for rec in Decoder::new(block) {
@@ -403,7 +409,7 @@ fn documents_of_partition(
         Ok(())
     })?;
     let (from, to) = cx.partitions.slice(part);
-    let mut documents = FxMap::default();
+    let mut documents = FxMap::with_capacity_and_hasher(touched.len(), Default::default());
     store.each_document_playlist_between(from, to, &mut |position, raw| {
         let members = json::object_members(raw).unwrap_or_default();
         if !is_sound(store, &members)? {
@@ -447,11 +453,12 @@ impl Replay {
         };
         let state = document.as_ref().map(|(_, raw)| {
             let members = json::object_members(raw.as_bytes()).unwrap_or_default();
+            let song_ids = json::member(&members, "song_ids").unwrap_or_default();
             let songs = SongList::of(
-                json::member(&members, "song_ids")
-                    .and_then(json::array_elements)
+                json::array_elements(song_ids)
                     .unwrap_or_default()
                     .into_iter(),
+                song_ids.len(),
             );
             Playlist {
                 songs,
@@ -557,7 +564,8 @@ impl Playlist {
         else {
             unreachable!("only add_playlist with a given id is replayed")
         };
-        let songs = SongList::of(songs.iter().copied());
+        let bytes = songs.iter().map(|s| s.len()).sum();
+        let songs = SongList::of(songs.iter().copied(), bytes);
         Playlist {
             songs,
             origin: Origin::New {
