@@ -79,6 +79,16 @@ struct Record<'a> {
     offset: u64,
 }
 
+/// An id's first 16 bytes (zeros after a shorter one) as a big-endian
+/// integer: ids in byte order have prefixes in order, so only equal prefixes
+/// need the ids themselves compared.
+fn prefix(id: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = id.len().min(16);
+    bytes[..n].copy_from_slice(&id[..n]);
+    u128::from_be_bytes(bytes)
+}
+
 fn record_at(arena: &[u8], at: usize) -> Record<'_> {
     let number = |i: usize, n: usize| {
         let mut bytes = [0u8; 8];
@@ -123,13 +133,25 @@ impl IdSorter {
         Ok(())
     }
 
-    /// Sorts the arena's records by id, then position.
+    /// Sorts the arena's records by id, then position. Each record is
+    /// sorted with its id's [`prefix`], so that nearly every comparison is
+    /// one of two integers in the sort's own array rather than two slices
+    /// found through the arena (the sort was a tenth of the import).
     fn sort(&mut self) {
         let arena = &self.arena;
-        self.records.sort_unstable_by(|&a, &b| {
-            let (a, b) = (record_at(arena, a), record_at(arena, b));
-            (a.id, a.position).cmp(&(b.id, b.position))
+        let mut keyed: Vec<(u128, usize)> = self
+            .records
+            .iter()
+            .map(|&at| (prefix(record_at(arena, at).id), at))
+            .collect();
+        keyed.sort_unstable_by(|&(prefix_a, a), &(prefix_b, b)| {
+            prefix_a.cmp(&prefix_b).then_with(|| {
+                let (a, b) = (record_at(arena, a), record_at(arena, b));
+                (a.id, a.position).cmp(&(b.id, b.position))
+            })
         });
+        self.records.clear();
+        self.records.extend(keyed.into_iter().map(|(_, at)| at));
     }
 
     fn spill(&mut self) -> Result<()> {
@@ -174,12 +196,12 @@ impl IdSorter {
         let mut heap = BinaryHeap::new();
         for (i, source) in sources.iter_mut().enumerate() {
             if let Some(found) = read_record(source)? {
-                heap.push(Head(found, i));
+                heap.push(Head(prefix(found.id.as_bytes()), found, i));
             }
         }
-        while let Some(Head(found, i)) = heap.pop() {
+        while let Some(Head(_, found, i)) = heap.pop() {
             if let Some(next) = read_record(&mut sources[i])? {
-                heap.push(Head(next, i));
+                heap.push(Head(prefix(next.id.as_bytes()), next, i));
             }
             if !dups.repeats(&found.id, found.position, found.offset) {
                 each(&found.id, &found.written, found.position)?;
@@ -226,18 +248,19 @@ fn utf8(bytes: &[u8]) -> Result<&str> {
     Ok(std::str::from_utf8(bytes)?)
 }
 
-/// A run's next id, ordered for a min-heap (smallest first).
-struct Head(FoundId, usize);
+/// A run's next id with its [`prefix`], ordered for a min-heap (smallest
+/// first).
+struct Head(u128, FoundId, usize);
 
 impl PartialEq for Head {
     fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
+        self.1 == other.1
     }
 }
 impl Eq for Head {}
 impl Ord for Head {
     fn cmp(&self, other: &Self) -> Ordering {
-        other.0.cmp(&self.0)
+        (other.0.cmp(&self.0)).then_with(|| other.1.cmp(&self.1))
     }
 }
 impl PartialOrd for Head {
@@ -350,5 +373,56 @@ mod tests {
             sorted(sorter),
             (vec!["1".into(), "10".into(), "9".into()], None)
         );
+    }
+
+    /// Ids whose first 16 bytes tie (long ids, NUL bytes, a shorter id that
+    /// another extends) still come out in byte order, in memory and from
+    /// spilled runs.
+    #[test]
+    fn ids_that_share_a_prefix_sort_by_every_byte() {
+        let stems = [
+            "",
+            "a",
+            "a\u{0}",
+            "a\u{0}\u{0}",
+            "é",
+            "0123456789abcdef",
+            "0123456789abcde",
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let ids: Vec<String> = (0..3000)
+            .map(|_| {
+                let stem = stems[(next() % stems.len() as u64) as usize];
+                let tail = match next() % 4 {
+                    0 => String::new(),
+                    1 => "\u{0}".to_string(),
+                    _ => format!("{}", next() % 1000),
+                };
+                format!("{stem}{tail}")
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        for spill_every in [usize::MAX, 97] {
+            let mut sorter = IdSorter::default();
+            for (i, id) in ids.iter().enumerate() {
+                push(&mut sorter, id, i as u64);
+                if i % spill_every == spill_every - 1 {
+                    sorter.spill().unwrap();
+                }
+            }
+            let (out, dup) = sorted(sorter);
+            let mut expected = ids.clone();
+            expected.sort();
+            assert_eq!(out, expected, "spilling every {spill_every}");
+            assert_eq!(dup, None);
+        }
     }
 }
