@@ -393,6 +393,73 @@ fn document_playlists_are_found_through_their_index() {
     });
 }
 
+/// Many playlists, a few of them large (a store may pack neighbours
+/// together): every range of positions, every position and the whole
+/// stream give back exactly what was imported.
+#[test]
+fn document_playlists_read_back_by_any_range_and_position() {
+    on_each_backend(|store, _| {
+        let ids: Vec<String> = (0..500).map(|p| format!("p{p}")).collect();
+        let texts: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .map(|(p, id)| {
+                let pad = if p % 97 == 3 { 20_000 } else { p % 50 };
+                format!("{{\"id\":\"{id}\",\"name\":\"{}\"}}", "x".repeat(pad))
+            })
+            .collect();
+        let mut w = store.document_writer().unwrap();
+        for (position, text) in texts.iter().enumerate() {
+            w.playlist(position as u64, text).unwrap();
+        }
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        build_indexes(store, &id_refs);
+        w.finish(&DocumentFacts {
+            playlists: ids.len() as u64,
+            ..DocumentFacts::default()
+        })
+        .unwrap();
+        for (from, to) in [
+            (0, 500),
+            (0, 1),
+            (1, 2),
+            (63, 65),
+            (64, 128),
+            (99, 101),
+            (250, 499),
+            (499, 600),
+            (500, 600),
+            (7, 7),
+        ] {
+            let mut seen = Vec::new();
+            store
+                .each_document_playlist_between(from, to, &mut |position, raw| {
+                    seen.push((position, String::from_utf8(raw.to_vec()).unwrap()));
+                    Ok(())
+                })
+                .unwrap();
+            let expected: Vec<(u64, String)> = (from..to.min(500))
+                .map(|p| (p, texts[p as usize].clone()))
+                .collect();
+            assert_eq!(seen, expected, "positions {from}..{to}");
+        }
+        for position in [0, 1, 3, 63, 64, 100, 297, 499] {
+            assert_eq!(
+                store.document_playlist(&ids[position]).unwrap(),
+                Some((position as i64, texts[position].clone()))
+            );
+        }
+        let mut all = Vec::new();
+        store
+            .each_final_document_playlist(&mut |raw| {
+                all.push(String::from_utf8(raw.to_vec()).unwrap());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(all, texts);
+    });
+}
+
 #[test]
 fn an_imports_marker_commits_with_its_last_rows_never_before() {
     on_each_backend(|store, location| {

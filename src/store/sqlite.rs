@@ -19,6 +19,7 @@ use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
 use crate::stage::Stage;
 
+mod playlist_rows;
 mod reject_rows;
 mod runs;
 
@@ -38,7 +39,7 @@ const IMPORT_BATCH: u64 = 50_000;
 
 const SCHEMA: &str = "
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE playlists(seq INTEGER PRIMARY KEY, raw TEXT NOT NULL);
+CREATE TABLE playlists(first INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE extras(seq INTEGER PRIMARY KEY, key TEXT NOT NULL, raw TEXT NOT NULL);
 CREATE TABLE chunks(
     chunk INTEGER PRIMARY KEY,
@@ -286,12 +287,22 @@ impl Tables for SqliteDb {
         to: u64,
         each: &mut EachPlaylist,
     ) -> Result<()> {
+        // From the row that holds position `from` (playlist_rows).
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, raw FROM playlists WHERE seq >= ?1 AND seq < ?2 ORDER BY seq",
+            "SELECT first, data FROM playlists
+             WHERE first >= coalesce((SELECT max(first) FROM playlists WHERE first <= ?1), 0)
+               AND first < ?2
+             ORDER BY first",
         )?;
         let mut rows = stmt.query([from, to])?;
         while let Some(row) = rows.next()? {
-            each(row.get(0)?, row.get_ref(1)?.as_bytes()?)?;
+            let data = row.get_ref(1)?.as_blob()?;
+            playlist_rows::each_in_row(row.get(0)?, data, &mut |position, raw| {
+                if (from..to).contains(&position) {
+                    each(position, raw)?;
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -530,10 +541,10 @@ impl Tables for SqliteDb {
         // The two streams of the join (super::join_final_document_playlists):
         // the playlists in table order, their fates merged from the
         // partitions' runs (each partition's positions are one slice).
-        let mut docs = self
+        let mut rows = self
             .conn
-            .prepare("SELECT seq, raw FROM playlists ORDER BY seq")?;
-        let mut docs = docs.query([])?;
+            .prepare("SELECT first, data FROM playlists ORDER BY first")?;
+        let mut rows = rows.query([])?;
         let fates = runs::Merged::new(
             &self.conn,
             Stream::DocumentFates,
@@ -550,12 +561,28 @@ impl Tables for SqliteDb {
                 Ok(())
             },
         )?;
+        // Each row's playlists in turn (playlist_rows).
+        let mut row_playlists = std::collections::VecDeque::new();
         let docs = std::iter::from_fn(|| -> Option<Result<super::DocRow>> {
-            let row = docs.next().transpose()?;
-            Some((|| {
-                let row = row?;
-                Ok((row.get(0)?, row.get_ref(1)?.as_bytes()?.to_vec()))
-            })())
+            if row_playlists.is_empty() {
+                let read = (|| -> Result<bool> {
+                    let Some(row) = rows.next()? else {
+                        return Ok(false);
+                    };
+                    let data = row.get_ref(1)?.as_blob()?;
+                    playlist_rows::each_in_row(row.get(0)?, data, &mut |position, raw| {
+                        row_playlists.push_back((position as i64, raw.to_vec()));
+                        Ok(())
+                    })?;
+                    Ok(true)
+                })();
+                match read {
+                    Ok(false) => return None,
+                    Ok(true) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+            row_playlists.pop_front().map(Ok)
         });
         super::join_final_document_playlists(docs, fates, each)
     }
@@ -650,11 +677,23 @@ impl Backend for SqliteDb {
     }
 
     fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>> {
-        Ok(self
+        let row: Option<(u64, Vec<u8>)> = self
             .conn
-            .prepare_cached("SELECT seq, raw FROM playlists WHERE seq = ?1")?
+            .prepare_cached(
+                "SELECT first, data FROM playlists WHERE first <= ?1 ORDER BY first DESC LIMIT 1",
+            )?
             .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+            .optional()?;
+        let mut found = None;
+        if let Some((first, data)) = row {
+            playlist_rows::each_in_row(first, &data, &mut |position, raw| {
+                if position == seq {
+                    found = Some((position as i64, String::from_utf8_lossy(raw).into_owned()));
+                }
+                Ok(())
+            })?;
+        }
+        Ok(found)
     }
 
     fn meta_text(&self, key: &str) -> Result<Option<String>> {
@@ -672,6 +711,7 @@ impl Backend for SqliteDb {
             store: self,
             tx: Some(tx),
             in_transaction: 0,
+            pending: playlist_rows::PendingRow::default(),
         }))
     }
 }
@@ -683,14 +723,25 @@ struct DocumentWriter<'a> {
     store: &'a SqliteDb,
     tx: Option<Transaction<'a>>,
     in_transaction: u64,
+    /// Playlists waiting to be written as one row ([`playlist_rows`]).
+    pending: playlist_rows::PendingRow,
+}
+
+impl DocumentWriter<'_> {
+    fn write_playlists(conn: &Connection, first: u64, data: &[u8]) -> Result<()> {
+        conn.prepare_cached("INSERT INTO playlists(first, data) VALUES (?1, ?2)")?
+            .execute(params![first, data])?;
+        Ok(())
+    }
 }
 
 impl DocumentSink for DocumentWriter<'_> {
     fn playlist(&mut self, position: u64, raw: &str) -> Result<()> {
-        self.store
-            .conn
-            .prepare_cached("INSERT INTO playlists(seq, raw) VALUES (?1, ?2)")?
-            .execute(params![position, raw])?;
+        let conn = &self.store.conn;
+        self.pending
+            .add(position, raw.as_bytes(), &mut |first, data| {
+                Self::write_playlists(conn, first, data)
+            })?;
         self.element_written()
     }
 
@@ -703,6 +754,9 @@ impl DocumentSink for DocumentWriter<'_> {
     }
 
     fn finish(mut self: Box<Self>, meta: &[(&str, String)]) -> Result<()> {
+        let conn = &self.store.conn;
+        self.pending
+            .flush(&mut |first, data| Self::write_playlists(conn, first, data))?;
         for (key, value) in meta {
             self.store.set_meta_text(key, value)?;
         }
