@@ -29,8 +29,10 @@
 //! [`dense_limit`] (about 1.5 × the number of ids) also has a slot in a table
 //! indexed by that integer: two bits for users and songs (absent, quoted, bare,
 //! or "ask the fst"), a `u32` for playlists (position + 1, 0 for absent). A
-//! lookup of such an id reads one slot; every other id goes to the fst, which
-//! holds every id. Sparse or non-numeric ids cost nothing extra: the table
+//! lookup of such an id reads one slot; every other id goes to the fst. The
+//! fst holds every id but those a slot answers for on its own (quoted or
+//! bare, a position that fits): building it was a fifth of the import, and a
+//! reader never asks it about them. Sparse or non-numeric ids cost nothing extra: the table
 //! covers only integers below the limit, whatever the ids are. Its size is
 //! bounded by the number of ids (a quarter byte, or four bytes, per id and a
 //! half), and it is memory-mapped like the rest.
@@ -299,6 +301,10 @@ pub fn build(
     let mut out = BufWriter::with_capacity(1 << 20, temp);
     let mut builder = fst::MapBuilder::new(&mut out)?;
     let mut all_integers_dense = true;
+    // The ids a dense slot answers for skip the map, so the map alone no
+    // longer sees every id: their order is checked here.
+    // (The empty id, the least of all, needs no check: nothing comes before it.)
+    let mut previous = String::new();
     ids(&mut |id: &str, written: &str, position: u64| {
         let value = if values == Values::Positions {
             position
@@ -317,10 +323,16 @@ pub fn build(
             SIDE + at
         };
         match canonical_integer(id) {
-            Some(n) if n < dense_limit => set_dense(&mut dense, values, n, value),
+            Some(n) if n < dense_limit => {
+                if set_dense(&mut dense, values, n, value) {
+                    // Its slot answers for it: the map need not hold it.
+                    return check_order(&mut previous, id);
+                }
+            }
             Some(_) => all_integers_dense = false,
             None => {}
         }
+        check_order(&mut previous, id)?;
         builder
             .insert(id, value)
             .with_context(|| format!("id index: ids out of order at {id:?}"))
@@ -346,14 +358,17 @@ pub fn build(
     crate::paths::sync_directory_of(path)
 }
 
-/// Sets slot `n` of a dense table for an id whose map value is `value`.
-fn set_dense(dense: &mut [u8], values: Values, n: u64, value: u64) {
+/// Sets slot `n` of a dense table for an id whose map value is `value`;
+/// says whether the slot answers for the id on its own (else the reader
+/// asks the map: a written form of its own, a position too large for a slot).
+fn set_dense(dense: &mut [u8], values: Values, n: u64, value: u64) -> bool {
     match values {
         Values::Positions => {
             // u32::MAX itself, like anything larger, is left to the fst.
             let slot = u32::try_from(value + 1).unwrap_or(POSITION_IN_FST);
             let at = 4 * n as usize;
             dense[at..at + 4].copy_from_slice(&slot.to_le_bytes());
+            slot != POSITION_IN_FST
         }
         Values::Written => {
             let slot = match value {
@@ -362,8 +377,20 @@ fn set_dense(dense: &mut [u8], values: Values, n: u64, value: u64) {
                 _ => SLOT_OTHER,
             };
             dense[(n / 4) as usize] |= slot << (2 * (n % 4));
+            slot != SLOT_OTHER
         }
     }
+}
+
+/// Fails unless `id` comes after `previous` in byte order; keeps it as the
+/// new `previous`.
+fn check_order(previous: &mut String, id: &str) -> Result<()> {
+    if !previous.is_empty() && id.as_bytes() <= previous.as_bytes() {
+        bail!("id index: ids out of order at {id:?}");
+    }
+    previous.clear();
+    previous.push_str(id);
+    Ok(())
 }
 
 fn write_varint(mut n: u64, out: &mut Vec<u8>) {
