@@ -323,12 +323,11 @@ pub fn build(
             SIDE + at
         };
         match canonical_integer(id) {
-            Some(n) if n < dense_limit => {
-                if set_dense(&mut dense, values, n, value) {
-                    // Its slot answers for it: the map need not hold it.
-                    return check_order(&mut previous, id);
-                }
+            // Its slot answers for it: the map need not hold it.
+            Some(n) if n < dense_limit && set_dense(&mut dense, values, n, value) => {
+                return check_order(&mut previous, id);
             }
+            Some(n) if n < dense_limit => {}
             Some(_) => all_integers_dense = false,
             None => {}
         }
