@@ -24,7 +24,7 @@ use crate::id_index::AddId;
 pub const RUN_BYTES: usize = 16 << 20;
 
 /// One id as the import found it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FoundId {
     /// Its text (how ids are compared).
     pub id: String,
@@ -195,16 +195,24 @@ impl IdSorter {
             .collect();
         let mut heap = BinaryHeap::new();
         for (i, source) in sources.iter_mut().enumerate() {
-            if let Some(found) = read_record(source)? {
-                heap.push(Head(prefix(found.id.as_bytes()), found, i));
+            let mut head = Head(0, FoundId::default(), i);
+            if read_record(source, &mut head.1)? {
+                head.0 = prefix(head.1.id.as_bytes());
+                heap.push(head);
             }
         }
-        while let Some(Head(_, found, i)) = heap.pop() {
-            if let Some(next) = read_record(&mut sources[i])? {
-                heap.push(Head(prefix(next.id.as_bytes()), next, i));
-            }
+        // The least head is passed on, then its run's next record is read
+        // into it in place (its buffers reused) and it sinks to its place.
+        while let Some(mut head) = heap.peek_mut() {
+            let found = &head.1;
             if !dups.repeats(&found.id, found.position, found.offset) {
                 each(&found.id, &found.written, found.position)?;
+            }
+            let run = head.2;
+            if read_record(&mut sources[run], &mut head.1)? {
+                head.0 = prefix(head.1.id.as_bytes());
+            } else {
+                std::collections::binary_heap::PeekMut::pop(head);
             }
         }
         Ok(dups.first)
@@ -269,11 +277,13 @@ impl PartialOrd for Head {
     }
 }
 
-fn read_record(r: &mut impl Read) -> Result<Option<FoundId>> {
+/// Reads a run's next record into `into` (reusing its buffers); `false` at
+/// the end of the run.
+fn read_record(r: &mut impl Read, into: &mut FoundId) -> Result<bool> {
     let mut header = [0u8; HEADER];
     match r.read_exact(&mut header) {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e.into()),
     }
     let number = |i: usize, n: usize| {
@@ -281,19 +291,21 @@ fn read_record(r: &mut impl Read) -> Result<Option<FoundId>> {
         bytes[..n].copy_from_slice(&header[i..i + n]);
         u64::from_le_bytes(bytes)
     };
-    let mut text = |len: u64| -> Result<String> {
-        let mut bytes = vec![0u8; len as usize];
-        r.read_exact(&mut bytes)?;
-        Ok(String::from_utf8(bytes)?)
-    };
-    let id = text(number(0, 4))?;
-    let written = text(number(4, 4))?;
-    Ok(Some(FoundId {
-        id,
-        written,
-        position: number(8, 8),
-        offset: number(16, 8),
-    }))
+    read_text(r, number(0, 4), &mut into.id)?;
+    read_text(r, number(4, 4), &mut into.written)?;
+    into.position = number(8, 8);
+    into.offset = number(16, 8);
+    Ok(true)
+}
+
+/// Reads `len` bytes of UTF-8 into `text`, replacing what it held.
+fn read_text(r: &mut impl Read, len: u64, text: &mut String) -> Result<()> {
+    let mut bytes = std::mem::take(text).into_bytes();
+    bytes.clear();
+    bytes.resize(len as usize, 0);
+    r.read_exact(&mut bytes)?;
+    *text = String::from_utf8(bytes)?;
+    Ok(())
 }
 
 #[cfg(test)]
