@@ -1,7 +1,8 @@
 //! Sorting the document's user or song ids for their index, in bounded memory.
 //!
 //! The import sees ids in document order; an [`crate::id_index`] is built from
-//! ids in byte order. [`IdSorter`] keeps up to [`RUN_BYTES`] of ids in memory,
+//! ids in byte order. [`IdSorter`] keeps up to [`RUN_BYTES`] of ids (records and
+//! their sort keys together) in memory,
 //! sorts them and spills them to a temporary file as one sorted run, then
 //! merges the runs ([`IdSorter::merge`]). Memory stays bounded whatever the
 //! number of ids (ten million ids are about ten runs); disk holds the ids once.
@@ -60,8 +61,8 @@ pub struct Duplicate {
 #[derive(Default)]
 pub struct IdSorter {
     arena: Vec<u8>,
-    /// Where each record starts in `arena`.
-    records: Vec<usize>,
+    /// Each record's id [`prefix`] and where it starts in `arena`.
+    records: Vec<(u64, u32)>,
     runs: Vec<File>,
     /// How many ids were pushed, in all.
     pushed: u64,
@@ -79,15 +80,18 @@ struct Record<'a> {
     offset: u64,
 }
 
-/// An id's first 16 bytes (zeros after a shorter one) as a big-endian
+/// An id's first 8 bytes (zeros after a shorter one) as a big-endian
 /// integer: ids in byte order have prefixes in order, so only equal prefixes
 /// need the ids themselves compared.
-fn prefix(id: &[u8]) -> u128 {
-    let mut bytes = [0u8; 16];
-    let n = id.len().min(16);
+fn prefix(id: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = id.len().min(8);
     bytes[..n].copy_from_slice(&id[..n]);
-    u128::from_be_bytes(bytes)
+    u64::from_be_bytes(bytes)
 }
+
+/// Bytes of `records` per record, counted against [`RUN_BYTES`].
+const RECORD_ENTRY: usize = std::mem::size_of::<(u64, u32)>();
 
 fn record_at(arena: &[u8], at: usize) -> Record<'_> {
     let number = |i: usize, n: usize| {
@@ -118,7 +122,10 @@ impl IdSorter {
 
     pub fn push(&mut self, id: &str, written: &str, position: u64, offset: u64) -> Result<()> {
         self.pushed += 1;
-        self.records.push(self.arena.len());
+        // The arena stays under RUN_BYTES (a spill empties it), so an
+        // offset fits in a u32.
+        self.records
+            .push((prefix(id.as_bytes()), self.arena.len() as u32));
         self.arena
             .extend_from_slice(&(id.len() as u32).to_le_bytes());
         self.arena
@@ -127,7 +134,7 @@ impl IdSorter {
         self.arena.extend_from_slice(&offset.to_le_bytes());
         self.arena.extend_from_slice(id.as_bytes());
         self.arena.extend_from_slice(written.as_bytes());
-        if self.arena.len() + 8 * self.records.len() >= RUN_BYTES {
+        if self.arena.len() + RECORD_ENTRY * self.records.len() >= RUN_BYTES {
             self.spill()?;
         }
         Ok(())
@@ -139,26 +146,21 @@ impl IdSorter {
     /// found through the arena (the sort was a tenth of the import).
     fn sort(&mut self) {
         let arena = &self.arena;
-        let mut keyed: Vec<(u128, usize)> = self
-            .records
-            .iter()
-            .map(|&at| (prefix(record_at(arena, at).id), at))
-            .collect();
-        keyed.sort_unstable_by(|&(prefix_a, a), &(prefix_b, b)| {
-            prefix_a.cmp(&prefix_b).then_with(|| {
-                let (a, b) = (record_at(arena, a), record_at(arena, b));
-                (a.id, a.position).cmp(&(b.id, b.position))
-            })
-        });
-        self.records.clear();
-        self.records.extend(keyed.into_iter().map(|(_, at)| at));
+        self.records
+            .sort_unstable_by(|&(prefix_a, a), &(prefix_b, b)| {
+                prefix_a.cmp(&prefix_b).then_with(|| {
+                    let (a, b) = (record_at(arena, a as usize), record_at(arena, b as usize));
+                    (a.id, a.position).cmp(&(b.id, b.position))
+                })
+            });
     }
 
     fn spill(&mut self) -> Result<()> {
         self.sort();
         let file = tempfile::tempfile().context("creating a temporary file to sort ids")?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        for &at in &self.records {
+        for &(_, at) in &self.records {
+            let at = at as usize;
             let r = record_at(&self.arena, at);
             out.write_all(&self.arena[at..at + HEADER + r.id.len() + r.written.len()])?;
         }
@@ -178,8 +180,8 @@ impl IdSorter {
         if self.runs.is_empty() {
             // Everything fits in memory (the usual case): no files, no heap.
             self.sort();
-            for &at in &self.records {
-                let r = record_at(&self.arena, at);
+            for &(_, at) in &self.records {
+                let r = record_at(&self.arena, at as usize);
                 let (id, written) = (utf8(r.id)?, utf8(r.written)?);
                 if !dups.repeats(id, r.position, r.offset) {
                     each(id, written, r.position)?;
@@ -258,7 +260,7 @@ fn utf8(bytes: &[u8]) -> Result<&str> {
 
 /// A run's next id with its [`prefix`], ordered for a min-heap (smallest
 /// first).
-struct Head(u128, FoundId, usize);
+struct Head(u64, FoundId, usize);
 
 impl PartialEq for Head {
     fn eq(&self, other: &Self) -> bool {
