@@ -105,6 +105,14 @@ fn canonical_integer(id: &str) -> Option<u64> {
     }
 }
 
+/// See [`IdIndex::presence`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Known(bool),
+    /// Ask [`IdIndex::slot_holds`] about this slot.
+    InSlot(u64),
+}
+
 /// The bytes of the map, a prefix of the mapped file.
 struct MapBytes {
     mmap: Mmap,
@@ -215,6 +223,28 @@ impl IdIndex {
     /// Whether `id` is in the index.
     pub fn contains(&self, id: &str) -> bool {
         self.value(id).is_some()
+    }
+
+    /// Whether `id` is in the index, or which dense slot says: the same
+    /// answer as [`IdIndex::contains`] (with [`IdIndex::slot_holds`]), for
+    /// callers that probe many slots and gain by probing them in order.
+    pub fn presence(&self, id: &str) -> Presence {
+        match canonical_integer(id) {
+            Some(n) if n < self.dense_limit => Presence::InSlot(n),
+            _ => Presence::Known(self.value(id).is_some()),
+        }
+    }
+
+    /// Whether dense slot `n` (below the dense limit) holds an id, in
+    /// whatever form (one the fst holds too counts).
+    pub fn slot_holds(&self, n: u64) -> bool {
+        match self.values {
+            Values::Positions => {
+                let at = 4 * n as usize;
+                self.dense()[at..at + 4] != [0; 4]
+            }
+            Values::Written => self.written_slot(n) != SLOT_ABSENT,
+        }
     }
 
     /// How the document writes the id whose text is `id` and which the caller
@@ -472,8 +502,13 @@ mod tests {
                     "the table covers the small integers"
                 );
                 assert_eq!(index.all_integers_dense, !beyond_limit);
+                let present_by_slot = |id: &str| match index.presence(id) {
+                    Presence::Known(known) => known,
+                    Presence::InSlot(n) => index.slot_holds(n),
+                };
                 for (position, (id, written)) in truth.iter().enumerate() {
                     assert!(index.contains(id), "{id}");
+                    assert!(present_by_slot(id), "{id}");
                     match values {
                         Values::Written => {
                             assert_eq!(index.written(id).unwrap().as_deref(), Some(&written[..]))
@@ -489,6 +524,11 @@ mod tests {
                     let probe = n.to_string();
                     assert_eq!(
                         index.contains(&probe),
+                        present.contains(&probe[..]),
+                        "{probe}"
+                    );
+                    assert_eq!(
+                        present_by_slot(&probe),
                         present.contains(&probe[..]),
                         "{probe}"
                     );

@@ -1143,6 +1143,17 @@ impl Store {
         Ok(self.indexes()?.songs.contains(id))
     }
 
+    /// Whether song `id` exists, or which slot of the songs index says
+    /// ([`crate::id_index::IdIndex::presence`]).
+    pub fn song_presence(&self, id: &str) -> Result<crate::id_index::Presence> {
+        Ok(self.indexes()?.songs.presence(id))
+    }
+
+    /// Whether slot `n` of the songs index holds a song.
+    pub fn song_in_slot(&self, n: u64) -> Result<bool> {
+        Ok(self.indexes()?.songs.slot_holds(n))
+    }
+
     /// The position of the document's playlist `id`, if the document has one
     /// ([`crate::partition`]).
     pub fn document_playlist_position(&self, id: &str) -> Result<Option<u64>> {
