@@ -155,6 +155,38 @@ pub fn array_elements(raw: &[u8]) -> Option<Vec<&[u8]>> {
     }
 }
 
+/// The elements of a minified JSON array, raw, in order, without collecting
+/// them; the same as [`array_elements`], for loops that run for every song of
+/// every playlist. Yields `None` (once, last) where `raw` is not a minified
+/// array.
+pub fn each_element(raw: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
+    let mut at = (raw.first() == Some(&b'[')).then_some(1);
+    let mut failed = at.is_none();
+    if at.is_some() && raw.get(1) == Some(&b']') {
+        at = None;
+    }
+    std::iter::from_fn(move || {
+        if failed {
+            failed = false;
+            return Some(None);
+        }
+        let i = at?;
+        let Some(end) = value_end(raw, i, true).filter(|&end| end > i) else {
+            at = None;
+            return Some(None);
+        };
+        at = match raw.get(end) {
+            Some(b',') => Some(end + 1),
+            Some(b']') => None,
+            _ => {
+                failed = true;
+                None
+            }
+        };
+        Some(Some(&raw[i..end]))
+    })
+}
+
 /// Decodes a raw JSON string token (with its quotes). `None` when `raw` is not a
 /// string, or holds an escape that is no Unicode scalar value (a lone surrogate).
 pub fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
@@ -323,6 +355,28 @@ mod tests {
         );
         let e = array_elements(br#"[1,"2",[3],{}]"#).unwrap();
         assert_eq!(e, vec![&b"1"[..], b"\"2\"", b"[3]", b"{}"]);
+        for raw in [
+            &br#"[1,"2",[3],{}]"#[..],
+            b"[]",
+            b"[1]",
+            b"[1",
+            b"[1,",
+            b"1",
+            b"",
+            b"[1}2]",
+        ] {
+            let each: Vec<Option<&[u8]>> = each_element(raw).collect();
+            let whole = array_elements(raw);
+            match &whole {
+                Some(list) => assert_eq!(each, list.iter().map(|e| Some(*e)).collect::<Vec<_>>()),
+                None => assert_eq!(
+                    each.last(),
+                    Some(&None),
+                    "{:?}",
+                    String::from_utf8_lossy(raw)
+                ),
+            }
+        }
         assert_eq!(array_elements(b"[]").unwrap().len(), 0);
         assert_eq!(object_members(b"{}").unwrap().len(), 0);
         assert!(object_members(b"[1]").is_none());

@@ -165,6 +165,19 @@ struct WarningCount<'s, L: Lookups = Store> {
     warnings: u64,
 }
 
+/// The text of an id token that is digits, bare or quoted (nearly every
+/// song id), without decoding it.
+fn plain_digits(token: &[u8]) -> Option<Cow<'_, str>> {
+    let digits = match token {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => token,
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok().map(Cow::Borrowed)
+}
+
 /// Probes of the songs index that wait to be made in slot order.
 const PROBES_AT_ONCE: usize = 1 << 18;
 
@@ -226,11 +239,18 @@ impl<'s, L: Lookups> WarningCount<'s, L> {
     /// `false` when a song is known not to exist; the songs that need a
     /// slot probed join the waiting probes.
     fn songs_may_exist(&mut self, members: &[(&[u8], &[u8])], playlist: u32) -> Result<bool> {
-        let songs = json::member(members, "song_ids")
-            .and_then(json::array_elements)
-            .unwrap_or_default();
-        for song in songs {
-            let Some(id) = json::id_text(song) else {
+        let Some(songs) = json::member(members, "song_ids") else {
+            return Ok(true);
+        };
+        let mut elements = json::each_element(songs).peekable();
+        if elements.peek() == Some(&None) {
+            return Ok(true); // not an array: no songs, as the import left it
+        }
+        for song in elements {
+            // (A `None` after some elements: malformed, which the import
+            // never stores; the elements before it were checked.)
+            let Some(song) = song else { break };
+            let Some(id) = plain_digits(song).or_else(|| json::id_text(song)) else {
                 return Ok(false);
             };
             match self.store.song_presence(&id)? {
