@@ -165,19 +165,6 @@ struct WarningCount<'s, L: Lookups = Store> {
     warnings: u64,
 }
 
-/// The text of an id token that is digits, bare or quoted (nearly every
-/// song id), without decoding it.
-fn plain_digits(token: &[u8]) -> Option<Cow<'_, str>> {
-    let digits = match token {
-        [b'"', inner @ .., b'"'] => inner,
-        _ => token,
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok().map(Cow::Borrowed)
-}
-
 /// Probes of the songs index that wait to be made in slot order.
 const PROBES_AT_ONCE: usize = 1 << 18;
 
@@ -281,6 +268,19 @@ impl<'s, L: Lookups> WarningCount<'s, L> {
         self.probe()?;
         Ok(self.warnings)
     }
+}
+
+/// The text of an id token that is digits, bare or quoted (nearly every
+/// song id), without decoding it.
+fn plain_digits(token: &[u8]) -> Option<Cow<'_, str>> {
+    let digits = match token {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => token,
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok().map(Cow::Borrowed)
 }
 
 /// What every partition needs to know.

@@ -1139,10 +1139,6 @@ impl Store {
         Ok(self.indexes()?.users.contains(id))
     }
 
-    pub fn song_exists(&self, id: &str) -> Result<bool> {
-        Ok(self.indexes()?.songs.contains(id))
-    }
-
     /// Whether song `id` exists, or which slot of the songs index says
     /// ([`crate::id_index::IdIndex::presence`]).
     pub fn song_presence(&self, id: &str) -> Result<crate::id_index::Presence> {

@@ -28,9 +28,9 @@ pub(super) struct PendingRow {
 }
 
 impl PendingRow {
-    /// Adds the playlist at `position`, which must follow the last one added.
-    /// Returns a full row to write, `(first, data)`, before adding it when
-    /// it does not follow, or after when the row is full.
+    /// Adds the playlist at `position`. The waiting row goes to `write`
+    /// (`first`, `data`) first when `position` does not follow its last
+    /// playlist, and once it is full.
     pub(super) fn add(
         &mut self,
         position: u64,
