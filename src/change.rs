@@ -29,6 +29,14 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every op.
+    pub const ALL: [Op; 4] = [
+        Op::AddPlaylist,
+        Op::RemovePlaylist,
+        Op::AddSong,
+        Op::RemoveSong,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Op::AddPlaylist => "add_playlist",
@@ -50,14 +58,7 @@ impl Op {
 
     /// The op whose [`Op::json_name`] is `json`.
     fn from_json_name(json: &str) -> Option<Op> {
-        [
-            Op::AddPlaylist,
-            Op::RemovePlaylist,
-            Op::AddSong,
-            Op::RemoveSong,
-        ]
-        .into_iter()
-        .find(|op| op.json_name() == json)
+        Op::ALL.into_iter().find(|op| op.json_name() == json)
     }
 
     fn from_name(name: &str) -> Option<Op> {

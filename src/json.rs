@@ -133,31 +133,12 @@ pub fn object_members(raw: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
 /// The elements of a minified JSON array, raw, in order. `None` when `raw` is not
 /// a minified array.
 pub fn array_elements(raw: &[u8]) -> Option<Vec<&[u8]>> {
-    if raw.first() != Some(&b'[') {
-        return None;
-    }
-    let mut elements = Vec::new();
-    let mut i = 1;
-    if raw.get(i) == Some(&b']') {
-        return Some(elements);
-    }
-    loop {
-        let end = value_end(raw, i, true)?;
-        if end == i {
-            return None;
-        }
-        elements.push(&raw[i..end]);
-        match raw.get(end) {
-            Some(b',') => i = end + 1,
-            Some(b']') => return Some(elements),
-            _ => return None,
-        }
-    }
+    each_element(raw).collect()
 }
 
 /// The elements of a minified JSON array, raw, in order, without collecting
-/// them; the same as [`array_elements`], for loops that run for every song of
-/// every playlist. Yields `None` (once, last) where `raw` is not a minified
+/// them ([`array_elements`] collects them), for loops that run for every song
+/// of every playlist. Yields `None` (once, last) where `raw` is not a minified
 /// array.
 pub fn each_element(raw: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
     let mut at = (raw.first() == Some(&b'[')).then_some(1);

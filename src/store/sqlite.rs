@@ -849,24 +849,32 @@ fn insert_results(tx: &Transaction, results: &[PlaylistResult]) -> Result<()> {
 fn insert_rejects(tx: &Transaction, rejects: &[Reject], by_merge: bool) -> Result<()> {
     let mut insert =
         tx.prepare_cached("INSERT INTO rejects(idx, data, by_merge) VALUES (?1, ?2, ?3)")?;
-    let mut order: Vec<&Reject> = rejects.iter().collect();
-    if !rejects.is_sorted_by_key(|r| r.index) {
-        order.sort_by_key(|r| r.index);
-    }
+    let order = in_key_order(rejects, |r| r.index);
+    let rows: Vec<&[&Reject]> = order.chunks(reject_rows::REJECTS_PER_ROW).collect();
     let mut data = Vec::new();
-    let mut first = None;
-    for row in order.chunks(reject_rows::REJECTS_PER_ROW) {
-        data.clear();
-        for reject in row {
-            reject_rows::encode(reject, &mut data);
-        }
-        insert.execute(params![row[0].index, data, by_merge])?;
-        first.get_or_insert(tx.last_insert_rowid());
+    insert_run(
+        tx,
+        Stream::Rejects,
+        &rows,
+        |row| row[0].index,
+        |row| {
+            data.clear();
+            for reject in *row {
+                reject_rows::encode(reject, &mut data);
+            }
+            insert.execute(params![row[0].index, data, by_merge])?;
+            Ok(())
+        },
+    )
+}
+
+/// `rows` in order of `key` (a sorted copy of the order if they are not).
+fn in_key_order<T>(rows: &[T], key: impl Fn(&T) -> u64) -> Vec<&T> {
+    let mut order: Vec<&T> = rows.iter().collect();
+    if !rows.is_sorted_by_key(&key) {
+        order.sort_by_key(|row| key(row));
     }
-    match first {
-        Some(first) => runs::record_run(tx, Stream::Rejects, first, tx.last_insert_rowid()),
-        None => Ok(()),
-    }
+    order
 }
 
 /// Inserts `rows` with `insert`, sorted by `key` (sorting a copy of the
@@ -878,12 +886,8 @@ fn insert_run<T>(
     key: impl Fn(&T) -> u64,
     mut insert: impl FnMut(&T) -> Result<()>,
 ) -> Result<()> {
-    let mut order: Vec<&T> = rows.iter().collect();
-    if !rows.is_sorted_by_key(&key) {
-        order.sort_by_key(|row| key(row));
-    }
     let mut first = None;
-    for row in order {
+    for row in in_key_order(rows, key) {
         insert(row)?;
         first.get_or_insert(tx.last_insert_rowid());
     }

@@ -24,13 +24,9 @@ use crate::reject::{Reason, Reject};
 /// at once in a few MB, large enough that a row's cost is spread thin.
 pub(super) const REJECTS_PER_ROW: usize = 128;
 
-/// The ops a reject names in one byte (the byte is the position plus one).
-const OPS: [Op; 4] = [
-    Op::AddPlaylist,
-    Op::RemovePlaylist,
-    Op::AddSong,
-    Op::RemoveSong,
-];
+/// The ops a reject names in one byte (the byte is the op's position in
+/// [`Op::ALL`] plus one).
+const OPS: [Op; 4] = Op::ALL;
 /// `op` is `null` (missing, or not a string).
 const OP_NULL: u8 = 0;
 /// `op` is another string: its JSON follows as bytes.
