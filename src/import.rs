@@ -532,7 +532,8 @@ impl Processor<'_> {
             self.minified.clear();
             json::minify_into(raw, &mut self.minified);
             let minified = std::mem::take(&mut self.minified);
-            let result = self.playlist(position, &minified, offset);
+            let in_mixtape = offset..offset + raw.len() as u64;
+            let result = self.playlist(position, &minified, offset, in_mixtape);
             self.minified = minified;
             return result;
         }
@@ -588,7 +589,15 @@ impl Processor<'_> {
         Ok((id, id_raw))
     }
 
-    fn playlist(&mut self, position: u64, minified: &[u8], offset: u64) -> Result<(), Failure> {
+    /// Checks and stores a playlist: `minified` is MIXTAPE's bytes
+    /// `in_mixtape` minified.
+    fn playlist(
+        &mut self,
+        position: u64,
+        minified: &[u8],
+        offset: u64,
+        in_mixtape: std::ops::Range<u64>,
+    ) -> Result<(), Failure> {
         let members = json::object_members(minified);
         let found = members.as_ref().map(|m| json::member(m, "id"));
         let (id, _) = self.id_of(IdKind::Playlists, position, found, offset)?;
@@ -615,7 +624,7 @@ impl Processor<'_> {
             self.max_playlist_id = self.max_playlist_id.max(v);
         }
         self.playlists.push(&id, "", position, offset)?;
-        self.writer.playlist(position, raw_text)?;
+        self.writer.playlist(position, raw_text, Some(in_mixtape))?;
         self.figures.playlists += 1;
         Ok(())
     }

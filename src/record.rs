@@ -195,6 +195,13 @@ impl<'a> Decoder<'a> {
         Some(b)
     }
 
+    /// Skips `len` bytes, returning where they start; `None` when fewer are left.
+    pub(crate) fn skip_bytes(&mut self, len: usize) -> Option<usize> {
+        let from = self.pos;
+        self.pos = from.checked_add(len).filter(|&e| e <= self.data.len())?;
+        Some(from)
+    }
+
     pub(crate) fn bytes(&mut self) -> Result<&'a [u8]> {
         let len = self.varint()? as usize;
         let end = self.pos.checked_add(len).filter(|&e| e <= self.data.len());

@@ -19,7 +19,7 @@
 //! | table | written by | holds |
 //! |---|---|---|
 //! | `meta` | every stage | inputs and their fingerprints, stage markers, figures ([`Key`]) |
-//! | `playlists`, `extras` | import | the document's playlists and other members, minified, in input order |
+//! | `playlists`, `extras` | import | the document's playlists by position, in input order (on SQLite, where each is in MIXTAPE: `sqlite/playlist_rows.rs`; on PostgreSQL, minified), and its other members, minified |
 //! | `chunks` | plan, workers | byte range of every chunk and how far its worker got |
 //! | `blocks` | workers | recorded changes, encoded ([`crate::record`]), one row per batch and partition |
 //! | `rejects` | workers, merge | every rejected change, with its index (SQLite: up to 128 a row, encoded) |
@@ -97,7 +97,7 @@ pub use postgres::target::{bound_silence_by_lease, silence_bound};
 pub use postgres::PgTarget;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 14;
+pub const SCHEMA_VERSION: i64 = 15;
 
 /// `meta` keys of the publication record ([`Store::record_publishing`]).
 const PUBLISHED_PATH: &str = "published_output_path";
@@ -823,7 +823,12 @@ impl Statement {
 
 /// Takes the document's elements during the import (see [`DocumentWriter`]).
 trait DocumentSink {
-    fn playlist(&mut self, position: u64, raw: &str) -> Result<()>;
+    fn playlist(
+        &mut self,
+        position: u64,
+        raw: &str,
+        in_mixtape: Option<std::ops::Range<u64>>,
+    ) -> Result<()>;
     fn extra(&mut self, seq: u64, key: &str, raw: &str) -> Result<()>;
     /// Writes `meta` (the import's done-marker among it) with the last elements.
     fn finish(self: Box<Self>, meta: &[(&str, String)]) -> Result<()>;
@@ -1207,8 +1212,16 @@ pub struct DocumentWriter<'a> {
 
 impl DocumentWriter<'_> {
     /// A document playlist, minified (its id goes to the playlists' index).
-    pub fn playlist(&mut self, position: u64, raw: &str) -> Result<()> {
-        self.sink.playlist(position, raw)
+    /// `in_mixtape`: the playlist's bytes in MIXTAPE's text (the file
+    /// recorded by [`Store::record_input_text`]), which minify to `raw`; a
+    /// store may keep that place instead of a copy, and read it again.
+    pub fn playlist(
+        &mut self,
+        position: u64,
+        raw: &str,
+        in_mixtape: Option<std::ops::Range<u64>>,
+    ) -> Result<()> {
+        self.sink.playlist(position, raw, in_mixtape)
     }
 
     /// A top-level member other than the three arrays.

@@ -26,7 +26,7 @@ use mixtape::reject::{Reason, Reject};
 use mixtape::stage::Stage;
 use mixtape::store::{
     AlreadyMerged, ArrayRange, ArrayRanges, Batch, Claim, Claimed, DocumentFacts, Fate, IdKind,
-    Key, LeaseLost, Leased, Location, PartitionResults, PlaylistResult, Store,
+    InputKind, Key, LeaseLost, Leased, Location, PartitionResults, PlaylistResult, Store,
 };
 use support::pg;
 
@@ -109,7 +109,7 @@ fn blocks_in(store: &Store, part: u64) -> usize {
 fn import_playlists(store: &Store, ids: &[&str]) {
     let mut w = store.document_writer().unwrap();
     for (position, id) in ids.iter().enumerate() {
-        w.playlist(position as u64, &format!("{{\"id\":\"{id}\"}}"))
+        w.playlist(position as u64, &format!("{{\"id\":\"{id}\"}}"), None)
             .unwrap();
     }
     build_indexes(store, ids);
@@ -394,11 +394,13 @@ fn document_playlists_are_found_through_their_index() {
 }
 
 /// Many playlists, a few of them large (a store may pack neighbours
-/// together): every range of positions, every position and the whole
-/// stream give back exactly what was imported.
+/// together), most given with their place in MIXTAPE's text (a store may
+/// keep that instead of the text), some of those with white space there:
+/// every range of positions, every position and the whole stream give back
+/// exactly the minified text that was imported.
 #[test]
 fn document_playlists_read_back_by_any_range_and_position() {
-    on_each_backend(|store, _| {
+    on_each_backend(|store, location| {
         let ids: Vec<String> = (0..500).map(|p| format!("p{p}")).collect();
         let texts: Vec<String> = ids
             .iter()
@@ -408,9 +410,32 @@ fn document_playlists_read_back_by_any_range_and_position() {
                 format!("{{\"id\":\"{id}\",\"name\":\"{}\"}}", "x".repeat(pad))
             })
             .collect();
+        // MIXTAPE's text: every third playlist pretty, every seventh given
+        // without its place.
+        let mut mixtape = String::from("{\"playlists\": [\n");
+        let mut places = Vec::new();
+        for (position, text) in texts.iter().enumerate() {
+            let written = match position % 3 {
+                0 => text.replace(':', ": ").replace(',', ",\n  "),
+                _ => text.clone(),
+            };
+            let start = mixtape.len() as u64;
+            places.push(start..start + written.len() as u64);
+            mixtape.push_str(&written);
+            mixtape.push_str(",\n");
+        }
+        let mixtape_path = match location {
+            Location::File(db) => db.with_extension("mixtape.json"),
+            _ => std::env::temp_dir().join(format!("contract-{}.json", std::process::id())),
+        };
+        std::fs::write(&mixtape_path, &mixtape).unwrap();
+        store
+            .record_input_text(InputKind::Mixtape, &mixtape_path, "print")
+            .unwrap();
         let mut w = store.document_writer().unwrap();
         for (position, text) in texts.iter().enumerate() {
-            w.playlist(position as u64, text).unwrap();
+            let place = (position % 7 != 5).then(|| places[position].clone());
+            w.playlist(position as u64, text, place).unwrap();
         }
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         build_indexes(store, &id_refs);
@@ -457,6 +482,7 @@ fn document_playlists_read_back_by_any_range_and_position() {
             })
             .unwrap();
         assert_eq!(all, texts);
+        std::fs::remove_file(&mixtape_path).unwrap();
     });
 }
 
@@ -476,8 +502,8 @@ fn an_imports_marker_commits_with_its_last_rows_never_before() {
             rows
         };
         let mut w = store.document_writer().unwrap();
-        w.playlist(0, "{\"id\":\"p\"}").unwrap();
-        w.playlist(1, "{\"id\":\"q\"}").unwrap();
+        w.playlist(0, "{\"id\":\"p\"}", None).unwrap();
+        w.playlist(1, "{\"id\":\"q\"}", None).unwrap();
         build_indexes(store, &["p", "q"]);
         assert!(!other.is_done(Stage::Import).unwrap());
         assert_eq!(rows_seen(&other), 0, "rows committed before the marker");
@@ -498,7 +524,7 @@ fn an_unfinished_import_leaves_nothing() {
         import_playlists(store, &["old"]);
         // A new import that stops before its end (a crash, an error).
         let mut w = store.document_writer().unwrap();
-        w.playlist(0, "{\"id\":\"new\"}").unwrap();
+        w.playlist(0, "{\"id\":\"new\"}", None).unwrap();
         drop(w);
         let mut rows = Vec::new();
         store

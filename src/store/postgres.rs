@@ -1006,7 +1006,14 @@ impl PgDocumentWriter<'_> {
 }
 
 impl DocumentSink for PgDocumentWriter<'_> {
-    fn playlist(&mut self, position: u64, raw: &str) -> Result<()> {
+    fn playlist(
+        &mut self,
+        position: u64,
+        raw: &str,
+        _in_mixtape: Option<std::ops::Range<u64>>,
+    ) -> Result<()> {
+        // Always the text: workers on other hosts merge, and they have no
+        // MIXTAPE to read.
         self.playlists.push((position as i64, raw.to_string()));
         if self.playlists.len() >= IMPORT_ROWS {
             self.flush(&[])?;

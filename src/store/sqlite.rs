@@ -92,6 +92,9 @@ fn now_secs() -> f64 {
 /// A SQLite work database, open.
 pub(super) struct SqliteDb {
     conn: Connection,
+    /// MIXTAPE's text, which most rows of `playlists` point into
+    /// ([`playlist_rows`]), opened on first need.
+    mixtape: std::cell::OnceCell<std::fs::File>,
 }
 
 /// Fails ([`super::NotAWorkDatabase`]) unless `path` is a SQLite file with this
@@ -126,6 +129,21 @@ pub(super) fn refuse_unless_work_database(path: &Path) -> Result<()> {
 }
 
 impl SqliteDb {
+    /// MIXTAPE's text (the file the import read), for the playlists kept
+    /// there ([`playlist_rows`]).
+    fn mixtape(&self) -> Result<&std::fs::File> {
+        if let Some(file) = self.mixtape.get() {
+            return Ok(file);
+        }
+        let (key, _) = super::InputKind::Mixtape.text_keys();
+        let Some(path) = self.meta_text(key)? else {
+            bail!("work database: MIXTAPE's text is not recorded; rerun with --fresh");
+        };
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("opening MIXTAPE {path} again for its playlists"))?;
+        Ok(self.mixtape.get_or_init(|| file))
+    }
+
     fn set_meta_text(&self, key: &str, value: &str) -> Result<()> {
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
@@ -208,7 +226,10 @@ impl SqliteDb {
     fn configured(conn: Connection) -> Result<SqliteDb> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let store = SqliteDb { conn };
+        let store = SqliteDb {
+            conn,
+            mixtape: std::cell::OnceCell::new(),
+        };
         store.set_cache_kib(DEFAULT_CACHE_KIB)?;
         Ok(store)
     }
@@ -295,9 +316,11 @@ impl Tables for SqliteDb {
              ORDER BY first",
         )?;
         let mut rows = stmt.query([from, to])?;
+        let open = || self.mixtape();
+        let mut reader = playlist_rows::RowReader::new(&open);
         while let Some(row) = rows.next()? {
             let data = row.get_ref(1)?.as_blob()?;
-            playlist_rows::each_in_row(row.get(0)?, data, &mut |position, raw| {
+            reader.each_in_row(row.get(0)?, data, &mut |position, raw| {
                 if (from..to).contains(&position) {
                     each(position, raw)?;
                 }
@@ -562,6 +585,8 @@ impl Tables for SqliteDb {
             },
         )?;
         // Each row's playlists in turn (playlist_rows).
+        let open = || self.mixtape();
+        let mut reader = playlist_rows::RowReader::new(&open);
         let mut row_playlists = std::collections::VecDeque::new();
         let docs = std::iter::from_fn(|| -> Option<Result<super::DocRow>> {
             if row_playlists.is_empty() {
@@ -570,7 +595,7 @@ impl Tables for SqliteDb {
                         return Ok(false);
                     };
                     let data = row.get_ref(1)?.as_blob()?;
-                    playlist_rows::each_in_row(row.get(0)?, data, &mut |position, raw| {
+                    reader.each_in_row(row.get(0)?, data, &mut |position, raw| {
                         row_playlists.push_back((position as i64, raw.to_vec()));
                         Ok(())
                     })?;
@@ -686,7 +711,9 @@ impl Backend for SqliteDb {
             .optional()?;
         let mut found = None;
         if let Some((first, data)) = row {
-            playlist_rows::each_in_row(first, &data, &mut |position, raw| {
+            let open = || self.mixtape();
+            let mut reader = playlist_rows::RowReader::new(&open);
+            reader.each_in_row(first, &data, &mut |position, raw| {
                 if position == seq {
                     found = Some((position as i64, String::from_utf8_lossy(raw).into_owned()));
                 }
@@ -736,10 +763,15 @@ impl DocumentWriter<'_> {
 }
 
 impl DocumentSink for DocumentWriter<'_> {
-    fn playlist(&mut self, position: u64, raw: &str) -> Result<()> {
+    fn playlist(
+        &mut self,
+        position: u64,
+        raw: &str,
+        in_mixtape: Option<std::ops::Range<u64>>,
+    ) -> Result<()> {
         let conn = &self.store.conn;
         self.pending
-            .add(position, raw.as_bytes(), &mut |first, data| {
+            .add(position, raw.as_bytes(), in_mixtape, &mut |first, data| {
                 Self::write_playlists(conn, first, data)
             })?;
         self.element_written()
