@@ -23,7 +23,7 @@
 //! | `chunks` | plan, workers | byte range of every chunk and how far its worker got |
 //! | `blocks` | workers | recorded changes, encoded ([`crate::record`]), one row per batch and partition |
 //! | `rejects` | workers, merge | every rejected change, with its index (SQLite: up to 128 a row, encoded) |
-//! | `results` | merge | every playlist whose fate differs from the document ([`Fate`]) |
+//! | `results` | merge | every playlist whose fate differs from the document ([`Fate`]) (SQLite: up to 64 a row, encoded) |
 //! | `merged` | merge | the partitions already merged, and the warnings each counted |
 //!
 //! Users and songs never change, so the store keeps no copy of them: two
@@ -97,7 +97,7 @@ pub use postgres::target::{bound_silence_by_lease, silence_bound};
 pub use postgres::PgTarget;
 
 /// Bumped whenever the layout below changes.
-pub const SCHEMA_VERSION: i64 = 15;
+pub const SCHEMA_VERSION: i64 = 16;
 
 /// `meta` keys of the publication record ([`Store::record_publishing`]).
 const PUBLISHED_PATH: &str = "published_output_path";

@@ -12,8 +12,8 @@ use rusqlite::{Transaction, TransactionBehavior};
 use super::{
     remove_files, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
     EachMember, EachPlaylist, Fate, Key, LeaseLost, LockTiming, Param, PartitionResults,
-    PlaylistResult, Statement, Tables, FATE_CHANGED, FATE_NEW, FATE_REMOVED, SCHEMA_VERSION,
-    SELECT_CHUNK, SELECT_CHUNKS,
+    PlaylistResult, Statement, Tables, FATE_CHANGED, FATE_REMOVED, SCHEMA_VERSION, SELECT_CHUNK,
+    SELECT_CHUNKS,
 };
 use crate::plan::Plan;
 use crate::reject::{Reason, Reject};
@@ -21,6 +21,7 @@ use crate::stage::Stage;
 
 mod playlist_rows;
 mod reject_rows;
+mod result_rows;
 mod runs;
 
 use runs::Stream;
@@ -74,10 +75,7 @@ CREATE TABLE runs(
 CREATE TABLE merged(part INTEGER PRIMARY KEY, warnings INTEGER NOT NULL);
 CREATE TABLE results(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    state INTEGER NOT NULL,
-    doc_seq INTEGER,
-    created INTEGER,
-    json TEXT
+    data BLOB NOT NULL
 );
 ";
 
@@ -571,18 +569,10 @@ impl Tables for SqliteDb {
         let fates = runs::Merged::new(
             &self.conn,
             Stream::DocumentFates,
-            "SELECT seq, doc_seq, state, json FROM results
+            "SELECT seq, data FROM results
              WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-            1,
-            |row, out| {
-                let json = match row.get_ref(3)? {
-                    rusqlite::types::ValueRef::Null => None,
-                    text => Some(text.as_bytes()?.to_vec()),
-                };
-                let doc_seq: i64 = row.get(1)?;
-                out.push_back((doc_seq as u64, (doc_seq, row.get(2)?, json)));
-                Ok(())
-            },
+            result_rows::RESULTS_PER_ROW,
+            |row, out| result_rows::decode_fates(row.get_ref(1)?.as_blob()?, out),
         )?;
         // Each row's playlists in turn (playlist_rows).
         let open = || self.mixtape();
@@ -616,13 +606,10 @@ impl Tables for SqliteDb {
         let created = runs::Merged::new(
             &self.conn,
             Stream::NewPlaylists,
-            "SELECT seq, created, json FROM results
+            "SELECT seq, data FROM results
              WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-            1,
-            |row, out| {
-                out.push_back((row.get(1)?, row.get_ref(2)?.as_bytes()?.to_vec()));
-                Ok(())
-            },
+            result_rows::RESULTS_PER_ROW,
+            |row, out| result_rows::decode_new(row.get_ref(1)?.as_blob()?, out),
         )?;
         for json in created {
             each(&json?)?;
@@ -851,26 +838,37 @@ fn insert_results(tx: &Transaction, results: &[PlaylistResult]) -> Result<()> {
             }
         }
     }
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO results(state, doc_seq, created, json) VALUES (?1, ?2, ?3, ?4)",
-    )?;
+    let mut insert = tx.prepare_cached("INSERT INTO results(data) VALUES (?1)")?;
+    let mut data = Vec::new();
+    let order = in_key_order(&fates, |f| f.0 as u64);
+    let rows = result_rows::rows_of(&order, |f| f.2.map_or(0, str::len));
     insert_run(
         tx,
         Stream::DocumentFates,
-        &fates,
-        |f| f.0 as u64,
-        |(doc_seq, state, json)| {
-            insert.execute(params![state, doc_seq, None::<i64>, json])?;
+        &rows,
+        |row| row[0].0 as u64,
+        |row| {
+            data.clear();
+            for fate in *row {
+                result_rows::encode_fate(fate, &mut data);
+            }
+            insert.execute([&data])?;
             Ok(())
         },
     )?;
+    let order = in_key_order(&created, |c| c.0 as u64);
+    let rows = result_rows::rows_of(&order, |c| c.1.len());
     insert_run(
         tx,
         Stream::NewPlaylists,
-        &created,
-        |c| c.0 as u64,
-        |(index, json)| {
-            insert.execute(params![FATE_NEW, None::<i64>, index, json])?;
+        &rows,
+        |row| row[0].0 as u64,
+        |row| {
+            data.clear();
+            for new in *row {
+                result_rows::encode_new(new, &mut data);
+            }
+            insert.execute([&data])?;
             Ok(())
         },
     )

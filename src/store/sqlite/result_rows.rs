@@ -1,0 +1,176 @@
+//! The merge's results stored a row of several at a time.
+//!
+//! A playlist's result a row of its own made writing `results` a sixth of
+//! M's merge, and reading them back a large part of the export (BENCHMARKS.md,
+//! issue 17): hundreds of thousands of rows of a few hundred bytes each cost
+//! more in row overhead than in bytes. So a partition's results of one stream
+//! ([`super::runs`]), in key order, are packed into rows of up to
+//! [`RESULTS_PER_ROW`] results or about [`ROW_BYTES`] of text; the runs are
+//! of rows, and each row yields its results in order.
+//!
+//! A row of document fates holds, for each, `doc_seq:varint state:u8` and,
+//! when the state byte's high bit says so, the playlist's text
+//! (`len:varint bytes`); a row of new playlists holds `created:varint` and
+//! the text, for each.
+
+use std::collections::VecDeque;
+
+use anyhow::{bail, Result};
+
+use crate::record::{put_bytes, put_varint, Decoder};
+
+/// Results a row holds at most.
+pub(super) const RESULTS_PER_ROW: usize = 64;
+/// A row is closed once its text reaches this many bytes (one larger result
+/// is a row of its own).
+pub(super) const ROW_BYTES: usize = 16 << 10;
+
+/// Set in a fate's state byte when the playlist's text follows.
+const HAS_TEXT: u8 = 0x80;
+
+/// A document playlist's fate: its position, the state code and, for a
+/// changed one, its text.
+pub(super) type FateRow<T> = (i64, i64, Option<T>);
+
+/// Cuts `items` (in key order) into rows: consecutive groups of at most
+/// [`RESULTS_PER_ROW`], closed once their `text_len` reaches [`ROW_BYTES`].
+pub(super) fn rows_of<'a, T>(
+    items: &'a [&'a T],
+    text_len: impl Fn(&T) -> usize,
+) -> Vec<&'a [&'a T]> {
+    let mut rows = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        bytes += text_len(item);
+        if i + 1 - start >= RESULTS_PER_ROW || bytes >= ROW_BYTES {
+            rows.push(&items[start..=i]);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < items.len() {
+        rows.push(&items[start..]);
+    }
+    rows
+}
+
+/// Appends a document playlist's fate to a row's data.
+pub(super) fn encode_fate(&(doc_seq, state, json): &FateRow<&str>, out: &mut Vec<u8>) {
+    put_varint(out, doc_seq as u64);
+    let text = if json.is_some() { HAS_TEXT } else { 0 };
+    out.push(state as u8 | text);
+    if let Some(json) = json {
+        put_bytes(out, json.as_bytes());
+    }
+}
+
+/// Appends the fates of a row's `data` to `out`, keyed by position.
+pub(super) fn decode_fates(data: &[u8], out: &mut VecDeque<(u64, FateRow<Vec<u8>>)>) -> Result<()> {
+    let mut input = Decoder::new(data);
+    while !input.is_done() {
+        let doc_seq = input.varint()?;
+        let Some(state) = input.byte() else {
+            bail!("{CORRUPT}");
+        };
+        let json = match state & HAS_TEXT {
+            0 => None,
+            _ => Some(input.bytes()?.to_vec()),
+        };
+        out.push_back((
+            doc_seq,
+            (doc_seq as i64, i64::from(state & !HAS_TEXT), json),
+        ));
+    }
+    Ok(())
+}
+
+/// Appends a new playlist (the index of the change that created it, and its
+/// text) to a row's data.
+pub(super) fn encode_new(&(created, json): &(i64, &str), out: &mut Vec<u8>) {
+    put_varint(out, created as u64);
+    put_bytes(out, json.as_bytes());
+}
+
+/// Appends the new playlists of a row's `data` to `out`, keyed by creation.
+pub(super) fn decode_new(data: &[u8], out: &mut VecDeque<(u64, Vec<u8>)>) -> Result<()> {
+    let mut input = Decoder::new(data);
+    while !input.is_done() {
+        let created = input.varint()?;
+        out.push_back((created, input.bytes()?.to_vec()));
+    }
+    Ok(())
+}
+
+const CORRUPT: &str = "work database: a results row is corrupt; rerun with --fresh";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_give_back_every_result_in_order() {
+        let texts: Vec<String> = (0..300)
+            .map(|k| match k % 97 {
+                5 => "y".repeat(ROW_BYTES + 3),
+                _ => format!("{{\"id\":\"{k}\"}}"),
+            })
+            .collect();
+        let fates: Vec<FateRow<&str>> = (0..300)
+            .map(|k| {
+                (
+                    k as i64 * 3,
+                    k as i64 % 2,
+                    (k % 2 == 0).then_some(texts[k].as_str()),
+                )
+            })
+            .collect();
+        let order: Vec<&FateRow<&str>> = fates.iter().collect();
+        let rows = rows_of(&order, |f| f.2.map_or(0, str::len));
+        assert!(rows.len() < fates.len() / 16, "{} rows", rows.len());
+        assert!(rows.iter().all(|row| row.len() <= RESULTS_PER_ROW));
+        let mut back = VecDeque::new();
+        for row in &rows {
+            let mut data = Vec::new();
+            for fate in row.iter() {
+                encode_fate(fate, &mut data);
+            }
+            decode_fates(&data, &mut back).unwrap();
+        }
+        let back: Vec<(u64, FateRow<String>)> = back
+            .into_iter()
+            .map(|(key, (seq, state, json))| {
+                (
+                    key,
+                    (seq, state, json.map(|j| String::from_utf8(j).unwrap())),
+                )
+            })
+            .collect();
+        let expected: Vec<(u64, FateRow<String>)> = fates
+            .iter()
+            .map(|&(seq, state, json)| (seq as u64, (seq, state, json.map(str::to_string))))
+            .collect();
+        assert_eq!(back, expected);
+
+        let created: Vec<(i64, &str)> = (0..300)
+            .map(|k| (k as i64 + 7, texts[k].as_str()))
+            .collect();
+        let order: Vec<&(i64, &str)> = created.iter().collect();
+        let mut back = VecDeque::new();
+        for row in rows_of(&order, |c| c.1.len()) {
+            let mut data = Vec::new();
+            for c in row {
+                encode_new(c, &mut data);
+            }
+            decode_new(&data, &mut back).unwrap();
+        }
+        let back: Vec<(i64, String)> = back
+            .into_iter()
+            .map(|(k, j)| (k as i64, String::from_utf8(j).unwrap()))
+            .collect();
+        let expected: Vec<(i64, String)> =
+            created.iter().map(|&(k, j)| (k, j.to_string())).collect();
+        assert_eq!(back, expected);
+        let mut data = Vec::new();
+        encode_fate(&fates[0], &mut data);
+        assert!(decode_fates(&data[..data.len() - 1], &mut VecDeque::new()).is_err());
+    }
+}
