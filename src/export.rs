@@ -49,7 +49,6 @@ use std::sync::{Condvar, Mutex};
 
 use anyhow::{Context, Result};
 
-use crate::json;
 use crate::output_file::{write_atomically, write_atomically_then, Temporary};
 use crate::store::{ArrayRange, Each, IdKind, Location, Store};
 use crate::values;
@@ -349,11 +348,8 @@ fn render_task(job: &Export, task: Task, each: &mut Each) -> Result<()> {
     match task {
         Task::Rejects => unreachable!("the rejects report is not a piece of OUTPUT"),
         Task::Copy { from, to } => {
-            let mut minified = Vec::new();
-            values::each_value(job.mixtape, from, to, "an array", &mut |raw, _| {
-                minified.clear();
-                json::minify_into(raw, &mut minified);
-                each(&minified)
+            values::each_minified_value(job.mixtape, from, to, "an array", &mut |minified, _| {
+                each(minified)
             })
         }
         Task::DocumentPlaylists => open_for_export(job.db)?.each_final_document_playlist(each),

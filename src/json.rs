@@ -19,20 +19,71 @@ pub fn is_ws(b: u8) -> bool {
 
 /// Appends `raw` to `out` without white space outside strings.
 pub fn minify_into(raw: &[u8], out: &mut Vec<u8>) {
+    // Bytes are copied in runs between white space, not one at a time.
     let mut i = 0;
+    let mut run = 0;
     while i < raw.len() {
-        let b = raw[i];
-        if b == b'"' {
-            let end = string_end(raw, i).unwrap_or(raw.len());
-            out.extend_from_slice(&raw[i..end]);
-            i = end;
-        } else {
-            if !is_ws(b) {
-                out.push(b);
+        match raw[i] {
+            b'"' => {
+                i = string_end(raw, i).unwrap_or(raw.len());
+                continue;
             }
-            i += 1;
+            b if is_ws(b) => {
+                out.extend_from_slice(&raw[run..i]);
+                run = i + 1;
+            }
+            _ => {}
         }
+        i += 1;
     }
+    out.extend_from_slice(&raw[run..]);
+}
+
+/// [`value_end`] and [`minify_into`] in one pass: appends the value that
+/// starts at `raw[start]`, minified, to `out` and returns the index just past
+/// it; `None` (and `out` as it was) when the value does not end inside `raw`.
+pub fn minify_value_into(
+    raw: &[u8],
+    start: usize,
+    at_end: bool,
+    out: &mut Vec<u8>,
+) -> Option<usize> {
+    if !matches!(raw.get(start), Some(b'{' | b'[')) {
+        let end = value_end(raw, start, at_end)?;
+        out.extend_from_slice(&raw[start..end]);
+        return Some(end);
+    }
+    let mark = out.len();
+    let mut depth = 0usize;
+    let mut i = start;
+    let mut run = start;
+    while i < raw.len() {
+        match raw[i] {
+            b'"' => match string_end(raw, i) {
+                Some(end) => {
+                    i = end;
+                    continue;
+                }
+                None => break,
+            },
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    out.extend_from_slice(&raw[run..=i]);
+                    return Some(i + 1);
+                }
+            }
+            b if is_ws(b) => {
+                out.extend_from_slice(&raw[run..i]);
+                run = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.truncate(mark);
+    None
 }
 
 /// `raw` without white space outside strings.
@@ -289,6 +340,42 @@ pub fn write_string(s: &str, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one-pass minifier against finding the end, then minifying: on
+    /// every prefix of values with white space, escapes and nesting.
+    #[test]
+    fn minifying_a_value_in_one_pass_agrees_with_two() {
+        let values: [&[u8]; 7] = [
+            br#"{ "id" : "1" , "name" :	"A \"b\" , }" ,"x":[ 1, [ ], {} ] }"#,
+            b"[ \"a\\\\\" , \n\r 2.5e3 , true,null ]",
+            br#"{"already":"minified","n":[1,2,3]}"#,
+            b"\"a string\\\" ] with stuff\"",
+            b"12345",
+            b"{}",
+            b"[ [ [ \"]\" ] ] ]",
+        ];
+        for value in values {
+            for cut in 1..=value.len() {
+                let raw = &value[..cut];
+                for at_end in [false, true] {
+                    let mut out = b"kept".to_vec();
+                    let fused = minify_value_into(raw, 0, at_end, &mut out);
+                    let two = value_end(raw, 0, at_end);
+                    assert_eq!(
+                        fused,
+                        two,
+                        "{:?} at_end {at_end}",
+                        String::from_utf8_lossy(raw)
+                    );
+                    let mut expected = b"kept".to_vec();
+                    if let Some(end) = two {
+                        minify_into(&raw[..end], &mut expected);
+                    }
+                    assert_eq!(out, expected, "{:?}", String::from_utf8_lossy(raw));
+                }
+            }
+        }
+    }
 
     #[test]
     fn minify_keeps_strings_verbatim() {

@@ -26,6 +26,30 @@ pub fn each_value(
     what: &str,
     each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
+    each_value_read(path, from, end, what, None, each)
+}
+
+/// [`each_value`], with every value minified (in the same pass that finds
+/// its end).
+pub fn each_minified_value(
+    path: &Path,
+    from: u64,
+    end: u64,
+    what: &str,
+    each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
+) -> Result<()> {
+    each_value_read(path, from, end, what, Some(Vec::new()), each)
+}
+
+/// [`each_value`]; each value minified into `minified` when that is given.
+fn each_value_read(
+    path: &Path,
+    from: u64,
+    end: u64,
+    what: &str,
+    mut minified: Option<Vec<u8>>,
+    each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
+) -> Result<()> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     file.seek(SeekFrom::Start(from))?;
     let mut source = file.take(end.saturating_sub(from));
@@ -47,7 +71,14 @@ pub fn each_value(
             if i == buf.len() {
                 break;
             }
-            let Some(value_end) = json::value_end(&buf, i, at_end) else {
+            let found = match minified.as_mut() {
+                Some(out) => {
+                    out.clear();
+                    json::minify_value_into(&buf, i, at_end, out)
+                }
+                None => json::value_end(&buf, i, at_end),
+            };
+            let Some(value_end) = found else {
                 if at_end {
                     bail!(
                         "{} {}: {what} ends inside a value at byte {}; the file changed since it was read",
@@ -58,7 +89,11 @@ pub fn each_value(
                 }
                 break;
             };
-            each(&buf[i..value_end], buf_offset + value_end as u64)?;
+            let value = match &minified {
+                Some(out) => out.as_slice(),
+                None => &buf[i..value_end],
+            };
+            each(value, buf_offset + value_end as u64)?;
             i = value_end;
         }
         buf.drain(..i);
