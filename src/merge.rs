@@ -496,17 +496,43 @@ fn merge_partition(
     Ok(())
 }
 
-/// The document playlists that partition `part`'s records name, by position:
-/// a first pass over the records finds their positions (all in the
-/// partition's slice, [`crate::partition`]), then one range scan of the slice
-/// keeps those and counts the slice's warnings into `out`. Memory: the
-/// playlists the partition touches, which its replay holds anyway.
+/// The document playlists that partition `part`'s records may name, by
+/// position, and the slice's warnings counted into `out`: one range scan of
+/// the partition's slice ([`crate::partition`]) keeps every playlist of it,
+/// up to [`SLICE_BYTES_KEPT`] of text. Most slices are far smaller (about a
+/// thousand playlists: M's hold 190 KB, D's 260 KB), and most of their
+/// playlists are named anyway; before, a first pass over the partition's
+/// records found which, a tenth of M's merge. A larger slice still takes
+/// that pass, and a second scan keeps only the playlists it found. Memory: at
+/// most that much text, or the playlists the partition touches, which its
+/// replay holds anyway.
 fn documents_of_partition(
     store: &Store,
     cx: &MergeContext,
     part: u64,
     out: &mut PartitionResults,
 ) -> Result<FxMap<u64, String>> {
+    let (from, to) = cx.partitions.slice(part);
+    let mut documents = FxMap::with_capacity_and_hasher((to - from) as usize, Default::default());
+    let mut warnings = WarningCount::new(store, PROBES_AT_ONCE);
+    let mut kept = Some(0usize);
+    store.each_document_playlist_between(from, to, &mut |position, raw| {
+        warnings.playlist(&json::object_members(raw).unwrap_or_default())?;
+        if let Some(bytes) = kept.as_mut() {
+            *bytes += raw.len();
+            if *bytes <= SLICE_BYTES_KEPT {
+                documents.insert(position, text_of(raw.to_vec()));
+            } else {
+                kept = None;
+                documents = FxMap::default();
+            }
+        }
+        Ok(())
+    })?;
+    out.warnings += warnings.finish()?;
+    if kept.is_some() {
+        return Ok(documents);
+    }
     let mut touched = FxSet::default();
     store.each_block(part, &mut |block| {
         for rec in Decoder::new(block) {
@@ -518,19 +544,19 @@ fn documents_of_partition(
         }
         Ok(())
     })?;
-    let (from, to) = cx.partitions.slice(part);
     let mut documents = FxMap::with_capacity_and_hasher(touched.len(), Default::default());
-    let mut warnings = WarningCount::new(store, PROBES_AT_ONCE);
     store.each_document_playlist_between(from, to, &mut |position, raw| {
-        warnings.playlist(&json::object_members(raw).unwrap_or_default())?;
         if touched.contains(&position) {
             documents.insert(position, text_of(raw.to_vec()));
         }
         Ok(())
     })?;
-    out.warnings += warnings.finish()?;
     Ok(documents)
 }
+
+/// The most text of a slice's document playlists that the merge keeps
+/// without first finding which of them the partition's records name.
+const SLICE_BYTES_KEPT: usize = 1 << 20;
 
 /// One playlist id while its changes are replayed: the document's playlist of
 /// that id, if any, and the state after the changes replayed so far.

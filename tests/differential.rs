@@ -162,3 +162,55 @@ fn a_document_exported_in_many_pieces() {
         assert_same_text(&format!("{workers} workers"), &expected.output, &output);
     }
 }
+
+/// A merge partition whose slice of document playlists holds more text than
+/// the merge keeps whole (1 MiB: a playlist with a long name), beside slices
+/// that it does keep: changes to playlists of both, the same bytes as the
+/// reference.
+#[test]
+fn a_slice_of_playlists_too_large_to_keep_whole() {
+    let long_name = "n".repeat(1_200_000);
+    let playlists: Vec<String> = (1..=24)
+        .map(|i| {
+            let name = if i == 5 { long_name.as_str() } else { "short" };
+            format!(
+                "{{\"id\": \"{i}\", \"owner_id\": \"{}\", \"name\": \"{name}\", \"song_ids\": [\"{}\", \"{}\"]}}",
+                i % 3 + 1,
+                i % 7 + 1,
+                i % 5 + 2
+            )
+        })
+        .collect();
+    let mixtape = format!(
+        "{{\"users\": [{{\"id\": \"1\"}}, {{\"id\": \"2\"}}, {{\"id\": \"3\"}}], \"playlists\": [{}], \"songs\": [{}]}}",
+        playlists.join(",\n"),
+        (1..=9).map(|i| format!("{{\"id\": \"{i}\"}}")).collect::<Vec<_>>().join(", ")
+    );
+    let mut changes = String::new();
+    for i in 1..=24 {
+        changes.push_str(&format!(
+            "{{\"op\":\"add_song\",\"playlist_id\":\"{i}\",\"song_id\":\"9\"}}\n\
+             {{\"op\":\"remove_song\",\"playlist_id\":\"{i}\",\"song_id\":\"{}\"}}\n",
+            i % 7 + 1
+        ));
+        if i % 4 == 1 {
+            changes.push_str(&format!(
+                "{{\"op\":\"remove_playlist\",\"playlist_id\":\"{i}\"}}\n\
+                 {{\"op\":\"add_playlist\",\"playlist_id\":\"{i}\",\"owner_id\":\"2\",\"song_ids\":[\"8\"]}}\n"
+            ));
+        }
+    }
+    let expected = reference::run(&mixtape, &changes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("mixtape.json");
+    let c = dir.path().join("changes.jsonl");
+    fs::write(&m, &mixtape).unwrap();
+    fs::write(&c, &changes).unwrap();
+    for workers in [1, 3] {
+        let out = format!("out{workers}.json");
+        let o = run(dir.path(), &m, &c, &out, workers, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let output = fs::read_to_string(dir.path().join(&out)).unwrap();
+        assert_same_text(&format!("{workers} workers"), &expected.output, &output);
+    }
+}
