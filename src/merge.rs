@@ -511,17 +511,18 @@ fn documents_of_partition(
     cx: &MergeContext,
     part: u64,
     out: &mut PartitionResults,
-) -> Result<FxMap<u64, String>> {
+) -> Result<FxMap<u64, Document>> {
     let (from, to) = cx.partitions.slice(part);
     let mut documents = FxMap::with_capacity_and_hasher((to - from) as usize, Default::default());
     let mut warnings = WarningCount::new(store, PROBES_AT_ONCE);
     let mut kept = Some(0usize);
     store.each_document_playlist_between(from, to, &mut |position, raw| {
-        warnings.playlist(&json::object_members(raw).unwrap_or_default())?;
+        let members = json::object_members(raw).unwrap_or_default();
+        warnings.playlist(&members)?;
         if let Some(bytes) = kept.as_mut() {
             *bytes += raw.len();
             if *bytes <= SLICE_BYTES_KEPT {
-                documents.insert(position, text_of(raw.to_vec()));
+                documents.insert(position, Document::of(raw, &members));
             } else {
                 kept = None;
                 documents = FxMap::default();
@@ -547,7 +548,8 @@ fn documents_of_partition(
     let mut documents = FxMap::with_capacity_and_hasher(touched.len(), Default::default());
     store.each_document_playlist_between(from, to, &mut |position, raw| {
         if touched.contains(&position) {
-            documents.insert(position, text_of(raw.to_vec()));
+            let members = json::object_members(raw).unwrap_or_default();
+            documents.insert(position, Document::of(raw, &members));
         }
         Ok(())
     })?;
@@ -558,13 +560,47 @@ fn documents_of_partition(
 /// without first finding which of them the partition's records name.
 const SLICE_BYTES_KEPT: usize = 1 << 20;
 
+/// A document playlist as the merge keeps it: its minified text, and where
+/// its `song_ids` value is in it, found once (in the scan that counts
+/// warnings) for the replay's song list and for rendering the changed
+/// playlist, which replaces just that value.
+struct Document {
+    text: String,
+    song_ids: Option<std::ops::Range<usize>>,
+}
+
+impl Document {
+    /// The playlist `raw`, whose members are `members`.
+    fn of(raw: &[u8], members: &[(&[u8], &[u8])]) -> Document {
+        let song_ids = members
+            .iter()
+            .find(|(key, _)| json::key_is(key, "song_ids"))
+            .map(|(_, value)| {
+                let start = value.as_ptr() as usize - raw.as_ptr() as usize;
+                start..start + value.len()
+            });
+        Document {
+            text: text_of(raw.to_vec()),
+            song_ids,
+        }
+    }
+
+    /// Its `song_ids` value (empty when it has none).
+    fn song_ids(&self) -> &[u8] {
+        match &self.song_ids {
+            Some(range) => &self.text.as_bytes()[range.clone()],
+            None => b"",
+        }
+    }
+}
+
 /// One playlist id while its changes are replayed: the document's playlist of
 /// that id, if any, and the state after the changes replayed so far.
 struct Replay {
     /// The playlist id's text.
     id: String,
-    /// (position, raw text) in the document.
-    document: Option<(i64, String)>,
+    /// Its position and playlist in the document.
+    document: Option<(i64, Document)>,
     state: Option<Playlist>,
 }
 
@@ -575,7 +611,7 @@ impl Replay {
         store: &Store,
         part: u64,
         id: &str,
-        documents: &mut FxMap<u64, String>,
+        documents: &mut FxMap<u64, Document>,
     ) -> Result<Replay> {
         let document = match store.document_playlist_position(id)? {
             Some(position) => match documents.remove(&position) {
@@ -586,9 +622,8 @@ impl Replay {
             },
             None => None,
         };
-        let state = document.as_ref().map(|(_, raw)| {
-            let members = json::object_members(raw.as_bytes()).unwrap_or_default();
-            let song_ids = json::member(&members, "song_ids").unwrap_or_default();
+        let state = document.as_ref().map(|(_, playlist)| {
+            let song_ids = playlist.song_ids();
             let songs = SongList::of(
                 json::array_elements(song_ids)
                     .unwrap_or_default()
@@ -647,7 +682,7 @@ impl Replay {
         let fate = match (&self.document, self.state) {
             (Some((doc_seq, _)), None) => Fate::Removed { doc_seq: *doc_seq },
             (
-                Some((doc_seq, raw)),
+                Some((doc_seq, playlist)),
                 Some(Playlist {
                     songs,
                     origin: Origin::Document { changed: true },
@@ -655,7 +690,11 @@ impl Replay {
                 }),
             ) => Fate::Changed {
                 doc_seq: *doc_seq,
-                json: text_of(render::changed_playlist(raw.as_bytes(), songs.iter())),
+                json: text_of(render::with_songs(
+                    playlist.text.as_bytes(),
+                    playlist.song_ids.clone(),
+                    songs.iter(),
+                )),
             },
             (
                 _,

@@ -39,6 +39,23 @@ pub fn new_playlist<'a>(
     out
 }
 
+/// [`changed_playlist`] when the place of `raw`'s `song_ids` value (its
+/// first) is known: the text around it is kept, the value replaced.
+pub fn with_songs<'a>(
+    raw: &[u8],
+    song_ids: Option<std::ops::Range<usize>>,
+    songs: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<u8> {
+    let Some(range) = song_ids else {
+        return changed_playlist(raw, songs);
+    };
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    out.extend_from_slice(&raw[..range.start]);
+    song_list(&mut out, songs);
+    out.extend_from_slice(&raw[range.end..]);
+    out
+}
+
 /// A document playlist (`raw`, minified) with new songs: every member as it
 /// was, `song_ids` replaced (or added at the end when it had none).
 pub fn changed_playlist<'a>(raw: &[u8], songs: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
@@ -77,6 +94,34 @@ pub fn changed_playlist<'a>(raw: &[u8], songs: impl IntoIterator<Item = &'a [u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Replacing the `song_ids` value in place gives what rebuilding the
+    /// playlist member by member gives.
+    #[test]
+    fn songs_replaced_in_place_as_by_members() {
+        let songs: [&[u8]; 3] = [b"\"1\"", b"2", b"\"x\\\"y\""];
+        for raw in [
+            &br#"{"id":"7","song_ids":[],"name":"x"}"#[..],
+            br#"{"song_ids":["3",4],"id":"7"}"#,
+            br#"{"id":"7","owner_id":"1","song_ids":[1,2,3]}"#,
+            br#"{"id":"7","song_ids":[1],"song_ids":[2],"n":{"song_ids":[]}}"#,
+            br#"{"id":"7","name":"song_ids"}"#,
+            br#"{}"#,
+        ] {
+            let members = json::object_members(raw).unwrap();
+            let range = members
+                .iter()
+                .find(|(key, _)| json::key_is(key, "song_ids"))
+                .map(|(_, value)| {
+                    let start = value.as_ptr() as usize - raw.as_ptr() as usize;
+                    start..start + value.len()
+                });
+            assert_eq!(
+                String::from_utf8(with_songs(raw, range, songs)).unwrap(),
+                String::from_utf8(changed_playlist(raw, songs)).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn changed_and_new_playlists() {
