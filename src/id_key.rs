@@ -39,14 +39,24 @@ impl<'a> IdKey<'a> {
     /// straight from the token, without decoding.
     pub fn raw(raw: &'a [u8]) -> IdKey<'a> {
         let inner = match raw {
-            [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => inner,
+            [b'"', inner @ .., b'"'] => inner,
             [b'-' | b'0'..=b'9', ..] => raw,
             _ => return IdKey::of(json::id_text(raw).unwrap_or_default()),
         };
-        match pack(inner) {
-            Some(packed) => IdKey::Packed(packed),
-            None => IdKey::of(json::id_text(raw).unwrap_or_default()),
+        // Packed in one pass that also looks for escapes (a byte loop: the
+        // ids are short, and a call to memchr or memcpy per id cost more).
+        if inner.len() < 16 {
+            let mut packed = (inner.len() as u128) << 120;
+            let mut escaped = false;
+            for (i, &b) in inner.iter().enumerate() {
+                escaped |= b == b'\\';
+                packed |= u128::from(b) << (8 * i);
+            }
+            if !escaped {
+                return IdKey::Packed(packed);
+            }
         }
+        IdKey::of(json::id_text(raw).unwrap_or_default())
     }
 
     /// The key of `raw`, owning its text: for maps that outlive the text (a
@@ -122,6 +132,31 @@ mod tests {
         let long = b"\"1234567890123456\"";
         assert_eq!(IdKey::raw(long), IdKey::of("1234567890123456".into()));
         assert!(matches!(IdKey::raw(long), IdKey::Long(_)));
+    }
+
+    /// A key packed straight from the token is the key of its decoded text,
+    /// for every length around the packing limit, escaped or not.
+    #[test]
+    fn a_token_packs_as_its_text() {
+        for len in 0..20 {
+            let text: String = (0..len).map(|i| char::from(b'a' + i as u8 % 26)).collect();
+            let digits: String = (0..len.max(1))
+                .map(|i| char::from(b'1' + i as u8 % 9))
+                .collect();
+            let mut tokens = vec![
+                format!("\"{text}\""),
+                digits.clone(),
+                format!("\"{digits}\""),
+            ];
+            if len > 0 {
+                tokens.push(format!("\"\\u0041{}\"", &text[1..]));
+                tokens.push(format!("\"{}\\n\"", &text[1..]));
+            }
+            for token in tokens {
+                let decoded = json::id_text(token.as_bytes()).unwrap();
+                assert_eq!(IdKey::raw(token.as_bytes()), IdKey::of(decoded), "{token}");
+            }
+        }
     }
 
     #[test]
