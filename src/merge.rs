@@ -19,10 +19,11 @@
 //! a document playlist's by its position, any other by a hash), and the plan
 //! chose the number of partitions so that one holds a few MiB of records
 //! whatever the input size. A merge thread reads its slice of the document's
-//! playlists in one range scan (keeping those its records name, and counting
-//! the slice's warnings), then streams the partition's records in index order
-//! (`merge_partition`) and holds the state of the playlists they touch (their
-//! song lists), never the records themselves.
+//! playlists in one range scan (keeping them, up to 1 MiB of text, else those
+//! its records name, and counting the slice's warnings), then streams the
+//! partition's records in index order (`merge_partition`) and holds the state
+//! of the playlists they touch (their song lists), never the records
+//! themselves.
 //!
 //! ## Parallelism
 //!
@@ -502,7 +503,7 @@ fn merge_partition(
 /// up to [`SLICE_BYTES_KEPT`] of text. Most slices are far smaller (about a
 /// thousand playlists: M's hold 190 KB, D's 260 KB), and most of their
 /// playlists are named anyway; before, a first pass over the partition's
-/// records found which, a tenth of M's merge. A larger slice still takes
+/// records found which (5–10 % of M's merge). A larger slice still takes
 /// that pass, and a second scan keeps only the playlists it found. Memory: at
 /// most that much text, or the playlists the partition touches, which its
 /// replay holds anyway.
