@@ -241,11 +241,24 @@ pub fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
 /// The longest string [`decode_string`] checks with a byte loop.
 const SHORT_STRING: usize = 32;
 
+/// The digits of an id token that is digits, bare or quoted (nearly every
+/// song id), as text, without decoding it.
+pub fn plain_digits(token: &[u8]) -> Option<&str> {
+    let digits = match token {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => token,
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(ascii(digits))
+}
+
 /// `bytes`, all ASCII, as text.
 fn ascii(bytes: &[u8]) -> &str {
     debug_assert!(bytes.is_ascii());
-    // SAFETY: every caller checked that each byte is ASCII (below 0x80), and
-    // a sequence of ASCII bytes is valid UTF-8.
+    // SAFETY: every caller checks that each byte is ASCII (below 0x80)
+    // before the call, and a sequence of ASCII bytes is valid UTF-8.
     unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
@@ -381,6 +394,11 @@ mod tests {
             }
         }
         assert_eq!(id_text(b"-12").as_deref(), Some("-12"));
+        assert_eq!(plain_digits(b"\"123\""), Some("123"));
+        assert_eq!(plain_digits(b"123"), Some("123"));
+        for not_digits in [&b"\"12a\""[..], b"\"\"", b"-1", b"\"\\u0031\"", b"\"1"] {
+            assert_eq!(plain_digits(not_digits), None);
+        }
         assert_eq!(id_text(b"1.5"), None);
         assert_eq!(decode_string(b"\"unterminated"), None);
     }
@@ -501,6 +519,11 @@ mod tests {
         assert_eq!(id_text(br#""7""#).as_deref(), Some("7"));
         assert_eq!(id_text(br#""\u0037""#).as_deref(), Some("7"));
         assert_eq!(id_text(b"-12").as_deref(), Some("-12"));
+        assert_eq!(plain_digits(b"\"123\""), Some("123"));
+        assert_eq!(plain_digits(b"123"), Some("123"));
+        for not_digits in [&b"\"12a\""[..], b"\"\"", b"-1", b"\"\\u0031\"", b"\"1"] {
+            assert_eq!(plain_digits(not_digits), None);
+        }
         assert_eq!(
             id_text(b"123456789012345678901234567890").as_deref(),
             Some("123456789012345678901234567890")

@@ -238,7 +238,10 @@ impl<'s, L: Lookups> WarningCount<'s, L> {
             // (A `None` after some elements: malformed, which the import
             // never stores; the elements before it were checked.)
             let Some(song) = song else { break };
-            let Some(id) = plain_digits(song).or_else(|| json::id_text(song)) else {
+            let Some(id) = json::plain_digits(song)
+                .map(Cow::Borrowed)
+                .or_else(|| json::id_text(song))
+            else {
                 return Ok(false);
             };
             match self.store.song_presence(&id)? {
@@ -269,19 +272,6 @@ impl<'s, L: Lookups> WarningCount<'s, L> {
         self.probe()?;
         Ok(self.warnings)
     }
-}
-
-/// The text of an id token that is digits, bare or quoted (nearly every
-/// song id), without decoding it.
-fn plain_digits(token: &[u8]) -> Option<Cow<'_, str>> {
-    let digits = match token {
-        [b'"', inner @ .., b'"'] => inner,
-        _ => token,
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok().map(Cow::Borrowed)
 }
 
 /// What every partition needs to know.
@@ -566,7 +556,8 @@ const SLICE_BYTES_KEPT: usize = 1 << 20;
 /// warnings) for the replay's song list and for rendering the changed
 /// playlist, which replaces just that value.
 struct Document {
-    text: String,
+    /// As the store gave it (which checked that it is UTF-8).
+    text: Vec<u8>,
     song_ids: Option<std::ops::Range<usize>>,
 }
 
@@ -581,7 +572,7 @@ impl Document {
                 start..start + value.len()
             });
         Document {
-            text: text_of(raw.to_vec()),
+            text: raw.to_vec(),
             song_ids,
         }
     }
@@ -589,7 +580,7 @@ impl Document {
     /// Its `song_ids` value (empty when it has none).
     fn song_ids(&self) -> &[u8] {
         match &self.song_ids {
-            Some(range) => &self.text.as_bytes()[range.clone()],
+            Some(range) => &self.text[range.clone()],
             None => b"",
         }
     }
@@ -692,7 +683,7 @@ impl Replay {
             ) => Fate::Changed {
                 doc_seq: *doc_seq,
                 json: text_of(render::with_songs(
-                    playlist.text.as_bytes(),
+                    &playlist.text,
                     playlist.song_ids.clone(),
                     songs.iter(),
                 )),
