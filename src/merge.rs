@@ -564,13 +564,7 @@ struct Document {
 impl Document {
     /// The playlist `raw`, whose members are `members`.
     fn of(raw: &[u8], members: &[(&[u8], &[u8])]) -> Document {
-        let song_ids = members
-            .iter()
-            .find(|(key, _)| json::key_is(key, "song_ids"))
-            .map(|(_, value)| {
-                let start = value.as_ptr() as usize - raw.as_ptr() as usize;
-                start..start + value.len()
-            });
+        let song_ids = render::song_ids_range(raw, members);
         Document {
             text: raw.to_vec(),
             song_ids,

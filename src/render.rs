@@ -39,8 +39,21 @@ pub fn new_playlist<'a>(
     out
 }
 
+/// Where the value of the first `song_ids` member is in `raw`, whose
+/// members are `members` (as [`json::object_members`] gave them).
+pub fn song_ids_range(raw: &[u8], members: &[(&[u8], &[u8])]) -> Option<std::ops::Range<usize>> {
+    members
+        .iter()
+        .find(|(key, _)| json::key_is(key, "song_ids"))
+        .map(|(_, value)| {
+            let start = value.as_ptr() as usize - raw.as_ptr() as usize;
+            start..start + value.len()
+        })
+}
+
 /// [`changed_playlist`] when the place of `raw`'s `song_ids` value (its
-/// first) is known: the text around it is kept, the value replaced.
+/// first, [`song_ids_range`]) is known: the text around it is kept, the
+/// value replaced.
 pub fn with_songs<'a>(
     raw: &[u8],
     song_ids: Option<std::ops::Range<usize>>,
@@ -108,14 +121,7 @@ mod tests {
             br#"{"id":"7","name":"song_ids"}"#,
             br#"{}"#,
         ] {
-            let members = json::object_members(raw).unwrap();
-            let range = members
-                .iter()
-                .find(|(key, _)| json::key_is(key, "song_ids"))
-                .map(|(_, value)| {
-                    let start = value.as_ptr() as usize - raw.as_ptr() as usize;
-                    start..start + value.len()
-                });
+            let range = song_ids_range(raw, &json::object_members(raw).unwrap());
             assert_eq!(
                 String::from_utf8(with_songs(raw, range, songs)).unwrap(),
                 String::from_utf8(changed_playlist(raw, songs)).unwrap()

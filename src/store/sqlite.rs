@@ -839,34 +839,49 @@ fn insert_results(tx: &Transaction, results: &[PlaylistResult]) -> Result<()> {
         }
     }
     let mut insert = tx.prepare_cached("INSERT INTO results(data) VALUES (?1)")?;
-    let mut data = Vec::new();
-    let order = in_key_order(&fates, |f| f.0 as u64);
-    let rows = result_rows::rows_of(&order, |f| f.2.map_or(0, str::len));
-    insert_run(
+    insert_result_rows(
         tx,
+        &mut insert,
         Stream::DocumentFates,
-        &rows,
-        |row| row[0].0 as u64,
-        |row| {
-            data.clear();
-            for fate in *row {
-                result_rows::encode_fate(fate, &mut data);
-            }
-            insert.execute([&data])?;
-            Ok(())
-        },
+        &fates,
+        |f| f.0 as u64,
+        |f| f.2.map_or(0, str::len),
+        result_rows::encode_fate,
     )?;
-    let order = in_key_order(&created, |c| c.0 as u64);
-    let rows = result_rows::rows_of(&order, |c| c.1.len());
+    insert_result_rows(
+        tx,
+        &mut insert,
+        Stream::NewPlaylists,
+        &created,
+        |c| c.0 as u64,
+        |c| c.1.len(),
+        result_rows::encode_new,
+    )
+}
+
+/// Inserts `items` of one results stream, in key order, packed into rows
+/// ([`result_rows`]), as one run.
+fn insert_result_rows<T>(
+    tx: &Transaction,
+    insert: &mut rusqlite::CachedStatement,
+    stream: Stream,
+    items: &[T],
+    key: impl Fn(&T) -> u64,
+    text_len: impl Fn(&T) -> usize,
+    encode: impl Fn(&T, &mut Vec<u8>),
+) -> Result<()> {
+    let order = in_key_order(items, &key);
+    let rows = result_rows::rows_of(&order, text_len);
+    let mut data = Vec::new();
     insert_run(
         tx,
-        Stream::NewPlaylists,
+        stream,
         &rows,
-        |row| row[0].0 as u64,
+        |row| key(row[0]),
         |row| {
             data.clear();
-            for new in *row {
-                result_rows::encode_new(new, &mut data);
+            for item in *row {
+                encode(item, &mut data);
             }
             insert.execute([&data])?;
             Ok(())
