@@ -5,8 +5,12 @@
 //! issue 17): hundreds of thousands of rows of a few hundred bytes each cost
 //! more in row overhead than in bytes. So a partition's results of one stream
 //! ([`super::runs`]), in key order, are packed into rows of up to
-//! [`RESULTS_PER_ROW`] results or about [`ROW_BYTES`] of text; the runs are
-//! of rows, and each row yields its results in order.
+//! [`RESULTS_PER_ROW`] results or [`ROW_BYTES`] encoded; the runs are
+//! of rows, and each row yields its results in order. [`ROW_BYTES`] is what
+//! lets two rows share one 16 KiB page: rows of 64 results of M's playlists
+//! (about 8.8 KB) took a page each, so `results` was 65 MB of pages for 41 MB
+//! of data, written twice (WAL and database) into fresh pages of the page
+//! cache, which cost about a quarter of M's merge.
 //!
 //! A row of document fates holds, for each, `doc_seq:varint state:u8` and,
 //! when the state byte's high bit says so, the playlist's text
@@ -21,9 +25,16 @@ use crate::record::{put_bytes, put_varint, Decoder};
 
 /// Results a row holds at most.
 pub(super) const RESULTS_PER_ROW: usize = 64;
-/// A row is closed once its text reaches this many bytes (one larger result
-/// is a row of its own).
-pub(super) const ROW_BYTES: usize = 16 << 10;
+/// A row's encoded bytes at most, unless one result alone is larger (then it
+/// is a row of its own, in overflow pages): two such rows fit one page
+/// (`super::PAGE_SIZE`, less SQLite's page header, two cell pointers and two
+/// cells' headers, 15 bytes each at most).
+pub(super) const ROW_BYTES: usize = 8128;
+
+/// The most a result's encoding adds to its text: a key varint (9), the state
+/// byte and the length varint (3, for text of up to 2 MiB; longer is a row of
+/// its own anyway).
+const ITEM_OVERHEAD: usize = 13;
 
 /// Set in a fate's state byte when the playlist's text follows.
 const HAS_TEXT: u8 = 0x80;
@@ -33,7 +44,8 @@ const HAS_TEXT: u8 = 0x80;
 pub(super) type FateRow<T> = (i64, i64, Option<T>);
 
 /// Cuts `items` (in key order) into rows: consecutive groups of at most
-/// [`RESULTS_PER_ROW`], closed once their `text_len` reaches [`ROW_BYTES`].
+/// [`RESULTS_PER_ROW`] and, unless one item alone is larger, at most
+/// [`ROW_BYTES`] encoded (`text_len` plus [`ITEM_OVERHEAD`] each).
 pub(super) fn rows_of<'a, T>(
     items: &'a [&'a T],
     text_len: impl Fn(&T) -> usize,
@@ -41,11 +53,12 @@ pub(super) fn rows_of<'a, T>(
     let mut rows = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, item) in items.iter().enumerate() {
-        bytes += text_len(item);
-        if i + 1 - start >= RESULTS_PER_ROW || bytes >= ROW_BYTES {
-            rows.push(&items[start..=i]);
-            (start, bytes) = (i + 1, 0);
+        let item_bytes = text_len(item) + ITEM_OVERHEAD;
+        if i > start && (i - start >= RESULTS_PER_ROW || bytes + item_bytes > ROW_BYTES) {
+            rows.push(&items[start..i]);
+            (start, bytes) = (i, 0);
         }
+        bytes += item_bytes;
     }
     if start < items.len() {
         rows.push(&items[start..]);
@@ -133,6 +146,12 @@ mod tests {
             for fate in row.iter() {
                 encode_fate(fate, &mut data);
             }
+            // Two rows to a page, unless one result alone is larger.
+            assert!(
+                data.len() <= ROW_BYTES || row.len() == 1,
+                "{} bytes",
+                data.len()
+            );
             decode_fates(&data, &mut back).unwrap();
         }
         let back: Vec<(u64, FateRow<String>)> = back
@@ -172,5 +191,54 @@ mod tests {
         let mut data = Vec::new();
         encode_fate(&fates[0], &mut data);
         assert!(decode_fates(&data[..data.len() - 1], &mut VecDeque::new()).is_err());
+    }
+
+    #[test]
+    fn rows_are_full_and_two_share_a_page() {
+        // Playlists of M's size: each row but the last takes as many as fit.
+        let text = format!(
+            "{{\"id\":\"1\",\"song_ids\":[{}]}}",
+            "\"123456\",".repeat(15)
+        );
+        let created: Vec<(i64, &str)> = (0..5000).map(|k| (k << 40, text.as_str())).collect();
+        let order: Vec<&(i64, &str)> = created.iter().collect();
+        let rows = rows_of(&order, |c| c.1.len());
+        let datas: Vec<Vec<u8>> = rows
+            .iter()
+            .map(|row| {
+                let mut data = Vec::new();
+                row.iter().for_each(|c| encode_new(c, &mut data));
+                data
+            })
+            .collect();
+        for (row, data) in rows.iter().zip(&datas).take(rows.len() - 1) {
+            assert!(data.len() <= ROW_BYTES, "{} bytes", data.len());
+            assert!(
+                row.len() == RESULTS_PER_ROW || data.len() >= ROW_BYTES * 9 / 10,
+                "{} bytes in a row of {}",
+                data.len(),
+                row.len()
+            );
+        }
+        // SQLite stores two such rows (with the largest keys) to a page.
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "page_size", super::super::PAGE_SIZE)
+            .unwrap();
+        conn.execute_batch(
+            "CREATE TABLE results(seq INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL)",
+        )
+        .unwrap();
+        let full = vec![7u8; ROW_BYTES];
+        for k in 0..200i64 {
+            conn.execute(
+                "INSERT INTO results(seq, data) VALUES (?1, ?2)",
+                rusqlite::params![i64::MAX - 1000 + k, full],
+            )
+            .unwrap();
+        }
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        assert!(pages <= 200 / 2 + 8, "{pages} pages for 200 rows");
     }
 }
