@@ -87,7 +87,7 @@ pub const BATCHES_PER_CHUNK: u64 = 64;
 /// batches (and merged partitions) write thousands of pages in all; fewer,
 /// larger checkpoints copy a page written twice once. The harness
 /// checkpoints, and truncates the WAL, after the stage.
-pub const BULK_CHECKPOINT_PAGES: u32 = 8192;
+pub const BULK_CHECKPOINT_PAGES: u32 = 2048;
 
 /// How the worker was asked to run.
 #[derive(Debug, Clone, Default)]

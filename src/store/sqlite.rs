@@ -296,7 +296,7 @@ impl Tables for SqliteDb {
 
     fn checkpoint(&self) -> Result<()> {
         self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
         Ok(())
     }
 
