@@ -498,6 +498,11 @@ impl Worker<'_> {
         change: Change,
         auto_ordinal: Option<u64>,
     ) -> Result<Result<(), Rejection>> {
+        if let Change::AddSong { playlist, song } = &change {
+            // Two lookups (the song, then the playlist's partition): their
+            // cache misses overlap.
+            self.store.prefetch_lookups(Some(playlist), Some(song));
+        }
         let body = match change {
             Change::AddPlaylist {
                 id,

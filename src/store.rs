@@ -1140,6 +1140,20 @@ impl Store {
         self.indexes()?.songs.written_as(&id, token)
     }
 
+    /// Starts loading what looking up the playlist and the song written as
+    /// these tokens will read ([`crate::id_index::IdIndex::prefetch`]), so
+    /// that the two cache misses overlap.
+    pub fn prefetch_lookups(&self, playlist: Option<&[u8]>, song: Option<&[u8]>) {
+        if let Ok(indexes) = self.indexes() {
+            if let Some(token) = playlist {
+                indexes.playlists.prefetch(token);
+            }
+            if let Some(token) = song {
+                indexes.songs.prefetch(token);
+            }
+        }
+    }
+
     pub fn user_exists(&self, id: &str) -> Result<bool> {
         Ok(self.indexes()?.users.contains(id))
     }
