@@ -390,15 +390,22 @@ impl<'a> Watch<'a> {
         events: &Receiver<Event>,
         status: Option<ExitStatus>,
     ) -> anyhow::Error {
-        // Collect what the failed worker still had to say.
+        // Collect what the failed worker still had to say: its stderr, and
+        // its progress lines too, which name the chunk it took (on a loaded
+        // machine its exit can be seen before the reader thread has passed
+        // them on, and the message then said "before it took a chunk").
         let deadline = Instant::now() + Duration::from_millis(500);
         while let Ok(event) =
             events.recv_timeout(deadline.saturating_duration_since(Instant::now()))
         {
-            if let Event::Stderr { slot: s, text } = event {
-                if s == slot {
+            match event {
+                Event::Stderr { slot: s, text } if s == slot => {
                     self.stderr_of[slot].extend_from_slice(&text);
                 }
+                progress @ Event::Progress { .. } => {
+                    self.on_event(progress);
+                }
+                _ => {}
             }
         }
         let why = match (status, &self.malformed) {
