@@ -88,9 +88,30 @@ pub fn import(
         playlists,
         ..
     } = processor;
-    build_index(store, path, IdKind::Users, users)?;
-    build_index(store, path, IdKind::Songs, songs)?;
-    build_index(store, path, IdKind::Playlists, playlists)?;
+    let index_path = |kind| store.index_path(kind);
+    let (users_at, songs_at) = (index_path(IdKind::Users)?, index_path(IdKind::Songs)?);
+    let playlists_at = index_path(IdKind::Playlists)?;
+    if threads >= 2 {
+        // The songs index (the largest, as a rule) on a thread of its own,
+        // beside the other two; a duplicate in users is still the error
+        // reported before one in songs, and that before one in playlists.
+        let (users_and_playlists, songs) = std::thread::scope(|scope| {
+            let songs = scope.spawn(|| build_index(&songs_at, path, IdKind::Songs, songs));
+            let others = build_index(&users_at, path, IdKind::Users, users)
+                .map(|()| build_index(&playlists_at, path, IdKind::Playlists, playlists));
+            let songs = songs
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("the songs index builder panicked")));
+            (others, songs)
+        });
+        let playlists = users_and_playlists?;
+        songs?;
+        playlists?;
+    } else {
+        build_index(&users_at, path, IdKind::Users, users)?;
+        build_index(&songs_at, path, IdKind::Songs, songs)?;
+        build_index(&playlists_at, path, IdKind::Playlists, playlists)?;
+    }
     writer.finish(&DocumentFacts {
         owner_key: owner_key.unwrap_or_else(|| "owner_id".into()),
         max_playlist_id,
@@ -140,12 +161,12 @@ fn pipelined(file: File, path: &Path, processor: &mut Processor) -> Result<Array
     })
 }
 
-/// Builds the id index of `kind` from its sorted ids; a duplicate id is the
+/// Builds the id index of `kind` at `index` from its sorted ids; a duplicate id is the
 /// document's error, located at the element that repeats it.
-fn build_index(store: &Store, path: &Path, kind: IdKind, ids: IdSorter) -> Result<()> {
+fn build_index(index: &Path, path: &Path, kind: IdKind, ids: IdSorter) -> Result<()> {
     let count = ids.len();
     let mut ids = Some(ids);
-    id_index::build(&store.index_path(kind)?, kind.values(), count, &mut |add| {
+    id_index::build(index, kind.values(), count, &mut |add| {
         let sorted = ids.take().expect("the index asks for its ids once");
         let Some(dup) = sorted.merge(add)? else {
             return Ok(());

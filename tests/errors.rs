@@ -85,6 +85,43 @@ fn invalid_documents_name_array_position_and_id() {
 }
 
 #[test]
+fn duplicates_in_several_arrays_name_the_same_one_at_any_worker_count() {
+    // The id indexes are built side by side at two workers and more; the
+    // error is still the first in the order users, songs, playlists.
+    let array = |name: &str, dup: bool| {
+        let second = if dup { "1" } else { "2" };
+        format!(r#""{name}":[{{"id":"1","owner_id":"1","song_ids":[]}},{{"id":{second}}}]"#)
+    };
+    for (users, songs, playlists, first) in [
+        (true, true, true, "users[1]"),
+        (false, true, true, "songs[1]"),
+        (false, false, true, "playlists[1]"),
+        (true, false, true, "users[1]"),
+    ] {
+        // In the document, the arrays come in the other order.
+        let mixtape = format!(
+            "{{{},{},{}}}",
+            array("playlists", playlists),
+            array("songs", songs),
+            array("users", users)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let m = write(dir.path(), "m.json", &mixtape);
+        let c = write(dir.path(), "c.json", "[]");
+        for workers in [1, 2] {
+            let o = run(dir.path(), &m, &c, "out.json", workers, &[]);
+            assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+            let e = stderr(&o);
+            assert!(
+                e.contains(&format!("{first}: duplicate id")),
+                "{workers}: {e}"
+            );
+            assert_eq!(e.matches("duplicate id").count(), 1, "{e}");
+        }
+    }
+}
+
+#[test]
 fn unreadable_input_is_exit_1() {
     let dir = tempfile::tempdir().unwrap();
     let o = run(
