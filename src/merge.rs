@@ -312,38 +312,52 @@ struct Playlist {
 }
 
 /// A playlist's song ids as written, in order, in one buffer: a song costs its
-/// bytes, a span and its key, not an allocation of its own.
+/// bytes, a span and a tag of its key (16 bytes), not an allocation of its own.
 ///
 /// Most playlists hold a few songs, so "does it hold this song" scans the
-/// keys, which beats a hash map (built, probed and freed for every playlist
-/// the merge touches); a list that grows past [`SCAN_AT_MOST`] songs gets a
-/// map of how often each key occurs, kept from then on.
+/// tags, which beats a hash map (built, probed and freed for every playlist
+/// the merge touches), and compares keys only where a tag matches; a list
+/// that grows past [`SCAN_AT_MOST`] songs gets a map of how often each key
+/// occurs, kept from then on. Spans and tags are kept apart from the keys
+/// (a key is 32 bytes) because growing the lists was a tenth of L's merge
+/// when a song took 48 bytes (BENCHMARKS.md).
 #[derive(Default)]
 struct SongList {
     bytes: Vec<u8>,
-    songs: Vec<Song>,
+    /// Each song's bytes in `bytes`, in order.
+    spans: Vec<(u32, u32)>,
+    /// Each song's [`tag`], beside `spans`.
+    tags: Vec<u64>,
     counts: Option<FxMap<IdKey<'static>, u32>>,
 }
 
-/// One song of a [`SongList`]: its bytes in the buffer, and its key.
-struct Song {
-    span: (usize, usize),
-    key: IdKey<'static>,
-}
-
 /// The longest song list whose membership is answered by a scan.
-const SCAN_AT_MOST: usize = 32;
+const SCAN_AT_MOST: usize = 64;
+
+/// A key's tag: equal keys have equal tags, and unequal ones rarely do. A
+/// packed key's two halves folded (an id of up to 8 bytes, nearly all of
+/// them, is told apart by its tag alone); a long one's hash.
+fn tag(key: &IdKey) -> u64 {
+    match key {
+        IdKey::Packed(packed) => (*packed as u64) ^ ((*packed >> 64) as u64),
+        IdKey::Long(_) => {
+            use std::hash::BuildHasher;
+            std::hash::BuildHasherDefault::<crate::id_key::FxHasher>::default().hash_one(key)
+        }
+    }
+}
 
 impl SongList {
     /// The list of `songs`, with room for `bytes` bytes of them and a few
     /// more songs: growing a buffer (a copy each time) was a tenth of the
     /// merge.
     fn of<'s>(songs: impl ExactSizeIterator<Item = &'s [u8]>, bytes: usize) -> SongList {
-        const ROOM: usize = 4;
+        const ROOM: usize = 8;
         let mut list = SongList {
-            songs: Vec::with_capacity(songs.len() + ROOM),
+            spans: Vec::with_capacity(songs.len() + ROOM),
+            tags: Vec::with_capacity(songs.len() + ROOM),
             bytes: Vec::with_capacity(bytes + ROOM * 8),
-            ..SongList::default()
+            counts: None,
         };
         for song in songs {
             list.push(song);
@@ -351,45 +365,94 @@ impl SongList {
         list
     }
 
+    fn song(&self, (start, end): (u32, u32)) -> &[u8] {
+        &self.bytes[start as usize..end as usize]
+    }
+
     fn push(&mut self, song: &[u8]) {
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(song);
-        let key = IdKey::owned(song);
+        let key = IdKey::raw(song);
+        let tag = tag(&key);
+        self.push_keyed(song, key, tag);
+    }
+
+    /// [`SongList::push`] of a song whose key and tag are known.
+    fn push_keyed(&mut self, song: &[u8], key: IdKey, tag: u64) {
+        if self.bytes.len() + song.len() > u32::MAX as usize {
+            self.compact();
+        }
         match &mut self.counts {
-            Some(counts) => *counts.entry(key.clone()).or_insert(0) += 1,
-            None if self.songs.len() == SCAN_AT_MOST => {
+            Some(counts) => *counts.entry(key.into_owned()).or_insert(0) += 1,
+            None if self.spans.len() == SCAN_AT_MOST => {
                 let mut counts = FxMap::default();
-                for held in self.songs.iter().map(|s| &s.key).chain([&key]) {
-                    *counts.entry(held.clone()).or_insert(0) += 1;
+                for &span in &self.spans {
+                    *counts.entry(IdKey::owned(self.song(span))).or_insert(0) += 1;
                 }
+                *counts.entry(key.into_owned()).or_insert(0) += 1;
                 self.counts = Some(counts);
             }
             None => {}
         }
-        self.songs.push(Song {
-            span: (start, self.bytes.len()),
-            key,
-        });
+        let start = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(song);
+        self.spans.push((start, self.bytes.len() as u32));
+        self.tags.push(tag);
+    }
+
+    /// Whether song `i` has key `key`, whose tag is `tag`.
+    fn is(&self, i: usize, key: &IdKey, tag: u64) -> bool {
+        self.tags[i] == tag && IdKey::raw(self.song(self.spans[i])) == *key
     }
 
     fn holds(&self, key: &IdKey) -> bool {
+        self.holds_keyed(key, tag(key))
+    }
+
+    /// [`SongList::holds`] of a key whose tag is known.
+    fn holds_keyed(&self, key: &IdKey, tag: u64) -> bool {
         match &self.counts {
             Some(counts) => counts.get(key).is_some_and(|&n| n > 0),
-            None => self.songs.iter().any(|s| s.key == *key),
+            None => self
+                .tags
+                .iter()
+                .zip(&self.spans)
+                .any(|(&t, &span)| t == tag && IdKey::raw(self.song(span)) == *key),
         }
     }
 
     fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.songs.iter().map(|s| &self.bytes[s.span.0..s.span.1])
+        self.spans.iter().map(|&span| self.song(span))
     }
 
     /// Drops every song whose key is `key` (their bytes stay in the buffer
-    /// until the playlist is done: removals are rare next to additions).
+    /// until the playlist is done, or the buffer is compacted: removals are
+    /// rare next to additions).
     fn remove_all(&mut self, key: &IdKey) {
-        self.songs.retain(|s| s.key != *key);
+        let tag = tag(key);
+        let mut kept = 0;
+        for i in 0..self.tags.len() {
+            if !self.is(i, key, tag) {
+                self.tags[kept] = self.tags[i];
+                self.spans[kept] = self.spans[i];
+                kept += 1;
+            }
+        }
+        self.tags.truncate(kept);
+        self.spans.truncate(kept);
         if let Some(counts) = &mut self.counts {
             counts.remove(&key.clone().into_owned());
         }
+    }
+
+    /// Drops the bytes of removed songs, so that spans fit in a `u32` however
+    /// many songs come and go.
+    fn compact(&mut self) {
+        let mut bytes = Vec::with_capacity(self.bytes.len() / 2);
+        for span in &mut self.spans {
+            let start = bytes.len() as u32;
+            bytes.extend_from_slice(&self.bytes[span.0 as usize..span.1 as usize]);
+            *span = (start, bytes.len() as u32);
+        }
+        self.bytes = bytes;
     }
 }
 
@@ -738,13 +801,15 @@ impl Playlist {
     }
 
     fn add_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
-        if self.songs.holds(&IdKey::raw(song)) {
+        let key = IdKey::raw(song);
+        let tag = tag(&key);
+        if self.songs.holds_keyed(&key, tag) {
             return Err(Rejection::new(
                 Reason::SongAlreadyInPlaylist,
                 format!("song {} is already in playlist {id}", text(song)),
             ));
         }
-        self.songs.push(song);
+        self.songs.push_keyed(song, key, tag);
         self.mark_changed();
         Ok(())
     }
@@ -798,6 +863,58 @@ mod tests {
         }
         fn song_in_slot(&self, slot: u64) -> Result<bool> {
             Ok(self.songs.contains(&slot.to_string()))
+        }
+    }
+
+    /// A song list answers and lists as a plain list of decoded ids does,
+    /// through adds and removals, across the switch to a map of counts, with
+    /// ids written several ways (`7`, `"7"`, `"\u0037"`) and ids too long to
+    /// pack, before and after its buffer is compacted.
+    #[test]
+    fn song_list_agrees_with_a_plain_list() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let written = |n: u64, how: u64| match how {
+            0 => n.to_string(),
+            1 => format!("\"{n}\""),
+            2 if n < 10 => format!("\"\\u003{n}\""),
+            _ => format!("\"a-rather-long-song-id-{n}\""),
+        };
+        for round in 0..40 {
+            let range = [3, 20, 80, 300][round % 4];
+            let mut list = SongList::default();
+            let mut plain: Vec<String> = Vec::new();
+            for step in 0..400 {
+                let n = next(range);
+                let raw = written(n, next(4));
+                let decoded = json::id_text(raw.as_bytes()).unwrap().into_owned();
+                let key = IdKey::raw(raw.as_bytes());
+                assert_eq!(
+                    list.holds(&key),
+                    plain.contains(&decoded),
+                    "{round}/{step}: {raw}"
+                );
+                if next(4) == 0 {
+                    list.remove_all(&key);
+                    plain.retain(|s| *s != decoded);
+                } else {
+                    list.push(raw.as_bytes());
+                    plain.push(decoded);
+                }
+                if step % 97 == 0 {
+                    list.compact();
+                }
+                let listed: Vec<String> = list
+                    .iter()
+                    .map(|s| json::id_text(s).unwrap().into_owned())
+                    .collect();
+                assert_eq!(listed, plain, "{round}/{step}");
+            }
         }
     }
 
