@@ -511,7 +511,7 @@ impl Worker<'_> {
                 copied,
             } => {
                 let new_id = match (id, auto_ordinal) {
-                    (Some(given), _) => NewId::Given(given),
+                    (Some(given), _) => NewId::Given(given.into()),
                     (None, Some(ordinal)) => NewId::Auto {
                         chunk: self.chunk,
                         ordinal,
@@ -522,7 +522,9 @@ impl Worker<'_> {
                 };
                 return self.check_and_record_new_playlist(index, new_id, owner, &songs, &copied);
             }
-            Change::RemovePlaylist { playlist } => Body::RemovePlaylist { playlist },
+            Change::RemovePlaylist { playlist } => Body::RemovePlaylist {
+                playlist: playlist.into(),
+            },
             Change::AddSong { playlist, song } => {
                 let Some(written) = self.store.song_written(song)? else {
                     return Ok(Err(unknown_song(song)));
@@ -530,13 +532,16 @@ impl Worker<'_> {
                 self.record(Recorded {
                     index,
                     body: Body::AddSong {
-                        playlist,
-                        song: &written,
+                        playlist: playlist.into(),
+                        song: written.as_ref().into(),
                     },
                 })?;
                 return Ok(Ok(()));
             }
-            Change::RemoveSong { playlist, song } => Body::RemoveSong { playlist, song },
+            Change::RemoveSong { playlist, song } => Body::RemoveSong {
+                playlist: playlist.into(),
+                song: song.into(),
+            },
         };
         self.record(Recorded { index, body })?;
         Ok(Ok(()))
@@ -590,8 +595,8 @@ impl Worker<'_> {
         }
         let body = Body::AddPlaylist {
             id,
-            owner: &owner_written,
-            songs: songs_written.iter().map(|s| s.as_ref()).collect(),
+            owner: owner_written.as_ref().into(),
+            songs: songs_written.iter().map(|s| s.as_ref().into()).collect(),
             copied: &rendered,
         };
         self.record(Recorded { index, body })?;
@@ -603,7 +608,7 @@ impl Worker<'_> {
         let part = match rec.body.playlist() {
             Some(p) => self
                 .partitions
-                .of_playlist(self.store, &json::id_text(p).unwrap_or_default())?,
+                .of_playlist(self.store, &json::id_text(&p).unwrap_or_default())?,
             None => self.partitions.of_automatic(rec.index),
         };
         record::encode(&rec, &mut self.parts[part as usize]);

@@ -516,7 +516,7 @@ fn merge_partition(
                         &id_written,
                         &cx.owner_key,
                         owner,
-                        songs.iter().copied(),
+                        songs.iter().map(|s| &**s),
                         copied,
                     ));
                     out.results.push(PlaylistResult {
@@ -529,11 +529,11 @@ fn merge_partition(
                     });
                 }
                 (_, Some(playlist)) => {
-                    let key = IdKey::owned(playlist);
+                    let key = IdKey::owned(&playlist);
                     let replay = match replays.get_mut(&key) {
                         Some(replay) => replay,
                         None => {
-                            let loaded = Replay::load(store, part, &text(playlist), &mut documents)?;
+                            let loaded = Replay::load(store, part, &text(&playlist), &mut documents)?;
                             replays.entry(key).or_insert(loaded)
                         }
                     };
@@ -592,7 +592,7 @@ fn documents_of_partition(
     store.each_block(part, &mut |block| {
         for rec in Decoder::new(block) {
             if let Some(playlist) = rec?.body.playlist() {
-                if let Some(position) = store.document_playlist_position(&text(playlist))? {
+                if let Some(position) = store.document_playlist_position(&text(&playlist))? {
                     touched.insert(position);
                 }
             }
@@ -788,7 +788,7 @@ impl Playlist {
             unreachable!("only add_playlist with a given id is replayed")
         };
         let bytes = songs.iter().map(|s| s.len()).sum();
-        let songs = SongList::of(songs.iter().copied(), bytes);
+        let songs = SongList::of(songs.iter().map(|s| &**s), bytes);
         Playlist {
             songs,
             origin: Origin::New {

