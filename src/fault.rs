@@ -123,3 +123,14 @@ pub fn batch_size(default: u64) -> u64 {
         .filter(|&n| n > 0)
         .unwrap_or(default)
 }
+
+/// Whether workers let simple changes wait for their lookups
+/// (`crate::apply`): `MIXTAPE_LOOK_AHEAD` = `always` or `never`, else
+/// `default` (the tests' inputs are far too small to turn it on by size).
+pub fn look_ahead(default: bool) -> bool {
+    match std::env::var("MIXTAPE_LOOK_AHEAD").as_deref() {
+        Ok("always") => true,
+        Ok("never") => false,
+        _ => default,
+    }
+}

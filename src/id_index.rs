@@ -201,6 +201,11 @@ impl IdIndex {
         &inner.mmap[self.dense_at..inner.mmap.len() - TRAILER]
     }
 
+    /// The size of the dense table, in bytes.
+    pub fn dense_bytes(&self) -> usize {
+        self.dense().len()
+    }
+
     /// Slot `n` of a users or songs table.
     fn written_slot(&self, n: u64) -> u8 {
         (self.dense()[(n / 4) as usize] >> (2 * (n % 4))) & 3

@@ -1143,6 +1143,13 @@ impl Store {
     /// Starts loading what looking up the playlist and the song written as
     /// these tokens will read ([`crate::id_index::IdIndex::prefetch`]), so
     /// that the two cache misses overlap.
+    /// The bytes of the dense tables an `add_song` looks up (the playlists'
+    /// and the songs').
+    pub fn lookup_tables_bytes(&self) -> Result<usize> {
+        let indexes = self.indexes()?;
+        Ok(indexes.playlists.dense_bytes() + indexes.songs.dense_bytes())
+    }
+
     pub fn prefetch_lookups(&self, playlist: Option<&[u8]>, song: Option<&[u8]>) {
         if let Ok(indexes) = self.indexes() {
             if let Some(token) = playlist {

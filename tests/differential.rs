@@ -6,7 +6,7 @@ mod support;
 
 use std::fs;
 
-use support::{assert_same_text, gen, reference, run, stderr};
+use support::{assert_same_text, gen, reference, run, stderr, TestCommand};
 
 const WORKER_COUNTS: [usize; 5] = [1, 2, 3, 5, 8];
 
@@ -22,9 +22,19 @@ fn check_seeds(seeds: std::ops::Range<u64>, max_changes: u64) {
         let expected = reference::run(&case.mixtape, &case.changes).unwrap_or_else(|e| {
             panic!("seed {seed}: the reference rejects the generated case: {e}")
         });
-        for workers in WORKER_COUNTS {
+        for (nth, workers) in WORKER_COUNTS.into_iter().enumerate() {
             let out = format!("out{workers}.json");
-            let o = run(dir.path(), &mixtape, &changes, &out, workers, &[]);
+            // Every other worker count with simple changes waiting for their
+            // lookups (large inputs only, unless asked), and batches of
+            // three, so that flushes come while changes wait.
+            let mut cmd = TestCommand::harness();
+            cmd.args(["--progress", "never", "--workers", &workers.to_string()]);
+            if nth % 2 == 0 {
+                cmd.env("MIXTAPE_LOOK_AHEAD", "always")
+                    .env("MIXTAPE_BATCH", "3");
+            }
+            cmd.arg(&mixtape).arg(&changes).arg(dir.path().join(&out));
+            let o = cmd.output().expect("running harness");
             let keep = || {
                 let kept = std::env::temp_dir().join(format!("mixtape-failed-seed-{seed}"));
                 let _ = fs::create_dir_all(&kept);

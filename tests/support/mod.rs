@@ -74,6 +74,7 @@ pub fn without_testing_aids(cmd: &mut Command) {
         "MIXTAPE_LEASE_SECS",
         "MIXTAPE_WORKER_NAME",
         "MIXTAPE_MIN_FREE_BYTES",
+        "MIXTAPE_LOOK_AHEAD",
     ] {
         cmd.env_remove(aid);
     }
