@@ -490,8 +490,11 @@ impl ShortToken {
 impl Worker<'_> {
     fn run(&mut self, path: &Path, from: u64, end: u64) -> Result<()> {
         let what = format!("CHANGES chunk {}", self.chunk);
-        crate::values::each_value(path, from, end, &what, &mut |raw, after| {
-            self.change(raw)?;
+        crate::values::each_value_read_by(path, from, end, &what, &mut |text, whole, at| {
+            let Some(len) = self.change(text, whole)? else {
+                return Ok(None);
+            };
+            let after = at + len as u64;
             crate::fault::point("worker-change");
             if self.lease_lost.load(Ordering::Relaxed) {
                 // keep_lease learnt that the chunk is another worker's now.
@@ -505,12 +508,14 @@ impl Worker<'_> {
             if self.in_batch >= self.batch_size {
                 self.flush(after, false)?;
             }
-            Ok(())
+            Ok(Some(len))
         })?;
         self.flush(end, true)
     }
 
-    /// Handles one change (its raw text).
+    /// Handles the change at the start of `text` (exactly its text when
+    /// `whole`), and says how many bytes it took: `None` when it must be given
+    /// whole ([`change::read_prefix`]).
     ///
     /// Where the index tables are large ([`LOOK_AHEAD_PAST`]), a simple
     /// change (`add_song`, `remove_song`, `remove_playlist` with
@@ -519,13 +524,24 @@ impl Worker<'_> {
     /// they are in the cache (the lookups' cache misses were the largest
     /// single cost of the stage). Any other change, and every flush, first
     /// settles the waiting ones, so records and rejects keep index order.
-    fn change(&mut self, raw: &[u8]) -> Result<()> {
+    fn change(&mut self, text: &[u8], whole: bool) -> Result<Option<usize>> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let (parsed, len) = if whole {
+            (change::read(text, &mut scratch), text.len())
+        } else {
+            match change::read_prefix(text) {
+                Some(read) => read,
+                None => {
+                    self.scratch = scratch;
+                    return Ok(None);
+                }
+            }
+        };
+        let raw = &text[..len];
         let index = self.next_index;
         self.next_index += 1;
         self.in_batch += 1;
         self.summary.changes += 1;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let parsed = change::read(raw, &mut scratch);
         if let Some(id) = parsed.named_playlist_id {
             self.max_playlist_id = self.max_playlist_id.max(id);
         }
@@ -549,7 +565,7 @@ impl Worker<'_> {
                 self.settle_oldest_waiting()?;
             }
             self.scratch = scratch;
-            return Ok(());
+            return Ok(Some(len));
         }
         self.settle_waiting()?;
         let outcome = match parsed.change {
@@ -558,7 +574,7 @@ impl Worker<'_> {
         };
         self.settle(index, raw, parsed.op_json, outcome);
         self.scratch = scratch;
-        Ok(())
+        Ok(Some(len))
     }
 
     /// Looks up and records (or rejects) every waiting change, in order.

@@ -137,6 +137,16 @@ pub fn read<'a>(raw: &'a [u8], scratch: &'a mut Vec<u8>) -> Parsed<'a> {
     parse(minified)
 }
 
+/// Reads the change at the start of `text` (the scanner validated it; more
+/// text may follow) in one pass, and says how many bytes it took: `None` when
+/// the change is not there whole, or is one [`read`] minifies first; the
+/// caller then finds its end and calls [`read`]. This saves the separate scan
+/// for the change's end that most changes took.
+pub fn read_prefix(text: &[u8]) -> Option<(Parsed<'_>, usize)> {
+    let (fields, len) = Fields::of_text(text)?;
+    Some((fields.into_parsed(), len))
+}
+
 /// Reads one change from minified JSON text.
 pub fn parse(minified: &[u8]) -> Parsed<'_> {
     match json::object_members(minified) {
@@ -245,6 +255,15 @@ impl<'a> Fields<'a> {
     /// first (see [`read`]). Never wrong: any byte it does not expect sends
     /// the change to the minifying path.
     fn of_raw(raw: &'a [u8]) -> Option<Fields<'a>> {
+        let (fields, len) = Fields::of_text(raw)?;
+        let mut text = Text { raw, at: len };
+        text.skip_ws();
+        (text.at == raw.len()).then_some(fields)
+    }
+
+    /// [`Fields::of_raw`] of the object at the start of `raw`, and where it
+    /// ends; what follows it is not looked at.
+    fn of_text(raw: &'a [u8]) -> Option<(Fields<'a>, usize)> {
         let mut text = Text { raw, at: 0 };
         let mut fields = Fields::default();
         // A copied array or object with white space inside would be copied
@@ -282,16 +301,12 @@ impl<'a> Fields<'a> {
                 }
             }
         }
-        text.skip_ws();
-        if text.at != raw.len() {
-            return None;
-        }
         let adds_playlist =
             || fields.op.and_then(json::decode_string).as_deref() == Some("add_playlist");
         if copies_unminified && adds_playlist() {
             return None;
         }
-        Some(fields)
+        Some((fields, text.at))
     }
 
     /// The change these members make, or why it is `invalid_change`.
@@ -501,6 +516,22 @@ mod tests {
         let mut scratch = Vec::new();
         let minified = json::minify(raw);
         assert_eq!(read(raw, &mut scratch), parse(&minified), "{text}");
+        // At the start of more text, whole or cut anywhere: the same change
+        // and its length, or `None` (never a change read from a cut).
+        let trimmed = text.trim_end();
+        let followed = format!("{trimmed}\n{{\"op\":\"remove_playlist\"}} ");
+        let prefix = read_prefix(followed.as_bytes());
+        match one_pass {
+            true => assert_eq!(prefix, Some((parse(&minified), trimmed.len())), "{text}"),
+            false => assert_eq!(prefix, None, "{text}"),
+        }
+        for cut in 0..trimmed.len() {
+            assert_eq!(
+                read_prefix(&trimmed.as_bytes()[..cut]),
+                None,
+                "{text} cut at {cut}"
+            );
+        }
     }
 
     #[test]

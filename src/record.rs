@@ -229,17 +229,13 @@ impl<'a> Body<'a> {
 
 /// Appends `v` as a LEB128 varint (also the rejects' rows, `store::sqlite`).
 pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    // Built on the stack and appended at once: a push per byte checked the
-    // capacity each time.
-    let mut bytes = [0u8; 10];
-    let mut len = 0;
+    // A push per byte: appending a slice built on the stack cost a call to
+    // memcpy per number.
     while v >= 0x80 {
-        bytes[len] = (v as u8) | 0x80;
+        out.push((v as u8) | 0x80);
         v >>= 7;
-        len += 1;
     }
-    bytes[len] = v as u8;
-    out.extend_from_slice(&bytes[..=len]);
+    out.push(v as u8);
 }
 
 /// Appends `b` with its length before it.

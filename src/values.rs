@@ -102,6 +102,75 @@ fn each_value_read(
     Ok(())
 }
 
+/// What [`each_value_read_by`] calls at each value: (text, whole, offset) to
+/// the bytes it read.
+pub type ValueReader<'a> = dyn FnMut(&[u8], bool, u64) -> Result<Option<usize>> + 'a;
+
+/// [`each_value`], where `each` reads a value from its first byte on: it gets
+/// the text read so far from there (`whole` false), and says how many bytes
+/// the value took, or `None` when it cannot tell; then its end is found here
+/// and `each` gets exactly the value (`whole` true), and must read it. With
+/// the text, `each` gets the file offset of its first byte. This spares the
+/// scan for each value's end where the reader finds it anyway (a worker's
+/// changes).
+pub fn each_value_read_by(
+    path: &Path,
+    from: u64,
+    end: u64,
+    what: &str,
+    each: &mut ValueReader,
+) -> Result<()> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    file.seek(SeekFrom::Start(from))?;
+    let mut source = file.take(end.saturating_sub(from));
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    let mut buf_offset = from; // file offset of buf[0]
+    let mut at_end = false;
+    while !at_end {
+        let have = buf.len();
+        buf.resize(have + READ_SIZE, 0);
+        let n = read_full(&mut source, &mut buf[have..])
+            .with_context(|| format!("reading {}", path.display()))?;
+        buf.truncate(have + n);
+        at_end = n == 0 || buf_offset + buf.len() as u64 >= end;
+        let mut i = 0;
+        loop {
+            while i < buf.len() && (json::is_ws(buf[i]) || buf[i] == b',') {
+                i += 1;
+            }
+            if i == buf.len() {
+                break;
+            }
+            let at = buf_offset + i as u64;
+            if let Some(len) = each(&buf[i..], false, at)? {
+                i += len;
+                continue;
+            }
+            let Some(value_end) = json::value_end(&buf, i, at_end) else {
+                if at_end {
+                    bail!(
+                        "{} {}: {what} ends inside a value at byte {}; the file changed since it was read",
+                        path.display(),
+                        what,
+                        buf_offset + i as u64
+                    );
+                }
+                break;
+            };
+            match each(&buf[i..value_end], true, at)? {
+                Some(len) if len == value_end - i => i = value_end,
+                _ => bail!(
+                    "{} {what}: the value at byte {at} was not read whole",
+                    path.display()
+                ),
+            }
+        }
+        buf.drain(..i);
+        buf_offset += i as u64;
+    }
+    Ok(())
+}
+
 /// Reads until `buf` is full or the source ends.
 fn read_full(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;

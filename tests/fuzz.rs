@@ -226,6 +226,25 @@ fn reading_a_change_in_one_pass_agrees_with_minifying_it_first() {
                 "seed {seed}: {:?}",
                 String::from_utf8_lossy(&text)
             );
+            // Read at the start of more text (as the worker reads its chunk),
+            // it is the same change, and ends where the change ends.
+            let end = text.len()
+                - text
+                    .iter()
+                    .rev()
+                    .take_while(|b| b.is_ascii_whitespace())
+                    .count();
+            let mut followed = text[..end].to_vec();
+            followed.extend_from_slice(b" {\"op\":1}");
+            if let Some((parsed, len)) = change::read_prefix(&followed) {
+                assert_eq!(parsed, change::parse(&minified), "seed {seed}");
+                assert_eq!(
+                    len,
+                    end,
+                    "seed {seed}: {:?}",
+                    String::from_utf8_lossy(&text)
+                );
+            }
             compared += 1;
         }
     }
