@@ -89,30 +89,37 @@ impl fmt::Debug for Token<'_> {
 }
 
 impl<'a> Token<'a> {
-    /// The token of integer `n`, in quotes or not.
+    /// The token of integer `n` (below 10^18), in quotes or not: written
+    /// from its last digit back, two at a time (the merge rebuilds two tokens
+    /// a record; a digit at a time through a closure was a sixth of XL's
+    /// merge).
     fn of_integer(mut n: u64, quoted: bool) -> Token<'a> {
-        let mut digits = [0u8; MAX_DIGITS + 2];
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        let mut digits = 1;
+        let mut power = 10u64;
+        while digits < MAX_DIGITS && n >= power {
+            digits += 1;
+            power *= 10;
         }
-        let mut bytes = [0u8; INLINE_BYTES];
-        let mut len = 0;
-        let mut put = |b: u8| {
-            bytes[len] = b;
-            len += 1;
-        };
-        if quoted {
-            put(b'"');
+        let quote = usize::from(quoted);
+        let len = digits + 2 * quote;
+        let mut bytes = [b'"'; INLINE_BYTES];
+        let mut at = quote + digits;
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            at -= 2;
+            bytes[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
         }
-        digits[at..].iter().for_each(|&d| put(d));
-        if quoted {
-            put(b'"');
+        if n >= 10 {
+            let pair = n as usize * 2;
+            bytes[at - 2..at].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
+            bytes[at - 1] = b'0' + n as u8;
         }
         Token(TokenRepr::Inline {
             len: len as u8,
@@ -301,6 +308,7 @@ impl<'a> Decoder<'a> {
         Decoder { data, pos: 0 }
     }
 
+    #[inline]
     pub(crate) fn varint(&mut self) -> Result<u64> {
         let mut v = 0u64;
         let mut shift = 0;
@@ -351,6 +359,7 @@ impl<'a> Decoder<'a> {
     }
 
     /// An id token ([`put_token`]).
+    #[inline]
     fn token(&mut self) -> Result<Token<'a>> {
         let v = self.varint()?;
         Ok(match v & 3 {
