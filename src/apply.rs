@@ -494,7 +494,8 @@ impl Worker<'_> {
             let Some(len) = self.change(text, whole)? else {
                 return Ok(None);
             };
-            let after = at + len as u64;
+            // `at`: where the text starts, or (whole) where it ends.
+            let after = if whole { at } else { at + len as u64 };
             crate::fault::point("worker-change");
             if self.lease_lost.load(Ordering::Relaxed) {
                 // keep_lease learnt that the chunk is another worker's now.

@@ -866,19 +866,23 @@ mod tests {
         }
     }
 
+    /// A seeded xorshift: each call gives a number below its argument.
+    fn below(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        }
+    }
+
     /// A song list answers and lists as a plain list of decoded ids does,
     /// through adds and removals, across the switch to a map of counts, with
     /// ids written several ways (`7`, `"7"`, `"\u0037"`) and ids too long to
     /// pack, before and after its buffer is compacted.
     #[test]
     fn song_list_agrees_with_a_plain_list() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = below(0x9E37_79B9_7F4A_7C15u64);
         let written = |n: u64, how: u64| match how {
             0 => n.to_string(),
             1 => format!("\"{n}\""),
@@ -922,13 +926,7 @@ mod tests {
     /// playlist's owner and songs one by one, whatever the batch size.
     #[test]
     fn probes_made_in_slot_order_count_the_same_warnings() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = below(0x2545_F491_4F6C_DD1Du64);
         let known = Known {
             users: (0..20).map(|u| u.to_string()).collect(),
             songs: (0..200)

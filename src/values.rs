@@ -26,7 +26,12 @@ pub fn each_value(
     what: &str,
     each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
-    each_value_read(path, from, end, what, None, each)
+    each_value_read(path, from, end, what, None, &mut |value, whole, after| {
+        if whole {
+            each(value, after)?;
+        }
+        Ok(None)
+    })
 }
 
 /// [`each_value`], with every value minified (in the same pass that finds
@@ -38,86 +43,44 @@ pub fn each_minified_value(
     what: &str,
     each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
-    each_value_read(path, from, end, what, Some(Vec::new()), each)
+    let mut whole_only = |value: &[u8], whole: bool, after: u64| {
+        if whole {
+            each(value, after)?;
+        }
+        Ok(None)
+    };
+    each_value_read(path, from, end, what, Some(Vec::new()), &mut whole_only)
 }
 
-/// [`each_value`]; each value minified into `minified` when that is given.
+/// What [`each_value_read_by`] calls at each value (see there).
+pub type ValueReader<'a> = dyn FnMut(&[u8], bool, u64) -> Result<Option<usize>> + 'a;
+
+/// [`each_value`], where `each` may read a value from its first byte on: it
+/// gets the text read so far from there (`whole` false) and the file offset
+/// of its first byte, and says how many bytes the value took, or `None` when
+/// it cannot tell. Then the value's end is found here and `each` gets exactly
+/// the value (`whole` true) and the file offset just past it, as
+/// [`each_value`] gives them. This spares the scan for each value's end where
+/// the reader finds it anyway (a worker's changes).
+pub fn each_value_read_by(
+    path: &Path,
+    from: u64,
+    end: u64,
+    what: &str,
+    each: &mut ValueReader,
+) -> Result<()> {
+    each_value_read(path, from, end, what, None, each)
+}
+
+/// The one loop of this module: [`each_value_read_by`], each whole value
+/// minified into `minified` when that is given (and then never offered
+/// unfinished: its reader would see white space).
 fn each_value_read(
     path: &Path,
     from: u64,
     end: u64,
     what: &str,
     mut minified: Option<Vec<u8>>,
-    each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
-) -> Result<()> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    file.seek(SeekFrom::Start(from))?;
-    let mut source = file.take(end.saturating_sub(from));
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
-    let mut buf_offset = from; // file offset of buf[0]
-    let mut at_end = false;
-    while !at_end {
-        let have = buf.len();
-        buf.resize(have + READ_SIZE, 0);
-        let n = read_full(&mut source, &mut buf[have..])
-            .with_context(|| format!("reading {}", path.display()))?;
-        buf.truncate(have + n);
-        at_end = n == 0 || buf_offset + buf.len() as u64 >= end;
-        let mut i = 0;
-        loop {
-            while i < buf.len() && (json::is_ws(buf[i]) || buf[i] == b',') {
-                i += 1;
-            }
-            if i == buf.len() {
-                break;
-            }
-            let found = match minified.as_mut() {
-                Some(out) => {
-                    out.clear();
-                    json::minify_value_into(&buf, i, at_end, out)
-                }
-                None => json::value_end(&buf, i, at_end),
-            };
-            let Some(value_end) = found else {
-                if at_end {
-                    bail!(
-                        "{} {}: {what} ends inside a value at byte {}; the file changed since it was read",
-                        path.display(),
-                        what,
-                        buf_offset + i as u64
-                    );
-                }
-                break;
-            };
-            let value = match &minified {
-                Some(out) => out.as_slice(),
-                None => &buf[i..value_end],
-            };
-            each(value, buf_offset + value_end as u64)?;
-            i = value_end;
-        }
-        buf.drain(..i);
-        buf_offset += i as u64;
-    }
-    Ok(())
-}
-
-/// What [`each_value_read_by`] calls at each value: (text, whole, offset) to
-/// the bytes it read.
-pub type ValueReader<'a> = dyn FnMut(&[u8], bool, u64) -> Result<Option<usize>> + 'a;
-
-/// [`each_value`], where `each` reads a value from its first byte on: it gets
-/// the text read so far from there (`whole` false), and says how many bytes
-/// the value took, or `None` when it cannot tell; then its end is found here
-/// and `each` gets exactly the value (`whole` true), and must read it. With
-/// the text, `each` gets the file offset of its first byte. This spares the
-/// scan for each value's end where the reader finds it anyway (a worker's
-/// changes).
-pub fn each_value_read_by(
-    path: &Path,
-    from: u64,
-    end: u64,
-    what: &str,
     each: &mut ValueReader,
 ) -> Result<()> {
     let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -141,12 +104,20 @@ pub fn each_value_read_by(
             if i == buf.len() {
                 break;
             }
-            let at = buf_offset + i as u64;
-            if let Some(len) = each(&buf[i..], false, at)? {
-                i += len;
-                continue;
+            if minified.is_none() {
+                if let Some(len) = each(&buf[i..], false, buf_offset + i as u64)? {
+                    i += len;
+                    continue;
+                }
             }
-            let Some(value_end) = json::value_end(&buf, i, at_end) else {
+            let found = match minified.as_mut() {
+                Some(out) => {
+                    out.clear();
+                    json::minify_value_into(&buf, i, at_end, out)
+                }
+                None => json::value_end(&buf, i, at_end),
+            };
+            let Some(value_end) = found else {
                 if at_end {
                     bail!(
                         "{} {}: {what} ends inside a value at byte {}; the file changed since it was read",
@@ -157,13 +128,12 @@ pub fn each_value_read_by(
                 }
                 break;
             };
-            match each(&buf[i..value_end], true, at)? {
-                Some(len) if len == value_end - i => i = value_end,
-                _ => bail!(
-                    "{} {what}: the value at byte {at} was not read whole",
-                    path.display()
-                ),
-            }
+            let value = match &minified {
+                Some(out) => out.as_slice(),
+                None => &buf[i..value_end],
+            };
+            each(value, true, buf_offset + value_end as u64)?;
+            i = value_end;
         }
         buf.drain(..i);
         buf_offset += i as u64;
