@@ -58,7 +58,7 @@ use crate::id_index::Presence;
 use crate::id_key::{FxMap, FxSet, IdKey};
 use crate::json;
 use crate::partition::Partitions;
-use crate::record::{Body, Decoder, NewId, Recorded};
+use crate::record::{Body, Decoder, NewId, Recorded, Token};
 use crate::reject::{Reason, Reject, Rejection};
 use crate::render;
 use crate::stage::Stage;
@@ -529,7 +529,7 @@ fn merge_partition(
                     });
                 }
                 (_, Some(playlist)) => {
-                    let key = IdKey::owned(&playlist);
+                    let key = playlist.key().into_owned();
                     let replay = match replays.get_mut(&key) {
                         Some(replay) => replay,
                         None => {
@@ -800,8 +800,8 @@ impl Playlist {
         }
     }
 
-    fn add_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
-        let key = IdKey::raw(song);
+    fn add_song(&mut self, id: &str, song: &Token) -> Result<(), Rejection> {
+        let key = song.key();
         let tag = tag(&key);
         if self.songs.holds_keyed(&key, tag) {
             return Err(Rejection::new(
@@ -814,8 +814,8 @@ impl Playlist {
         Ok(())
     }
 
-    fn remove_song(&mut self, id: &str, song: &[u8]) -> Result<(), Rejection> {
-        let key = IdKey::raw(song);
+    fn remove_song(&mut self, id: &str, song: &Token) -> Result<(), Rejection> {
+        let key = song.key();
         if !self.songs.holds(&key) {
             return Err(Rejection::new(
                 Reason::SongNotInPlaylist,

@@ -22,6 +22,8 @@ use std::ops::Deref;
 
 use anyhow::{bail, Result};
 
+use crate::id_key::IdKey;
+
 const ADD_PLAYLIST: u8 = 1;
 const ADD_PLAYLIST_AUTO: u8 = 2;
 const REMOVE_PLAYLIST: u8 = 3;
@@ -36,10 +38,12 @@ pub struct Token<'a>(TokenRepr<'a>);
 #[derive(Clone, Copy)]
 enum TokenRepr<'a> {
     Borrowed(&'a [u8]),
-    /// The text of a canonical integer, quoted or bare: at most 20 bytes.
+    /// The text of a canonical integer, quoted or bare: at most 20 bytes;
+    /// with its [`IdKey`] when its digits are few enough to pack.
     Inline {
         len: u8,
         bytes: [u8; INLINE_BYTES],
+        key: Option<u128>,
     },
 }
 
@@ -69,7 +73,7 @@ impl Deref for Token<'_> {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             TokenRepr::Borrowed(raw) => raw,
-            TokenRepr::Inline { len, bytes } => &bytes[..*len as usize],
+            TokenRepr::Inline { len, bytes, .. } => &bytes[..*len as usize],
         }
     }
 }
@@ -89,11 +93,60 @@ impl fmt::Debug for Token<'_> {
 }
 
 impl<'a> Token<'a> {
+    /// The token's key: [`IdKey::raw`] of its text, known without reading
+    /// the text again for a rebuilt integer (the merge keys two tokens a
+    /// record).
+    pub fn key(&self) -> IdKey<'_> {
+        match self.0 {
+            TokenRepr::Inline { key: Some(key), .. } => IdKey::Packed(key),
+            _ => IdKey::raw(self),
+        }
+    }
+
+    /// The token of integer `n` of at most [`FAST_DIGITS`] digits: its
+    /// characters gathered in a register, last first, and stored at once (two
+    /// digits at a time into the buffer stalled on the narrow stores), its key
+    /// from the same digits.
+    fn of_short_integer(mut n: u64, quoted: bool) -> Token<'a> {
+        let (mut text, mut digits) = (0u128, 0u32);
+        if quoted {
+            text = u128::from(b'"');
+        }
+        loop {
+            text = text << 8 | u128::from(b'0' + (n % 10) as u8);
+            digits += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut len = digits;
+        let key = if quoted {
+            // The digits alone, without the closing quote above them.
+            let key = (text & ((1u128 << (8 * digits)) - 1)) | u128::from(digits) << 120;
+            text = text << 8 | u128::from(b'"');
+            len += 2;
+            key
+        } else {
+            text | u128::from(digits) << 120
+        };
+        let mut bytes = [0u8; INLINE_BYTES];
+        bytes[..16].copy_from_slice(&text.to_le_bytes());
+        Token(TokenRepr::Inline {
+            len: len as u8,
+            bytes,
+            key: Some(key),
+        })
+    }
+
     /// The token of integer `n` (below 10^18), in quotes or not: written
     /// from its last digit back, two at a time (the merge rebuilds two tokens
     /// a record; a digit at a time through a closure was a sixth of XL's
     /// merge).
     fn of_integer(mut n: u64, quoted: bool) -> Token<'a> {
+        if n < 10u64.pow(FAST_DIGITS) {
+            return Token::of_short_integer(n, quoted);
+        }
         const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
             2021222324252627282930313233343536373839\
             4041424344454647484950515253545556575859\
@@ -124,9 +177,14 @@ impl<'a> Token<'a> {
         Token(TokenRepr::Inline {
             len: len as u8,
             bytes,
+            key: None,
         })
     }
 }
+
+/// The most digits [`Token::of_short_integer`] takes: with two quotes, the
+/// 16 bytes of a `u128`.
+const FAST_DIGITS: u32 = 14;
 
 /// The number and form of `raw` when it is a canonical integer that a block
 /// stores as a number (the text comes back the same bytes).
@@ -544,6 +602,7 @@ mod tests {
         for t in &tokens {
             let back = decoder.token().unwrap();
             assert_eq!(&*back, t.as_bytes(), "{t}");
+            assert_eq!(back.key(), IdKey::raw(t.as_bytes()), "{t}");
         }
         assert!(decoder.is_done());
         // A canonical integer takes its varint only; other text its length too.
