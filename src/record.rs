@@ -38,14 +38,15 @@ pub struct Token<'a>(TokenRepr<'a>);
 #[derive(Clone, Copy)]
 enum TokenRepr<'a> {
     Borrowed(&'a [u8]),
-    /// The text of a canonical integer, quoted or bare: at most 20 bytes;
-    /// with its [`IdKey`] when its digits are few enough to pack.
+    /// The text of a canonical integer, quoted or bare: at most 20 bytes.
     Inline {
         len: u8,
         bytes: [u8; INLINE_BYTES],
-        key: Option<u128>,
     },
 }
+
+// Records are moved by value as they are decoded: a token stays small.
+const _: () = assert!(std::mem::size_of::<Token>() <= 24);
 
 /// The longest canonical integer stored as a number: 18 digits, below 2^62.
 const MAX_DIGITS: usize = 18;
@@ -93,20 +94,26 @@ impl fmt::Debug for Token<'_> {
 }
 
 impl<'a> Token<'a> {
-    /// The token's key: [`IdKey::raw`] of its text, known without reading
-    /// the text again for a rebuilt integer (the merge keys two tokens a
-    /// record).
+    /// The token's key: [`IdKey::raw`] of its text; for a rebuilt integer,
+    /// its digits taken in one load, without a pass over them (the merge
+    /// keys two tokens a record).
     pub fn key(&self) -> IdKey<'_> {
-        match self.0 {
-            TokenRepr::Inline { key: Some(key), .. } => IdKey::Packed(key),
-            _ => IdKey::raw(self),
+        if let TokenRepr::Inline { len, bytes } = &self.0 {
+            let quote = usize::from(bytes[0] == b'"');
+            let digits = *len as usize - 2 * quote;
+            if digits < 16 {
+                let mut text = [0u8; 16];
+                text.copy_from_slice(&bytes[quote..quote + 16]);
+                let text = u128::from_le_bytes(text) & ((1u128 << (8 * digits)) - 1);
+                return IdKey::Packed(text | (digits as u128) << 120);
+            }
         }
+        IdKey::raw(self)
     }
 
     /// The token of integer `n` of at most [`FAST_DIGITS`] digits: its
     /// characters gathered in a register, last first, and stored at once (two
-    /// digits at a time into the buffer stalled on the narrow stores), its key
-    /// from the same digits.
+    /// digits at a time into the buffer stalled on the narrow stores).
     fn of_short_integer(mut n: u64, quoted: bool) -> Token<'a> {
         let (mut text, mut digits) = (0u128, 0u32);
         if quoted {
@@ -121,21 +128,15 @@ impl<'a> Token<'a> {
             }
         }
         let mut len = digits;
-        let key = if quoted {
-            // The digits alone, without the closing quote above them.
-            let key = (text & ((1u128 << (8 * digits)) - 1)) | u128::from(digits) << 120;
+        if quoted {
             text = text << 8 | u128::from(b'"');
             len += 2;
-            key
-        } else {
-            text | u128::from(digits) << 120
-        };
+        }
         let mut bytes = [0u8; INLINE_BYTES];
         bytes[..16].copy_from_slice(&text.to_le_bytes());
         Token(TokenRepr::Inline {
             len: len as u8,
             bytes,
-            key: Some(key),
         })
     }
 
@@ -177,7 +178,6 @@ impl<'a> Token<'a> {
         Token(TokenRepr::Inline {
             len: len as u8,
             bytes,
-            key: None,
         })
     }
 }
