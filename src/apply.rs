@@ -553,14 +553,15 @@ impl Worker<'_> {
             None
         };
         let waiting = match &parsed.change {
-            Ok(change) if self.look_ahead => Waiting::of(index, change),
-            _ => None,
+            Ok(change) => {
+                self.prefetch_lookups(change);
+                self.look_ahead
+                    .then(|| Waiting::of(index, change))
+                    .flatten()
+            }
+            Err(_) => None,
         };
         if let Some(waiting) = waiting {
-            self.store.prefetch_lookups(
-                Some(waiting.playlist.bytes()),
-                (waiting.op == Op::AddSong).then(|| waiting.song.bytes()),
-            );
             self.waiting.push_back(waiting);
             if self.waiting.len() > LOOKAHEAD {
                 self.settle_oldest_waiting()?;
@@ -576,6 +577,24 @@ impl Worker<'_> {
         self.settle(index, raw, parsed.op_json, outcome);
         self.scratch = scratch;
         Ok(Some(len))
+    }
+
+    /// Prefetches the index slots `change` will look up, once, when it is
+    /// read: an `add_song`'s two (the song and the playlist's partition:
+    /// their cache misses overlap), and, when changes wait
+    /// ([`Worker::change`]), the one of a removal, which is then looked up
+    /// later (looked up at once, it has nothing to overlap with).
+    fn prefetch_lookups(&self, change: &Change) {
+        let (playlist, song) = match *change {
+            Change::AddSong { playlist, song } => (playlist, Some(song)),
+            Change::RemoveSong { playlist, .. } | Change::RemovePlaylist { playlist }
+                if self.look_ahead =>
+            {
+                (playlist, None)
+            }
+            _ => return,
+        };
+        self.store.prefetch_lookups(Some(playlist), song);
     }
 
     /// Looks up and records (or rejects) every waiting change, in order.
@@ -646,11 +665,6 @@ impl Worker<'_> {
         change: Change,
         auto_ordinal: Option<u64>,
     ) -> Result<Result<(), Rejection>> {
-        if let Change::AddSong { playlist, song } = &change {
-            // Two lookups (the song, then the playlist's partition): their
-            // cache misses overlap.
-            self.store.prefetch_lookups(Some(playlist), Some(song));
-        }
         let body = match change {
             Change::AddPlaylist {
                 id,

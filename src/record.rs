@@ -74,7 +74,7 @@ impl Deref for Token<'_> {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             TokenRepr::Borrowed(raw) => raw,
-            TokenRepr::Inline { len, bytes, .. } => &bytes[..*len as usize],
+            TokenRepr::Inline { len, bytes } => &bytes[..*len as usize],
         }
     }
 }
@@ -140,43 +140,26 @@ impl<'a> Token<'a> {
         })
     }
 
-    /// The token of integer `n` (below 10^18), in quotes or not: written
-    /// from its last digit back, two at a time (the merge rebuilds two tokens
-    /// a record; a digit at a time through a closure was a sixth of XL's
-    /// merge).
+    /// The token of integer `n` (below 10^18), in quotes or not; one of more
+    /// than [`FAST_DIGITS`] digits (rare) written a digit at a time from its
+    /// end.
     fn of_integer(mut n: u64, quoted: bool) -> Token<'a> {
         if n < 10u64.pow(FAST_DIGITS) {
             return Token::of_short_integer(n, quoted);
         }
-        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
-            2021222324252627282930313233343536373839\
-            4041424344454647484950515253545556575859\
-            6061626364656667686970717273747576777879\
-            8081828384858687888990919293949596979899";
-        let mut digits = 1;
-        let mut power = 10u64;
-        while digits < MAX_DIGITS && n >= power {
-            digits += 1;
-            power *= 10;
+        let mut digits = [0u8; MAX_DIGITS];
+        let mut at = MAX_DIGITS;
+        while n > 0 {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
         }
+        let digits = &digits[at..];
         let quote = usize::from(quoted);
-        let len = digits + 2 * quote;
         let mut bytes = [b'"'; INLINE_BYTES];
-        let mut at = quote + digits;
-        while n >= 100 {
-            let pair = (n % 100) as usize * 2;
-            n /= 100;
-            at -= 2;
-            bytes[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-        }
-        if n >= 10 {
-            let pair = n as usize * 2;
-            bytes[at - 2..at].copy_from_slice(&PAIRS[pair..pair + 2]);
-        } else {
-            bytes[at - 1] = b'0' + n as u8;
-        }
+        bytes[quote..quote + digits.len()].copy_from_slice(digits);
         Token(TokenRepr::Inline {
-            len: len as u8,
+            len: (digits.len() + 2 * quote) as u8,
             bytes,
         })
     }

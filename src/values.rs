@@ -26,12 +26,20 @@ pub fn each_value(
     what: &str,
     each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
-    each_value_read(path, from, end, what, None, &mut |value, whole, after| {
+    each_value_read(path, from, end, what, None, &mut whole_values(each))
+}
+
+/// A reader for [`each_value_read`] that takes whole values only, and hands
+/// each to `each` with the offset past it.
+fn whole_values<'a>(
+    each: &'a mut dyn FnMut(&[u8], u64) -> Result<()>,
+) -> impl FnMut(&[u8], bool, u64) -> Result<Option<usize>> + 'a {
+    move |value, whole, after| {
         if whole {
             each(value, after)?;
         }
         Ok(None)
-    })
+    }
 }
 
 /// [`each_value`], with every value minified (in the same pass that finds
@@ -43,13 +51,14 @@ pub fn each_minified_value(
     what: &str,
     each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
-    let mut whole_only = |value: &[u8], whole: bool, after: u64| {
-        if whole {
-            each(value, after)?;
-        }
-        Ok(None)
-    };
-    each_value_read(path, from, end, what, Some(Vec::new()), &mut whole_only)
+    each_value_read(
+        path,
+        from,
+        end,
+        what,
+        Some(Vec::new()),
+        &mut whole_values(each),
+    )
 }
 
 /// What [`each_value_read_by`] calls at each value (see there).
