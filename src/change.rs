@@ -61,6 +61,18 @@ impl Op {
         Op::ALL.into_iter().find(|op| op.json_name() == json)
     }
 
+    /// The op whose name the raw JSON string `raw` spells without an escape
+    /// (nearly every change's `op`): no decoding needed.
+    fn from_plain_json(raw: &[u8]) -> Option<Op> {
+        Some(match raw {
+            b"\"add_song\"" => Op::AddSong,
+            b"\"remove_song\"" => Op::RemoveSong,
+            b"\"add_playlist\"" => Op::AddPlaylist,
+            b"\"remove_playlist\"" => Op::RemovePlaylist,
+            _ => return None,
+        })
+    }
+
     fn from_name(name: &str) -> Option<Op> {
         Some(match name {
             "add_playlist" => Op::AddPlaylist,
@@ -172,7 +184,17 @@ struct Fields<'a> {
     user_id: Option<&'a [u8]>,
     /// `Some(None)`: `song_ids` is there but is not an array.
     song_ids: Option<Option<Vec<&'a [u8]>>>,
+    /// Members an `add_playlist` copies, in order, but the first `song_id`
+    /// while it is the only one: see `song_id_copy`.
     copied: Vec<(&'a [u8], &'a [u8])>,
+    /// The first `song_id` member (which an `add_playlist` copies) and how
+    /// many copied members came before it, kept out of `copied` so that an
+    /// `add_song` or `remove_song` allocates nothing (a vector per change was
+    /// a twelfth of a worker's time, BENCHMARKS.md); a second `song_id` puts
+    /// it in its place in `copied`.
+    song_id_copy: Option<(usize, (&'a [u8], &'a [u8]))>,
+    /// A second `song_id` was seen: every one is in `copied`.
+    song_ids_in_copied: bool,
 }
 
 /// What a member of a given name is to a change. An `add_playlist` copies
@@ -237,7 +259,15 @@ impl<'a> Fields<'a> {
             Role::PlaylistId => first(&mut self.playlist_id),
             Role::SongId => {
                 first(&mut self.song_id);
-                self.copied.push((key, value));
+                if let Some((at, member)) = self.song_id_copy.take() {
+                    self.copied.insert(at, member);
+                    self.song_ids_in_copied = true;
+                }
+                if self.song_ids_in_copied {
+                    self.copied.push((key, value));
+                } else {
+                    self.song_id_copy = Some((self.copied.len(), (key, value)));
+                }
             }
             Role::OwnerId => first(&mut self.owner_id),
             Role::UserId => first(&mut self.user_id),
@@ -311,10 +341,17 @@ impl<'a> Fields<'a> {
 
     /// The change these members make, or why it is `invalid_change`.
     fn into_parsed(self) -> Parsed<'a> {
-        let named_playlist_id = self
-            .playlist_id
-            .and_then(json::id_text)
-            .and_then(|t| json::auto_id_value(&t));
+        let named_playlist_id = self.playlist_id.and_then(auto_id_of_raw);
+        if let Some(op) = self.op.and_then(Op::from_plain_json) {
+            // Nearly every change: its op spelled plainly.
+            let counts_as_auto = op == Op::AddPlaylist && self.playlist_id.is_none();
+            return Parsed {
+                op_json: Cow::Borrowed(op.json_name()),
+                change: self.build(op),
+                named_playlist_id,
+                counts_as_auto,
+            };
+        }
         let op_name = self.op.map(json::decode_string);
         let op_json: Cow<'static, str> = match &op_name {
             Some(Some(name)) => match Op::from_name(name) {
@@ -361,11 +398,15 @@ impl<'a> Fields<'a> {
                     Some(raw) => Some(checked_id(raw, "playlist_id")?),
                     None => None,
                 };
+                let mut copied = self.copied;
+                if let Some((at, member)) = self.song_id_copy {
+                    copied.insert(at, member);
+                }
                 Change::AddPlaylist {
                     id,
                     owner,
                     songs,
-                    copied: self.copied,
+                    copied,
                 }
             }
             Op::RemovePlaylist => Change::RemovePlaylist {
@@ -389,10 +430,35 @@ fn id_member<'a>(raw: Option<&'a [u8]>, name: &str) -> Result<&'a [u8], String> 
 }
 
 fn checked_id<'a>(raw: &'a [u8], name: &str) -> Result<&'a [u8], String> {
-    match json::id_text(raw) {
-        Some(_) => Ok(raw),
-        None => Err(format!("member {name} must be a string or an integer id")),
+    if json::is_id(raw) {
+        Ok(raw)
+    } else {
+        Err(format!("member {name} must be a string or an integer id"))
     }
+}
+
+/// [`json::auto_id_value`] of the id `raw` (a raw JSON string or integer
+/// token), read from its bytes: the digits of an automatic id are the same
+/// bytes in the token, and a token with anything else (an escape, a sign)
+/// spells no automatic id... unless an escape spells a digit, which only
+/// decoding tells.
+fn auto_id_of_raw(raw: &[u8]) -> Option<u64> {
+    let digits = match raw {
+        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => inner,
+        [b'"', ..] => return json::id_text(raw).and_then(|t| json::auto_id_value(&t)),
+        _ => raw,
+    };
+    if digits.is_empty() || digits.len() > 18 || digits[0] == b'0' {
+        return None;
+    }
+    let mut value = 0u64;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + u64::from(b - b'0');
+    }
+    Some(value)
 }
 
 /// Raw JSON text (which the scanner validated) being read front to back by
@@ -563,6 +629,113 @@ mod tests {
             r#""op""#,
         ] {
             same_either_way(text, false);
+        }
+    }
+
+    /// An `add_playlist` copies every `song_id` member in its place among
+    /// the others, however many there are, though the first is kept aside
+    /// while reading.
+    #[test]
+    fn song_id_members_are_copied_in_place() {
+        let base = r#""op":"add_playlist","owner_id":1,"song_ids":[1]"#;
+        for (members, expected) in [
+            (r#""song_id":5"#, vec![r#""song_id":5"#]),
+            (
+                r#""a":1,"song_id":5,"b":2"#,
+                vec![r#""a":1"#, r#""song_id":5"#, r#""b":2"#],
+            ),
+            (
+                r#""song_id":5,"a":1,"song_id":6"#,
+                vec![r#""song_id":5"#, r#""a":1"#, r#""song_id":6"#],
+            ),
+            (
+                r#""a":1,"song_id":5,"song_id":6,"b":[2],"song_id":7"#,
+                vec![
+                    r#""a":1"#,
+                    r#""song_id":5"#,
+                    r#""song_id":6"#,
+                    r#""b":[2]"#,
+                    r#""song_id":7"#,
+                ],
+            ),
+            (r#""a":1,"b":2"#, vec![r#""a":1"#, r#""b":2"#]),
+        ] {
+            let expected: Vec<(&[u8], &[u8])> = expected
+                .iter()
+                .map(|m| {
+                    let (k, v) = m.split_once(':').unwrap();
+                    (k.as_bytes(), v.as_bytes())
+                })
+                .collect();
+            for text in [
+                format!("{{{base},{members}}}"),
+                format!("{{{members},{base}}}"),
+            ] {
+                let mut scratch = Vec::new();
+                match read(text.as_bytes(), &mut scratch).change {
+                    Ok(Change::AddPlaylist { copied, .. }) => {
+                        assert_eq!(copied, expected, "{text}")
+                    }
+                    other => panic!("{text}: {other:?}"),
+                }
+                same_either_way(&text, true);
+            }
+        }
+    }
+
+    /// The shortcuts for plain tokens (an op spelled without escapes, an id
+    /// told without decoding it, an automatic id read from its bytes) say
+    /// what decoding says.
+    #[test]
+    fn plain_token_shortcuts_agree_with_decoding() {
+        let tokens = [
+            "\"add_song\"",
+            "\"remove_song\"",
+            "\"add_playlist\"",
+            "\"remove_playlist\"",
+            "\"add_songs\"",
+            "\"Add_song\"",
+            r#""\u0061dd_song""#,
+            "\"\"",
+            "\"7\"",
+            "7",
+            "-7",
+            "0",
+            "\"0\"",
+            "\"07\"",
+            "\"1\"",
+            "123456789012345678",
+            "1234567890123456789",
+            "\"123456789012345678\"",
+            "\"1234567890123456789\"",
+            r#""\u0031""#,
+            r#""1\u0032""#,
+            "\"é\"",
+            "\"1é\"",
+            "1.5",
+            "1e3",
+            "true",
+            "null",
+            "[1]",
+            "{}",
+            "\"a b\"",
+            "\"-3\"",
+        ];
+        for token in tokens {
+            let raw = token.as_bytes();
+            let decoded = json::id_text(raw);
+            assert_eq!(json::is_id(raw), decoded.is_some(), "{token}");
+            assert_eq!(
+                auto_id_of_raw(raw),
+                decoded.as_deref().and_then(json::auto_id_value),
+                "{token}"
+            );
+            let by_name = json::decode_string(raw).and_then(|name| Op::from_name(&name));
+            if let Some(op) = Op::from_plain_json(raw) {
+                assert_eq!(Some(op), by_name, "{token}");
+            } else {
+                assert!(by_name.is_none() || raw.contains(&b'\\'), "{token}");
+            }
         }
     }
 

@@ -280,6 +280,15 @@ pub fn id_text(raw: &[u8]) -> Option<Cow<'_, str>> {
     }
 }
 
+/// Whether `raw` is an id: [`id_text`] of it is `Some`, told without
+/// building the text (nearly every id is plain ASCII).
+pub fn is_id(raw: &[u8]) -> bool {
+    match raw {
+        [b'"', inner @ .., b'"'] if inner.iter().all(|&b| b.is_ascii() && b != b'\\') => true,
+        _ => id_text(raw).is_some(),
+    }
+}
+
 /// The value of an id text that takes part in automatic playlist ids (README "The changes file":
 /// text matching `[1-9][0-9]{0,17}`).
 pub fn auto_id_value(text: &str) -> Option<u64> {
