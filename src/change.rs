@@ -186,16 +186,19 @@ struct Fields<'a> {
     song_ids: Option<Option<Vec<&'a [u8]>>>,
     /// Members an `add_playlist` copies, in order, but the first `song_id`
     /// while it is the only one: see `song_id_copy`.
-    copied: Vec<(&'a [u8], &'a [u8])>,
+    copied: Vec<Member<'a>>,
     /// The first `song_id` member (which an `add_playlist` copies) and how
     /// many copied members came before it, kept out of `copied` so that an
     /// `add_song` or `remove_song` allocates nothing (a vector per change was
     /// a twelfth of a worker's time, BENCHMARKS.md); a second `song_id` puts
     /// it in its place in `copied`.
-    song_id_copy: Option<(usize, (&'a [u8], &'a [u8]))>,
+    song_id_copy: Option<(usize, Member<'a>)>,
     /// A second `song_id` was seen: every one is in `copied`.
     song_ids_in_copied: bool,
 }
+
+/// A member as written: (raw key, raw value).
+type Member<'a> = (&'a [u8], &'a [u8]);
 
 /// What a member of a given name is to a change. An `add_playlist` copies
 /// every member onto the new playlist but `op`, `id`, `owner_id`, `user_id`,
