@@ -313,7 +313,24 @@ impl<R: Read> Scanner<R> {
     }
 
     /// Scans a string starting at its opening quote.
+    #[inline]
     fn string(&mut self) -> ScanResult<()> {
+        // Nearly every string is plain text that ends in the buffer: that
+        // case inline, anything else (an escape, a multi-byte character,
+        // the end of the buffer) by the full scan.
+        let text = &self.buf[self.pos + 1..self.end];
+        if let Some(n) = plain_ascii_run(text) {
+            if text[n] == b'"' {
+                self.pos += n + 2;
+                return Ok(());
+            }
+        }
+        self.string_in_full()
+    }
+
+    /// [`Self::string`], any string, from its opening quote.
+    #[inline(never)]
+    fn string_in_full(&mut self) -> ScanResult<()> {
         let start = self.offset();
         self.pos += 1;
         loop {
