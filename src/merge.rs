@@ -419,7 +419,7 @@ impl SongList {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+    fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone + '_ {
         self.spans.iter().map(|&span| self.song(span))
     }
 

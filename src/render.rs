@@ -16,16 +16,30 @@ pub fn song_list<'a>(out: &mut Vec<u8>, songs: impl IntoIterator<Item = &'a [u8]
     out.push(b']');
 }
 
+/// The bytes [`song_list`] writes for `songs`: a playlist is rendered into a
+/// buffer of its size, where growing it by doubling copied the text of a
+/// long list several times (a tenth of XL's merge was such copies).
+fn song_list_len<'a>(songs: impl Iterator<Item = &'a [u8]>) -> usize {
+    songs.map(|s| s.len() + 1).sum::<usize>() + 2
+}
+
 /// A new playlist: `id`, owner (under `owner_key`), `song_ids`, then the copied
 /// members (already rendered as `,"key":value` pairs).
-pub fn new_playlist<'a>(
+pub fn new_playlist<'a, S>(
     id: &[u8],
     owner_key: &str,
     owner: &[u8],
-    songs: impl IntoIterator<Item = &'a [u8]>,
+    songs: S,
     copied: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::new();
+) -> Vec<u8>
+where
+    S: IntoIterator<Item = &'a [u8]>,
+    S::IntoIter: Clone,
+{
+    let songs = songs.into_iter();
+    let mut out = Vec::with_capacity(
+        id.len() + owner_key.len() + owner.len() + copied.len() + 32 + song_list_len(songs.clone()),
+    );
     out.extend_from_slice(b"{\"id\":");
     out.extend_from_slice(id);
     out.push(b',');
@@ -54,15 +68,16 @@ pub fn song_ids_range(raw: &[u8], members: &[(&[u8], &[u8])]) -> Option<std::ops
 /// [`changed_playlist`] when the place of `raw`'s `song_ids` value (its
 /// first, [`song_ids_range`]) is known: the text around it is kept, the
 /// value replaced.
-pub fn with_songs<'a>(
-    raw: &[u8],
-    song_ids: Option<std::ops::Range<usize>>,
-    songs: impl IntoIterator<Item = &'a [u8]>,
-) -> Vec<u8> {
+pub fn with_songs<'a, S>(raw: &[u8], song_ids: Option<std::ops::Range<usize>>, songs: S) -> Vec<u8>
+where
+    S: IntoIterator<Item = &'a [u8]>,
+    S::IntoIter: Clone,
+{
     let Some(range) = song_ids else {
         return changed_playlist(raw, songs);
     };
-    let mut out = Vec::with_capacity(raw.len() + 16);
+    let songs = songs.into_iter();
+    let mut out = Vec::with_capacity(raw.len() - range.len() + song_list_len(songs.clone()));
     out.extend_from_slice(&raw[..range.start]);
     song_list(&mut out, songs);
     out.extend_from_slice(&raw[range.end..]);
