@@ -185,16 +185,14 @@ struct Fields<'a> {
     /// `Some(None)`: `song_ids` is there but is not an array.
     song_ids: Option<Option<Vec<&'a [u8]>>>,
     /// Members an `add_playlist` copies, in order, but the first `song_id`
-    /// while it is the only one: see `song_id_copy`.
+    /// (see `first_song_id`).
     copied: Vec<Member<'a>>,
     /// The first `song_id` member (which an `add_playlist` copies) and how
-    /// many copied members came before it, kept out of `copied` so that an
+    /// many copied members came before it: kept out of `copied` so that an
     /// `add_song` or `remove_song` allocates nothing (a vector per change was
-    /// a twelfth of a worker's time, BENCHMARKS.md); a second `song_id` puts
-    /// it in its place in `copied`.
-    song_id_copy: Option<(usize, Member<'a>)>,
-    /// A second `song_id` was seen: every one is in `copied`.
-    song_ids_in_copied: bool,
+    /// a twelfth of a worker's time, BENCHMARKS.md), and put in its place
+    /// when an `add_playlist` is built.
+    first_song_id: Option<(usize, Member<'a>)>,
 }
 
 /// A member as written: (raw key, raw value).
@@ -262,14 +260,9 @@ impl<'a> Fields<'a> {
             Role::PlaylistId => first(&mut self.playlist_id),
             Role::SongId => {
                 first(&mut self.song_id);
-                if let Some((at, member)) = self.song_id_copy.take() {
-                    self.copied.insert(at, member);
-                    self.song_ids_in_copied = true;
-                }
-                if self.song_ids_in_copied {
-                    self.copied.push((key, value));
-                } else {
-                    self.song_id_copy = Some((self.copied.len(), (key, value)));
+                match self.first_song_id {
+                    None => self.first_song_id = Some((self.copied.len(), (key, value))),
+                    Some(_) => self.copied.push((key, value)),
                 }
             }
             Role::OwnerId => first(&mut self.owner_id),
@@ -402,7 +395,7 @@ impl<'a> Fields<'a> {
                     None => None,
                 };
                 let mut copied = self.copied;
-                if let Some((at, member)) = self.song_id_copy {
+                if let Some((at, member)) = self.first_song_id {
                     copied.insert(at, member);
                 }
                 Change::AddPlaylist {
@@ -441,27 +434,15 @@ fn checked_id<'a>(raw: &'a [u8], name: &str) -> Result<&'a [u8], String> {
 }
 
 /// [`json::auto_id_value`] of the id `raw` (a raw JSON string or integer
-/// token), read from its bytes: the digits of an automatic id are the same
-/// bytes in the token, and a token with anything else (an escape, a sign)
-/// spells no automatic id... unless an escape spells a digit, which only
-/// decoding tells.
+/// token), without decoding it: an automatic id's digits are the token's
+/// bytes, bare or quoted, and a token with other bytes spells none, unless
+/// an escape spells a digit, which only decoding tells.
 fn auto_id_of_raw(raw: &[u8]) -> Option<u64> {
-    let digits = match raw {
-        [b'"', inner @ .., b'"'] if !inner.contains(&b'\\') => inner,
-        [b'"', ..] => return json::id_text(raw).and_then(|t| json::auto_id_value(&t)),
-        _ => raw,
-    };
-    if digits.is_empty() || digits.len() > 18 || digits[0] == b'0' {
-        return None;
+    match json::plain_digits(raw) {
+        Some(digits) => json::auto_id_value(digits),
+        None if raw.contains(&b'\\') => json::id_text(raw).and_then(|t| json::auto_id_value(&t)),
+        None => None,
     }
-    let mut value = 0u64;
-    for &b in digits {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        value = value * 10 + u64::from(b - b'0');
-    }
-    Some(value)
 }
 
 /// Raw JSON text (which the scanner validated) being read front to back by

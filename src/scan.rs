@@ -529,8 +529,13 @@ fn plain_ascii_run(bytes: &[u8]) -> Option<usize> {
     }
     bytes[at..]
         .iter()
-        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))
+        .position(|&b| ends_plain_run(b))
         .map(|n| at + n)
+}
+
+/// Whether byte `b` ends a run of plain string text (see [`plain_ascii_run`]).
+fn ends_plain_run(b: u8) -> bool {
+    b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b)
 }
 
 /// How a byte is named in an error message.
