@@ -13,8 +13,8 @@
 //!
 //! ## Batches and the write lock
 //!
-//! Work goes in batches: a chunk is cut into about [`BATCHES_PER_CHUNK`]
-//! batches of [`BATCH_CHANGES`] to [`MAX_BATCH_CHANGES`] changes. Parsing and
+//! Work goes in batches of [`BATCH_CHANGES`] to [`MAX_BATCH_CHANGES`] changes,
+//! sized by the whole run ([`batch_changes`]), not by the chunk. Parsing and
 //! lookups (in the memory-mapped id indexes, [`crate::id_index`]) touch no
 //! database; the recorded changes are encoded into one blob per merge
 //! partition ([`crate::record`]). Only then does the worker take the write lock
@@ -62,12 +62,12 @@ use crate::partition::Partitions;
 use crate::record::{self, Body, NewId, Recorded};
 use crate::reject::{Reason, Reject, Rejection};
 use crate::stage::Stage;
-use crate::store::{Batch, Claim, Claimed, InputKind, LeaseLost, Location, Store};
+use crate::store::{Batch, Claim, Claimed, InputKind, Key, LeaseLost, Location, Store};
 
 /// Changes per batch, at least (one read transaction and one write transaction
 /// each).
 ///
-/// ## Why batches grow with the chunk
+/// ## Why batches grow with the run, and not with the chunk
 ///
 /// Every batch writes one row per merge partition, and each of those rows adds
 /// an entry at its own place in the `blocks` index, so a batch dirties about one
@@ -75,13 +75,26 @@ use crate::store::{Batch, Claim, Claimed, InputKind, LeaseLost, Location, Store}
 /// (50M changes) and small batches, those pages (and the checkpoints that copy
 /// them back) were most of the write lock's time. Fewer, larger batches write the
 /// same records with far fewer dirty pages; memory stays bounded by the maximum.
+///
+/// The size follows the run's number of changes, not the chunk's: sized by the
+/// chunk, 16 workers wrote 16 times as many batches as one (a chunk of 1/16 of
+/// the changes, cut into as many batches), and on a 16-core machine the write
+/// lock was held 19.5 s on XL instead of 3.6 s, the workers queueing for it
+/// (BENCHMARKS.md "Many cores").
 pub const BATCH_CHANGES: u64 = 32_768;
 
 /// Changes per batch, at most: about 10 MB of encoded records.
 pub const MAX_BATCH_CHANGES: u64 = 262_144;
 
-/// How many batches a chunk is cut into, roughly.
-pub const BATCHES_PER_CHUNK: u64 = 64;
+/// How many batches the whole run's changes are cut into, roughly, when that
+/// keeps batches between [`BATCH_CHANGES`] and [`MAX_BATCH_CHANGES`].
+pub const BATCHES_PER_RUN: u64 = 64;
+
+/// Changes per batch for a run of `run_changes` changes, however many chunks
+/// (and workers) share them.
+pub fn batch_changes(run_changes: u64) -> u64 {
+    (run_changes / BATCHES_PER_RUN).clamp(BATCH_CHANGES, MAX_BATCH_CHANGES)
+}
 
 /// WAL pages between automatic checkpoints in a worker and a merge thread
 /// (SQLite's default is 1000): each checkpoint syncs the database file, and
@@ -308,9 +321,7 @@ fn apply_claimed(
         look_ahead: !options.trace
             && crate::fault::look_ahead(store.lookup_tables_bytes()? > LOOK_AHEAD_PAST),
         committed_offset: state.next_offset,
-        batch_size: crate::fault::batch_size(
-            (state.changes / BATCHES_PER_CHUNK).clamp(BATCH_CHANGES, MAX_BATCH_CHANGES),
-        ),
+        batch_size: crate::fault::batch_size(batch_changes(store.meta_number(Key::Changes)?)),
         end: state.end,
         progress,
     };
@@ -851,6 +862,35 @@ fn shorten(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// However many chunks share a run, its workers commit about as many
+    /// batches in all as one worker would (one more a chunk at most, for
+    /// its last, partial batch), each within the bounds.
+    #[test]
+    fn batches_are_sized_by_the_run_not_the_chunk() {
+        for run in [1_000u64, 300_000, 5_000_000, 17_000_000, 50_000_000] {
+            let size = batch_changes(run);
+            assert!(
+                (BATCH_CHANGES..=MAX_BATCH_CHANGES).contains(&size),
+                "{run}: {size}"
+            );
+            let batches = |chunks: u64| -> u64 {
+                (0..chunks)
+                    .map(|k| (run * (k + 1) / chunks - run * k / chunks).div_ceil(size))
+                    .sum()
+            };
+            for chunks in [2, 4, 8, 16, 64] {
+                assert!(
+                    batches(chunks) <= batches(1) + chunks,
+                    "{run} changes in {chunks} chunks: {} batches, against {} in one",
+                    batches(chunks),
+                    batches(1)
+                );
+            }
+        }
+        assert_eq!(batch_changes(50_000_000), MAX_BATCH_CHANGES);
+        assert_eq!(batch_changes(5_000_000), 5_000_000 / BATCHES_PER_RUN);
+    }
 
     /// `first_repeated` names the song that a set of the songs' texts would
     /// refuse first, short lists and long, ids written every way.
