@@ -67,7 +67,7 @@
 //! size, WAL mode and the schema before any worker starts (two processes doing
 //! that at once fail at once with "database is locked", whatever the busy
 //! timeout). Writers then wait for the lock up to a long busy timeout instead
-//! of failing.
+//! of failing, trying again every millisecond (`sqlite.rs`, `BUSY_POLL`).
 //!
 //! Two harness runs on one database would corrupt each other's plan, so the
 //! harness also takes an exclusive `flock` on `DB.lock` ([`RunLock`]); a second run
