@@ -182,6 +182,41 @@ fn a_batch_commits_once_and_moves_its_chunk() {
     });
 }
 
+/// A partition's blocks come back by chunk, then in the order each chunk's
+/// batches committed, however the chunks' commits interleaved; a partition
+/// no batch wrote to has none.
+#[test]
+fn a_partitions_blocks_come_back_by_chunk_then_commit() {
+    on_each_backend(|store, _| {
+        plan_chunks(store, &[(0, 10, 0, 2), (10, 20, 2, 3), (20, 30, 5, 1)], 8);
+        let commit = |chunk: u64, from: u64, to: u64, parts: &[&[u8]]| {
+            let claim = store.claim_chunk(chunk, "a", LEASE).unwrap();
+            let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+            store
+                .commit_batch(&batch(claim, &parts, &[], from, to))
+                .unwrap();
+            store.release_lease(claim).unwrap();
+        };
+        commit(2, 20, 25, &[b"p0 c2 first", b"p1 c2 first"]);
+        commit(0, 0, 5, &[b"", b"p1 c0"]);
+        commit(2, 25, 28, &[b"", b"p1 c2 second"]);
+        commit(1, 10, 15, &[b"p0 c1", b"p1 c1"]);
+        let blocks = |part: u64| {
+            let mut blocks = Vec::new();
+            store
+                .each_block(part, &mut |b| {
+                    blocks.push(String::from_utf8(b.to_vec()).unwrap());
+                    Ok(())
+                })
+                .unwrap();
+            blocks
+        };
+        assert_eq!(blocks(1), ["p1 c0", "p1 c1", "p1 c2 first", "p1 c2 second"]);
+        assert_eq!(blocks(0), ["p0 c1", "p0 c2 first"]);
+        assert!(blocks(5).is_empty());
+    });
+}
+
 #[test]
 fn a_batch_that_fails_midway_leaves_nothing() {
     on_each_backend(|store, _| {
