@@ -30,8 +30,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ["import", "plan", "apply", "merge", "export"]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run import ROOT, STAGES, run_harness  # noqa: E402
 
 
 def find(bin_dir, name):
@@ -39,24 +39,6 @@ def find(bin_dir, name):
         if os.access(candidate, os.X_OK):
             return candidate
     sys.exit(f"no {name} in {bin_dir}")
-
-
-def run_harness(harness, case, workers, out):
-    for suffix in ("", ".rejects.jsonl"):
-        if os.path.exists(out + suffix):
-            os.remove(out + suffix)
-    start = time.monotonic()
-    p = subprocess.run(
-        [harness, "--fresh", "--progress", "never", "--workers", str(workers),
-         os.path.join(case, "mixtape.json"), os.path.join(case, "changes.jsonl"), out],
-        env=dict(os.environ, MIXTAPE_BENCH="1"), capture_output=True, text=True)
-    wall = time.monotonic() - start
-    if p.returncode != 0:
-        sys.exit(f"harness -w {workers} failed ({p.returncode}): {p.stderr}")
-    line = next(l for l in p.stderr.splitlines() if l.startswith("bench:"))
-    figures = {k: float(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
-    figures["wall"] = wall
-    return figures
 
 
 def main():
@@ -104,7 +86,7 @@ def main():
                     say(f"{size} {name}-w {w} rep {rep + 1}: skipped (deadline)")
                     continue
                 out = os.path.join(work, f"out-{size}-{name.strip()}{w}.json")
-                r = run_harness(program, case, w, out)
+                r = run_harness(case, w, out, os.path.dirname(program))
                 if first is None:
                     first = out
                 elif not (filecmp.cmp(first, out, shallow=False)
