@@ -624,16 +624,6 @@ pub trait Tables {
     fn release_memory(&self) -> Result<()> {
         Ok(())
     }
-    /// Checkpoints the WAL only every `pages` pages (SQLite): each checkpoint
-    /// syncs the database file, and a worker's batches write thousands of pages.
-    fn checkpoint_every(&self, _pages: u32) -> Result<()> {
-        Ok(())
-    }
-    /// Moves the WAL into the database and truncates it (SQLite); done between
-    /// stages so the WAL does not grow without bound.
-    fn checkpoint(&self) -> Result<()> {
-        Ok(())
-    }
     // ---- the document's playlists, as imported ----
     /// Streams the document's playlists at positions `from..to`, with their
     /// positions, raw, in order.
@@ -725,6 +715,12 @@ trait Backend: Tables {
     fn meta_text(&self, key: &str) -> Result<Option<String>>;
     /// Sets `meta` values (insert or replace), all in one transaction.
     fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()>;
+    /// [`Tables::set_meta_texts`], durable once it returns, power loss
+    /// included: for what must be known before a file outside the store is
+    /// replaced. A server's commit is (PostgreSQL syncs its log at commit).
+    fn set_meta_texts_durably(&self, pairs: &[(&str, &str)]) -> Result<()> {
+        self.set_meta_texts(pairs)
+    }
     /// Runs `statements` in order in one transaction: all of them commit, or
     /// (on the first error) none.
     fn run_in_one_transaction(&self, statements: &[Statement]) -> Result<()>;
@@ -998,7 +994,7 @@ impl Store {
     /// a rename keeps size, modification time and contents). A run that finds
     /// this record and OUTPUT with that fingerprint knows the run finished.
     pub fn record_publishing(&self, output: &Path, fingerprint: &str) -> Result<()> {
-        self.db.set_meta_texts(&[
+        self.db.set_meta_texts_durably(&[
             (PUBLISHED_PATH, &output.to_string_lossy()),
             (PUBLISHED_FINGERPRINT, fingerprint),
         ])

@@ -880,3 +880,63 @@ fn each_rename_that_publishes_a_file_is_followed_by_a_directory_sync() {
         }
     }
 }
+
+/// The store's record of OUTPUT being published is on disk before OUTPUT is
+/// renamed into place: after a power loss an in-place run must still know
+/// that its OUTPUT is the changed document (README "What is never lost"). The
+/// work database's commits are otherwise not synced (its WAL is synced only
+/// at a checkpoint), so the WAL is synced after the record's last write and
+/// before the rename.
+#[test]
+fn the_publishing_record_is_synced_before_output_is_renamed() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let dir = fixture_dir();
+    let trace = dir.path().join("trace.txt");
+    let harness = TestCommand::harness().get_program().to_owned();
+    let o = Command::new("strace")
+        .args([
+            "-f",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=pwrite64,write,rename,renameat,renameat2,fsync,fdatasync",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(harness)
+        .args([
+            "--progress",
+            "never",
+            "-w",
+            "2",
+            "mixtape.json",
+            "changes.json",
+            "out.json",
+        ])
+        .current_dir(dir.path())
+        .env_remove("MIXTAPE_FAULT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<String> = read(&trace).lines().map(str::to_string).collect();
+    let renamed = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.trim_end().contains("out.json\")"))
+        .expect("no rename to out.json in the trace");
+    let wal = "out.json.work.db-wal>";
+    let last_write = lines[..renamed]
+        .iter()
+        .rposition(|l| l.contains("write") && l.contains(wal))
+        .expect("no write to the work database's WAL before the rename");
+    assert!(
+        lines[last_write + 1..renamed]
+            .iter()
+            .any(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(wal)),
+        "the WAL is not synced between its last write and the rename:\n{}\n{}",
+        lines[last_write],
+        lines[renamed]
+    );
+}

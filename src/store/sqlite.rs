@@ -1,11 +1,32 @@
 //! The SQLite work database: one file in WAL mode, shared by the harness and
 //! the workers of one host (see the module docs of [`crate::store`] for what
 //! each table holds and why the transactions are what they are).
+//!
+//! ## The WAL is not copied back
+//!
+//! A work database lives for one run, and a run that finishes deletes it. So
+//! its pages stay in the WAL: no connection checkpoints until the WAL holds
+//! [`WAL_CHECKPOINT_PAGES`] (4 GiB), and none on close. Copying the WAL into the
+//! database file wrote every block and result a second time, and each
+//! checkpoint synced both files: on XL at `-w 2` the whole run took about a
+//! tenth longer (BENCHMARKS.md). Beyond 4 GiB the usual checkpoints bound the
+//! WAL's size (the disk a run needs beyond its database) and its index (SQLite
+//! searches up to one hash table per 4096 frames to read a page: 64 at most).
+//!
+//! What that costs, and why it is safe: a crash keeps every commit (the pages
+//! are in the operating system's cache); after a power loss the WAL keeps a
+//! prefix of the commits (`synchronous = NORMAL` syncs it only at a
+//! checkpoint), the database is whole, and the run resumes from there. The one
+//! commit that must outlive a power loss, the record of OUTPUT being published
+//! ([`Tables::set_meta_texts_durably`]), syncs the WAL before OUTPUT is renamed.
+//! A kept work database (`--stop-after`, `--keep-db`, a failed run) is the
+//! `.db` file with its `-wal`: copy both, or neither.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use rusqlite::{Transaction, TransactionBehavior};
 
@@ -28,6 +49,10 @@ use runs::Stream;
 
 /// Large pages suit the workload: big blobs and long sequential scans.
 const PAGE_SIZE: i64 = 16384;
+
+/// WAL pages (of [`PAGE_SIZE`]) before a connection checkpoints: 4 GiB (the
+/// module docs). XL's whole run (50M changes, a 3.4 GB CHANGES) writes 1.9 GB.
+const WAL_CHECKPOINT_PAGES: i64 = (4 << 30) / PAGE_SIZE;
 
 /// The page cache of an ordinary connection, in KiB.
 const DEFAULT_CACHE_KIB: i64 = 16 * 1024;
@@ -211,7 +236,8 @@ impl SqliteDb {
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
-            // Closing the only connection checkpoints and removes the WAL.
+            // Closing the only connection checkpoints and removes the WAL
+            // (this connection is not `configured`).
             conn.close().map_err(|(_, e)| e)?;
         }
         std::fs::rename(&creating, path)
@@ -252,6 +278,8 @@ impl SqliteDb {
     fn configured(mut conn: Connection) -> Result<SqliteDb> {
         conn.busy_handler(Some(busy_waiter(BUSY_TIMEOUT, BUSY_POLL)))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         let store = SqliteDb {
             conn,
             mixtape: std::cell::OnceCell::new(),
@@ -314,17 +342,6 @@ impl Tables for SqliteDb {
     fn release_memory(&self) -> Result<()> {
         self.set_cache_kib(DEFAULT_CACHE_KIB)?;
         self.conn.execute_batch("PRAGMA shrink_memory")?;
-        Ok(())
-    }
-
-    fn checkpoint_every(&self, pages: u32) -> Result<()> {
-        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
-        Ok(())
-    }
-
-    fn checkpoint(&self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -734,6 +751,16 @@ impl Backend for SqliteDb {
         Ok(tx.commit()?)
     }
 
+    fn set_meta_texts_durably(&self, pairs: &[(&str, &str)]) -> Result<()> {
+        // `FULL` syncs the WAL as this transaction commits (and with it
+        // every commit before it); `NORMAL` would leave that to a checkpoint,
+        // which a run may never reach (the module docs).
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        let written = self.set_meta_texts(pairs);
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        written
+    }
+
     fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>> {
         let row: Option<(u64, Vec<u8>)> = self
             .conn
@@ -828,7 +855,7 @@ impl DocumentSink for DocumentWriter<'_> {
         if let Some(tx) = self.tx.take() {
             tx.commit()?;
         }
-        self.store.checkpoint()
+        Ok(())
     }
 }
 
@@ -1009,6 +1036,32 @@ mod tests {
             assert!(started.elapsed() >= timeout, "gave up early");
             assert!(tries > 1, "tried again only {tries} time(s)");
         }
+    }
+
+    /// What a run writes stays in the WAL, through commits and closes, and
+    /// is read back from there: the database file is not written after its
+    /// creation (the module docs). A connection of SQLite's defaults
+    /// checkpoints on close and after 1000 pages.
+    #[test]
+    fn commits_stay_in_the_wal_through_commits_and_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let wal = dir.path().join("w.db-wal");
+        let created = SqliteDb::create(&path).unwrap();
+        drop(created);
+        let size_created = std::fs::metadata(&path).unwrap().len();
+        let value = "x".repeat(4000);
+        {
+            let db = SqliteDb::open(&path).unwrap();
+            // Well past SQLite's 1000 pages between checkpoints.
+            for i in 0..1500 {
+                db.set_meta_texts(&[(&format!("k{i}"), &value)]).unwrap();
+            }
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size_created);
+        assert!(std::fs::metadata(&wal).unwrap().len() > 1500 * 4000);
+        let db = SqliteDb::open(&path).unwrap();
+        assert_eq!(db.meta_text("k1499").unwrap().as_deref(), Some(&*value));
     }
 
     /// A writer that finds the write lock held waits for it (rather than
