@@ -540,6 +540,11 @@ impl Location {
             files.push(("work database's WAL", with("-wal")));
             files.push(("work database's shared memory", with("-shm")));
             files.push(("work database's lock", with(".lock")));
+            files.push(("work database's synced records", with(".meta")));
+            files.push((
+                "work database's synced records (partial)",
+                with(".meta.partial"),
+            ));
             files.push(("work database being created", with(".creating")));
             files.push(("work database being created (WAL)", with(".creating-wal")));
             files.push(("work database being created (shm)", with(".creating-shm")));
@@ -717,9 +722,14 @@ trait Backend: Tables {
     fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()>;
     /// [`Tables::set_meta_texts`], durable once it returns, power loss
     /// included: for what must be known before a file outside the store is
-    /// replaced. A server's commit is (PostgreSQL syncs its log at commit).
+    /// replaced. A server's commit is (PostgreSQL syncs its log at commit);
+    /// a SQLite file's is not, and keeps them in a synced file beside it.
     fn set_meta_texts_durably(&self, pairs: &[(&str, &str)]) -> Result<()> {
         self.set_meta_texts(pairs)
+    }
+    /// A value set by [`Tables::set_meta_texts_durably`].
+    fn durable_meta_text(&self, key: &str) -> Result<Option<String>> {
+        self.meta_text(key)
     }
     /// Runs `statements` in order in one transaction: all of them commit, or
     /// (on the first error) none.
@@ -1004,8 +1014,8 @@ impl Store {
     pub fn published_output(&self) -> Result<Option<(PathBuf, String)>> {
         Ok(
             match (
-                self.db.meta_text(PUBLISHED_PATH)?,
-                self.db.meta_text(PUBLISHED_FINGERPRINT)?,
+                self.db.durable_meta_text(PUBLISHED_PATH)?,
+                self.db.durable_meta_text(PUBLISHED_FINGERPRINT)?,
             ) {
                 (Some(path), Some(print)) => Some((PathBuf::from(path), print)),
                 _ => None,
@@ -1436,6 +1446,8 @@ pub fn remove_files(path: &Path) -> Result<()> {
         path.to_path_buf(),
         crate::paths::with_suffix(path, "-wal"),
         crate::paths::with_suffix(path, "-shm"),
+        crate::paths::with_suffix(path, ".meta"),
+        crate::paths::with_suffix(path, ".meta.partial"),
     ]);
     files.extend(IdKind::ALL.map(|k| crate::paths::with_suffix(path, k.suffix())));
     remove_paths(&files)

@@ -884,9 +884,9 @@ fn each_rename_that_publishes_a_file_is_followed_by_a_directory_sync() {
 /// The store's record of OUTPUT being published is on disk before OUTPUT is
 /// renamed into place: after a power loss an in-place run must still know
 /// that its OUTPUT is the changed document (README "What is never lost"). The
-/// work database's commits are otherwise not synced (its WAL is synced only
-/// at a checkpoint), so the WAL is synced after the record's last write and
-/// before the rename.
+/// work database's commits are not synced (its WAL is synced only at a
+/// checkpoint), so the record is also written to `DB.meta`: synced, renamed
+/// into place and its directory synced, all before OUTPUT's rename.
 #[test]
 fn the_publishing_record_is_synced_before_output_is_renamed() {
     if Command::new("strace").arg("-V").output().is_err() {
@@ -902,7 +902,7 @@ fn the_publishing_record_is_synced_before_output_is_renamed() {
             "-y",
             "-qq",
             "-e",
-            "trace=pwrite64,write,rename,renameat,renameat2,fsync,fdatasync",
+            "trace=rename,renameat,renameat2,fsync,fdatasync",
             "-o",
         ])
         .arg(&trace)
@@ -921,22 +921,27 @@ fn the_publishing_record_is_synced_before_output_is_renamed() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    let dir_name = dir.path().canonicalize().unwrap().display().to_string();
     let lines: Vec<String> = read(&trace).lines().map(str::to_string).collect();
-    let renamed = lines
-        .iter()
-        .position(|l| l.contains("rename") && l.trim_end().contains("out.json\")"))
-        .expect("no rename to out.json in the trace");
-    let wal = "out.json.work.db-wal>";
-    let last_write = lines[..renamed]
-        .iter()
-        .rposition(|l| l.contains("write") && l.contains(wal))
-        .expect("no write to the work database's WAL before the rename");
-    assert!(
-        lines[last_write + 1..renamed]
+    let renamed_to = |name: &str| {
+        lines
             .iter()
-            .any(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(wal)),
-        "the WAL is not synced between its last write and the rename:\n{}\n{}",
-        lines[last_write],
-        lines[renamed]
+            .position(|l| l.contains("rename") && l.trim_end().contains(&format!("{name}\")")))
+    };
+    let output_renamed = renamed_to("out.json").expect("no rename to out.json in the trace");
+    let record_renamed = renamed_to("out.json.work.db.meta")
+        .filter(|&i| i < output_renamed)
+        .expect("the publishing record is not renamed into place before OUTPUT");
+    assert!(
+        lines[..record_renamed]
+            .iter()
+            .any(|l| l.contains("fsync(") && l.contains("out.json.work.db.meta.partial>")),
+        "the publishing record is not synced before its rename"
+    );
+    assert!(
+        lines[record_renamed + 1..output_renamed]
+            .iter()
+            .any(|l| l.contains("fsync(") && l.contains(&format!("<{dir_name}>"))),
+        "no directory sync between the record's rename and OUTPUT's"
     );
 }
