@@ -8,8 +8,8 @@
 //! its pages stay in the WAL: no connection checkpoints until the WAL holds
 //! [`WAL_CHECKPOINT_PAGES`] (4 GiB), and none on close. Copying the WAL into the
 //! database file wrote every block and result a second time, and each
-//! checkpoint synced both files: on XL at `-w 2` the whole run took about a
-//! tenth longer (BENCHMARKS.md). Beyond 4 GiB the usual checkpoints bound the
+//! checkpoint synced both files: XL's whole run at `-w 2` took 8 % longer
+//! (medians of 8 runs each, BENCHMARKS.md). Beyond 4 GiB the usual checkpoints bound the
 //! WAL's size (the disk a run needs beyond its database) and its index (SQLite
 //! searches up to one hash table per 4096 frames to read a page: 64 at most).
 //!
