@@ -821,16 +821,15 @@ fn inputs_that_are_not_regular_files_are_clear_errors() {
 
 // ---- durability ----
 
-#[test]
-fn each_rename_that_publishes_a_file_is_followed_by_a_directory_sync() {
+/// The renames and syncs of a successful run of the harness with `args` in
+/// `dir`, as `strace -f -y` lines (file descriptors shown with their paths);
+/// `None` when strace is not installed.
+fn renames_and_syncs(dir: &Path, args: &[&str]) -> Option<Vec<String>> {
     if Command::new("strace").arg("-V").output().is_err() {
         eprintln!("skipped: strace is not installed");
-        return;
+        return None;
     }
-    let dir = fixture_dir();
-    let changes = read(&dir.path().join("changes.json"));
-    fs::write(dir.path().join("changes.json.gz"), gzip(changes.as_bytes())).unwrap();
-    let trace = dir.path().join("trace.txt");
+    let trace = dir.join("trace.txt");
     let harness = TestCommand::harness().get_program().to_owned();
     let o = Command::new("strace")
         .args([
@@ -843,22 +842,26 @@ fn each_rename_that_publishes_a_file_is_followed_by_a_directory_sync() {
         ])
         .arg(&trace)
         .arg(harness)
-        .args([
-            "--progress",
-            "never",
-            "-w",
-            "1",
-            "mixtape.json",
-            "changes.json.gz",
-            "out.json",
-        ])
-        .current_dir(dir.path())
+        .args(["--progress", "never"])
+        .args(args)
+        .current_dir(dir)
         .env_remove("MIXTAPE_FAULT")
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    Some(read(&trace).lines().map(str::to_string).collect())
+}
+
+#[test]
+fn each_rename_that_publishes_a_file_is_followed_by_a_directory_sync() {
+    let dir = fixture_dir();
+    let changes = read(&dir.path().join("changes.json"));
+    fs::write(dir.path().join("changes.json.gz"), gzip(changes.as_bytes())).unwrap();
+    let args = ["-w", "1", "mixtape.json", "changes.json.gz", "out.json"];
+    let Some(lines) = renames_and_syncs(dir.path(), &args) else {
+        return;
+    };
     let dir_name = dir.path().canonicalize().unwrap().display().to_string();
-    let lines: Vec<String> = read(&trace).lines().map(str::to_string).collect();
     let dir_synced_after = |i: usize| {
         lines[i + 1..]
             .iter()
@@ -889,40 +892,12 @@ fn each_rename_that_publishes_a_file_is_followed_by_a_directory_sync() {
 /// into place and its directory synced, all before OUTPUT's rename.
 #[test]
 fn the_publishing_record_is_synced_before_output_is_renamed() {
-    if Command::new("strace").arg("-V").output().is_err() {
-        eprintln!("skipped: strace is not installed");
-        return;
-    }
     let dir = fixture_dir();
-    let trace = dir.path().join("trace.txt");
-    let harness = TestCommand::harness().get_program().to_owned();
-    let o = Command::new("strace")
-        .args([
-            "-f",
-            "-y",
-            "-qq",
-            "-e",
-            "trace=rename,renameat,renameat2,fsync,fdatasync",
-            "-o",
-        ])
-        .arg(&trace)
-        .arg(harness)
-        .args([
-            "--progress",
-            "never",
-            "-w",
-            "2",
-            "mixtape.json",
-            "changes.json",
-            "out.json",
-        ])
-        .current_dir(dir.path())
-        .env_remove("MIXTAPE_FAULT")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let args = ["-w", "2", "mixtape.json", "changes.json", "out.json"];
+    let Some(lines) = renames_and_syncs(dir.path(), &args) else {
+        return;
+    };
     let dir_name = dir.path().canonicalize().unwrap().display().to_string();
-    let lines: Vec<String> = read(&trace).lines().map(str::to_string).collect();
     let renamed_to = |name: &str| {
         lines
             .iter()
