@@ -452,7 +452,7 @@ impl Run<'_> {
         if !self.store.is_done(Stage::Apply)? {
             bail!("the workers exited with chunks left to apply");
         }
-        Ok(())
+        self.store.checkpoint()
     }
 
     fn merge(&mut self) -> Result<()> {

@@ -96,6 +96,13 @@ pub fn batch_changes(run_changes: u64) -> u64 {
     (run_changes / BATCHES_PER_RUN).clamp(BATCH_CHANGES, MAX_BATCH_CHANGES)
 }
 
+/// WAL pages between automatic checkpoints in a worker and a merge thread
+/// (SQLite's default is 1000): each checkpoint syncs the database file, and
+/// batches (and merged partitions) write thousands of pages in all; fewer,
+/// larger checkpoints copy a page written twice once. The harness
+/// checkpoints, and truncates the WAL, after the stage.
+pub const BULK_CHECKPOINT_PAGES: u32 = 2048;
+
 /// How the worker was asked to run.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerOptions {
@@ -149,6 +156,7 @@ const WAIT_FOR_CHUNKS: (Duration, Duration) =
 /// Opens the work database for a worker: it must hold a plan.
 fn open_for_work(db: &Location) -> Result<Store> {
     let store = Store::open(db)?;
+    store.checkpoint_every(BULK_CHECKPOINT_PAGES)?;
     if !store.is_done(Stage::Plan)? {
         bail!(
             "the work database {} has no plan yet: run the harness with --stop-after plan first",

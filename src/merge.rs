@@ -106,6 +106,7 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
         || {
             let store = Store::open(db)?;
             store.set_cache_kib((MERGE_CACHE_KIB / threads as i64).max(MIN_THREAD_CACHE_KIB))?;
+            store.checkpoint_every(crate::apply::BULK_CHECKPOINT_PAGES)?;
             Ok(store)
         },
         |thread_store, i| {
@@ -117,7 +118,8 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
     )?;
     progress(partitions, partitions);
     store.release_memory()?;
-    store.finish_merge()
+    store.finish_merge()?;
+    store.checkpoint()
 }
 
 /// Merges partition `part` and commits its results, unless another worker

@@ -540,11 +540,6 @@ impl Location {
             files.push(("work database's WAL", with("-wal")));
             files.push(("work database's shared memory", with("-shm")));
             files.push(("work database's lock", with(".lock")));
-            files.push(("work database's synced records", with(".meta")));
-            files.push((
-                "work database's synced records (partial)",
-                with(".meta.partial"),
-            ));
             files.push(("work database being created", with(".creating")));
             files.push(("work database being created (WAL)", with(".creating-wal")));
             files.push(("work database being created (shm)", with(".creating-shm")));
@@ -627,6 +622,16 @@ pub trait Tables {
     /// stages: each stage's peak then stays its own instead of adding up in
     /// the harness's resident size. (The allocator's policy is the harness's.)
     fn release_memory(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Checkpoints the WAL only every `pages` pages (SQLite): each checkpoint
+    /// syncs the database file, and a worker's batches write thousands of pages.
+    fn checkpoint_every(&self, _pages: u32) -> Result<()> {
+        Ok(())
+    }
+    /// Moves the WAL into the database and truncates it (SQLite); done between
+    /// stages so the WAL does not grow without bound.
+    fn checkpoint(&self) -> Result<()> {
         Ok(())
     }
     // ---- the document's playlists, as imported ----
@@ -723,13 +728,9 @@ trait Backend: Tables {
     /// [`Tables::set_meta_texts`], durable once it returns, power loss
     /// included: for what must be known before a file outside the store is
     /// replaced. A server's commit is (PostgreSQL syncs its log at commit);
-    /// a SQLite file's is not, and keeps them in a synced file beside it.
+    /// a SQLite file's is not (`synchronous = NORMAL`, `store::sqlite`).
     fn set_meta_texts_durably(&self, pairs: &[(&str, &str)]) -> Result<()> {
         self.set_meta_texts(pairs)
-    }
-    /// A value set by [`Tables::set_meta_texts_durably`].
-    fn durable_meta_text(&self, key: &str) -> Result<Option<String>> {
-        self.meta_text(key)
     }
     /// Runs `statements` in order in one transaction: all of them commit, or
     /// (on the first error) none.
@@ -1014,8 +1015,8 @@ impl Store {
     pub fn published_output(&self) -> Result<Option<(PathBuf, String)>> {
         Ok(
             match (
-                self.db.durable_meta_text(PUBLISHED_PATH)?,
-                self.db.durable_meta_text(PUBLISHED_FINGERPRINT)?,
+                self.db.meta_text(PUBLISHED_PATH)?,
+                self.db.meta_text(PUBLISHED_FINGERPRINT)?,
             ) {
                 (Some(path), Some(print)) => Some((PathBuf::from(path), print)),
                 _ => None,
@@ -1446,8 +1447,6 @@ pub fn remove_files(path: &Path) -> Result<()> {
         path.to_path_buf(),
         crate::paths::with_suffix(path, "-wal"),
         crate::paths::with_suffix(path, "-shm"),
-        crate::paths::with_suffix(path, ".meta"),
-        crate::paths::with_suffix(path, ".meta.partial"),
     ]);
     files.extend(IdKind::ALL.map(|k| crate::paths::with_suffix(path, k.suffix())));
     remove_paths(&files)

@@ -821,10 +821,10 @@ fn inputs_that_are_not_regular_files_are_clear_errors() {
 
 // ---- durability ----
 
-/// The renames and syncs of a successful run of the harness with `args` in
-/// `dir`, as `strace -f -y` lines (file descriptors shown with their paths);
-/// `None` when strace is not installed.
-fn renames_and_syncs(dir: &Path, args: &[&str]) -> Option<Vec<String>> {
+/// The renames and syncs (and writes, with `writes`) of a successful run of
+/// the harness with `args` in `dir`, as `strace -f -y` lines (file
+/// descriptors shown with their paths); `None` when strace is not installed.
+fn renames_and_syncs(dir: &Path, writes: bool, args: &[&str]) -> Option<Vec<String>> {
     if Command::new("strace").arg("-V").output().is_err() {
         eprintln!("skipped: strace is not installed");
         return None;
@@ -837,7 +837,11 @@ fn renames_and_syncs(dir: &Path, args: &[&str]) -> Option<Vec<String>> {
             "-y",
             "-qq",
             "-e",
-            "trace=rename,renameat,renameat2,fsync,fdatasync",
+            if writes {
+                "trace=rename,renameat,renameat2,fsync,fdatasync,write,pwrite64"
+            } else {
+                "trace=rename,renameat,renameat2,fsync,fdatasync"
+            },
             "-o",
         ])
         .arg(&trace)
@@ -858,7 +862,7 @@ fn each_rename_that_publishes_a_file_is_followed_by_a_directory_sync() {
     let changes = read(&dir.path().join("changes.json"));
     fs::write(dir.path().join("changes.json.gz"), gzip(changes.as_bytes())).unwrap();
     let args = ["-w", "1", "mixtape.json", "changes.json.gz", "out.json"];
-    let Some(lines) = renames_and_syncs(dir.path(), &args) else {
+    let Some(lines) = renames_and_syncs(dir.path(), false, &args) else {
         return;
     };
     let dir_name = dir.path().canonicalize().unwrap().display().to_string();
@@ -887,36 +891,31 @@ fn each_rename_that_publishes_a_file_is_followed_by_a_directory_sync() {
 /// The store's record of OUTPUT being published is on disk before OUTPUT is
 /// renamed into place: after a power loss an in-place run must still know
 /// that its OUTPUT is the changed document (README "What is never lost"). The
-/// work database's commits are not synced (its WAL is synced only at a
-/// checkpoint), so the record is also written to `DB.meta`: synced, renamed
-/// into place and its directory synced, all before OUTPUT's rename.
+/// work database's commits are otherwise not synced (`synchronous = NORMAL`
+/// syncs its WAL only at a checkpoint), so the WAL is synced after the
+/// record's last write and before the rename.
 #[test]
 fn the_publishing_record_is_synced_before_output_is_renamed() {
     let dir = fixture_dir();
     let args = ["-w", "2", "mixtape.json", "changes.json", "out.json"];
-    let Some(lines) = renames_and_syncs(dir.path(), &args) else {
+    let Some(lines) = renames_and_syncs(dir.path(), true, &args) else {
         return;
     };
-    let dir_name = dir.path().canonicalize().unwrap().display().to_string();
-    let renamed_to = |name: &str| {
-        lines
-            .iter()
-            .position(|l| l.contains("rename") && l.trim_end().contains(&format!("{name}\")")))
-    };
-    let output_renamed = renamed_to("out.json").expect("no rename to out.json in the trace");
-    let record_renamed = renamed_to("out.json.work.db.meta")
-        .filter(|&i| i < output_renamed)
-        .expect("the publishing record is not renamed into place before OUTPUT");
+    let renamed = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.trim_end().contains("out.json\")"))
+        .expect("no rename to out.json in the trace");
+    let wal = "out.json.work.db-wal>";
+    let last_write = lines[..renamed]
+        .iter()
+        .rposition(|l| l.contains("write") && l.contains(wal))
+        .expect("no write to the work database's WAL before the rename");
     assert!(
-        lines[..record_renamed]
+        lines[last_write + 1..renamed]
             .iter()
-            .any(|l| l.contains("fsync(") && l.contains("out.json.work.db.meta.partial>")),
-        "the publishing record is not synced before its rename"
-    );
-    assert!(
-        lines[record_renamed + 1..output_renamed]
-            .iter()
-            .any(|l| l.contains("fsync(") && l.contains(&format!("<{dir_name}>"))),
-        "no directory sync between the record's rename and OUTPUT's"
+            .any(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(wal)),
+        "the WAL is not synced between its last write and the rename:\n{}\n{}",
+        lines[last_write],
+        lines[renamed]
     );
 }

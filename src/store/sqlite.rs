@@ -1,36 +1,11 @@
 //! The SQLite work database: one file in WAL mode, shared by the harness and
 //! the workers of one host (see the module docs of [`crate::store`] for what
 //! each table holds and why the transactions are what they are).
-//!
-//! ## The WAL is not copied back
-//!
-//! A work database lives for one run, and a run that finishes deletes it. So
-//! its pages stay in the WAL: no connection checkpoints until the WAL holds
-//! [`WAL_CHECKPOINT_PAGES`] (4 GiB), and none on close. Copying the WAL into the
-//! database file wrote every block and result a second time, and each
-//! checkpoint synced both files: XL's whole run at `-w 2` took 8 % longer
-//! (medians of 8 runs each, BENCHMARKS.md). Beyond 4 GiB the usual checkpoints bound the
-//! WAL's size (the disk a run needs beyond its database) and its index (SQLite
-//! searches up to one hash table per 4096 frames to read a page: 64 at most).
-//!
-//! What that costs, and why it is safe: a crash keeps every commit (the pages
-//! are in the operating system's cache); after a power loss the WAL keeps a
-//! prefix of the commits (`synchronous = NORMAL` syncs it only at a
-//! checkpoint), the database is whole, and the run resumes from there. The one
-//! fact that must outlive a power loss, the record of OUTPUT being published
-//! ([`Tables::set_meta_texts_durably`]), is also written to a small file
-//! beside the database, `DB.meta`, synced and renamed into place before
-//! OUTPUT is: syncing the WAL instead (`synchronous = FULL` for that commit)
-//! would write the whole run's WAL to disk then, 1.9 GB on XL, and made XL's
-//! export twice as long. A kept work database (`--stop-after`, `--keep-db`, a
-//! failed run) is the `.db` file with its `-wal` and `.meta`: copy them all,
-//! or none.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use rusqlite::{Transaction, TransactionBehavior};
 
@@ -53,10 +28,6 @@ use runs::Stream;
 
 /// Large pages suit the workload: big blobs and long sequential scans.
 const PAGE_SIZE: i64 = 16384;
-
-/// WAL pages (of [`PAGE_SIZE`]) before a connection checkpoints: 4 GiB (the
-/// module docs). XL's whole run (50M changes, a 3.4 GB CHANGES) writes 1.9 GB.
-const WAL_CHECKPOINT_PAGES: i64 = (4 << 30) / PAGE_SIZE;
 
 /// The page cache of an ordinary connection, in KiB.
 const DEFAULT_CACHE_KIB: i64 = 16 * 1024;
@@ -183,32 +154,7 @@ pub(super) fn refuse_unless_work_database(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The pairs kept in `DB.meta` ([`Tables::set_meta_texts_durably`]); none
-/// when there is no such file.
-fn read_durable_meta(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let text = match std::fs::read(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    match serde_json::from_slice(&text) {
-        Ok(serde_json::Value::Object(pairs)) => Ok(pairs),
-        _ => bail!(
-            "{} is damaged; remove the work database (or run with --fresh)",
-            path.display()
-        ),
-    }
-}
-
 impl SqliteDb {
-    /// `DB.meta`, beside the database ([`Tables::set_meta_texts_durably`]).
-    fn durable_meta_path(&self) -> Result<std::path::PathBuf> {
-        match self.conn.path() {
-            Some(db) if !db.is_empty() => Ok(crate::paths::with_suffix(Path::new(db), ".meta")),
-            _ => bail!("the work database has no file to keep its records beside"),
-        }
-    }
-
     /// MIXTAPE's text (the file the import read), for the playlists kept
     /// there ([`playlist_rows`]).
     fn mixtape(&self) -> Result<&std::fs::File> {
@@ -265,8 +211,7 @@ impl SqliteDb {
             tx.execute_batch(SCHEMA)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
-            // Closing the only connection checkpoints and removes the WAL
-            // (this connection is not `configured`).
+            // Closing the only connection checkpoints and removes the WAL.
             conn.close().map_err(|(_, e)| e)?;
         }
         std::fs::rename(&creating, path)
@@ -307,8 +252,6 @@ impl SqliteDb {
     fn configured(mut conn: Connection) -> Result<SqliteDb> {
         conn.busy_handler(Some(busy_waiter(BUSY_TIMEOUT, BUSY_POLL)))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         let store = SqliteDb {
             conn,
             mixtape: std::cell::OnceCell::new(),
@@ -371,6 +314,17 @@ impl Tables for SqliteDb {
     fn release_memory(&self) -> Result<()> {
         self.set_cache_kib(DEFAULT_CACHE_KIB)?;
         self.conn.execute_batch("PRAGMA shrink_memory")?;
+        Ok(())
+    }
+
+    fn checkpoint_every(&self, pages: u32) -> Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -782,34 +736,20 @@ impl Backend for SqliteDb {
 
     fn set_meta_texts_durably(&self, pairs: &[(&str, &str)]) -> Result<()> {
         self.set_meta_texts(pairs)?;
-        // The commit is not synced (the module docs): the pairs go to
-        // `DB.meta` too, synced, with those it already holds.
-        let path = self.durable_meta_path()?;
-        let mut kept = read_durable_meta(&path)?;
-        for (key, value) in pairs {
-            kept.insert(key.to_string(), serde_json::Value::from(*value));
-        }
-        let partial = crate::paths::with_suffix(&path, ".partial");
-        super::remove_paths(std::slice::from_ref(&partial))?;
-        let written = (|| -> Result<()> {
-            let mut file = crate::private_file::create_new(&partial)?;
-            std::io::Write::write_all(
-                &mut file,
-                serde_json::Value::Object(kept).to_string().as_bytes(),
-            )?;
-            file.sync_all()?;
-            std::fs::rename(&partial, &path)?;
-            crate::paths::sync_directory_of(&path)
-        })();
-        written.with_context(|| format!("writing {}", path.display()))
-    }
-
-    fn durable_meta_text(&self, key: &str) -> Result<Option<String>> {
-        if let Some(value) = self.meta_text(key)? {
-            return Ok(Some(value));
-        }
-        let kept = read_durable_meta(&self.durable_meta_path()?)?;
-        Ok(kept.get(key).and_then(|v| v.as_str()).map(str::to_string))
+        // `synchronous = NORMAL` syncs the WAL only at a checkpoint, so the
+        // WAL is synced here, after the commit (the merge's last checkpoint
+        // synced the database; what is synced here is the few pages written
+        // since). Not by `synchronous = FULL` for this commit: traced, SQLite
+        // then synced the WAL's new header but not the commit after it. The
+        // WAL holds no lock of SQLite's, so this descriptor's close releases
+        // none.
+        let wal = match self.conn.path() {
+            Some(db) if !db.is_empty() => crate::paths::with_suffix(Path::new(db), "-wal"),
+            _ => bail!("the work database has no file to sync"),
+        };
+        std::fs::File::open(&wal)
+            .and_then(|f| f.sync_data())
+            .with_context(|| format!("syncing {}", wal.display()))
     }
 
     fn playlist_at(&self, seq: u64) -> Result<Option<(i64, String)>> {
@@ -906,7 +846,7 @@ impl DocumentSink for DocumentWriter<'_> {
         if let Some(tx) = self.tx.take() {
             tx.commit()?;
         }
-        Ok(())
+        self.store.checkpoint()
     }
 }
 
@@ -1087,60 +1027,6 @@ mod tests {
             assert!(started.elapsed() >= timeout, "gave up early");
             assert!(tries > 1, "tried again only {tries} time(s)");
         }
-    }
-
-    /// What a run writes stays in the WAL, through commits and closes, and
-    /// is read back from there: the database file is not written after its
-    /// creation (the module docs). A connection of SQLite's defaults
-    /// checkpoints on close and after 1000 pages.
-    #[test]
-    fn commits_stay_in_the_wal_through_commits_and_closes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        let wal = dir.path().join("w.db-wal");
-        let created = SqliteDb::create(&path).unwrap();
-        drop(created);
-        let size_created = std::fs::metadata(&path).unwrap().len();
-        let value = "x".repeat(4000);
-        {
-            let db = SqliteDb::open(&path).unwrap();
-            // Well past SQLite's 1000 pages between checkpoints.
-            for i in 0..1500 {
-                db.set_meta_texts(&[(&format!("k{i}"), &value)]).unwrap();
-            }
-        }
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), size_created);
-        assert!(std::fs::metadata(&wal).unwrap().len() > 1500 * 4000);
-        let db = SqliteDb::open(&path).unwrap();
-        assert_eq!(db.meta_text("k1499").unwrap().as_deref(), Some(&*value));
-    }
-
-    /// Values set durably are still there after a power loss that took the
-    /// whole WAL (the commits it held are gone; the database file is whole).
-    #[test]
-    fn values_set_durably_outlive_the_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        drop(SqliteDb::create(&path).unwrap());
-        {
-            let db = SqliteDb::open(&path).unwrap();
-            db.set_meta_texts(&[("plain", "1")]).unwrap();
-            db.set_meta_texts_durably(&[("a", "1"), ("b", "x\"y")])
-                .unwrap();
-            db.set_meta_texts_durably(&[("a", "2")]).unwrap();
-        }
-        for lost in ["w.db-wal", "w.db-shm"] {
-            std::fs::remove_file(dir.path().join(lost)).unwrap();
-        }
-        let db = SqliteDb::open(&path).unwrap();
-        assert_eq!(db.meta_text("plain").unwrap(), None, "the WAL was not lost");
-        assert_eq!(db.durable_meta_text("a").unwrap().as_deref(), Some("2"));
-        assert_eq!(db.durable_meta_text("b").unwrap().as_deref(), Some("x\"y"));
-        assert_eq!(db.durable_meta_text("plain").unwrap(), None);
-        // A damaged file is an error that says what to do, not a guess.
-        std::fs::write(dir.path().join("w.db.meta"), "{").unwrap();
-        let err = db.durable_meta_text("a").unwrap_err().to_string();
-        assert!(err.contains("w.db.meta is damaged"), "{err}");
     }
 
     /// A writer that finds the write lock held waits for it (rather than
