@@ -725,7 +725,7 @@ trait Backend: Tables {
     fn meta_text(&self, key: &str) -> Result<Option<String>>;
     /// Sets `meta` values (insert or replace), all in one transaction.
     fn set_meta_texts(&self, pairs: &[(&str, &str)]) -> Result<()>;
-    /// [`Tables::set_meta_texts`], durable once it returns, power loss
+    /// [`Backend::set_meta_texts`], durable once it returns, power loss
     /// included: for what must be known before a file outside the store is
     /// replaced. A server's commit is (PostgreSQL syncs its log at commit);
     /// a SQLite file's is not (`synchronous = NORMAL`, `store::sqlite`).
