@@ -1439,13 +1439,18 @@ fn reason_of(name: &str) -> Result<Reason> {
         .with_context(|| format!("work database: unknown reject reason {name:?}"))
 }
 
+/// The WAL of the SQLite database at `path` (SQLite's name for it).
+fn wal_of(path: &Path) -> PathBuf {
+    crate::paths::with_suffix(path, "-wal")
+}
+
 /// Removes the SQLite database, its WAL and shared-memory files, its id
 /// indexes and the kept decompressed inputs.
 pub fn remove_files(path: &Path) -> Result<()> {
     let mut files = kept_texts(path).to_vec();
     files.extend([
         path.to_path_buf(),
-        crate::paths::with_suffix(path, "-wal"),
+        wal_of(path),
         crate::paths::with_suffix(path, "-shm"),
     ]);
     files.extend(IdKind::ALL.map(|k| crate::paths::with_suffix(path, k.suffix())));

@@ -744,7 +744,7 @@ impl Backend for SqliteDb {
         // WAL holds no lock of SQLite's, so this descriptor's close releases
         // none.
         let wal = match self.conn.path() {
-            Some(db) if !db.is_empty() => crate::paths::with_suffix(Path::new(db), "-wal"),
+            Some(db) if !db.is_empty() => super::wal_of(Path::new(db)),
             _ => bail!("the work database has no file to sync"),
         };
         std::fs::File::open(&wal)
