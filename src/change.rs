@@ -140,6 +140,11 @@ pub struct Parsed<'a> {
 /// minified into `scratch` and read by [`parse`]. Both give the same result:
 /// the fuzz tests hold them to it.
 pub fn read<'a>(raw: &'a [u8], scratch: &'a mut Vec<u8>) -> Parsed<'a> {
+    if let Some((parsed, len)) = read_common_shape(raw) {
+        if raw[len..].iter().all(|&b| json::is_ws(b)) {
+            return parsed;
+        }
+    }
     if let Some(fields) = Fields::of_raw(raw) {
         return fields.into_parsed();
     }
@@ -155,8 +160,54 @@ pub fn read<'a>(raw: &'a [u8], scratch: &'a mut Vec<u8>) -> Parsed<'a> {
 /// caller then finds its end and calls [`read`]. This saves the separate scan
 /// for the change's end that most changes took.
 pub fn read_prefix(text: &[u8]) -> Option<(Parsed<'_>, usize)> {
+    if let Some(found) = read_common_shape(text) {
+        return Some(found);
+    }
     let (fields, len) = Fields::of_text(text)?;
     Some((fields.into_parsed(), len))
+}
+
+/// [`read_prefix`] of a change of the shape nearly every change has,
+/// `{"op":"add_song","playlist_id":P,"song_id":S}` (or `remove_song`): these
+/// three members in this order, no white space but one space after a colon
+/// or a comma, ids strings without escapes or integers. Matched by comparing
+/// fixed text and read straight into the change: walking the members' names
+/// a byte at a time, then filing them as [`Fields`], was a sixth of a
+/// worker's time on L. Gives what the general path gives for that text (the
+/// test `the_common_shape_reads_as_the_general_path_does`); `None` for any
+/// other text, which the general path then reads.
+fn read_common_shape(raw: &[u8]) -> Option<(Parsed<'_>, usize)> {
+    let mut text = Text { raw, at: 0 };
+    text.literal(b"{\"op\"")?;
+    text.colon()?;
+    let op = match text.literal(b"\"add_song\"") {
+        Some(_) => Op::AddSong,
+        None => text.literal(b"\"remove_song\"").map(|_| Op::RemoveSong)?,
+    };
+    text.comma()?;
+    text.literal(b"\"playlist_id\"")?;
+    text.colon()?;
+    let playlist = text.plain_id()?;
+    text.comma()?;
+    text.literal(b"\"song_id\"")?;
+    text.colon()?;
+    let song = text.plain_id()?;
+    text.literal(b"}")?;
+    // As `Fields::build` checks them, in the same order.
+    let checked = checked_id(playlist, "playlist_id").and_then(|playlist| {
+        let song = checked_id(song, "song_id")?;
+        Ok(match op {
+            Op::AddSong => Change::AddSong { playlist, song },
+            _ => Change::RemoveSong { playlist, song },
+        })
+    });
+    let parsed = Parsed {
+        op_json: Cow::Borrowed(op.json_name()),
+        change: checked,
+        named_playlist_id: auto_id_of_raw(playlist),
+        counts_as_auto: false,
+    };
+    Some((parsed, text.at))
 }
 
 /// Reads one change from minified JSON text.
@@ -290,11 +341,6 @@ impl<'a> Fields<'a> {
     /// [`Fields::of_raw`] of the object at the start of `raw`, and where it
     /// ends; what follows it is not looked at.
     fn of_text(raw: &'a [u8]) -> Option<(Fields<'a>, usize)> {
-        Fields::of_common_shape(raw).or_else(|| Fields::of_any_text(raw))
-    }
-
-    /// [`Fields::of_text`] of any change, member by member.
-    fn of_any_text(raw: &'a [u8]) -> Option<(Fields<'a>, usize)> {
         let mut text = Text { raw, at: 0 };
         let mut fields = Fields::default();
         // A copied array or object with white space inside would be copied
@@ -337,40 +383,6 @@ impl<'a> Fields<'a> {
         if copies_unminified && adds_playlist() {
             return None;
         }
-        Some((fields, text.at))
-    }
-
-    /// [`Fields::of_text`] of a change of the shape nearly every change has,
-    /// `{"op":"add_song","playlist_id":P,"song_id":S}` (or `remove_song`):
-    /// these three members in this order, no white space but one space after
-    /// a colon or a comma, ids plain strings or integers. Matched by
-    /// comparing fixed text, not byte by byte: walking the members' names a
-    /// byte at a time was most of `of_text`'s cost, a sixth of a worker's
-    /// time on L. The same fields and length as the general path gives for
-    /// that text (the test `the_common_shape_reads_as_the_general_path_does`);
-    /// `None` for any other text, which the general path then reads.
-    fn of_common_shape(raw: &'a [u8]) -> Option<(Fields<'a>, usize)> {
-        let mut text = Text { raw, at: 0 };
-        text.literal(b"{")?;
-        let op_key = text.literal(b"\"op\"")?;
-        text.colon()?;
-        let op = match text.literal(b"\"add_song\"") {
-            Some(op) => op,
-            None => text.literal(b"\"remove_song\"")?,
-        };
-        text.comma()?;
-        let playlist_key = text.literal(b"\"playlist_id\"")?;
-        text.colon()?;
-        let playlist = text.plain_id()?;
-        text.comma()?;
-        let song_key = text.literal(b"\"song_id\"")?;
-        text.colon()?;
-        let song = text.plain_id()?;
-        text.literal(b"}")?;
-        let mut fields = Fields::default();
-        fields.take(op_key, op, Role::Op, || None);
-        fields.take(playlist_key, playlist, Role::PlaylistId, || None);
-        fields.take(song_key, song, Role::SongId, || None);
         Some((fields, text.at))
     }
 
@@ -514,12 +526,10 @@ impl<'a> Text<'a> {
     }
 
     /// `literal` if the text goes on with it (then passed).
-    fn literal(&mut self, literal: &[u8]) -> Option<&'a [u8]> {
-        let found = self.raw.get(self.at..self.at + literal.len())?;
-        (found == literal).then(|| {
-            self.at += literal.len();
-            found
-        })
+    fn literal<const N: usize>(&mut self, literal: &[u8; N]) -> Option<()> {
+        // Compared as an array of known size: a few loads, not a call.
+        let found: &[u8; N] = self.raw.get(self.at..self.at + N)?.try_into().ok()?;
+        (found == literal).then(|| self.at += N)
     }
 
     /// A colon, and a space after it if there is one.
@@ -536,7 +546,7 @@ impl<'a> Text<'a> {
         Some(())
     }
 
-    /// An id as the common shape has it ([`Fields::of_common_shape`]): a
+    /// An id as the common shape has it ([`read_common_shape`]): a
     /// string without escapes, or digits (after a minus, maybe) directly
     /// followed by `,` or `}`; `None` for anything else (the general path
     /// reads it).
@@ -647,57 +657,60 @@ mod tests {
     /// the fast path must read every plain one.
     #[test]
     fn the_common_shape_reads_as_the_general_path_does() {
-        const OPS: [&str; 5] = [
-            r#""add_song""#,
-            r#""remove_song""#,
-            r#""add_playlist""#,
-            r#""add_son""#,
-            r#""add\u005fsong""#,
+        const OPS: [&[u8]; 5] = [
+            br#""add_song""#,
+            br#""remove_song""#,
+            br#""add_playlist""#,
+            br#""add_son""#,
+            br#""add\u005fsong""#,
         ];
-        // The first PLAIN_IDS are ids the fast path must read.
-        const PLAIN_IDS: usize = 9;
-        const IDS: [&str; 23] = [
-            r#""54002""#,
-            "54002",
-            "0",
-            "-7",
-            "-0",
-            r#""""#,
-            r#""a b""#,
-            r#""99999999999999999999""#,
-            "18446744073709551616",
-            "007",
-            "-",
-            "1.5",
-            "1e3",
-            "true",
-            "null",
-            r#""é""#,
-            r#""x\"y""#,
-            r#""\u0041""#,
-            "\"tab\there\"",
-            r#"["1"]"#,
-            r#"{"a":1}"#,
-            "12 ",
+        // The first PLAIN_IDS are ids the fast path must read, valid or not
+        // (a string that is not UTF-8 is read, then found not to be an id,
+        // as the general path finds it).
+        const PLAIN_IDS: usize = 11;
+        const IDS: [&[u8]; 24] = [
+            br#""54002""#,
+            b"54002",
+            b"0",
+            b"-7",
+            b"-0",
+            br#""""#,
+            br#""a b""#,
+            br#""99999999999999999999""#,
+            b"18446744073709551616",
+            b"\"\xff\"",
+            "\"é\"".as_bytes(),
+            b"007",
+            b"-",
+            b"1.5",
+            b"1e3",
+            b"true",
+            b"null",
+            br#""x\"y""#,
+            br#""\u0041""#,
+            b"\"tab\there\"",
+            br#"["1"]"#,
+            br#"{"a":1}"#,
+            b"12 ",
             // Read up to its escaped quote, the rest would look like members.
-            r#""\", "song_id":"1"}""#,
+            br#""\", "song_id":"1"}""#,
         ];
         // The first two of each are what the fast path must read.
-        const COLONS: [&str; 5] = [":", ": ", ":  ", " :", ":\t"];
-        const COMMAS: [&str; 5] = [",", ", ", ",  ", ",\n", " ,"];
-        const ENDS: [&str; 6] = [
-            "}",
-            "}\n{\"op\":\"remove_playlist\"}",
-            " }",
-            "}}",
-            "",
-            r#","id":1}"#,
+        const COLONS: [&[u8]; 5] = [b":", b": ", b":  ", b" :", b":\t"];
+        const COMMAS: [&[u8]; 5] = [b",", b", ", b",  ", b",\n", b" ,"];
+        const ENDS: [&[u8]; 6] = [
+            b"}",
+            b"}\n{\"op\":\"remove_playlist\"}",
+            b" }",
+            b"}}",
+            b"",
+            br#","id":1}"#,
         ];
-        const KEYS: [[&str; 3]; 4] = [
-            [r#""op""#, r#""playlist_id""#, r#""song_id""#],
-            [r#""op""#, r#""song_id""#, r#""playlist_id""#],
-            [r#""op""#, r#""playlist_id""#, r#""playlist_id""#],
-            [r#""o\u0070""#, r#""playlist_id""#, r#""song_id""#],
+        const KEYS: [[&[u8]; 3]; 4] = [
+            [br#""op""#, br#""playlist_id""#, br#""song_id""#],
+            [br#""op""#, br#""song_id""#, br#""playlist_id""#],
+            [br#""op""#, br#""playlist_id""#, br#""playlist_id""#],
+            [br#""o\u0070""#, br#""playlist_id""#, br#""song_id""#],
         ];
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut pick = |n: usize| {
@@ -722,15 +735,29 @@ mod tests {
             let comma = COMMAS[choose(COMMAS.len(), 2)];
             let end = ENDS[choose(ENDS.len(), 2)];
             let [op_key, playlist_key, song_key] = keys;
-            let text = format!(
-                "{{{op_key}{colon}{op}{comma}{playlist_key}{colon}{playlist}{comma}{song_key}{colon}{song}{end}"
-            );
-            let raw = text.as_bytes();
-            let general = Fields::of_any_text(raw).map(|(f, len)| (f.into_parsed(), len));
-            match Fields::of_common_shape(raw) {
-                Some((fields, len)) => {
+            let raw = [
+                b"{",
+                op_key,
+                colon,
+                op,
+                comma,
+                playlist_key,
+                colon,
+                playlist,
+                comma,
+                song_key,
+                colon,
+                song,
+                end,
+            ]
+            .concat();
+            let raw = &raw[..];
+            let text = String::from_utf8_lossy(raw);
+            let general = Fields::of_text(raw).map(|(f, len)| (f.into_parsed(), len));
+            match read_common_shape(raw) {
+                Some(fast) => {
                     read_fast += 1;
-                    assert_eq!(Some((fields.into_parsed(), len)), general, "{text}");
+                    assert_eq!(Some(fast), general, "{text}");
                 }
                 None => assert!(!is_plain, "the fast path did not read {text}"),
             }
