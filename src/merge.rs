@@ -931,15 +931,26 @@ mod tests {
             0 => n.to_string(),
             1 => format!("\"{n}\""),
             2 if n < 10 => format!("\"\\u003{n}\""),
+            // Two ids of nine bytes whose tags are the same (the first and
+            // the ninth byte swapped), whatever `n`.
+            4 => format!("\"a{n:07}b\""),
+            5 => format!("\"b{n:07}a\""),
             _ => format!("\"a-rather-long-song-id-{n}\""),
         };
+        let (one, other) = (written(12, 4), written(12, 5));
+        let tag_of = |raw: &str| tag(&IdKey::raw(raw.as_bytes()));
+        assert_eq!(
+            tag_of(&one),
+            tag_of(&other),
+            "{one} and {other} must share a tag"
+        );
         for round in 0..40 {
             let range = [3, 20, 80, 300][round % 4];
             let mut list = SongList::default();
             let mut plain: Vec<String> = Vec::new();
             for step in 0..400 {
                 let n = next(range);
-                let raw = written(n, next(4));
+                let raw = written(n, next(6));
                 let decoded = json::id_text(raw.as_bytes()).unwrap().into_owned();
                 let key = IdKey::raw(raw.as_bytes());
                 assert_eq!(
