@@ -174,8 +174,9 @@ pub fn read_prefix(text: &[u8]) -> Option<(Parsed<'_>, usize)> {
 /// without escapes or an integer without leading zeros. Such text is valid
 /// JSON, so the plan may take it as scanned ([`common_shape_len`]), and the
 /// worker reads it straight into the change ([`read_common_shape`]), by
-/// comparing fixed text: walking the members' names a byte at a time was a
-/// third of the plan and a sixth of a worker's time on L.
+/// comparing fixed text: walking every byte of such changes was most of the
+/// plan's time and a sixth of a worker's on L (BENCHMARKS.md, the ninth
+/// session).
 struct CommonShape<'a> {
     op: Op,
     playlist: &'a [u8],
@@ -688,8 +689,9 @@ mod tests {
     use super::*;
 
     /// Generated changes near the common shape: every text the fast path
-    /// reads must read the same (fields and length) by the general path, and
-    /// the fast path must read every plain one.
+    /// reads must give the same change and length by the general path, and
+    /// be one whole JSON value to the scanner, ending where the plan passes
+    /// over it; and the fast path must read every plain one.
     #[test]
     fn the_common_shape_reads_as_the_general_path_does() {
         const OPS: [&[u8]; 5] = [
