@@ -141,7 +141,7 @@ pub struct Parsed<'a> {
 /// the fuzz tests hold them to it.
 pub fn read<'a>(raw: &'a [u8], scratch: &'a mut Vec<u8>) -> Parsed<'a> {
     if let Some((parsed, len)) = read_common_shape(raw) {
-        if raw[len..].iter().all(|&b| json::is_ws(b)) {
+        if only_ws_after(raw, len) {
             return parsed;
         }
     }
@@ -242,6 +242,12 @@ fn read_common_shape(raw: &[u8]) -> Option<(Parsed<'_>, usize)> {
         counts_as_auto: false,
     };
     Some((parsed, len))
+}
+
+/// Whether `raw` holds only white space after its first `len` bytes (a
+/// change read whole by [`read`] is all of its text).
+fn only_ws_after(raw: &[u8], len: usize) -> bool {
+    raw[len..].iter().all(|&b| json::is_ws(b))
 }
 
 /// Reads one change from minified JSON text.
@@ -367,9 +373,7 @@ impl<'a> Fields<'a> {
     /// the change to the minifying path.
     fn of_raw(raw: &'a [u8]) -> Option<Fields<'a>> {
         let (fields, len) = Fields::of_text(raw)?;
-        let mut text = Text { raw, at: len };
-        text.skip_ws();
-        (text.at == raw.len()).then_some(fields)
+        only_ws_after(raw, len).then_some(fields)
     }
 
     /// [`Fields::of_raw`] of the object at the start of `raw`, and where it
