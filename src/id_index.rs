@@ -277,6 +277,19 @@ impl IdIndex {
         }
     }
 
+    /// Asks the processor to start loading dense slot `n` (below the dense
+    /// limit), and returns at once: a hint for a caller that will ask
+    /// [`IdIndex::slot_holds`] about it soon.
+    pub fn prefetch_slot(&self, n: u64) {
+        let at = match self.values {
+            Values::Positions => 4 * n,
+            Values::Written => n / 4,
+        };
+        if let Some(byte) = usize::try_from(at).ok().and_then(|at| self.dense().get(at)) {
+            prefetch_read(byte);
+        }
+    }
+
     /// Whether dense slot `n` (below the dense limit) holds an id, in
     /// whatever form (one the fst holds too counts).
     pub fn slot_holds(&self, n: u64) -> bool {

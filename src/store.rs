@@ -1178,6 +1178,14 @@ impl Store {
         Ok(self.indexes()?.songs.presence(id))
     }
 
+    /// Starts loading slot `n` of the songs index (a hint; see
+    /// [`crate::id_index::IdIndex::prefetch_slot`]).
+    pub fn prefetch_song_slot(&self, n: u64) {
+        if let Ok(indexes) = self.indexes() {
+            indexes.songs.prefetch_slot(n);
+        }
+    }
+
     /// Whether slot `n` of the songs index holds a song.
     pub fn song_in_slot(&self, n: u64) -> Result<bool> {
         Ok(self.indexes()?.songs.slot_holds(n))
