@@ -1079,10 +1079,20 @@ impl Store {
         })
     }
 
+    /// The id indexes, opened on first use. Asked once per lookup (tens of
+    /// millions of times in D's merge), so the answer once they are open is
+    /// inlined, and opening them is a call of its own.
+    #[inline]
     fn indexes(&self) -> Result<&Indexes> {
-        if let Some(indexes) = self.indexes.get() {
-            return Ok(indexes);
+        match self.indexes.get() {
+            Some(indexes) => Ok(indexes),
+            None => self.open_indexes(),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn open_indexes(&self) -> Result<&Indexes> {
         let open = |which: IdKind| -> Result<IdIndex> {
             let path = self.index_path(which)?;
             if !path.exists() || !self.db.cached_index_is_current(which, &path)? {
