@@ -105,20 +105,25 @@ fn canonical_integer(id: &str) -> Option<u64> {
     }
 }
 
-/// Starts loading the cache line of `byte` (a hint: no effect on what any
+/// Starts loading the cache line of `value` (a hint: no effect on what any
 /// read gives).
 #[inline]
-fn prefetch_read(byte: &u8) {
+pub(crate) fn prefetch_read<T>(value: &T) {
+    prefetch_address((value as *const T).cast());
+}
+
+/// Starts loading the cache line at `address`, which need not be valid: a
+/// prefetch reads nothing into the program and never faults.
+#[inline]
+pub(crate) fn prefetch_address(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch only hints the cache; it never faults, reads nothing
     // into the program and writes nothing, and SSE is part of x86_64.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (byte as *const u8).cast::<i8>(),
-        );
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = byte;
+    let _ = address;
 }
 
 /// See [`IdIndex::presence`].
