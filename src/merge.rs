@@ -582,65 +582,120 @@ fn text(raw: &[u8]) -> Cow<'_, str> {
 /// needed, and memory holds the state of each playlist the partition touches,
 /// not its changes: a playlist named by millions of changes costs its song list,
 /// nothing more.
+///
+/// Each [`RECORDS_AT_ONCE`] records of a block take two passes: the first
+/// decodes them and finds each one's replay ([`Replays::find`]), the second
+/// replays them in order ([`Replays::replay`]). Finding a record's replay is
+/// a probe of the map of replays and a read of the replay, both missing the
+/// cache on a large partition; found one after the other, the misses overlap
+/// (no lookup waits for the one before), where between two replays each
+/// waited on its own (a fifth of the replay loop's time on XL).
 fn merge_partition(
     store: &Store,
     cx: &MergeContext,
     part: u64,
     out: &mut PartitionResults,
 ) -> Result<()> {
-    let mut documents = documents_of_partition(store, cx, part, out)?;
-    // Each playlist id's replay, in the order first named, found by its key
-    // in `replay_of`. The map holds only keys and places (48-byte entries),
-    // not the replays (300 bytes each): its probes compare keys, and with
-    // the replays in the map those compares missed the cache (3 % of XL's
-    // merge).
-    let mut replay_of: FxMap<IdKey<'static>, u32> =
-        FxMap::with_capacity_and_hasher(documents.len() * 2, Default::default());
-    let mut replays: Vec<Replay> = Vec::with_capacity(documents.len());
-    let mut last_index: Option<u64> = None;
+    let documents = documents_of_partition(store, cx, part, out)?;
+    let mut replays = Replays::new(documents);
     store.each_block(part, &mut |block| {
-        // Two passes over the block. The first decodes its records and finds
-        // each one's replay, the second replays them in order. A record's
-        // replay is a probe of `replay_of` and a read of `replays`, both
-        // missing the cache on a large partition; found one after the other
-        // they overlap (no lookup waits for the one before), where between
-        // two replays each waited on its own (a fifth of the replay loop's
-        // time on XL). The second pass asks for the next replays ahead.
-        let mut batch: Vec<(u32, Recorded)> = Vec::with_capacity(block.len() / 8);
-        for rec in Decoder::new(block) {
-            let rec = rec?;
-            if last_index.is_some_and(|last| rec.index <= last) {
-                bail!("work database: partition {part} holds changes out of order; rerun with --fresh");
+        let mut records = Decoder::new(block);
+        let mut batch: Vec<(u32, Recorded)> = Vec::with_capacity(RECORDS_AT_ONCE);
+        loop {
+            batch.clear();
+            for rec in records.by_ref().take(RECORDS_AT_ONCE) {
+                let rec = rec?;
+                let at = replays.find(store, part, &rec)?;
+                batch.push((at, rec));
             }
-            last_index = Some(rec.index);
-            let at = match rec.body.playlist() {
-                Some(playlist) => {
-                    let key = playlist.key();
-                    match replay_of.get(&key) {
-                        Some(&at) => at,
-                        None => {
-                            let loaded = Replay::load(store, part, &text(&playlist), &mut documents)?;
-                            replays.push(loaded);
-                            let at = (replays.len() - 1) as u32;
-                            replay_of.insert(key.into_owned(), at);
-                            at
-                        }
-                    }
-                }
-                None => NO_REPLAY,
-            };
-            batch.push((at, rec));
+            replays.replay(&batch, cx, out);
+            if batch.len() < RECORDS_AT_ONCE {
+                return Ok(());
+            }
         }
+    })?;
+    for replay in replays.replays {
+        replay.finish(cx, out);
+    }
+    Ok(())
+}
+
+/// How many records [`merge_partition`] decodes before it replays them: a
+/// bound on the decoded records it holds (about 100 bytes each), whatever the
+/// size of a block.
+const RECORDS_AT_ONCE: usize = 4096;
+
+/// How many records ahead [`Replays::replay`] asks for a replay's state.
+const REPLAYS_AHEAD: usize = 8;
+
+/// The place in a batch of a record that names no playlist (a new playlist
+/// with an automatic id), which has no replay.
+const NO_REPLAY: u32 = u32::MAX;
+
+/// A partition's replays: one per playlist id its records name.
+struct Replays {
+    /// The document playlists the partition's records may name, by position,
+    /// until a replay takes its own.
+    documents: FxMap<u64, Document>,
+    /// Each replay's place in `replays`, by its playlist id's key. The map
+    /// holds only keys and places (48-byte entries), not the replays (300
+    /// bytes each): its probes compare keys, and with the replays in the map
+    /// those compares missed the cache (3 % of XL's merge).
+    replay_of: FxMap<IdKey<'static>, u32>,
+    /// In the order first named.
+    replays: Vec<Replay>,
+    /// The index of the last record found: they must come in index order.
+    last_index: Option<u64>,
+}
+
+impl Replays {
+    fn new(documents: FxMap<u64, Document>) -> Replays {
+        Replays {
+            replay_of: FxMap::with_capacity_and_hasher(documents.len() * 2, Default::default()),
+            replays: Vec::with_capacity(documents.len()),
+            documents,
+            last_index: None,
+        }
+    }
+
+    /// The place of `rec`'s replay in `replays`, loaded when it is the first
+    /// record about its playlist; [`NO_REPLAY`] for a new playlist with an
+    /// automatic id.
+    fn find(&mut self, store: &Store, part: u64, rec: &Recorded) -> Result<u32> {
+        if self.last_index.is_some_and(|last| rec.index <= last) {
+            bail!("work database: partition {part} holds changes out of order; rerun with --fresh");
+        }
+        self.last_index = Some(rec.index);
+        let Some(playlist) = rec.body.playlist() else {
+            return Ok(NO_REPLAY);
+        };
+        let key = playlist.key();
+        if let Some(&at) = self.replay_of.get(&key) {
+            return Ok(at);
+        }
+        let loaded = Replay::load(store, part, &text(&playlist), &mut self.documents)?;
+        self.replays.push(loaded);
+        let at = (self.replays.len() - 1) as u32;
+        self.replay_of.insert(key.into_owned(), at);
+        Ok(at)
+    }
+
+    /// Replays `batch`, records and their replays' places ([`Replays::find`])
+    /// in index order, asking for the replays a few records ahead.
+    fn replay(&mut self, batch: &[(u32, Recorded)], cx: &MergeContext, out: &mut PartitionResults) {
+        let replays = &mut self.replays;
         for (i, (at, rec)) in batch.iter().enumerate() {
-            if let Some(&(ahead, _)) = batch.get(i + 2 * REPLAYS_AHEAD) {
-                if let Some(replay) = replays.get(ahead as usize) {
-                    replay.prefetch_state();
-                }
+            if let Some(replay) = batch
+                .get(i + 2 * REPLAYS_AHEAD)
+                .and_then(|&(ahead, _)| replays.get(ahead as usize))
+            {
+                replay.prefetch_state();
             }
-            if let Some(&(ahead, _)) = batch.get(i + REPLAYS_AHEAD) {
-                if let Some(replay) = replays.get(ahead as usize) {
-                    replay.prefetch_songs();
-                }
+            if let Some(replay) = batch
+                .get(i + REPLAYS_AHEAD)
+                .and_then(|&(ahead, _)| replays.get(ahead as usize))
+            {
+                replay.prefetch_songs();
             }
             match &rec.body {
                 Body::AddPlaylist {
@@ -672,12 +727,7 @@ fn merge_partition(
                 _ => replays[*at as usize].apply(rec, out),
             }
         }
-        Ok(())
-    })?;
-    for replay in replays {
-        replay.finish(cx, out);
     }
-    Ok(())
 }
 
 /// The document playlists that partition `part`'s records may name, by
@@ -739,14 +789,6 @@ fn documents_of_partition(
     })?;
     Ok(documents)
 }
-
-/// The place in a block's batch of a record that names no playlist (a new
-/// playlist with an automatic id), which has no replay.
-const NO_REPLAY: u32 = u32::MAX;
-
-/// How many records ahead [`merge_partition`]'s replay loop asks for a
-/// replay's state.
-const REPLAYS_AHEAD: usize = 8;
 
 /// The most text of a slice's document playlists that the merge keeps
 /// without first finding which of them the partition's records name.

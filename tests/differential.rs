@@ -10,89 +10,94 @@ use support::{assert_same_text, gen, reference, run, stderr, TestCommand};
 
 const WORKER_COUNTS: [usize; 5] = [1, 2, 3, 5, 8];
 
-/// Runs every seed in `seeds`; on a mismatch, names the seed and keeps the case.
+/// Runs every seed in `seeds` at every count of [`WORKER_COUNTS`]; on a
+/// mismatch, names the seed and keeps the case.
 fn check_seeds(seeds: std::ops::Range<u64>, max_changes: u64) {
     for seed in seeds {
-        let case = gen::case(seed, max_changes);
-        let dir = tempfile::tempdir().unwrap();
-        let mixtape = dir.path().join("mixtape.json");
-        let changes = dir.path().join("changes.json");
-        fs::write(&mixtape, &case.mixtape).unwrap();
-        fs::write(&changes, &case.changes).unwrap();
-        let expected = reference::run(&case.mixtape, &case.changes).unwrap_or_else(|e| {
-            panic!("seed {seed}: the reference rejects the generated case: {e}")
-        });
-        for (nth, workers) in WORKER_COUNTS.into_iter().enumerate() {
-            let out = format!("out{workers}.json");
-            // Every other worker count with simple changes waiting for their
-            // lookups (large inputs only, unless asked), and batches of
-            // three, so that flushes come while changes wait.
-            let mut cmd = TestCommand::harness();
-            cmd.args(["--progress", "never", "--workers", &workers.to_string()]);
-            if nth % 2 == 0 {
-                cmd.env("MIXTAPE_LOOK_AHEAD", "always")
-                    .env("MIXTAPE_BATCH", "3");
-            }
-            cmd.arg(&mixtape).arg(&changes).arg(dir.path().join(&out));
-            let o = cmd.output().expect("running harness");
-            let keep = || {
-                let kept = std::env::temp_dir().join(format!("mixtape-failed-seed-{seed}"));
-                let _ = fs::create_dir_all(&kept);
-                let _ = fs::write(kept.join("mixtape.json"), &case.mixtape);
-                let _ = fs::write(kept.join("changes.json"), &case.changes);
-                kept
-            };
-            if !o.status.success() {
-                panic!(
-                    "seed {seed}, {workers} workers: harness failed: {}\ncase kept in {}",
-                    stderr(&o),
-                    keep().display()
-                );
-            }
-            let output = fs::read_to_string(dir.path().join(&out)).unwrap();
-            let rejects =
-                fs::read_to_string(dir.path().join(format!("{out}.rejects.jsonl"))).unwrap();
-            let result = std::panic::catch_unwind(|| {
-                assert_same_text(
-                    &format!("seed {seed}, {workers} workers: output"),
-                    &expected.output,
-                    &output,
-                );
-                assert_same_text(
-                    &format!("seed {seed}, {workers} workers: rejects"),
-                    &expected.rejects,
-                    &rejects,
-                );
-            });
-            if let Err(e) = result {
-                eprintln!("case kept in {}", keep().display());
-                std::panic::resume_unwind(e);
-            }
-            let summary = stderr(&o);
-            let want = format!(
-                "{} changes read, {} applied, {} rejected",
-                expected.changes,
-                expected.changes - expected.rejected,
-                expected.rejected
-            );
-            assert!(
-                summary.contains(&want),
-                "seed {seed}: summary {summary:?} lacks {want:?}"
-            );
-            let warned = format!(
-                "; {} input playlist(s) name a missing owner or song",
-                expected.warnings
-            );
-            assert_eq!(
-                summary.contains(&warned),
-                expected.warnings > 0,
-                "seed {seed}: warnings: {summary:?}"
-            );
-            assert!(
-                !dir.path().join(format!("{out}.work.db")).exists(),
-                "work db left behind"
+        check_case(seed, &gen::case(seed, max_changes), &WORKER_COUNTS, true);
+    }
+}
+
+/// Runs `case` (of seed `seed`) at each of `worker_counts` against the
+/// reference; with `small_batches`, every other count has changes waiting
+/// for their lookups and batches of three.
+fn check_case(seed: u64, case: &gen::Case, worker_counts: &[usize], small_batches: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mixtape = dir.path().join("mixtape.json");
+    let changes = dir.path().join("changes.json");
+    fs::write(&mixtape, &case.mixtape).unwrap();
+    fs::write(&changes, &case.changes).unwrap();
+    let expected = reference::run(&case.mixtape, &case.changes)
+        .unwrap_or_else(|e| panic!("seed {seed}: the reference rejects the generated case: {e}"));
+    for (nth, &workers) in worker_counts.iter().enumerate() {
+        let out = format!("out{workers}.json");
+        // Every other worker count with simple changes waiting for their
+        // lookups (large inputs only, unless asked), and batches of
+        // three, so that flushes come while changes wait.
+        let mut cmd = TestCommand::harness();
+        cmd.args(["--progress", "never", "--workers", &workers.to_string()]);
+        if small_batches && nth % 2 == 0 {
+            cmd.env("MIXTAPE_LOOK_AHEAD", "always")
+                .env("MIXTAPE_BATCH", "3");
+        }
+        cmd.arg(&mixtape).arg(&changes).arg(dir.path().join(&out));
+        let o = cmd.output().expect("running harness");
+        let keep = || {
+            let kept = std::env::temp_dir().join(format!("mixtape-failed-seed-{seed}"));
+            let _ = fs::create_dir_all(&kept);
+            let _ = fs::write(kept.join("mixtape.json"), &case.mixtape);
+            let _ = fs::write(kept.join("changes.json"), &case.changes);
+            kept
+        };
+        if !o.status.success() {
+            panic!(
+                "seed {seed}, {workers} workers: harness failed: {}\ncase kept in {}",
+                stderr(&o),
+                keep().display()
             );
         }
+        let output = fs::read_to_string(dir.path().join(&out)).unwrap();
+        let rejects = fs::read_to_string(dir.path().join(format!("{out}.rejects.jsonl"))).unwrap();
+        let result = std::panic::catch_unwind(|| {
+            assert_same_text(
+                &format!("seed {seed}, {workers} workers: output"),
+                &expected.output,
+                &output,
+            );
+            assert_same_text(
+                &format!("seed {seed}, {workers} workers: rejects"),
+                &expected.rejects,
+                &rejects,
+            );
+        });
+        if let Err(e) = result {
+            eprintln!("case kept in {}", keep().display());
+            std::panic::resume_unwind(e);
+        }
+        let summary = stderr(&o);
+        let want = format!(
+            "{} changes read, {} applied, {} rejected",
+            expected.changes,
+            expected.changes - expected.rejected,
+            expected.rejected
+        );
+        assert!(
+            summary.contains(&want),
+            "seed {seed}: summary {summary:?} lacks {want:?}"
+        );
+        let warned = format!(
+            "; {} input playlist(s) name a missing owner or song",
+            expected.warnings
+        );
+        assert_eq!(
+            summary.contains(&warned),
+            expected.warnings > 0,
+            "seed {seed}: warnings: {summary:?}"
+        );
+        assert!(
+            !dir.path().join(format!("{out}.work.db")).exists(),
+            "work db left behind"
+        );
     }
 }
 
@@ -109,6 +114,16 @@ fn medium_cases_seeds_1000_to_1040() {
 #[test]
 fn larger_cases_seeds_5000_to_5010() {
     check_seeds(5000..5010, 400);
+}
+
+/// Cases of 20,000 changes in batches of the usual size: a block of a
+/// partition then holds more records than the merge decodes at once (4,096),
+/// so replays go on from one window of a block's records to the next.
+#[test]
+fn cases_larger_than_the_merges_window_seeds_9000_to_9003() {
+    for seed in 9000..9003 {
+        check_case(seed, &gen::case_of(seed, 20_000), &[1, 2], false);
+    }
 }
 
 /// The generator really produces what the tests claim to cover.
