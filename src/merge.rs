@@ -177,7 +177,7 @@ struct WarningCount<'s, L: Lookups = Store> {
     warnings: u64,
 }
 
-/// Probes of the songs index that wait to be made in slot order.
+/// Probes of the songs index that wait to be made in the order of its lines.
 const PROBES_AT_ONCE: usize = 1 << 18;
 
 /// A waiting probe of slot `slot` for playlist `playlist`, packed in one word
