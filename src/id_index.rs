@@ -250,15 +250,8 @@ impl IdIndex {
         let Some(n) = crate::json::plain_digits(token).and_then(canonical_integer) else {
             return;
         };
-        if n >= self.dense_limit {
-            return;
-        }
-        let at = match self.values {
-            Values::Positions => 4 * n as usize,
-            Values::Written => (n / 4) as usize,
-        };
-        if let Some(byte) = self.dense().get(at) {
-            prefetch_read(byte);
+        if n < self.dense_limit {
+            self.prefetch_slot(n);
         }
     }
 
