@@ -127,11 +127,14 @@ pub fn write_atomically_then(
             .set_permissions(mode)
             .with_context(|| format!("keeping the permissions of {}", path.display()))?;
     }
-    let mut out = BufWriter::with_capacity(1 << 20, temp.as_file());
-    write(&mut out).with_context(|| format!("writing {}", path.display()))?;
-    out.into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("writing {}", path.display()))?;
+    with_early_writeback(temp.as_file(), || {
+        let mut out = BufWriter::with_capacity(1 << 20, temp.as_file());
+        write(&mut out).with_context(|| format!("writing {}", path.display()))?;
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    })?;
     temp.as_file()
         .sync_all()
         .with_context(|| format!("writing {}", path.display()))?;
@@ -140,6 +143,71 @@ pub fn write_atomically_then(
         .map_err(|e| e.error)
         .with_context(|| format!("renaming into {}", path.display()))?;
     crate::paths::sync_directory_of(path)
+}
+
+/// Runs `write`, which writes `file` front to back, while a helper thread
+/// asks the kernel to start writing what it has written so far to disk
+/// ([`WRITEBACK_EVERY`] bytes at a time, `sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`: it starts the writes and waits for none).
+///
+/// Why: a file is synced before it is renamed into place, and without this
+/// the kernel writes nothing of it until then (its dirty pages stay under
+/// the kernel's thresholds), so the whole file went to disk in that one sync
+/// while every core sat idle: 0.3–0.4 s of XL's 660 MB OUTPUT. Started
+/// early, the disk writes overlap the rendering, and the sync waits for the
+/// tail. It changes nothing about what is durable when: only the sync after
+/// the write makes a promise, and its errors are the ones reported.
+///
+/// Returns `write`'s result and how many bytes the helper asked to have
+/// written (for the tests).
+fn with_early_writeback<T>(
+    file: &std::fs::File,
+    write: impl FnOnce() -> Result<T>,
+) -> Result<(T, u64)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let helper = scope.spawn(|| {
+            let mut started = 0u64;
+            while !done.load(Ordering::Acquire) {
+                std::thread::park_timeout(WRITEBACK_POLL);
+                let Ok(written) = file.metadata().map(|m| m.len()) else {
+                    break;
+                };
+                if written >= started + WRITEBACK_EVERY {
+                    start_writeback(file, started, written - started);
+                    started = written;
+                }
+            }
+            started
+        });
+        let result = write();
+        done.store(true, Ordering::Release);
+        helper.thread().unpark();
+        let asked = helper.join().unwrap_or(0);
+        result.map(|value| (value, asked))
+    })
+}
+
+/// How much newly written data makes the helper of [`with_early_writeback`]
+/// start writing it to disk.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// How often that helper looks at the file's size.
+const WRITEBACK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Starts writing bytes `from..from + len` of `file` to disk, without
+/// waiting. A failure is ignored: the sync that follows the write reports it.
+fn start_writeback(file: &std::fs::File, from: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: `sync_file_range` reads no memory of this process; the
+    // descriptor is open for the duration of the call (`file` is borrowed).
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), from, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +232,32 @@ mod tests {
         for n in names {
             assert_eq!(dir.path().join(n).exists(), n != names[0], "{n}");
         }
+    }
+
+    /// A file written over a while has its pages sent to disk as it grows,
+    /// and comes out the bytes written.
+    #[test]
+    fn a_growing_file_is_written_back_early_and_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("f")).unwrap();
+        let piece: Vec<u8> = (0..WRITEBACK_EVERY).map(|i| (i % 251) as u8).collect();
+        let ((), asked) = with_early_writeback(&file, || {
+            for _ in 0..3 {
+                (&file).write_all(&piece)?;
+                // Long enough for the helper to look at the size (bounded:
+                // three pauses of a few polls).
+                std::thread::sleep(WRITEBACK_POLL * 5);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(
+            asked >= 2 * WRITEBACK_EVERY,
+            "only {asked} bytes were sent to disk early"
+        );
+        let back = std::fs::read(dir.path().join("f")).unwrap();
+        assert_eq!(back.len() as u64, 3 * WRITEBACK_EVERY);
+        assert!(back.chunks(piece.len()).all(|chunk| chunk == piece));
     }
 
     #[test]
