@@ -107,10 +107,10 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
             let store = Store::open(db)?;
             store.set_cache_kib((MERGE_CACHE_KIB / threads as i64).max(MIN_THREAD_CACHE_KIB))?;
             store.checkpoint_every(crate::apply::BULK_CHECKPOINT_PAGES)?;
-            Ok(store)
+            Ok((store, SongListBuffers::default()))
         },
-        |thread_store, i| {
-            merge_one(thread_store, &context, pending[i])?;
+        |(thread_store, buffers), i| {
+            merge_one(thread_store, &context, pending[i], buffers)?;
             done.fetch_add(1, Ordering::Relaxed);
             Ok(())
         },
@@ -124,13 +124,18 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
 
 /// Merges partition `part` and commits its results, unless another worker
 /// has (or does meanwhile); says whether this call merged it.
-fn merge_one(store: &Store, cx: &MergeContext, part: u64) -> Result<bool> {
+fn merge_one(
+    store: &Store,
+    cx: &MergeContext,
+    part: u64,
+    buffers: &mut SongListBuffers,
+) -> Result<bool> {
     crate::interrupt::check()?;
     if store.is_merged(part)? {
         return Ok(false);
     }
     let mut out = PartitionResults::default();
-    merge_partition(store, cx, part, &mut out)?;
+    merge_partition(store, cx, part, &mut out, buffers)?;
     match store.commit_partition(part, &out) {
         Ok(()) => Ok(true),
         Err(e) if e.is::<AlreadyMerged>() => Ok(false),
@@ -146,9 +151,10 @@ pub fn help(store: &Store) -> Result<u64> {
         return Ok(0);
     }
     let context = MergeContext::read(store)?;
+    let mut buffers = SongListBuffers::default();
     let mut merged = 0;
     for part in (0..context.partitions.count).rev() {
-        if merge_one(store, &context, part)? {
+        if merge_one(store, &context, part, &mut buffers)? {
             merged += 1;
         }
     }
@@ -423,12 +429,16 @@ impl SongList {
     /// The list of `songs`, with room for `bytes` bytes of them and a few
     /// more songs: growing a buffer (a copy each time) was a tenth of the
     /// merge.
-    fn of<'s>(songs: impl ExactSizeIterator<Item = &'s [u8]>, bytes: usize) -> SongList {
+    fn of<'s>(
+        songs: impl ExactSizeIterator<Item = &'s [u8]>,
+        bytes: usize,
+        buffers: &mut SongListBuffers,
+    ) -> SongList {
         const ROOM: usize = 8;
         let mut list = SongList {
-            spans: Vec::with_capacity(songs.len() + ROOM),
-            tags: Vec::with_capacity(songs.len() + ROOM),
-            bytes: Vec::with_capacity(bytes + ROOM * 8),
+            spans: SongListBuffers::take(&mut buffers.spans, songs.len() + ROOM),
+            tags: SongListBuffers::take(&mut buffers.tags, songs.len() + ROOM),
+            bytes: SongListBuffers::take(&mut buffers.bytes, bytes + ROOM * 8),
             counts: None,
         };
         for song in songs {
@@ -557,6 +567,55 @@ impl SongList {
     }
 }
 
+/// The buffers of song lists that are done with (their playlist rendered,
+/// or removed), for the next lists of the same merge thread: a list took
+/// three allocations and three frees, and malloc and free were 15 % of the
+/// merge on MU and on XL (BENCHMARKS.md). What it keeps is at most the
+/// buffers of one partition's lists, which the partition held anyway.
+#[derive(Default)]
+struct SongListBuffers {
+    bytes: Vec<Vec<u8>>,
+    spans: Vec<Vec<(u32, u32)>>,
+    tags: Vec<Vec<u64>>,
+}
+
+impl SongListBuffers {
+    /// An empty buffer with room for `capacity` items: a kept one if any.
+    fn take<T>(kept: &mut Vec<Vec<T>>, capacity: usize) -> Vec<T> {
+        let mut buffer = kept.pop().unwrap_or_default();
+        buffer.reserve(capacity);
+        buffer
+    }
+
+    /// Keeps `list`'s buffers for the next lists, unless [`KEPT_LISTS`] are
+    /// kept already or the list is long (a long list's buffers would stay
+    /// long in the next lists, most of which are short).
+    fn give(&mut self, list: SongList) {
+        let SongList {
+            mut bytes,
+            mut spans,
+            mut tags,
+            counts: _,
+        } = list;
+        if self.spans.len() >= KEPT_LISTS || spans.capacity() > KEPT_SONGS_AT_MOST {
+            return;
+        }
+        bytes.clear();
+        spans.clear();
+        tags.clear();
+        self.bytes.push(bytes);
+        self.spans.push(spans);
+        self.tags.push(tags);
+    }
+}
+
+/// How many song lists' buffers a merge thread keeps at most: about a
+/// partition's worth of document playlists (MU's slices hold 780).
+const KEPT_LISTS: usize = 1024;
+
+/// The longest song list whose buffers are kept (its room in songs).
+const KEPT_SONGS_AT_MOST: usize = 256;
+
 enum Origin {
     /// The document's playlist; `changed` once its songs differ.
     Document { changed: bool },
@@ -595,9 +654,10 @@ fn merge_partition(
     cx: &MergeContext,
     part: u64,
     out: &mut PartitionResults,
+    buffers: &mut SongListBuffers,
 ) -> Result<()> {
     let documents = documents_of_partition(store, cx, part, out)?;
-    let mut replays = Replays::new(documents);
+    let mut replays = Replays::new(documents, buffers);
     store.each_block(part, &mut |block| {
         let mut records = Decoder::new(block);
         let mut batch: Vec<(u32, Recorded)> = Vec::with_capacity(RECORDS_AT_ONCE);
@@ -615,7 +675,7 @@ fn merge_partition(
         }
     })?;
     for replay in replays.replays {
-        replay.finish(cx, out);
+        replay.finish(cx, out, replays.buffers);
     }
     Ok(())
 }
@@ -633,7 +693,7 @@ const REPLAYS_AHEAD: usize = 8;
 const NO_REPLAY: u32 = u32::MAX;
 
 /// A partition's replays: one per playlist id its records name.
-struct Replays {
+struct Replays<'b> {
     /// The document playlists the partition's records may name, by position,
     /// until a replay takes its own.
     documents: FxMap<u64, Document>,
@@ -646,15 +706,18 @@ struct Replays {
     replays: Vec<Replay>,
     /// The index of the last record found: they must come in index order.
     last_index: Option<u64>,
+    /// The merge thread's buffers for song lists.
+    buffers: &'b mut SongListBuffers,
 }
 
-impl Replays {
-    fn new(documents: FxMap<u64, Document>) -> Replays {
+impl<'b> Replays<'b> {
+    fn new(documents: FxMap<u64, Document>, buffers: &'b mut SongListBuffers) -> Replays<'b> {
         Replays {
             replay_of: FxMap::with_capacity_and_hasher(documents.len() * 2, Default::default()),
             replays: Vec::with_capacity(documents.len()),
             documents,
             last_index: None,
+            buffers,
         }
     }
 
@@ -673,7 +736,13 @@ impl Replays {
         if let Some(&at) = self.replay_of.get(&key) {
             return Ok(at);
         }
-        let loaded = Replay::load(store, part, &text(&playlist), &mut self.documents)?;
+        let loaded = Replay::load(
+            store,
+            part,
+            &text(&playlist),
+            &mut self.documents,
+            self.buffers,
+        )?;
         self.replays.push(loaded);
         let at = (self.replays.len() - 1) as u32;
         self.replay_of.insert(key.into_owned(), at);
@@ -684,6 +753,7 @@ impl Replays {
     /// in index order, asking for the replays a few records ahead.
     fn replay(&mut self, batch: &[(u32, Recorded)], cx: &MergeContext, out: &mut PartitionResults) {
         let replays = &mut self.replays;
+        let buffers = &mut *self.buffers;
         for (i, (at, rec)) in batch.iter().enumerate() {
             if let Some(replay) = batch
                 .get(i + 2 * REPLAYS_AHEAD)
@@ -724,7 +794,7 @@ impl Replays {
                         },
                     });
                 }
-                _ => replays[*at as usize].apply(rec, out),
+                _ => replays[*at as usize].apply(rec, out, buffers),
             }
         }
     }
@@ -841,6 +911,7 @@ impl Replay {
         part: u64,
         id: &str,
         documents: &mut FxMap<u64, Document>,
+        buffers: &mut SongListBuffers,
     ) -> Result<Replay> {
         let document = match store.document_playlist_position(id)? {
             Some(position) => match documents.remove(&position) {
@@ -858,6 +929,7 @@ impl Replay {
                     .unwrap_or_default()
                     .into_iter(),
                 song_ids.len(),
+                buffers,
             );
             Playlist {
                 songs,
@@ -893,7 +965,7 @@ impl Replay {
     }
 
     /// Applies one change about playlist `id`, or rejects it.
-    fn apply(&mut self, rec: &Recorded, out: &mut PartitionResults) {
+    fn apply(&mut self, rec: &Recorded, out: &mut PartitionResults, buffers: &mut SongListBuffers) {
         let id = &self.id;
         let outcome = match (&rec.body, self.state.as_mut()) {
             (Body::AddPlaylist { .. }, Some(_)) => Err(Rejection::new(
@@ -901,11 +973,13 @@ impl Replay {
                 format!("playlist {id} already exists"),
             )),
             (body @ Body::AddPlaylist { .. }, None) => {
-                self.state = Some(Playlist::created_by(rec.index, body));
+                self.state = Some(Playlist::created_by(rec.index, body, buffers));
                 Ok(())
             }
             (Body::RemovePlaylist { .. }, Some(_)) => {
-                self.state = None;
+                if let Some(removed) = self.state.take() {
+                    buffers.give(removed.songs);
+                }
                 Ok(())
             }
             (Body::AddSong { song, .. }, Some(p)) => p.add_song(id, song),
@@ -925,41 +999,44 @@ impl Replay {
         }
     }
 
-    /// The playlist's fate, when it differs from the document's.
-    fn finish(self, cx: &MergeContext, out: &mut PartitionResults) {
-        let id = self.id;
-        let doc_seq = self.document.as_ref().map(|(seq, _)| *seq);
-        let fate = match (&self.document, self.state) {
-            (Some((doc_seq, _)), None) => Fate::Removed { doc_seq: *doc_seq },
-            (
-                Some((doc_seq, playlist)),
-                Some(Playlist {
-                    songs,
-                    origin: Origin::Document { changed: true },
-                    ..
-                }),
-            ) => Fate::Changed {
-                doc_seq: *doc_seq,
-                json: text_of(render::with_songs(
-                    &playlist.text,
-                    playlist.song_ids.clone(),
-                    songs.iter(),
-                )),
-            },
+    /// The playlist's fate, when it differs from the document's; its song
+    /// list's buffers go back to `buffers`.
+    fn finish(self, cx: &MergeContext, out: &mut PartitionResults, buffers: &mut SongListBuffers) {
+        let Replay {
+            id,
+            document,
+            state,
+        } = self;
+        let doc_seq = document.as_ref().map(|(seq, _)| *seq);
+        let Some(Playlist { songs, origin }) = state else {
+            if let Some(doc_seq) = doc_seq {
+                out.results.push(PlaylistResult {
+                    id,
+                    fate: Fate::Removed { doc_seq },
+                });
+            }
+            return;
+        };
+        let fate = match (&document, origin) {
+            (Some((doc_seq, playlist)), Origin::Document { changed: true }) => {
+                Some(Fate::Changed {
+                    doc_seq: *doc_seq,
+                    json: text_of(render::with_songs(
+                        &playlist.text,
+                        playlist.song_ids.clone(),
+                        songs.iter(),
+                    )),
+                })
+            }
             (
                 _,
-                Some(Playlist {
-                    songs,
-                    origin:
-                        Origin::New {
-                            created,
-                            id: written,
-                            owner,
-                            copied,
-                        },
-                    ..
-                }),
-            ) => Fate::New {
+                Origin::New {
+                    created,
+                    id: written,
+                    owner,
+                    copied,
+                },
+            ) => Some(Fate::New {
                 doc_seq,
                 created,
                 json: text_of(render::new_playlist(
@@ -969,16 +1046,19 @@ impl Replay {
                     songs.iter(),
                     &copied,
                 )),
-            },
-            _ => return, // the same as in the document
+            }),
+            _ => None, // the same as in the document
         };
-        out.results.push(PlaylistResult { id, fate });
+        buffers.give(songs);
+        if let Some(fate) = fate {
+            out.results.push(PlaylistResult { id, fate });
+        }
     }
 }
 
 impl Playlist {
     /// The playlist an `add_playlist` with a given id creates.
-    fn created_by(index: u64, body: &Body) -> Playlist {
+    fn created_by(index: u64, body: &Body, buffers: &mut SongListBuffers) -> Playlist {
         let Body::AddPlaylist {
             id: NewId::Given(written),
             owner,
@@ -989,7 +1069,7 @@ impl Playlist {
             unreachable!("only add_playlist with a given id is replayed")
         };
         let bytes = songs.iter().map(|s| s.len()).sum();
-        let songs = SongList::of(songs.iter().map(|s| &**s), bytes);
+        let songs = SongList::of(songs.iter().map(|s| &**s), bytes, buffers);
         Playlist {
             songs,
             origin: Origin::New {
