@@ -570,8 +570,8 @@ impl SongList {
 /// The buffers of song lists that are done with (their playlist rendered,
 /// or removed), for the next lists of the same merge thread: a list took
 /// three allocations and three frees, and malloc and free were 15 % of the
-/// merge on MU and on XL (BENCHMARKS.md). What it keeps is at most the
-/// buffers of one partition's lists, which the partition held anyway.
+/// merge on MU and on XL (BENCHMARKS.md). It keeps at most [`KEPT_LISTS`]
+/// short lists' buffers (about 2 MB at most; MU's merge kept 0.4 MB).
 #[derive(Default)]
 struct SongListBuffers {
     bytes: Vec<Vec<u8>>,
@@ -597,7 +597,10 @@ impl SongListBuffers {
             mut tags,
             counts: _,
         } = list;
-        if self.spans.len() >= KEPT_LISTS || spans.capacity() > KEPT_SONGS_AT_MOST {
+        if self.spans.len() >= KEPT_LISTS
+            || spans.capacity() > KEPT_SONGS_AT_MOST
+            || bytes.capacity() > KEPT_BYTES_AT_MOST
+        {
             return;
         }
         bytes.clear();
@@ -613,8 +616,11 @@ impl SongListBuffers {
 /// partition's worth of document playlists (MU's slices hold 780).
 const KEPT_LISTS: usize = 1024;
 
-/// The longest song list whose buffers are kept (its room in songs).
-const KEPT_SONGS_AT_MOST: usize = 256;
+/// The longest song list whose buffers are kept: its room in songs, and in
+/// bytes of their ids. The document playlists of every generated case hold
+/// about ten songs.
+const KEPT_SONGS_AT_MOST: usize = 64;
+const KEPT_BYTES_AT_MOST: usize = 1024;
 
 enum Origin {
     /// The document's playlist; `changed` once its songs differ.
