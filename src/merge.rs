@@ -435,12 +435,10 @@ impl SongList {
         buffers: &mut SongListBuffers,
     ) -> SongList {
         const ROOM: usize = 8;
-        let mut list = SongList {
-            spans: SongListBuffers::take(&mut buffers.spans, songs.len() + ROOM),
-            tags: SongListBuffers::take(&mut buffers.tags, songs.len() + ROOM),
-            bytes: SongListBuffers::take(&mut buffers.bytes, bytes + ROOM * 8),
-            counts: None,
-        };
+        let mut list = buffers.kept.pop().unwrap_or_default();
+        list.spans.reserve(songs.len() + ROOM);
+        list.tags.reserve(songs.len() + ROOM);
+        list.bytes.reserve(bytes + ROOM * 8);
         for song in songs {
             list.push(song);
         }
@@ -574,41 +572,26 @@ impl SongList {
 /// short lists' buffers (about 2 MB at most; MU's merge kept 0.4 MB).
 #[derive(Default)]
 struct SongListBuffers {
-    bytes: Vec<Vec<u8>>,
-    spans: Vec<Vec<(u32, u32)>>,
-    tags: Vec<Vec<u64>>,
+    /// Emptied lists, their buffers' room kept ([`SongList::of`] takes them).
+    kept: Vec<SongList>,
 }
 
 impl SongListBuffers {
-    /// An empty buffer with room for `capacity` items: a kept one if any.
-    fn take<T>(kept: &mut Vec<Vec<T>>, capacity: usize) -> Vec<T> {
-        let mut buffer = kept.pop().unwrap_or_default();
-        buffer.reserve(capacity);
-        buffer
-    }
-
-    /// Keeps `list`'s buffers for the next lists, unless [`KEPT_LISTS`] are
+    /// Keeps `list`, emptied, for the next lists, unless [`KEPT_LISTS`] are
     /// kept already or the list is long (a long list's buffers would stay
     /// long in the next lists, most of which are short).
-    fn give(&mut self, list: SongList) {
-        let SongList {
-            mut bytes,
-            mut spans,
-            mut tags,
-            counts: _,
-        } = list;
-        if self.spans.len() >= KEPT_LISTS
-            || spans.capacity() > KEPT_SONGS_AT_MOST
-            || bytes.capacity() > KEPT_BYTES_AT_MOST
+    fn give(&mut self, mut list: SongList) {
+        if self.kept.len() >= KEPT_LISTS
+            || list.spans.capacity() > KEPT_SONGS_AT_MOST
+            || list.bytes.capacity() > KEPT_BYTES_AT_MOST
         {
             return;
         }
-        bytes.clear();
-        spans.clear();
-        tags.clear();
-        self.bytes.push(bytes);
-        self.spans.push(spans);
-        self.tags.push(tags);
+        list.bytes.clear();
+        list.spans.clear();
+        list.tags.clear();
+        list.counts = None;
+        self.kept.push(list);
     }
 }
 

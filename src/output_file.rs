@@ -164,13 +164,13 @@ fn with_early_writeback<T>(
     file: &std::fs::File,
     write: impl FnOnce() -> Result<T>,
 ) -> Result<(T, u64)> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let done = AtomicBool::new(false);
+    use std::sync::mpsc::{channel, RecvTimeoutError};
     std::thread::scope(|scope| {
-        let helper = scope.spawn(|| {
+        // The helper ticks until `stop` hangs up, as `apply::keep_lease` does.
+        let (stop, stopped) = channel::<()>();
+        let helper = scope.spawn(move || {
             let mut started = 0u64;
-            while !done.load(Ordering::Acquire) {
-                std::thread::park_timeout(WRITEBACK_POLL);
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(WRITEBACK_POLL) {
                 let Ok(written) = file.metadata().map(|m| m.len()) else {
                     break;
                 };
@@ -182,8 +182,7 @@ fn with_early_writeback<T>(
             started
         });
         let result = write();
-        done.store(true, Ordering::Release);
-        helper.thread().unpark();
+        drop(stop);
         let asked = helper.join().unwrap_or(0);
         result.map(|value| (value, asked))
     })
