@@ -10,7 +10,9 @@
 //!
 //! The work is cut into independent tasks: the rejects report, and the pieces
 //! of OUTPUT (the users and songs arrays cut at the element boundaries the
-//! import recorded every few MiB, and the playlists). The harness's own thread
+//! import recorded every few MiB, and the playlists: the document's by ranges
+//! of positions, the new ones by ranges of the changes that created them,
+//! a few parts per thread when they are many). The harness's own thread
 //! writes OUTPUT in order: a piece nobody has taken yet it renders straight
 //! into OUTPUT. Up to `threads - 1` helper threads take the rejects report,
 //! then pieces from the end of OUTPUT backwards, each rendered into its own
@@ -50,7 +52,7 @@ use std::sync::{Condvar, Mutex};
 use anyhow::{Context, Result};
 
 use crate::output_file::{write_atomically, write_atomically_then, Temporary};
-use crate::store::{ArrayRange, Each, IdKind, Location, Store};
+use crate::store::{ArrayRange, Each, IdKind, Key, Location, Store};
 use crate::values;
 
 /// What the export writes, and with how many threads.
@@ -77,9 +79,49 @@ enum Task {
         from: u64,
         to: u64,
     },
-    /// The document's playlists, as they end.
-    DocumentPlaylists,
-    NewPlaylists,
+    /// The document's playlists at positions `from..to`, as they end.
+    DocumentPlaylists {
+        from: u64,
+        to: u64,
+    },
+    /// The new playlists created by changes `from..to`.
+    NewPlaylists {
+        from: u64,
+        to: u64,
+    },
+}
+
+/// Parts an export thread's share of a playlist stream is cut into, so that
+/// threads that finish early take more ([`Board::help`]).
+const PARTS_PER_THREAD: u64 = 4;
+
+/// The fewest export threads for which the playlist streams are cut. With
+/// two, one renders the playlists straight into OUTPUT while the other
+/// renders the rejects report and the songs: parts rendered by a helper are
+/// written twice (its piece, then OUTPUT) and each part's start is searched
+/// for, which cost more than they saved (XL's export at `-w 2`, 4 pairs:
+/// 1.79–2.61 s whole against 2.15–2.74 s cut; BENCHMARKS.md).
+const CUT_FROM_THREADS: u64 = 4;
+
+/// The fewest document playlists, and changes, a part of a stream covers:
+/// each part after the first starts with a search of every sorted run of its
+/// stream (`runs`), which is worth it for this much only.
+const PLAYLISTS_PER_PART: u64 = 64 * 1024;
+const CHANGES_PER_PART: u64 = 1 << 20;
+
+/// `0..count` cut into `parts` ranges of about equal length, the last open
+/// at the end (nothing is left out whatever the count said).
+fn cut(count: u64, parts: u64) -> impl Iterator<Item = (u64, u64)> {
+    let parts = parts.max(1);
+    (0..parts).map(move |i| {
+        let from = count / parts * i + (count % parts).min(i);
+        let to = if i + 1 == parts {
+            u64::MAX
+        } else {
+            count / parts * (i + 1) + (count % parts).min(i + 1)
+        };
+        (from, to)
+    })
 }
 
 /// Writes the rejects report and (when asked) OUTPUT; see the module docs.
@@ -137,8 +179,26 @@ fn tasks(store: &Store, job: &Export) -> Result<Vec<Placed>> {
             pieces.map(move |(place, (from, to))| (Task::Copy { from, to }, Some((array, place))))
         }
         tasks.extend(copies(&ranges.users, IdKind::Users));
-        tasks.push((Task::DocumentPlaylists, Some((IdKind::Playlists, 0))));
-        tasks.push((Task::NewPlaylists, Some((IdKind::Playlists, 1))));
+        // Cut only for a SQLite store (a PostgreSQL one would scan its
+        // results once for each part), and only from CUT_FROM_THREADS.
+        let threads = job.threads.max(1) as u64;
+        let parts = |count: u64, per_part: u64| {
+            let by_size = match job.db {
+                Location::File(_) if threads >= CUT_FROM_THREADS => {
+                    (threads * PARTS_PER_THREAD).min(count / per_part)
+                }
+                _ => 1,
+            };
+            crate::fault::export_parts(by_size.max(1))
+        };
+        let playlists = store.meta_number(Key::Playlists)?;
+        let changes = store.meta_number(Key::Changes)?;
+        let document = cut(playlists, parts(playlists, PLAYLISTS_PER_PART))
+            .map(|(from, to)| Task::DocumentPlaylists { from, to });
+        let created = cut(changes, parts(changes, CHANGES_PER_PART))
+            .map(|(from, to)| Task::NewPlaylists { from, to });
+        let places = document.chain(created).enumerate();
+        tasks.extend(places.map(|(place, task)| (task, Some((IdKind::Playlists, place)))));
         tasks.extend(copies(&ranges.songs, IdKind::Songs));
     }
     Ok(tasks)
@@ -352,8 +412,12 @@ fn render_task(job: &Export, task: Task, each: &mut Each) -> Result<()> {
                 each(minified)
             })
         }
-        Task::DocumentPlaylists => open_for_export(job.db)?.each_final_document_playlist(each),
-        Task::NewPlaylists => open_for_export(job.db)?.each_new_playlist(each),
+        Task::DocumentPlaylists { from, to } => {
+            open_for_export(job.db)?.each_final_document_playlist(from..to, each)
+        }
+        Task::NewPlaylists { from, to } => {
+            open_for_export(job.db)?.each_new_playlist(from..to, each)
+        }
     }
 }
 
@@ -447,6 +511,33 @@ fn write_rejects(store: &Store, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parts of a stream follow one another from 0, none empty when
+    /// there are at least as many items as parts, and the last is open.
+    #[test]
+    fn streams_are_cut_into_ranges_that_cover_them() {
+        for count in [0u64, 1, 5, 64, 1000, 65_537] {
+            for parts in [1u64, 2, 3, 8, 64] {
+                let ranges: Vec<(u64, u64)> = cut(count, parts).collect();
+                assert_eq!(ranges.len() as u64, parts);
+                assert_eq!(ranges[0].0, 0);
+                assert_eq!(ranges.last().unwrap().1, u64::MAX);
+                for pair in ranges.windows(2) {
+                    assert_eq!(pair[0].1, pair[1].0, "{count} in {parts}");
+                    if count >= parts {
+                        assert!(pair[0].0 < pair[0].1, "{count} in {parts}: {ranges:?}");
+                    }
+                }
+                let widths: Vec<u64> = ranges[..ranges.len() - 1]
+                    .iter()
+                    .map(|r| r.1 - r.0)
+                    .collect();
+                if let (Some(least), Some(most)) = (widths.iter().min(), widths.iter().max()) {
+                    assert!(most - least <= 1, "{count} in {parts}: {ranges:?}");
+                }
+            }
+        }
+    }
 
     /// The assembler waits for a piece a helper is rendering, takes an open
     /// task itself, and stops with [`HelperFailed`] once someone fails.

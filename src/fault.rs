@@ -29,6 +29,9 @@
 //! instead of the chunk's own batch size (see [`crate::apply::BATCH_CHANGES`]:
 //! 32,768 to 262,144 changes), so small inputs cross many commits.
 //!
+//! `MIXTAPE_EXPORT_PARTS=N` (also a testing aid) makes the export cut each
+//! stream of playlists into N parts, whatever its size ([`export_parts`]).
+//!
 //! Without the variables these are a relaxed atomic load and a branch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,6 +121,17 @@ fn hold(secs: f64) {
 /// The batch size workers use: `MIXTAPE_BATCH`, or `default`.
 pub fn batch_size(default: u64) -> u64 {
     std::env::var("MIXTAPE_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+/// How many parts the export cuts each playlist stream into:
+/// `MIXTAPE_EXPORT_PARTS`, or `default` (a testing aid: the tests' inputs are
+/// far too small to be cut by size, `crate::export`).
+pub fn export_parts(default: u64) -> u64 {
+    std::env::var("MIXTAPE_EXPORT_PARTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)

@@ -80,6 +80,7 @@
 
 use std::borrow::Cow;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -701,12 +702,14 @@ pub trait Tables {
     fn warnings(&self) -> Result<u64>;
 
     // ---- export (the rule: join_final_document_playlists) ----
-    /// Streams the document's playlists as they end: those that survive, in
-    /// document order, as the merge left them (see
-    /// [`join_final_document_playlists`]).
-    fn each_final_document_playlist(&self, each: &mut Each) -> Result<()>;
-    /// Streams the new playlists' text in the order they were created.
-    fn each_new_playlist(&self, each: &mut Each) -> Result<()>;
+    /// Streams the document's playlists at `positions` as they end: those
+    /// that survive, in document order, as the merge left them (see
+    /// [`join_final_document_playlists`]). Export threads stream parts of
+    /// the range at once.
+    fn each_final_document_playlist(&self, positions: Range<u64>, each: &mut Each) -> Result<()>;
+    /// Streams the text of the new playlists created by changes of index in
+    /// `created`, in the order they were created.
+    fn each_new_playlist(&self, created: Range<u64>, each: &mut Each) -> Result<()>;
     /// Streams the document's other top-level members, (raw key, minified
     /// value), in document order.
     fn each_extra(&self, each: &mut EachMember) -> Result<()>;

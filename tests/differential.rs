@@ -20,7 +20,8 @@ fn check_seeds(seeds: std::ops::Range<u64>, max_changes: u64) {
 
 /// Runs `case` (of seed `seed`) at each of `worker_counts` against the
 /// reference; with `small_batches`, every other count has changes waiting
-/// for their lookups and batches of three.
+/// for their lookups and batches of three; the other counts have the
+/// playlists exported in parts.
 fn check_case(seed: u64, case: &gen::Case, worker_counts: &[usize], small_batches: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mixtape = dir.path().join("mixtape.json");
@@ -39,6 +40,11 @@ fn check_case(seed: u64, case: &gen::Case, worker_counts: &[usize], small_batche
         if small_batches && nth % 2 == 0 {
             cmd.env("MIXTAPE_LOOK_AHEAD", "always")
                 .env("MIXTAPE_BATCH", "3");
+        }
+        // The others with the playlist streams exported in parts, as large
+        // inputs are on several threads.
+        if nth % 2 == 1 {
+            cmd.env("MIXTAPE_EXPORT_PARTS", (nth + 2).to_string());
         }
         cmd.arg(&mixtape).arg(&changes).arg(dir.path().join(&out));
         let o = cmd.output().expect("running harness");
@@ -114,6 +120,22 @@ fn medium_cases_seeds_1000_to_1040() {
 #[test]
 fn larger_cases_seeds_5000_to_5010() {
     check_seeds(5000..5010, 400);
+}
+
+/// A longer campaign, run by hand: `MIXTAPE_CAMPAIGN=FROM..TO cargo test
+/// --release --test differential -- --ignored campaign` checks seeds
+/// FROM..TO, of up to 12, 30, 60 or 200 changes by turns, as the tests above
+/// do.
+#[test]
+#[ignore = "by hand: set MIXTAPE_CAMPAIGN=FROM..TO"]
+fn campaign() {
+    let seeds = std::env::var("MIXTAPE_CAMPAIGN").expect("MIXTAPE_CAMPAIGN=FROM..TO");
+    let (from, to) = seeds.split_once("..").expect("MIXTAPE_CAMPAIGN=FROM..TO");
+    let (from, to): (u64, u64) = (from.parse().unwrap(), to.parse().unwrap());
+    for seed in from..to {
+        let max_changes = [12, 30, 60, 200][(seed % 4) as usize];
+        check_case(seed, &gen::case(seed, max_changes), &WORKER_COUNTS, true);
+    }
 }
 
 /// Cases of 20,000 changes in batches of the usual size: a block of a

@@ -511,7 +511,7 @@ fn document_playlists_read_back_by_any_range_and_position() {
         }
         let mut all = Vec::new();
         store
-            .each_final_document_playlist(&mut |raw| {
+            .each_final_document_playlist(0..u64::MAX, &mut |raw| {
                 all.push(String::from_utf8(raw.to_vec()).unwrap());
                 Ok(())
             })
@@ -624,7 +624,7 @@ fn a_streams_callback_may_query_the_store() {
         };
         let mut finals = Vec::new();
         store
-            .each_final_document_playlist(&mut |raw| {
+            .each_final_document_playlist(0..u64::MAX, &mut |raw| {
                 ask(store);
                 finals.push(String::from_utf8(raw.to_vec()).unwrap());
                 Ok(())
@@ -645,7 +645,7 @@ fn a_streams_callback_may_query_the_store() {
             })
             .unwrap();
         store
-            .each_new_playlist(&mut |_| {
+            .each_new_playlist(0..u64::MAX, &mut |_| {
                 ask(store);
                 Ok(())
             })
@@ -681,5 +681,114 @@ fn array_ranges_round_trip() {
         assert_eq!(store.array_ranges().unwrap(), ranges);
         let users = ranges.users.unwrap();
         assert_eq!(users.pieces(), [(3, 40), (40, 70), (70, 90)]);
+    });
+}
+
+/// The export reads the playlist streams in parts, by ranges of positions
+/// and of creating changes, on several threads at once: the parts put
+/// together are the whole stream, whatever the cuts, with the partitions'
+/// results interleaved over many rows.
+#[test]
+fn playlist_streams_read_in_ranges_are_the_whole_streams_cut() {
+    on_each_backend(|store, _| {
+        let ids: Vec<String> = (0..300).map(|i| format!("p{i}")).collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        import_playlists(store, &id_refs);
+        plan_two_chunks(store);
+        for part in 0..4u64 {
+            let mut results = Vec::new();
+            for position in (part..300).step_by(4) {
+                let fate = match position % 3 {
+                    0 => Fate::Changed {
+                        doc_seq: position as i64,
+                        json: format!("{{\"id\":\"p{position}\",\"changed\":1}}"),
+                    },
+                    1 => Fate::Removed {
+                        doc_seq: position as i64,
+                    },
+                    _ => continue,
+                };
+                results.push(PlaylistResult {
+                    id: format!("p{position}"),
+                    fate,
+                });
+            }
+            for j in 0..150u64 {
+                let created = 4 * j + part;
+                results.push(PlaylistResult {
+                    id: format!("n{created}"),
+                    fate: Fate::New {
+                        doc_seq: None,
+                        created,
+                        json: format!("{{\"id\":\"n{created}\"}}"),
+                    },
+                });
+            }
+            let out = PartitionResults {
+                results,
+                rejects: Vec::new(),
+                warnings: 0,
+            };
+            store.commit_partition(part, &out).unwrap();
+        }
+        let finals = |range: std::ops::Range<u64>| {
+            let mut seen = Vec::new();
+            store
+                .each_final_document_playlist(range, &mut |raw| {
+                    seen.push(String::from_utf8(raw.to_vec()).unwrap());
+                    Ok(())
+                })
+                .unwrap();
+            seen
+        };
+        let created = |range: std::ops::Range<u64>| {
+            let mut seen = Vec::new();
+            store
+                .each_new_playlist(range, &mut |raw| {
+                    seen.push(String::from_utf8(raw.to_vec()).unwrap());
+                    Ok(())
+                })
+                .unwrap();
+            seen
+        };
+        let expected_finals = |range: std::ops::Range<u64>| -> Vec<String> {
+            (0..300u64)
+                .filter(|p| range.contains(p))
+                .filter_map(|p| match p % 3 {
+                    0 => Some(format!("{{\"id\":\"p{p}\",\"changed\":1}}")),
+                    1 => None,
+                    _ => Some(format!("{{\"id\":\"p{p}\"}}")),
+                })
+                .collect()
+        };
+        let expected_created = |range: std::ops::Range<u64>| -> Vec<String> {
+            (0..600u64)
+                .filter(|c| range.contains(c))
+                .map(|c| format!("{{\"id\":\"n{c}\"}}"))
+                .collect()
+        };
+        assert_eq!(finals(0..u64::MAX), expected_finals(0..u64::MAX));
+        assert_eq!(created(0..u64::MAX), expected_created(0..u64::MAX));
+        for cuts in [
+            vec![0, u64::MAX],
+            vec![0, 1, 2, 3, u64::MAX],
+            vec![0, 63, 64, 65, 150, 299, 300, u64::MAX],
+            vec![0, 100, 257, 1000, u64::MAX],
+            vec![0, 7, 7, 599, 600, u64::MAX],
+        ] {
+            let mut all_finals = Vec::new();
+            let mut all_created = Vec::new();
+            for pair in cuts.windows(2) {
+                let range = pair[0]..pair[1];
+                let part = finals(range.clone());
+                assert_eq!(part, expected_finals(range.clone()), "positions {range:?}");
+                all_finals.extend(part);
+                let part = created(range.clone());
+                assert_eq!(part, expected_created(range.clone()), "created {range:?}");
+                all_created.extend(part);
+            }
+            assert_eq!(all_finals, expected_finals(0..u64::MAX), "{cuts:?}");
+            assert_eq!(all_created, expected_created(0..u64::MAX), "{cuts:?}");
+        }
     });
 }

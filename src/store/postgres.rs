@@ -320,6 +320,12 @@ impl PgDb {
     }
 }
 
+/// `n` as PostgreSQL's `bigint` (signed): an open end of a range is its
+/// largest.
+fn bound(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// The rows of `portal`, [`FETCH_ROWS`] per round trip, each made a `T` by
 /// `read`; several such streams of one transaction may be read in turns.
 fn paged<'t, 'c, T, R: Fn(&Row) -> T + 't>(
@@ -785,15 +791,24 @@ impl Tables for PgDb {
         self.number("SELECT coalesce(sum(warnings), 0)::bigint FROM mixtape.merged")
     }
 
-    fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
+    fn each_final_document_playlist(
+        &self,
+        positions: std::ops::Range<u64>,
+        each: &mut Each,
+    ) -> Result<()> {
         // The two streams of the join (super::join_final_document_playlists):
         // two portals of one transaction of the streaming connection, read a
         // page at a time in turns; `each` runs with the main connection free.
+        let (from, to) = (bound(positions.start), bound(positions.end));
         self.with_stream(|tx| {
-            let docs = tx.bind("SELECT seq, raw FROM mixtape.playlists ORDER BY seq", &[])?;
+            let docs = tx.bind(
+                "SELECT seq, raw FROM mixtape.playlists WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+                &[&from, &to],
+            )?;
             let fates = tx.bind(
-                "SELECT doc_seq, state, json FROM mixtape.results WHERE doc_seq IS NOT NULL ORDER BY doc_seq",
-                &[],
+                "SELECT doc_seq, state, json FROM mixtape.results
+                 WHERE doc_seq >= $1 AND doc_seq < $2 ORDER BY doc_seq",
+                &[&from, &to],
             )?;
             let tx = RefCell::new(tx);
             let docs = paged(&tx, &docs, |row| {
@@ -807,10 +822,11 @@ impl Tables for PgDb {
         })
     }
 
-    fn each_new_playlist(&self, each: &mut Each) -> Result<()> {
+    fn each_new_playlist(&self, created: std::ops::Range<u64>, each: &mut Each) -> Result<()> {
         self.each_first_column(
-            "SELECT json FROM mixtape.results WHERE state = $1 ORDER BY created",
-            &[&FATE_NEW],
+            "SELECT json FROM mixtape.results
+             WHERE state = $1 AND created >= $2 AND created < $3 ORDER BY created",
+            &[&FATE_NEW, &bound(created.start), &bound(created.end)],
             each,
         )
     }

@@ -604,39 +604,56 @@ impl Tables for SqliteDb {
             })?)
     }
 
-    fn each_final_document_playlist(&self, each: &mut Each) -> Result<()> {
+    fn each_final_document_playlist(
+        &self,
+        positions: std::ops::Range<u64>,
+        each: &mut Each,
+    ) -> Result<()> {
         // The two streams of the join (super::join_final_document_playlists):
-        // the playlists in table order, their fates merged from the
-        // partitions' runs (each partition's positions are one slice).
-        let mut rows = self
-            .conn
-            .prepare("SELECT first, data FROM playlists ORDER BY first")?;
-        let mut rows = rows.query([])?;
+        // the playlists in table order from the row that holds the range's
+        // first, their fates merged from the partitions' runs (each
+        // partition's positions are one slice).
+        let mut rows = self.conn.prepare(
+            "SELECT first, data FROM playlists
+             WHERE first >= coalesce((SELECT max(first) FROM playlists WHERE first <= ?1), 0)
+               AND first < ?2
+             ORDER BY first",
+        )?;
+        // (SQLite's integers are signed: an open end is its largest.)
+        let bound = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let mut rows = rows.query(params![bound(positions.start), bound(positions.end)])?;
         let fates = runs::Merged::new(
             &self.conn,
             Stream::DocumentFates,
+            positions.clone(),
             "SELECT seq, data FROM results
              WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
             result_rows::RESULTS_PER_ROW,
-            |row, out| result_rows::decode_fates(row.get_ref(1)?.as_blob()?, out),
+            (
+                |row, out| result_rows::decode_fates(row.get_ref(1)?.as_blob()?, out),
+                |row| result_rows::last_fate_key(row.get_ref(1)?.as_blob()?),
+            ),
         )?;
         // Each row's playlists in turn (playlist_rows).
         let open = || self.mixtape();
         let mut reader = playlist_rows::RowReader::new(&open);
         let mut row_playlists = std::collections::VecDeque::new();
         let docs = std::iter::from_fn(|| -> Option<Result<super::DocRow>> {
-            if row_playlists.is_empty() {
+            while row_playlists.is_empty() {
                 let read = (|| -> Result<bool> {
                     let Some(row) = rows.next()? else {
                         return Ok(false);
                     };
                     let data = row.get_ref(1)?.as_blob()?;
                     reader.each_in_row(row.get(0)?, data, &mut |position, raw| {
-                        row_playlists.push_back((position as i64, raw.to_vec()));
+                        if positions.contains(&position) {
+                            row_playlists.push_back((position as i64, raw.to_vec()));
+                        }
                         Ok(())
                     })?;
                     Ok(true)
                 })();
+                // (A row may hold none of the range: then the next.)
                 match read {
                     Ok(false) => return None,
                     Ok(true) => {}
@@ -648,14 +665,18 @@ impl Tables for SqliteDb {
         super::join_final_document_playlists(docs, fates, each)
     }
 
-    fn each_new_playlist(&self, each: &mut Each) -> Result<()> {
+    fn each_new_playlist(&self, created: std::ops::Range<u64>, each: &mut Each) -> Result<()> {
         let created = runs::Merged::new(
             &self.conn,
             Stream::NewPlaylists,
+            created,
             "SELECT seq, data FROM results
              WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
             result_rows::RESULTS_PER_ROW,
-            |row, out| result_rows::decode_new(row.get_ref(1)?.as_blob()?, out),
+            (
+                |row, out| result_rows::decode_new(row.get_ref(1)?.as_blob()?, out),
+                |row| result_rows::last_new_key(row.get_ref(1)?.as_blob()?),
+            ),
         )?;
         for json in created {
             each(&json?)?;
@@ -678,10 +699,15 @@ impl Tables for SqliteDb {
         let rejects = runs::Merged::new(
             &self.conn,
             Stream::Rejects,
+            0..u64::MAX,
             "SELECT seq, data FROM rejects
              WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
             reject_rows::REJECTS_PER_ROW,
-            |row, out| reject_rows::decode(row.get_ref(1)?.as_blob()?, out),
+            (
+                |row, out| reject_rows::decode(row.get_ref(1)?.as_blob()?, out),
+                // The whole stream is read: no range to find.
+                |_| Ok(None),
+            ),
         )?;
         for reject in rejects {
             each(reject?)?;

@@ -113,6 +113,35 @@ pub(super) fn decode_new(data: &[u8], out: &mut VecDeque<(u64, Vec<u8>)>) -> Res
     Ok(())
 }
 
+/// The key of the last fate in a row's `data` ([`decode_fates`]), without
+/// copying any text: what finding where a range starts needs.
+pub(super) fn last_fate_key(data: &[u8]) -> Result<Option<u64>> {
+    let mut input = Decoder::new(data);
+    let mut last = None;
+    while !input.is_done() {
+        last = Some(input.varint()?);
+        let Some(state) = input.byte() else {
+            bail!("{CORRUPT}");
+        };
+        if state & HAS_TEXT != 0 {
+            input.bytes()?;
+        }
+    }
+    Ok(last)
+}
+
+/// The key of the last new playlist in a row's `data` ([`decode_new`]),
+/// without copying any text.
+pub(super) fn last_new_key(data: &[u8]) -> Result<Option<u64>> {
+    let mut input = Decoder::new(data);
+    let mut last = None;
+    while !input.is_done() {
+        last = Some(input.varint()?);
+        input.bytes()?;
+    }
+    Ok(last)
+}
+
 const CORRUPT: &str = "work database: a results row is corrupt; rerun with --fresh";
 
 #[cfg(test)]
@@ -152,7 +181,12 @@ mod tests {
                 "{} bytes",
                 data.len()
             );
+            let before = back.len();
             decode_fates(&data, &mut back).unwrap();
+            assert_eq!(
+                last_fate_key(&data).unwrap(),
+                back.range(before..).last().map(|(key, _)| *key)
+            );
         }
         let back: Vec<(u64, FateRow<String>)> = back
             .into_iter()
@@ -179,7 +213,12 @@ mod tests {
             for c in row {
                 encode_new(c, &mut data);
             }
+            let before = back.len();
             decode_new(&data, &mut back).unwrap();
+            assert_eq!(
+                last_new_key(&data).unwrap(),
+                back.range(before..).last().map(|(key, _)| *key)
+            );
         }
         let back: Vec<(i64, String)> = back
             .into_iter()
