@@ -10,9 +10,10 @@
 //!
 //! The work is cut into independent tasks: the rejects report, and the pieces
 //! of OUTPUT (the users and songs arrays cut at the element boundaries the
-//! import recorded every few MiB, and the playlists: the document's by ranges
-//! of positions, the new ones by ranges of the changes that created them,
-//! a few parts per thread when they are many). The harness's own thread
+//! import recorded every few MiB, and the playlists: from 4 threads on a
+//! SQLite store, when they are many, the document's by ranges of positions
+//! and the new ones by ranges of the changes that created them, a few parts
+//! per thread). The harness's own thread
 //! writes OUTPUT in order: a piece nobody has taken yet it renders straight
 //! into OUTPUT. Up to `threads - 1` helper threads take the rejects report,
 //! then pieces from the end of OUTPUT backwards, each rendered into its own
@@ -99,8 +100,8 @@ const PARTS_PER_THREAD: u64 = 4;
 /// two, one renders the playlists straight into OUTPUT while the other
 /// renders the rejects report and the songs: parts rendered by a helper are
 /// written twice (its piece, then OUTPUT) and each part's start is searched
-/// for, which cost more than they saved (XL's export at `-w 2`, 4 pairs:
-/// 1.79–2.61 s whole against 2.15–2.74 s cut; BENCHMARKS.md).
+/// for, which cost more than they saved (XL's export at `-w 2`, 4 rounds:
+/// medians 1.91 s whole against 2.11 s in 8 pieces; BENCHMARKS.md).
 const CUT_FROM_THREADS: u64 = 4;
 
 /// The fewest document playlists, and changes, a part of a stream covers:
