@@ -120,22 +120,22 @@ fn hold(secs: f64) {
 
 /// The batch size workers use: `MIXTAPE_BATCH`, or `default`.
 pub fn batch_size(default: u64) -> u64 {
-    std::env::var("MIXTAPE_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
+    positive_number("MIXTAPE_BATCH").unwrap_or(default)
 }
 
 /// How many parts the export cuts each playlist stream into:
 /// `MIXTAPE_EXPORT_PARTS`, or `default` (a testing aid: the tests' inputs are
 /// far too small to be cut by size, `crate::export`).
 pub fn export_parts(default: u64) -> u64 {
-    std::env::var("MIXTAPE_EXPORT_PARTS")
+    positive_number("MIXTAPE_EXPORT_PARTS").unwrap_or(default)
+}
+
+/// The environment variable `name`, when it is a number above 0.
+fn positive_number(name: &str) -> Option<u64> {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(default)
 }
 
 /// Whether workers let simple changes wait for their lookups

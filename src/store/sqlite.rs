@@ -115,6 +115,13 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// The rows of `playlists` that hold positions `?1..?2`: from the row that
+/// holds `?1` (a row holds the playlists from its `first` on, playlist_rows).
+const PLAYLIST_ROWS_BETWEEN: &str = "SELECT first, data FROM playlists
+     WHERE first >= coalesce((SELECT max(first) FROM playlists WHERE first <= ?1), 0)
+       AND first < ?2
+     ORDER BY first";
+
 /// A SQLite work database, open.
 pub(super) struct SqliteDb {
     conn: Connection,
@@ -335,12 +342,7 @@ impl Tables for SqliteDb {
         each: &mut EachPlaylist,
     ) -> Result<()> {
         // From the row that holds position `from` (playlist_rows).
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT first, data FROM playlists
-             WHERE first >= coalesce((SELECT max(first) FROM playlists WHERE first <= ?1), 0)
-               AND first < ?2
-             ORDER BY first",
-        )?;
+        let mut stmt = self.conn.prepare_cached(PLAYLIST_ROWS_BETWEEN)?;
         let mut rows = stmt.query([from, to])?;
         let open = || self.mixtape();
         let mut reader = playlist_rows::RowReader::new(&open);
@@ -613,12 +615,7 @@ impl Tables for SqliteDb {
         // the playlists in table order from the row that holds the range's
         // first, their fates merged from the partitions' runs (each
         // partition's positions are one slice).
-        let mut rows = self.conn.prepare(
-            "SELECT first, data FROM playlists
-             WHERE first >= coalesce((SELECT max(first) FROM playlists WHERE first <= ?1), 0)
-               AND first < ?2
-             ORDER BY first",
-        )?;
+        let mut rows = self.conn.prepare(PLAYLIST_ROWS_BETWEEN)?;
         // (SQLite's integers are signed: an open end is its largest.)
         let bound = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let mut rows = rows.query(params![bound(positions.start), bound(positions.end)])?;
