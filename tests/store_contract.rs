@@ -25,8 +25,8 @@ use mixtape::plan::{Chunk, Form, Plan};
 use mixtape::reject::{Reason, Reject};
 use mixtape::stage::Stage;
 use mixtape::store::{
-    AlreadyMerged, ArrayRange, ArrayRanges, Batch, Claim, Claimed, DocumentFacts, Fate, IdKind,
-    InputKind, Key, LeaseLost, Leased, Location, PartitionResults, PlaylistResult, Store,
+    AlreadyMerged, ArrayRange, ArrayRanges, Batch, Claim, Claimed, DocumentFacts, Each, Fate,
+    IdKind, InputKind, Key, LeaseLost, Leased, Location, PartitionResults, PlaylistResult, Store,
 };
 use support::pg;
 
@@ -731,25 +731,21 @@ fn playlist_streams_read_in_ranges_are_the_whole_streams_cut() {
             };
             store.commit_partition(part, &out).unwrap();
         }
-        let finals = |range: std::ops::Range<u64>| {
+        // What a stream read gives, as text.
+        let texts = |read: &dyn Fn(&mut Each) -> anyhow::Result<()>| {
             let mut seen = Vec::new();
-            store
-                .each_final_document_playlist(range, &mut |raw| {
-                    seen.push(String::from_utf8(raw.to_vec()).unwrap());
-                    Ok(())
-                })
-                .unwrap();
+            read(&mut |raw| {
+                seen.push(String::from_utf8(raw.to_vec()).unwrap());
+                Ok(())
+            })
+            .unwrap();
             seen
         };
+        let finals = |range: std::ops::Range<u64>| {
+            texts(&|each| store.each_final_document_playlist(range.clone(), each))
+        };
         let created = |range: std::ops::Range<u64>| {
-            let mut seen = Vec::new();
-            store
-                .each_new_playlist(range, &mut |raw| {
-                    seen.push(String::from_utf8(raw.to_vec()).unwrap());
-                    Ok(())
-                })
-                .unwrap();
-            seen
+            texts(&|each| store.each_new_playlist(range.clone(), each))
         };
         let expected_finals = |range: std::ops::Range<u64>| -> Vec<String> {
             (0..300u64)
