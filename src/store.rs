@@ -1339,6 +1339,12 @@ type DocRow = (i64, Vec<u8>);
 /// A result about a document playlist: its `doc_seq`, state and new text.
 type FateRow = (i64, i64, Option<Vec<u8>>);
 
+/// `n` as a signed 64-bit SQL integer, as both backends store keys: the open
+/// end of a range (`u64::MAX`) becomes the largest.
+fn signed_bound(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// The merge-join both backends feed, for [`Tables::each_final_document_playlist`]:
 /// `docs` are the document's playlists in position order, `fates` the merge's
 /// results about document playlists in `doc_seq` order (at most one each).

@@ -320,12 +320,6 @@ impl PgDb {
     }
 }
 
-/// `n` as PostgreSQL's `bigint` (signed): an open end of a range is its
-/// largest.
-fn bound(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
 /// The rows of `portal`, [`FETCH_ROWS`] per round trip, each made a `T` by
 /// `read`; several such streams of one transaction may be read in turns.
 fn paged<'t, 'c, T, R: Fn(&Row) -> T + 't>(
@@ -799,7 +793,10 @@ impl Tables for PgDb {
         // The two streams of the join (super::join_final_document_playlists):
         // two portals of one transaction of the streaming connection, read a
         // page at a time in turns; `each` runs with the main connection free.
-        let (from, to) = (bound(positions.start), bound(positions.end));
+        let (from, to) = (
+            super::signed_bound(positions.start),
+            super::signed_bound(positions.end),
+        );
         self.with_stream(|tx| {
             let docs = tx.bind(
                 "SELECT seq, raw FROM mixtape.playlists WHERE seq >= $1 AND seq < $2 ORDER BY seq",
@@ -826,7 +823,11 @@ impl Tables for PgDb {
         self.each_first_column(
             "SELECT json FROM mixtape.results
              WHERE state = $1 AND created >= $2 AND created < $3 ORDER BY created",
-            &[&FATE_NEW, &bound(created.start), &bound(created.end)],
+            &[
+                &FATE_NEW,
+                &super::signed_bound(created.start),
+                &super::signed_bound(created.end),
+            ],
             each,
         )
     }

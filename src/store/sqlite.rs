@@ -616,9 +616,10 @@ impl Tables for SqliteDb {
         // first, their fates merged from the partitions' runs (each
         // partition's positions are one slice).
         let mut rows = self.conn.prepare(PLAYLIST_ROWS_BETWEEN)?;
-        // (SQLite's integers are signed: an open end is its largest.)
-        let bound = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let mut rows = rows.query(params![bound(positions.start), bound(positions.end)])?;
+        let mut rows = rows.query(params![
+            super::signed_bound(positions.start),
+            super::signed_bound(positions.end)
+        ])?;
         let fates = runs::Merged::new(
             &self.conn,
             Stream::DocumentFates,
