@@ -5,9 +5,9 @@
 //!
 //! - both files read whole; validated once by serde_json (`IgnoredAny`), then
 //!   read with the same byte-level helpers the tool uses ([`mixtape::json`],
-//!   [`mixtape::change`]): ids and elements are borrowed from the input text;
+//!   [`mixtape::changes::change`]): ids and elements are borrowed from the input text;
 //! - hash maps keyed by ids packed into integers, with a fast hasher
-//!   ([`mixtape::id_key`]), a song list and a membership map per playlist;
+//!   ([`mixtape::ids::key`]), a song list and a membership map per playlist;
 //! - one pass over the changes: an automatic id `M + k` cannot be named by any
 //!   change (every named id is at most `M`), so new playlists keep `k` and get
 //!   their id when the output is written, once `M` is known;
@@ -21,9 +21,9 @@ use std::borrow::Cow;
 use std::io::{BufWriter, Write};
 use std::time::Instant;
 
-use mixtape::change::{self, Change};
-use mixtape::id_key::{FxMap, IdKey};
-use mixtape::{json, render};
+use mixtape::changes::change::{self, Change};
+use mixtape::ids::key::{FxMap, IdKey};
+use mixtape::{json, json::render};
 
 fn text(raw: &[u8]) -> Cow<'_, str> {
     json::id_text(raw).unwrap_or_default()

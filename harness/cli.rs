@@ -5,8 +5,8 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use mixtape::paths::with_suffix;
-use mixtape::stage::Stage;
+use mixtape::run::paths::with_suffix;
+use mixtape::stages::Stage;
 use mixtape::store::Location;
 
 use crate::report::ReportTarget;
@@ -89,7 +89,7 @@ pub struct Cli {
     /// Print a shell completion script or the man page on stdout, and exit
     /// (README "Shell completions and man pages").
     #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
-    pub generate: Option<mixtape::generate::Generate>,
+    pub generate: Option<mixtape::run::generate::Generate>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -200,7 +200,7 @@ impl Cli {
             given_output
         };
         if to_stdout && self.summary_json.as_deref() == Some(std::path::Path::new("-")) {
-            return Err(mixtape::exit_codes::UsageError(
+            return Err(mixtape::run::exit_codes::UsageError(
                 "OUTPUT `-` and --summary-json `-` would both write to standard output; give the run report a file".into(),
             )
             .into());

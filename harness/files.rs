@@ -21,7 +21,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use mixtape::exit_codes::UsageError;
+use mixtape::run::exit_codes::UsageError;
 
 use crate::cli::Config;
 use crate::report;

@@ -14,7 +14,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mixtape::exit_codes::Exit;
+use mixtape::run::exit_codes::Exit;
 
 fn main() -> ExitCode {
     // clap exits with code 2 on a usage error, 0 for --help and --version.
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             return Exit::of_error(&e).into();
         }
     };
-    mixtape::interrupt::install();
+    mixtape::run::interrupt::install();
     let exit = match pipeline::run(&config) {
         Ok(exit) => exit,
         Err(e) => {
@@ -51,8 +51,8 @@ fn main() -> ExitCode {
 }
 
 /// Prints what `--generate` asks for; exit 0, or 1 when stdout fails.
-fn generated(what: mixtape::generate::Generate, cmd: clap::Command) -> ExitCode {
-    match mixtape::generate::write(what, cmd, &mut std::io::stdout().lock()) {
+fn generated(what: mixtape::run::generate::Generate, cmd: clap::Command) -> ExitCode {
+    match mixtape::run::generate::write(what, cmd, &mut std::io::stdout().lock()) {
         Ok(()) => Exit::Success.into(),
         Err(e) => {
             eprintln!("harness: error: writing to standard output: {e}");

@@ -12,11 +12,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use mixtape::exit_codes::Exit;
-use mixtape::input::{Input, Inputs};
-use mixtape::stage::Stage;
+use mixtape::run::exit_codes::Exit;
+use mixtape::run::input::{Input, Inputs};
+use mixtape::stages::Stage;
 use mixtape::store::{InputKind, Key, RunLock, Store};
-use mixtape::{decompress, export, import, merge, output_file, plan};
+use mixtape::{
+    run::output_file, stages::decompress, stages::export, stages::import, stages::merge,
+    stages::plan,
+};
 
 use crate::cli::Config;
 use crate::progress::Ui;
@@ -93,7 +96,7 @@ fn check_writable_before_work(config: &Config) -> Result<()> {
     if config.stages_to_stdout() {
         // The document is staged in a private file first (an existing file
         // keeps its mode when the export replaces it).
-        mixtape::private_file::open_or_create(&config.output)?;
+        mixtape::run::private_file::open_or_create(&config.output)?;
     } else if !config.dry_run {
         output_file::check_writable("OUTPUT", &config.output)?;
     }
@@ -229,7 +232,7 @@ fn published_by(store: &Store, config: &Config, inputs: &Inputs) -> Result<bool>
         return Ok(false);
     };
     if path != absolute(&config.output)?
-        || mixtape::fingerprint::of_file(&config.output)
+        || mixtape::run::fingerprint::of_file(&config.output)
             .ok()
             .as_deref()
             != Some(print.as_str())
@@ -278,7 +281,7 @@ impl Run<'_> {
             }
             self.times.record(stage, started);
         }
-        mixtape::interrupt::check()
+        mixtape::run::interrupt::check()
     }
 
     /// Every stage before the export, each after checking the run lock;
@@ -314,7 +317,7 @@ impl Run<'_> {
             }
         }
         if output_written {
-            mixtape::fault::point("output-published");
+            mixtape::run::fault::point("output-published");
         }
         self.report(exit, None, output_written)?;
         if exit == Exit::Success {
@@ -493,7 +496,7 @@ impl Run<'_> {
         if let Some(path) = &config.applied {
             let changes = &self.inputs.changes.text;
             output_file::write_atomically(path, |out| {
-                mixtape::applied::write(&self.store, changes, out)
+                mixtape::stages::export::applied::write(&self.store, changes, out)
             })?;
         }
         bar.set(1);

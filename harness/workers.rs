@@ -9,7 +9,7 @@
 //! - **spawning** ([`WorkerCommand`], [`spawn`]): the worker's command line is
 //!   built once, and used both to start it and to print "to reproduce by hand";
 //!   a reader thread per pipe turns what it says into [`Event`]s;
-//! - **watching** ([`Watch`]): progress reports ([`mixtape::protocol`], one when
+//! - **watching** ([`Watch`]): progress reports ([`mixtape::run::protocol`], one when
 //!   a worker takes a chunk and one per committed batch) move each worker's
 //!   bar; the total bar reads the store's chunk table twice a second, so it
 //!   counts chunks applied by any worker; stderr is kept for an error message.
@@ -37,8 +37,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use mixtape::protocol::Progress;
-use mixtape::stage::Stage;
+use mixtape::run::protocol::Progress;
+use mixtape::stages::Stage;
 use mixtape::store::{ChunkRow, Location, Store};
 
 use crate::progress::{Bar, Ui};
@@ -249,9 +249,9 @@ pub fn run(
     }
     drop(tx);
     while children.running() > 0 {
-        if mixtape::interrupt::requested() {
+        if mixtape::run::interrupt::requested() {
             children.stop_all();
-            return Err(mixtape::interrupt::Interrupted.into());
+            return Err(mixtape::run::interrupt::Interrupted.into());
         }
         if let Ok(event) = rx.recv_timeout(POLL) {
             if let Some(slot) = watch.on_event(event) {

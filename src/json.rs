@@ -1,4 +1,4 @@
-//! Byte-level helpers for JSON text that has already been checked by [`crate::scan`].
+//! Byte-level helpers for JSON text that has already been checked by [`crate::json::scan`].
 //!
 //! The tool never re-serialises a value it does not have to: users, songs,
 //! unchanged playlists and copied members are written back token for token, only
@@ -8,6 +8,10 @@
 //!
 //! Every function here is total: on malformed input (which the scanner should
 //! have rejected already) it returns `None` or a shorter result, never panics.
+
+pub mod render;
+pub mod scan;
+pub mod values;
 
 use std::borrow::Cow;
 

@@ -1,47 +1,26 @@
-//! mixtape: apply a batch of playlist changes to a mixtape document, in a SQLite
-//! work database, with any number of worker processes, and get the same bytes as
+//! mixtape: apply a batch of playlist changes to a mixtape document, with any
+//! number of worker processes sharing one work store, and get the same bytes as
 //! applying the changes one after another.
 //!
-//! The crate is the shared code of the two binaries:
+//! The crate is the shared code of the two binaries: `harness` (in `harness/`)
+//! owns a run and calls the stages in order; `worker` (in `worker/`) applies
+//! chunks of the plan. The map of the crate, one folder per concern:
 //!
-//! - `harness` (in `harness/`) owns the run: it imports, plans, spawns workers,
-//!   merges and exports, each stage being one module here.
-//! - `worker` (in `worker/`) applies one chunk of the plan ([`apply`]).
+//! | module | what lives there |
+//! |---|---|
+//! | [`stages`] | the six stages in pipeline order: [`stages::decompress`] → [`stages::import`] → [`stages::plan`] → [`stages::apply`] (N worker processes) → [`stages::merge`] → [`stages::export`] |
+//! | [`changes`] | what passes between stages about a change: its shape, its recorded form, reject reasons, merge partitions |
+//! | [`store`] | the work store every stage shares: its contract, and the SQLite and PostgreSQL backends that hold every table and statement of SQL |
+//! | [`json`] | reading and writing JSON text: the streaming validator, value readers, byte helpers, rendering |
+//! | [`ids`] | the read-only id indexes of users and songs |
+//! | [`run`] | the run's plumbing: paths, output and private files, fingerprints, interrupts, exit codes, the worker protocol, testing aids |
 //!
-//! The stages ([`stage::Stage`]), in order: [`decompress`] (compressed inputs
-//! only) → [`import`] → [`plan`] → [`apply`]
-//! (N worker processes) → [`merge`] → [`export`]. [`store`] owns the work
-//! database they share: every table and every statement of SQL.
+//! `docs/DESIGN.md` draws the same map with the data that moves between the
+//! stages, and its glossary fixes the words the code uses.
 
-pub mod applied;
-pub mod apply;
-pub mod change;
-pub mod decompress;
-pub mod errors;
-pub mod exit_codes;
-pub mod export;
-pub mod fault;
-pub mod fingerprint;
-pub mod generate;
-pub mod id_index;
-pub mod id_key;
-pub mod id_sort;
-pub mod import;
-pub mod input;
-pub mod interrupt;
+pub mod changes;
+pub mod ids;
 pub mod json;
-pub mod merge;
-pub mod output_file;
-pub mod parallel;
-pub mod partition;
-pub mod paths;
-pub mod plan;
-pub mod private_file;
-pub mod protocol;
-pub mod record;
-pub mod reject;
-pub mod render;
-pub mod scan;
-pub mod stage;
+pub mod run;
+pub mod stages;
 pub mod store;
-pub mod values;

@@ -21,14 +21,14 @@
 //! | `meta` | every stage | inputs and their fingerprints, stage markers, figures ([`Key`]) |
 //! | `playlists`, `extras` | import | the document's playlists by position, in input order (on SQLite, where each is in MIXTAPE: `sqlite/playlist_rows.rs`; on PostgreSQL, minified), and its other members, minified |
 //! | `chunks` | plan, workers | byte range of every chunk and how far its worker got |
-//! | `blocks` | workers | recorded changes, encoded ([`crate::record`]), one row per batch and partition |
+//! | `blocks` | workers | recorded changes, encoded ([`crate::changes::record`]), one row per batch and partition |
 //! | `rejects` | workers, merge | every rejected change, with its index (SQLite: up to 128 a row, encoded) |
 //! | `results` | merge | every playlist whose fate differs from the document ([`Fate`]) (SQLite: up to 64 a row, encoded) |
 //! | `merged` | merge | the partitions already merged, and the warnings each counted |
 //!
 //! Users and songs never change, so the store keeps no copy of them: two
 //! read-only id indexes beside the file (`DB.users.idx`, `DB.songs.idx`,
-//! [`crate::id_index`]) answer "does this user or song exist, and how is it
+//! [`crate::ids::index`]) answer "does this user or song exist, and how is it
 //! written" for workers and the merge, and `meta` keeps where their arrays are
 //! in MIXTAPE ([`ArrayRanges`]), from which the export copies them. The import
 //! builds the indexes before it marks itself done; MIXTAPE's fingerprint,
@@ -38,7 +38,7 @@
 //! them new playlists' ids that the document does not have.
 //!
 //! A compressed input is decompressed once into a kept text file beside the
-//! database (`DB.mixtape`, `DB.changes`, [`crate::decompress`]); `meta` records,
+//! database (`DB.mixtape`, `DB.changes`, [`crate::stages::decompress`]); `meta` records,
 //! for each input, the file the stages read and its fingerprint
 //! ([`Store::input_text`]), so workers read the kept text and a resumed run can
 //! tell whether the kept file is still whole.
@@ -86,10 +86,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::id_index::IdIndex;
-use crate::plan::Plan;
-use crate::reject::{Reason, Reject};
-use crate::stage::Stage;
+use crate::changes::reject::{Reason, Reject};
+use crate::ids::index::IdIndex;
+use crate::stages::plan::Plan;
+use crate::stages::Stage;
 
 mod postgres;
 mod sqlite;
@@ -187,7 +187,7 @@ impl InputKind {
     }
 
     /// What names the file an input read from standard input is kept in
-    /// ([`crate::input::Input::from_stdin`]), beside the store.
+    /// ([`crate::run::input::Input::from_stdin`]), beside the store.
     pub fn stdin_suffix(self) -> &'static str {
         match self {
             InputKind::Mixtape => ".stdin-mixtape",
@@ -534,7 +534,7 @@ impl Location {
     /// index cache names carry the run's id and are not known before it opens.
     pub fn companions(&self) -> Vec<(&'static str, PathBuf)> {
         let base = self.local_base();
-        let with = |suffix: &str| crate::paths::with_suffix(&base, suffix);
+        let with = |suffix: &str| crate::run::paths::with_suffix(&base, suffix);
         let mut files = Vec::new();
         if let Location::File(path) = self {
             files.push(("work database", path.clone()));
@@ -892,10 +892,10 @@ impl IdKind {
     }
 
     /// What the index maps ids to.
-    pub fn values(self) -> crate::id_index::Values {
+    pub fn values(self) -> crate::ids::index::Values {
         match self {
-            IdKind::Users | IdKind::Songs => crate::id_index::Values::Written,
-            IdKind::Playlists => crate::id_index::Values::Positions,
+            IdKind::Users | IdKind::Songs => crate::ids::index::Values::Written,
+            IdKind::Playlists => crate::ids::index::Values::Positions,
         }
     }
 }
@@ -965,7 +965,7 @@ impl Store {
                 for kind in InputKind::ALL {
                     match self.input_text(kind)? {
                         Some((path, print))
-                            if crate::fingerprint::of_file(&path).ok().as_deref()
+                            if crate::run::fingerprint::of_file(&path).ok().as_deref()
                                 == Some(&print) => {}
                         _ => return Ok(false),
                     }
@@ -1029,7 +1029,7 @@ impl Store {
 
     /// The file the stages read for an input, and its fingerprint when it was
     /// recorded: the input itself, or the kept text of a compressed input
-    /// ([`crate::decompress`]). `None` until it is known (a compressed input
+    /// ([`crate::stages::decompress`]). `None` until it is known (a compressed input
     /// not yet wholly decompressed).
     pub fn input_text(&self, which: InputKind) -> Result<Option<(PathBuf, String)>> {
         let (path, print) = which.text_keys();
@@ -1114,7 +1114,7 @@ impl Store {
     }
 
     /// Where the import writes the id index of `which`, and where this host
-    /// reads it (see [`crate::id_index`]).
+    /// reads it (see [`crate::ids::index`]).
     pub fn index_path(&self, which: IdKind) -> Result<PathBuf> {
         let tag = match self.index_tag.get() {
             Some(tag) => tag,
@@ -1125,7 +1125,7 @@ impl Store {
         };
         let base = self.location.local_base();
         Ok(match tag {
-            None => crate::paths::with_suffix(&base, which.suffix()),
+            None => crate::run::paths::with_suffix(&base, which.suffix()),
             Some(tag) => tagged_index_path(&base, tag, which),
         })
     }
@@ -1161,7 +1161,7 @@ impl Store {
     }
 
     /// Starts loading what looking up the playlist and the song written as
-    /// these tokens will read ([`crate::id_index::IdIndex::prefetch`]), so
+    /// these tokens will read ([`crate::ids::index::IdIndex::prefetch`]), so
     /// that the two cache misses overlap.
     /// The bytes of the dense tables an `add_song` looks up (the playlists'
     /// and the songs').
@@ -1186,13 +1186,13 @@ impl Store {
     }
 
     /// Whether song `id` exists, or which slot of the songs index says
-    /// ([`crate::id_index::IdIndex::presence`]).
-    pub fn song_presence(&self, id: &str) -> Result<crate::id_index::Presence> {
+    /// ([`crate::ids::index::IdIndex::presence`]).
+    pub fn song_presence(&self, id: &str) -> Result<crate::ids::index::Presence> {
         Ok(self.indexes()?.songs.presence(id))
     }
 
     /// Starts loading slot `n` of the songs index (a hint; see
-    /// [`crate::id_index::IdIndex::prefetch_slot`]).
+    /// [`crate::ids::index::IdIndex::prefetch_slot`]).
     pub fn prefetch_song_slot(&self, n: u64) {
         if let Ok(indexes) = self.indexes() {
             indexes.songs.prefetch_slot(n);
@@ -1205,7 +1205,7 @@ impl Store {
     }
 
     /// The position of the document's playlist `id`, if the document has one
-    /// ([`crate::partition`]).
+    /// ([`crate::changes::partition`]).
     pub fn document_playlist_position(&self, id: &str) -> Result<Option<u64>> {
         Ok(self.indexes()?.playlists.position(id))
     }
@@ -1312,18 +1312,18 @@ impl DocumentWriter<'_> {
 /// A server store's id index file on this host: the run's id in its name,
 /// so that a cache never serves another run.
 fn tagged_index_path(base: &Path, tag: &str, which: IdKind) -> PathBuf {
-    crate::paths::with_suffix(base, &format!(".{tag}{}", which.suffix()))
+    crate::run::paths::with_suffix(base, &format!(".{tag}{}", which.suffix()))
 }
 
 /// The kept decompressed inputs that go with a store at `base`, and their
 /// partial files.
 fn kept_texts(base: &Path) -> [PathBuf; 4] {
-    let kept = |kind: InputKind| crate::paths::with_suffix(base, kind.kept_text_suffix());
+    let kept = |kind: InputKind| crate::run::paths::with_suffix(base, kind.kept_text_suffix());
     [
         kept(InputKind::Mixtape),
         kept(InputKind::Changes),
-        crate::paths::with_suffix(&kept(InputKind::Mixtape), ".partial"),
-        crate::paths::with_suffix(&kept(InputKind::Changes), ".partial"),
+        crate::run::paths::with_suffix(&kept(InputKind::Mixtape), ".partial"),
+        crate::run::paths::with_suffix(&kept(InputKind::Changes), ".partial"),
     ]
 }
 
@@ -1331,7 +1331,7 @@ fn kept_texts(base: &Path) -> [PathBuf; 4] {
 /// ([`InputKind::stdin_suffix`]). A new store keeps them (they are read
 /// before it is made); a finished run's clean-up removes them.
 fn stdin_copies(base: &Path) -> [PathBuf; 2] {
-    InputKind::ALL.map(|kind| crate::paths::with_suffix(base, kind.stdin_suffix()))
+    InputKind::ALL.map(|kind| crate::run::paths::with_suffix(base, kind.stdin_suffix()))
 }
 
 /// A document playlist as the merge-join reads it: its position and text.
@@ -1468,7 +1468,7 @@ fn reason_of(name: &str) -> Result<Reason> {
 
 /// The WAL of the SQLite database at `path` (SQLite's name for it).
 fn wal_of(path: &Path) -> PathBuf {
-    crate::paths::with_suffix(path, "-wal")
+    crate::run::paths::with_suffix(path, "-wal")
 }
 
 /// Removes the SQLite database, its WAL and shared-memory files, its id
@@ -1478,9 +1478,9 @@ pub fn remove_files(path: &Path) -> Result<()> {
     files.extend([
         path.to_path_buf(),
         wal_of(path),
-        crate::paths::with_suffix(path, "-shm"),
+        crate::run::paths::with_suffix(path, "-shm"),
     ]);
-    files.extend(IdKind::ALL.map(|k| crate::paths::with_suffix(path, k.suffix())));
+    files.extend(IdKind::ALL.map(|k| crate::run::paths::with_suffix(path, k.suffix())));
     remove_paths(&files)
 }
 
@@ -1512,8 +1512,8 @@ impl RunLock {
 
     /// Takes the lock beside the file `db`.
     fn acquire_file(db: &Path) -> Result<RunLock> {
-        let path = crate::paths::with_suffix(db, ".lock");
-        let file = crate::private_file::open_or_create(&path)?;
+        let path = crate::run::paths::with_suffix(db, ".lock");
+        let file = crate::run::private_file::open_or_create(&path)?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(RunLock(Held::File { _lock: lock, path })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => bail!(

@@ -69,7 +69,7 @@ fn check(name: &str, mixtape: &[u8], changes: &[u8], expect: Expect) {
             }
             // Whatever went in, OUTPUT is valid JSON.
             if matches!(expect, WorksDeep(..)) {
-                let mut scanner = mixtape::scan::Scanner::new(output.as_bytes(), 0);
+                let mut scanner = mixtape::json::scan::Scanner::new(output.as_bytes(), 0);
                 scanner.value().unwrap_or_else(|e| panic!("{name}: {e:?}"));
                 assert_eq!(scanner.peek().unwrap(), None, "{name}: trailing bytes");
             } else {

@@ -54,11 +54,11 @@ fn fixture_changes_hit_every_reason() {
     let f = fixtures();
     let rejects = fs::read_to_string(f.join("expected-rejects.jsonl")).unwrap();
     assert_eq!(
-        mixtape::reject::Reason::ALL.len(),
+        mixtape::changes::reject::Reason::ALL.len(),
         9,
         "README \"Semantics and rejects\" has nine reasons"
     );
-    for reason in mixtape::reject::Reason::ALL.map(|r| r.name()) {
+    for reason in mixtape::changes::reject::Reason::ALL.map(|r| r.name()) {
         assert!(
             rejects.contains(&format!("\"reason\": \"{reason}\"")),
             "no {reason}"

@@ -7,8 +7,8 @@
 
 mod support;
 
-use mixtape::scan::{ScanError, Scanner};
-use mixtape::{change, json};
+use mixtape::json::scan::{ScanError, Scanner};
+use mixtape::{changes::change, json};
 use support::gen::{self, Rng};
 
 fn iterations() -> u64 {

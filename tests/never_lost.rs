@@ -459,8 +459,8 @@ fn a_hand_run_worker_on_postgres_refuses_to_run_beside_a_harness() {
 /// server as in the SQLite file (whose unit test is in src/store.rs).
 #[test]
 fn the_merge_is_done_only_when_every_partition_is_merged_on_postgres() {
-    use mixtape::plan::{Chunk, Form, Plan};
-    use mixtape::stage::Stage;
+    use mixtape::stages::plan::{Chunk, Form, Plan};
+    use mixtape::stages::Stage;
     use mixtape::store::{Location, PartitionResults, Store};
     let Some(server) = pg::server() else { return };
     let db = server.database("merged");

@@ -76,7 +76,7 @@ fn differential_on_the_server_matches_the_reference_and_sqlite() {
     assert_ok(&case.run(&url, 3, &[]), "4242");
     case.assert_exact("seed 4242");
     let rejects = fs::read_to_string(case.out().with_file_name("out.json.rejects.jsonl")).unwrap();
-    for reason in mixtape::reject::Reason::ALL {
+    for reason in mixtape::changes::reject::Reason::ALL {
         assert!(
             rejects.contains(&format!("\"{}\"", reason.name())),
             "{}",

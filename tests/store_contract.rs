@@ -21,9 +21,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use mixtape::plan::{Chunk, Form, Plan};
-use mixtape::reject::{Reason, Reject};
-use mixtape::stage::Stage;
+use mixtape::changes::reject::{Reason, Reject};
+use mixtape::stages::plan::{Chunk, Form, Plan};
+use mixtape::stages::Stage;
 use mixtape::store::{
     AlreadyMerged, ArrayRange, ArrayRanges, Batch, Claim, Claimed, DocumentFacts, Each, Fate,
     IdKind, InputKind, Key, LeaseLost, Leased, Location, PartitionResults, PlaylistResult, Store,
@@ -126,7 +126,7 @@ fn build_indexes(store: &Store, ids: &[&str]) {
     for kind in IdKind::ALL {
         let path = store.index_path(kind).unwrap();
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).unwrap();
-        mixtape::id_index::build(&path, kind.values(), sorted.len() as u64, &mut |add| {
+        mixtape::ids::index::build(&path, kind.values(), sorted.len() as u64, &mut |add| {
             if kind == IdKind::Playlists {
                 for &(id, position) in &sorted {
                     add(id, "", position)?;

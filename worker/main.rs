@@ -1,7 +1,7 @@
 //! `worker`: applies chunks of the plan stored in a work database (README
 //! "Command line" and "Debugging a chunk by hand"). The harness runs N of
 //! them joined to the run (each claims chunks until none is left) and reads
-//! their progress reports ([`mixtape::protocol`]) on stdout; more may join by
+//! their progress reports ([`mixtape::run::protocol`]) on stdout; more may join by
 //! hand, from any host; a person can apply one chunk by hand to debug it.
 //! Which of these a process is ([`Role`]) is decided once, from its command
 //! line.
@@ -13,9 +13,9 @@ use std::io::{IsTerminal, Write};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use mixtape::apply::{self, WorkerOptions};
-use mixtape::exit_codes::Exit;
-use mixtape::protocol::Progress;
+use mixtape::run::exit_codes::Exit;
+use mixtape::run::protocol::Progress;
+use mixtape::stages::apply::{self, WorkerOptions};
 use mixtape::store::{Location, RunLock, Store};
 
 /// Apply chunk K of the plan stored in a mixtape work database, or (--join)
@@ -66,7 +66,7 @@ struct Cli {
     /// Print a shell completion script or the man page on stdout, and exit
     /// (README "Shell completions and man pages").
     #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
-    generate: Option<mixtape::generate::Generate>,
+    generate: Option<mixtape::run::generate::Generate>,
 }
 
 /// Who started this worker, and so what it does.
@@ -114,7 +114,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(what) = cli.generate {
         use clap::CommandFactory;
-        return match mixtape::generate::write(what, Cli::command(), &mut std::io::stdout().lock()) {
+        return match mixtape::run::generate::write(
+            what,
+            Cli::command(),
+            &mut std::io::stdout().lock(),
+        ) {
             Ok(()) => Exit::Success.into(),
             Err(e) => {
                 eprintln!("worker: error: writing to standard output: {e}");
@@ -123,7 +127,7 @@ fn main() -> ExitCode {
         };
     }
     let role = Role::of(&cli);
-    mixtape::interrupt::install();
+    mixtape::run::interrupt::install();
     if role == Role::ForHarness {
         // Run by the harness: stop if the harness dies, whatever kills it.
         // SIGKILL: a batch not yet committed is simply not there; nothing is lost.
@@ -207,7 +211,7 @@ fn run(cli: &Cli, role: Role) -> anyhow::Result<apply::JoinSummary> {
     // A worker that joined a run by hand helps with the merge too; the
     // harness's own workers leave it to the harness's threads.
     if role == Role::Joined {
-        summary.merged = mixtape::merge::help(&Store::open(&db)?)?;
+        summary.merged = mixtape::stages::merge::help(&Store::open(&db)?)?;
     }
     Ok(summary)
 }
@@ -216,7 +220,7 @@ fn run(cli: &Cli, role: Role) -> anyhow::Result<apply::JoinSummary> {
 /// indexes): `$XDG_CACHE_HOME/mixtape`, else `~/.cache/mixtape`, else a
 /// directory of this user's own in the temporary directory
 /// (`mixtape-cache-UID`, which must be private: see
-/// [`mixtape::private_file::private_dir`]). A cached index is used only when
+/// [`mixtape::run::private_file::private_dir`]). A cached index is used only when
 /// its hash is the one the store recorded.
 fn cache_base() -> PathBuf {
     let absolute = |dir: PathBuf| dir.is_absolute().then_some(dir);

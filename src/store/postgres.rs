@@ -44,9 +44,9 @@ use super::{
     EachMember, EachPlaylist, IdKind, Key, LeaseLost, LockTiming, Param, PartitionResults,
     Statement, Tables, FATE_NEW, SCHEMA_VERSION, SELECT_CHUNK, SELECT_CHUNKS,
 };
-use crate::plan::Plan;
-use crate::reject::{Reason, Reject};
-use crate::stage::Stage;
+use crate::changes::reject::{Reason, Reject};
+use crate::stages::plan::Plan;
+use crate::stages::Stage;
 
 pub(super) mod target;
 mod tls;
@@ -111,7 +111,7 @@ impl PgDb {
         }
         let run_id = format!(
             "{:016x}",
-            crate::fingerprint::fnv1a(
+            crate::run::fingerprint::fnv1a(
                 format!("{:?}{}", Instant::now(), std::process::id()).as_bytes()
             )
         );
@@ -247,8 +247,8 @@ impl PgDb {
         if sha256_hex(data) != recorded {
             bail!("the work store's {kind} index does not match its recorded hash");
         }
-        let dir = crate::paths::directory_of(path);
-        crate::private_file::private_dir(dir)?;
+        let dir = crate::run::paths::directory_of(path);
+        crate::run::private_file::private_dir(dir)?;
         // A name no one can predict, created exclusively and 0600
         // (tempfile's defaults), renamed over the cached copy when whole.
         let mut temp = tempfile::Builder::new()
@@ -261,7 +261,7 @@ impl PgDb {
         temp.persist(path)
             .map_err(|e| e.error)
             .with_context(|| format!("writing {}", path.display()))?;
-        crate::paths::sync_directory_of(path)
+        crate::run::paths::sync_directory_of(path)
     }
 
     /// Streams the rows of `sql` (with `params`) to `each`, [`FETCH_ROWS`] at
@@ -695,13 +695,13 @@ impl Tables for PgDb {
                 &secs(batch.lease),
             ],
         )?;
-        crate::fault::point("worker-write");
+        crate::run::fault::point("worker-write");
         tx.commit()?;
         let timing = LockTiming {
             waited: got - asked,
             held: got.elapsed(),
         };
-        crate::fault::point("worker-commit");
+        crate::run::fault::point("worker-commit");
         Ok(timing)
     }
 
@@ -757,7 +757,7 @@ impl Tables for PgDb {
             writer.finish()?;
         }
         copy_rejects(&mut tx, &out.rejects, true)?;
-        crate::fault::point("merge-partition");
+        crate::run::fault::point("merge-partition");
         Ok(tx.commit()?)
     }
 
@@ -852,7 +852,7 @@ impl Tables for PgDb {
             &mut |row| {
                 each(Reject {
                     index: row.get::<_, i64>(0) as u64,
-                    op_json: crate::change::op_json_of(row.get(1)),
+                    op_json: crate::changes::change::op_json_of(row.get(1)),
                     reason: reason_of(row.get(2))?,
                     detail: row.get(3),
                 })
@@ -889,7 +889,7 @@ impl Backend for PgDb {
                 Some(Param::Number(n)) => tx.execute(statement.sql, &[&n])?,
                 Some(Param::Text(text)) => tx.execute(statement.sql, &[&text])?,
             };
-            crate::fault::point("clear-statement");
+            crate::run::fault::point("clear-statement");
         }
         Ok(tx.commit()?)
     }

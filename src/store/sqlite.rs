@@ -15,9 +15,9 @@ use super::{
     PlaylistResult, Statement, Tables, FATE_CHANGED, FATE_REMOVED, SCHEMA_VERSION, SELECT_CHUNK,
     SELECT_CHUNKS,
 };
-use crate::plan::Plan;
-use crate::reject::{Reason, Reject};
-use crate::stage::Stage;
+use crate::changes::reject::{Reason, Reject};
+use crate::stages::plan::Plan;
+use crate::stages::Stage;
 
 mod playlist_rows;
 mod reject_rows;
@@ -196,12 +196,12 @@ impl SqliteDb {
             refuse_unless_work_database(path)?;
         }
         remove_files(path)?;
-        let creating = crate::paths::with_suffix(path, ".creating");
+        let creating = crate::run::paths::with_suffix(path, ".creating");
         remove_files(&creating)?;
         {
             // Made here, so that it is private (0600) and not through a
             // symlink; SQLite gives its WAL and shared memory the same mode.
-            drop(crate::private_file::create_new(&creating)?);
+            drop(crate::run::private_file::create_new(&creating)?);
             let conn = Connection::open(&creating)
                 .with_context(|| format!("creating work database {}", path.display()))?;
             conn.pragma_update(None, "page_size", PAGE_SIZE)?;
@@ -223,7 +223,7 @@ impl SqliteDb {
         }
         std::fs::rename(&creating, path)
             .with_context(|| format!("creating work database {}", path.display()))?;
-        crate::paths::sync_directory_of(path)?;
+        crate::run::paths::sync_directory_of(path)?;
         let conn = Connection::open(path)
             .with_context(|| format!("opening work database {}", path.display()))?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
@@ -517,13 +517,13 @@ impl Tables for SqliteDb {
             }
             .into());
         }
-        crate::fault::point("worker-write");
+        crate::run::fault::point("worker-write");
         tx.commit()?;
         let timing = LockTiming {
             waited: got - asked,
             held: got.elapsed(),
         };
-        crate::fault::point("worker-commit");
+        crate::run::fault::point("worker-commit");
         Ok(timing)
     }
 
@@ -578,7 +578,7 @@ impl Tables for SqliteDb {
         insert_rejects(&tx, &out.rejects, true)?;
         tx.prepare_cached("INSERT INTO merged(part, warnings) VALUES (?1, ?2)")?
             .execute([part, out.warnings])?;
-        crate::fault::point("merge-partition");
+        crate::run::fault::point("merge-partition");
         Ok(tx.commit()?)
     }
 
@@ -745,7 +745,7 @@ impl Backend for SqliteDb {
                 Some(Param::Number(n)) => tx.execute(statement.sql, [n])?,
                 Some(Param::Text(text)) => tx.execute(statement.sql, [text])?,
             };
-            crate::fault::point("clear-statement");
+            crate::run::fault::point("clear-statement");
         }
         Ok(tx.commit()?)
     }

@@ -14,7 +14,7 @@
 //! database: BENCHMARKS.md). But the text is in MIXTAPE already, and the
 //! export reads MIXTAPE's users and songs again anyway. So a playlist is kept
 //! as where it is in MIXTAPE's text (the file the import read,
-//! [`crate::input`]), and read and minified there again when it is needed:
+//! [`crate::run::input`]), and read and minified there again when it is needed:
 //! minifying is the same function on the same bytes, so it gives the same
 //! text. Each playlist is `tag:varint` with `tag = len << 2 | minify << 1 |
 //! in_mixtape`, then `offset:varint` (its `len` bytes at `offset` in MIXTAPE,
@@ -23,7 +23,7 @@
 //! store-contract tests do).
 //!
 //! That MIXTAPE is still the file the import read is what the harness checks
-//! before it resumes a run (its fingerprint, [`crate::fingerprint`]), as it
+//! before it resumes a run (its fingerprint, [`crate::run::fingerprint`]), as it
 //! does for the users and songs the export copies. A read that does not find
 //! an object where the row says one is fails the run instead of writing
 //! another text.
@@ -34,8 +34,8 @@ use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, Context, Result};
 
+use crate::changes::record::{put_varint, Decoder};
 use crate::json;
-use crate::record::{put_varint, Decoder};
 
 /// Playlists a row holds at most.
 pub(super) const PLAYLISTS_PER_ROW: u64 = 64;

@@ -9,16 +9,16 @@
 //! batch's rejects, all of one chunk), and its `data` is the rejects, each
 //! `index:varint reason:u8 op detail`, where `op` is a byte naming one of the
 //! four ops' JSON names or null, or [`OP_OTHER`] then the JSON as bytes, and
-//! `detail` is bytes (`len:varint bytes`, as in [`crate::record`]).
+//! `detail` is bytes (`len:varint bytes`, as in [`crate::changes::record`]).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use anyhow::{bail, Context, Result};
 
-use crate::change::Op;
-use crate::record::{put_bytes, put_varint, Decoder};
-use crate::reject::{Reason, Reject};
+use crate::changes::change::Op;
+use crate::changes::record::{put_bytes, put_varint, Decoder};
+use crate::changes::reject::{Reason, Reject};
 
 /// Rejects per row: small enough that the export holds a page of every run
 /// at once in a few MB, large enough that a row's cost is spread thin.

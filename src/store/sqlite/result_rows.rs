@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 
 use anyhow::{bail, Result};
 
-use crate::record::{put_bytes, put_varint, Decoder};
+use crate::changes::record::{put_bytes, put_varint, Decoder};
 
 /// Results a row holds at most.
 pub(super) const RESULTS_PER_ROW: usize = 64;

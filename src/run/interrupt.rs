@@ -41,7 +41,7 @@ pub fn requested() -> bool {
 }
 
 /// The error of a run stopped by a signal; its type (not its text) makes the
-/// exit code 130 ([`crate::exit_codes::Exit::of_error`]).
+/// exit code 130 ([`crate::run::exit_codes::Exit::of_error`]).
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]
 pub struct Interrupted;

@@ -1,26 +1,45 @@
-//! The stages of a run, named once.
+//! The six stages of a run, in pipeline order, and their names.
+//!
+//! Each stage is one module with one entry point; the harness calls them in
+//! this order (see `docs/DESIGN.md` for the data that passes between them):
+//!
+//! 1. [`decompress`]: gzip and zstd inputs into kept plain text (nothing to do
+//!    for plain inputs).
+//! 2. [`import`]: MIXTAPE into the work store.
+//! 3. [`plan`]: CHANGES cut into chunks on change boundaries.
+//! 4. [`apply`]: what each `worker` process does with the chunks it claims.
+//! 5. [`merge`]: the order-dependent rules settled per playlist, one partition
+//!    at a time.
+//! 6. [`export`]: OUTPUT and the reports, from the store.
 //!
 //! A stage knows its name (for bars, the summary and `--stop-after`), its slot in
-//! the table of stage times, and whether the work database marks it done. Every
+//! the table of stage times, and whether the work store marks it done. Every
 //! other module says "the plan stage" as [`Stage::Plan`], never as a string or an
 //! index.
+
+pub mod apply;
+pub mod decompress;
+pub mod export;
+pub mod import;
+pub mod merge;
+pub mod plan;
 
 /// decompress → import → plan → apply → merge → export, in this order (the
 /// derived `Ord`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Stage {
-    /// Compressed inputs into kept files ([`crate::decompress`]); nothing to do
+    /// Compressed inputs into kept files ([`crate::stages::decompress`]); nothing to do
     /// for plain ones.
     Decompress,
-    /// MIXTAPE into the work database ([`crate::import`]).
+    /// MIXTAPE into the work database ([`crate::stages::import`]).
     Import,
-    /// CHANGES cut into chunks ([`crate::plan`]).
+    /// CHANGES cut into chunks ([`crate::stages::plan`]).
     Plan,
-    /// Worker processes claiming chunks under leases ([`crate::apply`]).
+    /// Worker processes claiming chunks under leases ([`crate::stages::apply`]).
     Apply,
-    /// The order-dependent rules settled per playlist ([`crate::merge`]).
+    /// The order-dependent rules settled per playlist ([`crate::stages::merge`]).
     Merge,
-    /// OUTPUT and the rejects report written ([`crate::export`]). Not a place to
+    /// OUTPUT and the rejects report written ([`crate::stages::export`]). Not a place to
     /// stop (`--stop-after export` would be a plain run), hence skipped by clap.
     #[value(skip)]
     Export,

@@ -15,7 +15,7 @@
 //!
 //! ## Memory
 //!
-//! Records are spread over partitions by playlist id ([`crate::partition`]:
+//! Records are spread over partitions by playlist id ([`crate::changes::partition`]:
 //! a document playlist's by its position, any other by a hash), and the plan
 //! chose the number of partitions so that one holds a few MiB of records
 //! whatever the input size. A merge thread reads its slice of the document's
@@ -54,14 +54,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Result};
 
-use crate::id_index::Presence;
-use crate::id_key::{FxMap, FxSet, IdKey};
+use crate::changes::partition::Partitions;
+use crate::changes::record::{Body, Decoder, NewId, Recorded, Token};
+use crate::changes::reject::{Reason, Reject, Rejection};
+use crate::ids::index::Presence;
+use crate::ids::key::{FxMap, FxSet, IdKey};
 use crate::json;
-use crate::partition::Partitions;
-use crate::record::{Body, Decoder, NewId, Recorded, Token};
-use crate::reject::{Reason, Reject, Rejection};
-use crate::render;
-use crate::stage::Stage;
+use crate::json::render;
+use crate::stages::Stage;
 use crate::store::{AlreadyMerged, Fate, Key, PartitionResults, PlaylistResult, Store};
 
 /// Page cache shared by the merge threads, in KiB (each gets its share): for
@@ -100,13 +100,13 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
     let db = store.location();
     // Each thread has its own connection; reading and replaying run in
     // parallel, only the short write of each partition's rows holds the lock.
-    crate::parallel::run_tasks(
+    crate::run::parallel::run_tasks(
         pending.len(),
         threads,
         || {
             let store = Store::open(db)?;
             store.set_cache_kib((MERGE_CACHE_KIB / threads as i64).max(MIN_THREAD_CACHE_KIB))?;
-            store.checkpoint_every(crate::apply::BULK_CHECKPOINT_PAGES)?;
+            store.checkpoint_every(crate::stages::apply::BULK_CHECKPOINT_PAGES)?;
             Ok((store, SongListBuffers::default()))
         },
         |(thread_store, buffers), i| {
@@ -130,7 +130,7 @@ fn merge_one(
     part: u64,
     buffers: &mut SongListBuffers,
 ) -> Result<bool> {
-    crate::interrupt::check()?;
+    crate::run::interrupt::check()?;
     if store.is_merged(part)? {
         return Ok(false);
     }
@@ -188,7 +188,7 @@ const PROBES_AT_ONCE: usize = 1 << 18;
 
 /// A waiting probe of slot `slot` for playlist `playlist`, packed in one word
 /// (half the bytes to order of a `(u64, u32)` pair); `None` when the slot does
-/// not fit in 32 bits (no dense table is that large: [`crate::id_index`]).
+/// not fit in 32 bits (no dense table is that large: [`crate::ids::index`]).
 fn probe_of(slot: u64, playlist: u32) -> Option<u64> {
     (slot <= u64::from(u32::MAX)).then_some(slot << 32 | u64::from(playlist))
 }
@@ -420,7 +420,7 @@ fn tag(key: &IdKey) -> u64 {
         IdKey::Packed(packed) => (*packed as u64) ^ ((*packed >> 64) as u64),
         IdKey::Long(_) => {
             use std::hash::BuildHasher;
-            std::hash::BuildHasherDefault::<crate::id_key::FxHasher>::default().hash_one(key)
+            std::hash::BuildHasherDefault::<crate::ids::key::FxHasher>::default().hash_one(key)
         }
     }
 }
@@ -791,7 +791,7 @@ impl<'b> Replays<'b> {
 
 /// The document playlists that partition `part`'s records may name, by
 /// position, and the slice's warnings counted into `out`: one range scan of
-/// the partition's slice ([`crate::partition`]) keeps every playlist of it,
+/// the partition's slice ([`crate::changes::partition`]) keeps every playlist of it,
 /// up to [`SLICE_BYTES_KEPT`] of text. Most slices are far smaller (about a
 /// thousand playlists: M's hold 190 KB, D's 260 KB), and most of their
 /// playlists are named anyway; before, a first pass over the partition's
@@ -936,8 +936,8 @@ impl Replay {
     /// effect on what any read gives). Reads nothing of it.
     fn prefetch_state(&self) {
         let state: *const u8 = std::ptr::addr_of!(self.state).cast();
-        crate::id_index::prefetch_address(state);
-        crate::id_index::prefetch_address(state.wrapping_add(64));
+        crate::ids::index::prefetch_address(state);
+        crate::ids::index::prefetch_address(state.wrapping_add(64));
     }
 
     /// Asks the processor to start loading the tags of this replay's song
@@ -949,7 +949,7 @@ impl Replay {
             .as_ref()
             .and_then(|state| state.songs.tags.first())
         {
-            crate::id_index::prefetch_read(tag);
+            crate::ids::index::prefetch_read(tag);
         }
     }
 

@@ -40,7 +40,7 @@ pub enum ScanError {
         offset: u64,
         message: String,
     },
-    /// A stop was requested ([`crate::interrupt`]) while scanning.
+    /// A stop was requested ([`crate::run::interrupt`]) while scanning.
     Interrupted,
 }
 

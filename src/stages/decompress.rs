@@ -25,8 +25,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use flate2::read::MultiGzDecoder;
 
-use crate::input::{Input, Inputs};
-use crate::paths::with_suffix;
+use crate::run::input::{Input, Inputs};
+use crate::run::paths::with_suffix;
 use crate::store::Store;
 
 /// A compression format an input may come in.
@@ -138,7 +138,7 @@ pub fn stage(
     let mut figures = Vec::new();
     for (input, result) in to_do.iter().zip(results) {
         figures.push(result?);
-        let print = crate::fingerprint::of_file(&input.text)
+        let print = crate::run::fingerprint::of_file(&input.text)
             .with_context(|| format!("reading {}", input.text.display()))?;
         store.record_input_text(input.kind, &input.text, &print)?;
     }
@@ -194,7 +194,7 @@ pub fn decompress(
     };
     std::fs::rename(&partial, kept)
         .with_context(|| format!("renaming {} to {}", partial.display(), kept.display()))?;
-    crate::paths::sync_directory_of(kept)?;
+    crate::run::paths::sync_directory_of(kept)?;
     Ok(Decompressed {
         compressed_bytes: size,
         decompressed_bytes: written,
@@ -210,7 +210,7 @@ fn copy<'a>(
     progress: &mut dyn FnMut(u64),
     failure: impl Fn(u64) -> Failure<'a>,
 ) -> Result<u64> {
-    let mut out = crate::private_file::create_new(partial)?;
+    let mut out = crate::run::private_file::create_new(partial)?;
     let mut buffer = vec![0u8; BUFFER];
     let mut written = 0u64;
     let room = Room::of(partial)?;
@@ -226,9 +226,9 @@ fn copy<'a>(
             format!("writing the decompressed {label} to {}", partial.display())
         })?;
         written += n as u64;
-        crate::fault::point("decompress-block");
+        crate::run::fault::point("decompress-block");
         progress(written);
-        crate::interrupt::check()?;
+        crate::run::interrupt::check()?;
     }
     out.sync_all()
         .with_context(|| format!("writing {}", partial.display()))?;
@@ -256,7 +256,7 @@ struct Room {
 
 impl Room {
     fn of(file: &Path) -> Result<Room> {
-        let dir = crate::paths::directory_of(file).to_path_buf();
+        let dir = crate::run::paths::directory_of(file).to_path_buf();
         let (_, total) = Room::space(&dir)?;
         Ok(Room {
             margin: free_space_margin(total),

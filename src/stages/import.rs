@@ -28,11 +28,11 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::errors;
-use crate::id_index;
-use crate::id_sort::IdSorter;
+use crate::ids::index as id_index;
+use crate::ids::sort::IdSorter;
 use crate::json;
-use crate::scan::{ScanError, Scanner};
+use crate::json::scan::{ScanError, Scanner};
+use crate::run::errors;
 use crate::store::{ArrayRange, ArrayRanges, DocumentFacts, DocumentWriter, IdKind, Store};
 
 /// How much of the users or songs array the export copies as one piece (the
@@ -353,7 +353,7 @@ impl Sink for Processor<'_> {
         offset: u64,
     ) -> Result<(), Failure> {
         self.element(array, position, raw, offset)?;
-        crate::fault::point("import-element");
+        crate::run::fault::point("import-element");
         Ok(())
     }
 
@@ -479,7 +479,7 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
             position += 1;
             if position.is_multiple_of(1024) {
                 self.sink.progress(s.offset())?;
-                crate::interrupt::check()?;
+                crate::run::interrupt::check()?;
             }
             if s.eat(b',')? {
                 continue;

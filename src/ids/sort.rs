@@ -1,6 +1,6 @@
 //! Sorting the document's user or song ids for their index, in bounded memory.
 //!
-//! The import sees ids in document order; an [`crate::id_index`] is built from
+//! The import sees ids in document order; an [`crate::ids::index`] is built from
 //! ids in byte order. [`IdSorter`] keeps up to [`RUN_BYTES`] of ids (records and
 //! their sort keys together) in memory,
 //! sorts them and spills them to a temporary file as one sorted run, then
@@ -19,7 +19,7 @@ use std::io::{BufReader, BufWriter, Read, Seek, Write};
 
 use anyhow::{Context, Result};
 
-use crate::id_index::AddId;
+use crate::ids::index::AddId;
 
 /// In-memory ids before a run is spilled, in bytes of the arena and its index.
 pub const RUN_BYTES: usize = 16 << 20;

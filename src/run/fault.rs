@@ -14,7 +14,7 @@
 //!
 //! | point | where |
 //! |---|---|
-//! | `decompress-block` | after a MiB of a compressed input's text is written ([`crate::decompress`]) |
+//! | `decompress-block` | after a MiB of a compressed input's text is written ([`crate::stages::decompress`]) |
 //! | `import-element` | after an element is inserted, before the transaction commits |
 //! | `plan-change` | while scanning CHANGES |
 //! | `worker-change` | after a change is handled, its batch not yet committed |
@@ -26,7 +26,7 @@
 //! | `output-published` | in the harness, just after OUTPUT is renamed into place, before the run report and the clean-up |
 //!
 //! `MIXTAPE_BATCH=N` (also a testing aid) makes workers commit every N changes
-//! instead of the chunk's own batch size (see [`crate::apply::BATCH_CHANGES`]:
+//! instead of the chunk's own batch size (see [`crate::stages::apply::BATCH_CHANGES`]:
 //! 32,768 to 262,144 changes), so small inputs cross many commits.
 //!
 //! `MIXTAPE_EXPORT_PARTS=N` (also a testing aid) makes the export cut each
@@ -125,7 +125,7 @@ pub fn batch_size(default: u64) -> u64 {
 
 /// How many parts the export cuts each playlist stream into:
 /// `MIXTAPE_EXPORT_PARTS`, or `default` (a testing aid: the tests' inputs are
-/// far too small to be cut by size, `crate::export`).
+/// far too small to be cut by size, `crate::stages::export`).
 pub fn export_parts(default: u64) -> u64 {
     positive_number("MIXTAPE_EXPORT_PARTS").unwrap_or(default)
 }
@@ -139,7 +139,7 @@ fn positive_number(name: &str) -> Option<u64> {
 }
 
 /// Whether workers let simple changes wait for their lookups
-/// (`crate::apply`): `MIXTAPE_LOOK_AHEAD` = `always` or `never`, else
+/// (`crate::stages::apply`): `MIXTAPE_LOOK_AHEAD` = `always` or `never`, else
 /// `default` (the tests' inputs are far too small to turn it on by size).
 pub fn look_ahead(default: bool) -> bool {
     match std::env::var("MIXTAPE_LOOK_AHEAD").as_deref() {

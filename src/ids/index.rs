@@ -47,7 +47,7 @@
 //! [`QUOTED`] (`"` id `"`, the usual string id), [`BARE`] (the text itself, an
 //! integer id), or `SIDE + offset` of a length-prefixed raw token in the side
 //! area (a string with escapes, say). The map is built from keys in byte order,
-//! as the import's external sort ([`crate::id_sort`]) gives them, streaming:
+//! as the import's external sort ([`crate::ids::sort`]) gives them, streaming:
 //! memory does not grow with the ids beyond the dense table.
 
 use std::borrow::Cow;
@@ -375,7 +375,7 @@ pub fn build(
         Values::Written => vec![0u8; dense_limit.div_ceil(4) as usize],
         Values::Positions => vec![0u8; 4 * dense_limit as usize],
     };
-    let dir = crate::paths::directory_of(path);
+    let dir = crate::run::paths::directory_of(path);
     let temp = tempfile::Builder::new()
         .prefix(".index.")
         .tempfile_in(dir)
@@ -437,7 +437,7 @@ pub fn build(
     temp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("writing id index {}", path.display()))?;
-    crate::paths::sync_directory_of(path)
+    crate::run::paths::sync_directory_of(path)
 }
 
 /// Sets slot `n` of a dense table for an id whose map value is `value`;

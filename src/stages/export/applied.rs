@@ -10,7 +10,7 @@
 //! chunk in index order, and the rejects (every change not rejected was
 //! applied). So it is the same bytes for every N, and with the rejects
 //! report it names every change exactly once. The automatic ids are counted
-//! as the merge counts them ([`crate::merge`]): `M + k`, `k` counting every
+//! as the merge counts them ([`crate::stages::merge`]): `M + k`, `k` counting every
 //! `add_playlist` without `playlist_id` so far, rejected ones included.
 
 use std::io::Write;
@@ -18,7 +18,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::change::{self, Change};
+use crate::changes::change::{self, Change};
 use crate::json;
 use crate::store::{Key, Store};
 
@@ -42,7 +42,7 @@ pub fn write(store: &Store, changes: &Path, out: &mut dyn Write) -> Result<()> {
     let mut line = Vec::new();
     for chunk in &chunks {
         let what = format!("CHANGES chunk {}", chunk.chunk);
-        crate::values::each_value(changes, chunk.start, chunk.end, &what, &mut |raw, _| {
+        crate::json::values::each_value(changes, chunk.start, chunk.end, &what, &mut |raw, _| {
             let parsed = change::read(raw, &mut scratch);
             if parsed.counts_as_auto {
                 automatic += 1;

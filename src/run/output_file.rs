@@ -22,7 +22,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::paths::directory_of;
+use crate::run::paths::directory_of;
 
 /// Random characters tempfile puts in a temporary file's name.
 const RANDOM_LEN: usize = 6;
@@ -142,7 +142,7 @@ pub fn write_atomically_then(
     temp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("renaming into {}", path.display()))?;
-    crate::paths::sync_directory_of(path)
+    crate::run::paths::sync_directory_of(path)
 }
 
 /// Runs `write`, which writes `file` front to back, while a helper thread

@@ -4,7 +4,7 @@
 //! time), and for every change decides what can be decided without knowing the
 //! order of changes (README "Semantics and rejects", the first five reasons):
 //!
-//! 1. the shape ([`crate::change`]): `invalid_change`;
+//! 1. the shape ([`crate::changes::change`]): `invalid_change`;
 //! 2. lookups in the imported document: `unknown_user`, `unknown_song`;
 //! 3. the song list of a new playlist: `empty_playlist`, `duplicate_song`.
 //!
@@ -15,9 +15,9 @@
 //!
 //! Work goes in batches of [`BATCH_CHANGES`] to [`MAX_BATCH_CHANGES`] changes,
 //! sized by the whole run ([`batch_changes`]), not by the chunk. Parsing and
-//! lookups (in the memory-mapped id indexes, [`crate::id_index`]) touch no
+//! lookups (in the memory-mapped id indexes, [`crate::ids::index`]) touch no
 //! database; the recorded changes are encoded into one blob per merge
-//! partition ([`crate::record`]). Only then does the worker take the write lock
+//! partition ([`crate::changes::record`]). Only then does the worker take the write lock
 //! ([`crate::store::Tables::commit_batch`]) to write those few rows, its rejects and its new
 //! position in the chunk. So the serial part of the stage is a few row inserts
 //! per batch, not one per change.
@@ -54,14 +54,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::change::{self, Change, Op};
-use crate::fingerprint;
-use crate::id_key::{FxSet, IdKey};
+use crate::changes::change::{self, Change, Op};
+use crate::changes::partition::Partitions;
+use crate::changes::record::{self, Body, NewId, Recorded};
+use crate::changes::reject::{Reason, Reject, Rejection};
+use crate::ids::key::{FxSet, IdKey};
 use crate::json;
-use crate::partition::Partitions;
-use crate::record::{self, Body, NewId, Recorded};
-use crate::reject::{Reason, Reject, Rejection};
-use crate::stage::Stage;
+use crate::run::fingerprint;
+use crate::stages::Stage;
 use crate::store::{Batch, Claim, Claimed, InputKind, Key, LeaseLost, Location, Store};
 
 /// Changes per batch, at least (one read transaction and one write transaction
@@ -215,7 +215,7 @@ pub fn join(
     let mut summary = JoinSummary::default();
     let mut wait = WAIT_FOR_CHUNKS.0;
     loop {
-        crate::interrupt::check()?;
+        crate::run::interrupt::check()?;
         match store.claim_next(&name, lease)? {
             Claimed::AllDone => return Ok(summary),
             Claimed::Wait => {
@@ -275,7 +275,7 @@ pub struct JoinSummary {
     /// Chunks whose lease it lost to another worker.
     pub lost: u64,
     /// Merge partitions it merged once every chunk was applied
-    /// ([`crate::merge::help`]).
+    /// ([`crate::stages::merge::help`]).
     pub merged: u64,
 }
 
@@ -319,9 +319,9 @@ fn apply_claimed(
         scratch: Vec::new(),
         waiting: VecDeque::with_capacity(LOOKAHEAD + 1),
         look_ahead: !options.trace
-            && crate::fault::look_ahead(store.lookup_tables_bytes()? > LOOK_AHEAD_PAST),
+            && crate::run::fault::look_ahead(store.lookup_tables_bytes()? > LOOK_AHEAD_PAST),
         committed_offset: state.next_offset,
-        batch_size: crate::fault::batch_size(batch_changes(store.meta_number(Key::Changes)?)),
+        batch_size: crate::run::fault::batch_size(batch_changes(store.meta_number(Key::Changes)?)),
         end: state.end,
         progress,
     };
@@ -362,7 +362,7 @@ fn keep_lease(
 ) {
     let mut store = Store::open(location).ok();
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(lease / 3) {
-        if crate::fault::paused() {
+        if crate::run::fault::paused() {
             // A testing aid's stalled host: nothing of it runs, this neither.
             continue;
         }
@@ -502,21 +502,21 @@ impl ShortToken {
 impl Worker<'_> {
     fn run(&mut self, path: &Path, from: u64, end: u64) -> Result<()> {
         let what = format!("CHANGES chunk {}", self.chunk);
-        crate::values::each_value_read_by(path, from, end, &what, &mut |text, whole, at| {
+        crate::json::values::each_value_read_by(path, from, end, &what, &mut |text, whole, at| {
             let Some(len) = self.change(text, whole)? else {
                 return Ok(None);
             };
             // `at`: where the text starts, or (whole) where it ends.
             let after = if whole { at } else { at + len as u64 };
-            crate::fault::point("worker-change");
+            crate::run::fault::point("worker-change");
             if self.lease_lost.load(Ordering::Relaxed) {
                 // keep_lease learnt that the chunk is another worker's now.
                 return Err(LeaseLost { chunk: self.chunk }.into());
             }
-            if crate::interrupt::requested() {
+            if crate::run::interrupt::requested() {
                 // Commit what is done, so the next run continues from here.
                 self.flush(after, false)?;
-                return Err(crate::interrupt::Interrupted.into());
+                return Err(crate::run::interrupt::Interrupted.into());
             }
             if self.in_batch >= self.batch_size {
                 self.flush(after, false)?;
@@ -773,7 +773,7 @@ impl Worker<'_> {
         Ok(Ok(()))
     }
 
-    /// Encodes `rec` into its partition's buffer ([`crate::partition`]).
+    /// Encodes `rec` into its partition's buffer ([`crate::changes::partition`]).
     fn record(&mut self, rec: Recorded) -> Result<()> {
         let part = match rec.body.playlist() {
             Some(p) => self

@@ -5,15 +5,15 @@
 //! the user gave), whether it is compressed (its magic bytes), and the text the
 //! stages read: the file itself, or for a compressed input its decompressed copy
 //! kept beside the work database (`DB.mixtape`, `DB.changes`), which the
-//! decompress stage writes ([`crate::decompress::stage`]).
+//! decompress stage writes ([`crate::stages::decompress::stage`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::decompress::Compression;
-use crate::fingerprint;
-use crate::paths::with_suffix;
+use crate::run::fingerprint;
+use crate::run::paths::with_suffix;
+use crate::stages::decompress::Compression;
 use crate::store::{InputKind, Store};
 
 /// The run's two inputs.
@@ -107,7 +107,7 @@ impl Input {
             temporary
                 .persist(&spooled)
                 .with_context(|| format!("keeping {} at {}", kind.label(), spooled.display()))?;
-            crate::paths::sync_directory_of(&spooled)?;
+            crate::run::paths::sync_directory_of(&spooled)?;
         }
         Input::open(kind, &spooled, db)
     }

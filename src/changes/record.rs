@@ -22,7 +22,7 @@ use std::ops::Deref;
 
 use anyhow::{bail, Result};
 
-use crate::id_key::IdKey;
+use crate::ids::key::IdKey;
 
 const ADD_PLAYLIST: u8 = 1;
 const ADD_PLAYLIST_AUTO: u8 = 2;
@@ -264,8 +264,8 @@ pub enum NewId<'a> {
 
 impl<'a> Body<'a> {
     /// The op of the change this records.
-    pub fn op(&self) -> crate::change::Op {
-        use crate::change::Op;
+    pub fn op(&self) -> crate::changes::change::Op {
+        use crate::changes::change::Op;
         match self {
             Body::AddPlaylist { .. } => Op::AddPlaylist,
             Body::RemovePlaylist { .. } => Op::RemovePlaylist,

@@ -2,13 +2,13 @@
 //! document's playlists each partition owns.
 //!
 //! The changes about one playlist id must meet in one partition: the merge
-//! replays them there, in order ([`crate::merge`]). How ids are spread:
+//! replays them there, in order ([`crate::stages::merge`]). How ids are spread:
 //!
 //! - the id of a playlist **of the document** by its *position*: partition
 //!   `p` of `P` owns the document's playlists at positions
 //!   `[N·p/P, N·(p+1)/P)` of `N` ([`Partitions::slice`]);
 //! - **any other** id (a new playlist's, or one that names nothing) by a hash
-//!   of its text ([`crate::fingerprint::fnv1a`]);
+//!   of its text ([`crate::run::fingerprint::fnv1a`]);
 //! - a new playlist with an automatic id, which no other change can name, by
 //!   its change's index.
 //!
@@ -43,7 +43,7 @@ impl Partitions {
     pub fn of_playlist(&self, store: &Store, id: &str) -> Result<u64> {
         Ok(match store.document_playlist_position(id)? {
             Some(position) => self.of_position(position),
-            None => crate::fingerprint::fnv1a(id.as_bytes()) % self.count,
+            None => crate::run::fingerprint::fnv1a(id.as_bytes()) % self.count,
         })
     }
 

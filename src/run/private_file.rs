@@ -8,7 +8,7 @@
 //! created exclusively (`O_EXCL`, which also refuses a symlink at the name,
 //! dangling or not) or, for the one file that is opened again on purpose (the
 //! run lock), with `O_NOFOLLOW`. OUTPUT and the reports are the user's files
-//! and follow [`crate::output_file`]'s rules instead.
+//! and follow [`crate::run::output_file`]'s rules instead.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

@@ -1,7 +1,7 @@
 //! Stage 5, export: the final document and the rejects report, from the store.
 //!
 //! Both files are streamed element by element (memory does not grow with their
-//! size) and replaced whole or not at all ([`crate::output_file`]). Users and
+//! size) and replaced whole or not at all ([`crate::run::output_file`]). Users and
 //! songs are copied from MIXTAPE, element by element and minified, from the
 //! array ranges the import recorded (the store keeps no copy of them); the
 //! playlists, the other members and the rejects come from the store.
@@ -45,6 +45,8 @@
 //!
 //! Export is not resumed: it only reads the store, so a rerun writes it again.
 
+pub mod applied;
+
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::Path;
@@ -52,9 +54,9 @@ use std::sync::{Condvar, Mutex};
 
 use anyhow::{Context, Result};
 
-use crate::output_file::{write_atomically, write_atomically_then, Temporary};
+use crate::json::values;
+use crate::run::output_file::{write_atomically, write_atomically_then, Temporary};
 use crate::store::{ArrayRange, Each, IdKind, Key, Location, Store};
-use crate::values;
 
 /// What the export writes, and with how many threads.
 pub struct Export<'a> {
@@ -190,7 +192,7 @@ fn tasks(store: &Store, job: &Export) -> Result<Vec<Placed>> {
                 }
                 _ => 1,
             };
-            crate::fault::export_parts(by_size.max(1))
+            crate::run::fault::export_parts(by_size.max(1))
         };
         let playlists = store.meta_number(Key::Playlists)?;
         let changes = store.meta_number(Key::Changes)?;
@@ -344,7 +346,7 @@ fn assemble(
     // Just before the rename, the store learns what is being published: a
     // crash after the rename leaves a store that says its run is finished.
     let record = |temp: &Path| {
-        let print = crate::fingerprint::of_file(temp)
+        let print = crate::run::fingerprint::of_file(temp)
             .with_context(|| format!("reading {}", temp.display()))?;
         store.record_publishing(job.output_absolute, &print)
     };
@@ -463,10 +465,10 @@ fn render_elements(
             b"\n"
         })?;
         out.write_all(element)?;
-        crate::fault::point("export-row");
+        crate::run::fault::point("export-row");
         written += 1;
         if written.is_multiple_of(4096) {
-            crate::interrupt::check()?;
+            crate::run::interrupt::check()?;
         }
         Ok(())
     })?;

@@ -19,9 +19,9 @@ pub enum Exit {
 
 impl Exit {
     /// The exit code for a run that failed with `error`: the error's type
-    /// decides ([`crate::interrupt::Interrupted`] is 130), never its text.
+    /// decides ([`crate::run::interrupt::Interrupted`] is 130), never its text.
     pub fn of_error(error: &anyhow::Error) -> Exit {
-        if crate::interrupt::is_interrupted(error) {
+        if crate::run::interrupt::is_interrupted(error) {
             Exit::Interrupted
         } else if error.chain().any(|cause| cause.is::<UsageError>()) {
             Exit::Usage
@@ -51,7 +51,8 @@ mod tests {
     #[test]
     fn errors_map_by_type() {
         assert_eq!(Exit::of_error(&anyhow::anyhow!("x")), Exit::Failure);
-        let interrupted = anyhow::Error::new(crate::interrupt::Interrupted).context("applying");
+        let interrupted =
+            anyhow::Error::new(crate::run::interrupt::Interrupted).context("applying");
         assert_eq!(Exit::of_error(&interrupted), Exit::Interrupted);
         assert_eq!(Exit::Interrupted as u8, 130);
         let usage = anyhow::Error::new(UsageError("same file".into())).context("checking paths");

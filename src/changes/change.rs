@@ -3,8 +3,8 @@
 //! This is the first row of the reject table (README "Semantics and rejects"): a change that is not an
 //! object, has an unknown `op`, or lacks a member or has one of the wrong type is
 //! `invalid_change`. Everything that needs the database (does the user or song
-//! exist) is the worker's job ([`crate::apply`]), and everything that depends on
-//! order is the merge's ([`crate::merge`]).
+//! exist) is the worker's job ([`crate::stages::apply`]), and everything that depends on
+//! order is the merge's ([`crate::stages::merge`]).
 //!
 //! Members are checked in a fixed order, which decides the detail message when
 //! several are wrong: `op`; then for `add_playlist` the owner (`owner_id`, or
@@ -799,7 +799,7 @@ mod tests {
                     assert_eq!(Some(fast), general, "{text}");
                     // And what the plan skips is one whole JSON value.
                     let len = common_shape_len(raw).expect("the same shape");
-                    let mut scanner = crate::scan::Scanner::new(raw, 0);
+                    let mut scanner = crate::json::scan::Scanner::new(raw, 0);
                     assert!(scanner.value().is_ok(), "not JSON: {text}");
                     assert_eq!(scanner.offset(), len as u64, "{text}");
                 }

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Chunk, Form, Plan};
-use crate::scan::{ScanError, ScanResult, Scanner};
+use crate::json::scan::{ScanError, ScanResult, Scanner};
 
 /// Where and how the body of CHANGES is split.
 pub(super) struct Split<'a> {
@@ -169,11 +169,11 @@ impl Split<'_> {
             super::scan_change(&mut s)?;
             seg.changes += 1;
             seg.last_end = s.offset();
-            crate::fault::point("plan-change");
+            crate::run::fault::point("plan-change");
             if seg.changes.is_multiple_of(4096) {
                 done.fetch_add(s.offset() - reported, Ordering::Relaxed);
                 reported = s.offset();
-                if crate::interrupt::requested() {
+                if crate::run::interrupt::requested() {
                     return Err(ScanError::Interrupted);
                 }
             }

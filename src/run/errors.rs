@@ -1,12 +1,12 @@
 //! Errors a user sees about their inputs, with file, line, column and byte offset.
 //!
-//! Stages report a syntax error as a byte offset ([`crate::scan::ScanError`]);
+//! Stages report a syntax error as a byte offset ([`crate::json::scan::ScanError`]);
 //! this module turns it into the message the user reads, naming which input it is
 //! (MIXTAPE or CHANGES), its path, and where.
 
 use std::path::Path;
 
-use crate::scan::{self, ScanError};
+use crate::json::scan::{self, ScanError};
 
 /// The message for a problem at `offset` in an input file: `MIXTAPE path: line L,
 /// column C (byte B): message`.
@@ -29,6 +29,6 @@ pub fn scan_error(label: &str, path: &Path, error: ScanError) -> anyhow::Error {
         ScanError::Syntax { offset, message } => {
             at_offset(label, path, offset, &format!("invalid JSON: {message}"))
         }
-        ScanError::Interrupted => crate::interrupt::Interrupted.into(),
+        ScanError::Interrupted => crate::run::interrupt::Interrupted.into(),
     }
 }

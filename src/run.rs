@@ -1,0 +1,26 @@
+//! The run's plumbing, shared by both binaries: everything that is not a stage,
+//! the store, JSON or the id indexes.
+//!
+//! - Paths and files: [`paths`] (the run's path plan), [`output_file`] (files
+//!   written for the user, whole or not at all), [`private_file`] (files a run
+//!   makes for itself), [`input`] (the two inputs as opened and recorded),
+//!   [`fingerprint`] (recognising an input again).
+//! - Processes: [`interrupt`] (Ctrl-C and SIGTERM), [`exit_codes`], [`protocol`]
+//!   (what a worker tells the harness), [`parallel`] (the harness's thread pool).
+//! - Errors a user sees about their inputs: [`errors`].
+//! - Testing aids: [`fault`] (fault injection, only under the
+//!   `fault-injection` feature).
+//! - [`generate`]: shell completions and man pages.
+
+pub mod errors;
+pub mod exit_codes;
+pub mod fault;
+pub mod fingerprint;
+pub mod generate;
+pub mod input;
+pub mod interrupt;
+pub mod output_file;
+pub mod parallel;
+pub mod paths;
+pub mod private_file;
+pub mod protocol;
