@@ -7,13 +7,14 @@
 //! kept beside the work database (`DB.mixtape`, `DB.changes`), which the
 //! decompress stage writes ([`crate::stages::decompress::stage`]).
 
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::run::fingerprint;
 use crate::run::paths::with_suffix;
-use crate::stages::decompress::Compression;
 use crate::store::{InputKind, Store};
 
 /// The run's two inputs.
@@ -222,4 +223,52 @@ fn copy_hashed(
     }
     to.flush()?;
     Ok(hash.finish().as_ref().to_vec())
+}
+
+/// A compression format an input may come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+/// RFC 1952: ID1, ID2.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// RFC 8878: a zstd frame's magic number, little-endian.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+impl Compression {
+    /// How messages, the store and the run report name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The format whose magic bytes `head` starts with; `None` for anything
+    /// else, which is read as plain text (JSON cannot start with these bytes).
+    pub fn of_magic(head: &[u8]) -> Option<Compression> {
+        if head.starts_with(&GZIP_MAGIC) {
+            Some(Compression::Gzip)
+        } else if head.starts_with(&ZSTD_MAGIC) {
+            Some(Compression::Zstd)
+        } else {
+            None
+        }
+    }
+
+    /// The format of the file at `path`, from its first bytes.
+    pub fn of_file(path: &Path) -> io::Result<Option<Compression>> {
+        let mut head = [0u8; 4];
+        let mut file = File::open(path)?;
+        let mut got = 0;
+        while got < head.len() {
+            match file.read(&mut head[got..])? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(Compression::of_magic(&head[..got]))
+    }
 }

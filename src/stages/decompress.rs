@@ -25,60 +25,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use flate2::read::MultiGzDecoder;
 
-use crate::run::input::{Input, Inputs};
+use crate::run::input::{Compression, Input, Inputs};
 use crate::run::paths::with_suffix;
 use crate::store::Store;
 
-/// A compression format an input may come in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    Gzip,
-    Zstd,
-}
-
-/// RFC 1952: ID1, ID2.
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-/// RFC 8878: a zstd frame's magic number, little-endian.
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
-
 /// How much is decompressed between progress reports and interrupt checks.
 const BUFFER: usize = 1 << 20;
-
-impl Compression {
-    /// How messages, the store and the run report name it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        }
-    }
-
-    /// The format whose magic bytes `head` starts with; `None` for anything
-    /// else, which is read as plain text (JSON cannot start with these bytes).
-    pub fn of_magic(head: &[u8]) -> Option<Compression> {
-        if head.starts_with(&GZIP_MAGIC) {
-            Some(Compression::Gzip)
-        } else if head.starts_with(&ZSTD_MAGIC) {
-            Some(Compression::Zstd)
-        } else {
-            None
-        }
-    }
-
-    /// The format of the file at `path`, from its first bytes.
-    pub fn of_file(path: &Path) -> io::Result<Option<Compression>> {
-        let mut head = [0u8; 4];
-        let mut file = File::open(path)?;
-        let mut got = 0;
-        while got < head.len() {
-            match file.read(&mut head[got..])? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        Ok(Compression::of_magic(&head[..got]))
-    }
-}
 
 /// What a decompression read and wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

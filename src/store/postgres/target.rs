@@ -35,18 +35,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use postgres::Client;
 
-/// How to use TLS (`sslmode`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Tls {
-    /// `disable`, `allow`, `prefer` (the default): no TLS.
-    Off,
-    /// `require`: encrypted, the server's certificate not checked (libpq's
-    /// meaning, unless a root certificate is given).
-    Require,
-    /// `verify-ca`, `verify-full`: encrypted, the certificate checked against
-    /// `sslrootcert` (and, for verify-full, the host name).
-    Verify { root: Option<PathBuf>, host: bool },
-}
+use super::tls::Tls;
 
 /// A PostgreSQL work store's address, with the password kept aside.
 #[derive(Clone)]

@@ -8,6 +8,7 @@
 //!   `~/.postgresql/root.crt`);
 //! - `verify-full`: that, and it must name the host.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -19,8 +20,6 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
-
-use super::target::Tls;
 
 /// The connector for `tls` (never [`Tls::Off`]).
 pub(super) fn connector(tls: &Tls) -> Result<MakeRustlsConnect> {
@@ -174,4 +173,17 @@ impl ServerCertVerifier for Checked {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
     }
+}
+
+/// How to use TLS (`sslmode`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// `disable`, `allow`, `prefer` (the default): no TLS.
+    Off,
+    /// `require`: encrypted, the server's certificate not checked (libpq's
+    /// meaning, unless a root certificate is given).
+    Require,
+    /// `verify-ca`, `verify-full`: encrypted, the certificate checked against
+    /// `sslrootcert` (and, for verify-full, the host name).
+    Verify { root: Option<PathBuf>, host: bool },
 }
