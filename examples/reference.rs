@@ -1,12 +1,12 @@
 //! The in-memory reference as a program, for the benchmark:
 //! `cargo run --release --example reference -- MIXTAPE CHANGES OUTPUT`.
 //!
-//! It is the differential tests' reference (tests/support/reference.rs): the
+//! It is the differential tests' reference (tests/testsuite/support/reference.rs): the
 //! whole of both files in memory, hash maps, one change at a time. Writes
 //! OUTPUT, `OUTPUT.rejects.jsonl` and `OUTPUT.applied.jsonl` (the harness's
 //! `--applied` report); prints its wall time and peak RSS on stderr.
 
-#[path = "../tests/support/reference.rs"]
+#[path = "../tests/testsuite/support/reference.rs"]
 mod reference;
 
 use std::time::Instant;

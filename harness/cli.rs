@@ -43,7 +43,7 @@ pub struct Cli {
     pub chunks: Option<u64>,
     /// How long a worker's claim on a chunk lasts unless renewed, 0.1 to
     /// 86400; a worker that dies loses its chunk to another after this long
-    /// [default: 30, or MIXTAPE_LEASE_SECS].
+    /// [default: 30].
     #[arg(long, value_name = "SECS", value_parser = parse_lease_secs)]
     pub lease_secs: Option<f64>,
     /// Work store: a SQLite file, or a PostgreSQL database
@@ -133,11 +133,10 @@ impl Config {
     }
 }
 
-/// How long leases last: `--lease-secs`, else `MIXTAPE_LEASE_SECS` (a
-/// testing aid), else 30 seconds; always within [`LEASE_SECS`].
+/// How long leases last: `--lease-secs`, else a testing aid's value
+/// ([`mixtape::run::fault::lease_secs`]), else 30 seconds; always within [`LEASE_SECS`].
 fn lease_secs(flag: Option<f64>) -> f64 {
-    let from_env = || std::env::var("MIXTAPE_LEASE_SECS").ok()?.parse().ok();
-    flag.or_else(from_env)
+    flag.or_else(mixtape::run::fault::lease_secs)
         .filter(|s: &f64| s.is_finite())
         .unwrap_or(DEFAULT_LEASE_SECS)
         .clamp(*LEASE_SECS.start(), *LEASE_SECS.end())

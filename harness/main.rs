@@ -23,6 +23,11 @@ fn main() -> ExitCode {
         use clap::CommandFactory;
         return generated(what, cli::Cli::command());
     }
+    // A testing hook's malformed value is a usage error, before any work.
+    if let Err(e) = mixtape::run::fault::check_environment() {
+        eprintln!("harness: error: {e:#}");
+        return Exit::Usage.into();
+    }
     let config = match cli.into_config(std::io::stderr().is_terminal()) {
         Ok(config) => config,
         Err(e) => {
@@ -30,7 +35,10 @@ fn main() -> ExitCode {
             return Exit::of_error(&e).into();
         }
     };
-    mixtape::run::interrupt::install();
+    if let Err(e) = mixtape::run::interrupt::install() {
+        eprintln!("harness: error: {e:#}");
+        return Exit::Failure.into();
+    }
     let exit = match pipeline::run(&config) {
         Ok(exit) => exit,
         Err(e) => {

@@ -126,8 +126,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    // A testing hook's malformed value is a usage error, before any work.
+    if let Err(e) = mixtape::run::fault::check_environment() {
+        eprintln!("worker: error: {e:#}");
+        return Exit::Usage.into();
+    }
     let role = Role::of(&cli);
-    mixtape::run::interrupt::install();
+    if let Err(e) = mixtape::run::interrupt::install() {
+        eprintln!("worker: error: {e:#}");
+        return Exit::Failure.into();
+    }
     if role == Role::ForHarness {
         // Run by the harness: stop if the harness dies, whatever kills it.
         // SIGKILL: a batch not yet committed is simply not there; nothing is lost.

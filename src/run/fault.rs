@@ -1,4 +1,6 @@
-//! Fault injection, a testing aid: make a process abort at a chosen point.
+//! Testing aids: fault injection (make a process abort, stall or wait at a
+//! chosen point) and the knobs that let small test inputs reach paths that
+//! only large inputs reach otherwise.
 //!
 //! `MIXTAPE_FAULT=POINT@N` makes the process that reaches point `POINT` for the
 //! `N`-th time (1-based) abort on the spot, as a crash or `kill -9` would: no
@@ -32,119 +34,319 @@
 //! `MIXTAPE_EXPORT_PARTS=N` (also a testing aid) makes the export cut each
 //! stream of playlists into N parts, whatever its size ([`export_parts`]).
 //!
-//! Without the variables these are a relaxed atomic load and a branch.
+//! `MIXTAPE_MIN_FREE_BYTES=N` sets the free space a decompression leaves
+//! ([`crate::stages::decompress::free_space_margin`]), `MIXTAPE_WORKER_NAME`
+//! replaces a worker's `host:pid` (to play a worker on another host),
+//! `MIXTAPE_LEASE_SECS` is the lease when `--lease-secs` is not given, and
+//! `MIXTAPE_LOOK_AHEAD=always|never` forces the workers' look-ahead.
+//!
+//! ## Compiled only for tests
+//!
+//! All of this exists only under the cargo feature `fault-injection`, which
+//! the test suite turns on (the package's dev-dependency on itself). The
+//! binaries a user builds have none of it: every function below is then a
+//! constant answer that the compiler folds away, and the variables are not
+//! read. With the feature, a malformed value is an error at start-up
+//! ([`check_environment`]), never silently ignored: a test that meant to
+//! inject a fault and did not would pass for the wrong reason.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+#[cfg(feature = "fault-injection")]
+mod hooks {
+    //! The hooks themselves, read once from the environment.
 
-/// What the configured point does when reached.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Action {
-    Abort,
-    /// The whole process stalls for these seconds.
-    Pause(f64),
-    /// Only the thread that reached the point waits these seconds.
-    Hold(f64),
-}
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
 
-/// The configured fault, read once: (point, N, action).
-fn configured() -> Option<&'static (String, u64, Action)> {
-    static FAULT: OnceLock<Option<(String, u64, Action)>> = OnceLock::new();
-    FAULT
-        .get_or_init(|| {
-            let spec = std::env::var("MIXTAPE_FAULT").ok()?;
-            let (point, rest) = spec.split_once('@')?;
-            let seconds = |text: &str| -> Option<f64> {
-                text.parse::<f64>()
+    use anyhow::{anyhow, bail, Result};
+
+    /// What the configured point does when reached.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub(super) enum Action {
+        Abort,
+        /// The whole process stalls for these seconds.
+        Pause(f64),
+        /// Only the thread that reached the point waits these seconds.
+        Hold(f64),
+    }
+
+    /// Every hook's value, parsed once.
+    #[derive(Debug, Default)]
+    pub(super) struct Hooks {
+        pub fault: Option<(String, u64, Action)>,
+        pub batch: Option<u64>,
+        pub export_parts: Option<u64>,
+        pub look_ahead: Option<bool>,
+        pub min_free_bytes: Option<u64>,
+        pub worker_name: Option<String>,
+        pub lease_secs: Option<f64>,
+    }
+
+    fn var(name: &str) -> Result<Option<String>> {
+        match std::env::var(name) {
+            Ok(v) => Ok(Some(v)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(e) => bail!("{name}: {e}"),
+        }
+    }
+
+    fn seconds(name: &str, text: &str) -> Result<f64> {
+        text.parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| anyhow!("{name}: {text:?} is not a number of seconds"))
+    }
+
+    fn positive(name: &str) -> Result<Option<u64>> {
+        var(name)?
+            .map(|v| {
+                v.parse::<u64>()
                     .ok()
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-            };
-            let (n, action) = if let Some((n, secs)) = rest.split_once(":pause=") {
-                (n, Action::Pause(seconds(secs)?))
-            } else if let Some((n, secs)) = rest.split_once(":hold=") {
-                (n, Action::Hold(seconds(secs)?))
-            } else {
-                (rest, Action::Abort)
-            };
-            Some((point.to_string(), n.parse().ok()?, action))
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| anyhow!("{name}: {v:?} is not a number above 0"))
+            })
+            .transpose()
+    }
+
+    fn fault() -> Result<Option<(String, u64, Action)>> {
+        const NAME: &str = "MIXTAPE_FAULT";
+        let Some(spec) = var(NAME)? else {
+            return Ok(None);
+        };
+        let malformed =
+            || anyhow!("{NAME}: {spec:?} is not POINT@N, POINT@N:pause=SECS or POINT@N:hold=SECS");
+        let (point, rest) = spec.split_once('@').ok_or_else(malformed)?;
+        let (n, action) = if let Some((n, secs)) = rest.split_once(":pause=") {
+            (n, Action::Pause(seconds(NAME, secs)?))
+        } else if let Some((n, secs)) = rest.split_once(":hold=") {
+            (n, Action::Hold(seconds(NAME, secs)?))
+        } else {
+            (rest, Action::Abort)
+        };
+        let n = n
+            .parse()
+            .ok()
+            .filter(|&n: &u64| n > 0)
+            .ok_or_else(malformed)?;
+        if point.is_empty() {
+            return Err(malformed());
+        }
+        Ok(Some((point.to_string(), n, action)))
+    }
+
+    fn read() -> Result<Hooks> {
+        let look_ahead = match var("MIXTAPE_LOOK_AHEAD")?.as_deref() {
+            None => None,
+            Some("always") => Some(true),
+            Some("never") => Some(false),
+            Some(other) => bail!("MIXTAPE_LOOK_AHEAD: {other:?} is neither always nor never"),
+        };
+        let min_free_bytes = var("MIXTAPE_MIN_FREE_BYTES")?
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| anyhow!("MIXTAPE_MIN_FREE_BYTES: {v:?} is not a number of bytes"))
+            })
+            .transpose()?;
+        let lease_secs = var("MIXTAPE_LEASE_SECS")?
+            .map(|v| seconds("MIXTAPE_LEASE_SECS", &v))
+            .transpose()?;
+        Ok(Hooks {
+            fault: fault()?,
+            batch: positive("MIXTAPE_BATCH")?,
+            export_parts: positive("MIXTAPE_EXPORT_PARTS")?,
+            look_ahead,
+            min_free_bytes,
+            worker_name: var("MIXTAPE_WORKER_NAME")?,
+            lease_secs,
         })
-        .as_ref()
-}
+    }
 
-static HITS: AtomicU64 = AtomicU64::new(0);
-static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    /// The hooks, or the reason the environment does not configure them.
+    pub(super) fn hooks() -> Result<&'static Hooks, &'static str> {
+        static HOOKS: OnceLock<Result<Hooks, String>> = OnceLock::new();
+        HOOKS
+            .get_or_init(|| read().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| e.as_str())
+    }
 
-/// Whether the process is in a `pause` (a stalled host): its other threads
-/// (the lease keeper) stall too.
-pub fn paused() -> bool {
-    PAUSED.load(Ordering::Relaxed)
-}
+    /// The hooks; a malformed environment was refused at start-up
+    /// ([`super::check_environment`]), so here it only means "no hooks".
+    pub(super) fn configured() -> &'static Hooks {
+        static NONE: Hooks = Hooks {
+            fault: None,
+            batch: None,
+            export_parts: None,
+            look_ahead: None,
+            min_free_bytes: None,
+            worker_name: None,
+            lease_secs: None,
+        };
+        hooks().unwrap_or(&NONE)
+    }
 
-/// Aborts the process if this is the configured point's N-th hit.
-#[inline]
-pub fn point(name: &str) {
-    if let Some((point, n, action)) = configured() {
-        if point == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *n {
-            match *action {
-                Action::Pause(secs) => {
-                    eprintln!("fault injection: pausing {secs} s at {name}@{n}");
-                    PAUSED.store(true, Ordering::Relaxed);
-                    std::thread::sleep(std::time::Duration::from_secs_f64(secs));
-                    PAUSED.store(false, Ordering::Relaxed);
-                }
-                Action::Hold(secs) => {
-                    eprintln!("fault injection: holding {secs} s at {name}@{n}");
-                    hold(secs);
-                }
-                Action::Abort => {
-                    eprintln!("fault injection: aborting at {name}@{n}");
-                    std::process::abort();
-                }
+    static HITS: AtomicU64 = AtomicU64::new(0);
+    static PAUSED: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn paused() -> bool {
+        PAUSED.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn point(name: &str) {
+        let Some((point, n, action)) = &configured().fault else {
+            return;
+        };
+        if point != name || HITS.fetch_add(1, Ordering::Relaxed) + 1 != *n {
+            return;
+        }
+        match *action {
+            Action::Pause(secs) => {
+                eprintln!("fault injection: pausing {secs} s at {name}@{n}");
+                PAUSED.store(true, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_secs_f64(secs));
+                PAUSED.store(false, Ordering::Relaxed);
+            }
+            Action::Hold(secs) => {
+                eprintln!("fault injection: holding {secs} s at {name}@{n}");
+                hold(secs);
+            }
+            Action::Abort => {
+                eprintln!("fault injection: aborting at {name}@{n}");
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Waits `secs` seconds, or less once the file `MIXTAPE_FAULT_RELEASE`
+    /// names exists (a test says when the held thread may go on).
+    fn hold(secs: f64) {
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let release = std::env::var_os("MIXTAPE_FAULT_RELEASE").map(std::path::PathBuf::from);
+        while Instant::now() < until {
+            if release.as_ref().is_some_and(|file| file.exists()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn fault_specs_parse_or_are_refused() {
+            let parse = |spec: &str| {
+                std::env::set_var("MIXTAPE_FAULT", spec);
+                let got = fault();
+                std::env::remove_var("MIXTAPE_FAULT");
+                got
+            };
+            assert_eq!(
+                parse("worker-change@5").unwrap(),
+                Some(("worker-change".into(), 5, Action::Abort))
+            );
+            assert_eq!(
+                parse("merge-partition@2:pause=1.5").unwrap(),
+                Some(("merge-partition".into(), 2, Action::Pause(1.5)))
+            );
+            for bad in [
+                "worker-change",
+                "worker-change@x",
+                "worker-change@0",
+                "@3",
+                "p@1:pause=-1",
+                "p@1:hold=soon",
+            ] {
+                let e = parse(bad).unwrap_err().to_string();
+                assert!(e.contains("MIXTAPE_FAULT"), "{bad}: {e}");
             }
         }
     }
 }
 
-/// Waits `secs` seconds, or less once the file `MIXTAPE_FAULT_RELEASE`
-/// names exists (a test says when the held thread may go on).
-fn hold(secs: f64) {
-    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
-    let release = std::env::var_os("MIXTAPE_FAULT_RELEASE").map(std::path::PathBuf::from);
-    while std::time::Instant::now() < until {
-        if release.as_ref().is_some_and(|file| file.exists()) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+/// Refuses a malformed testing hook in the environment, naming the variable
+/// (with the `fault-injection` feature; without it there are no hooks and
+/// nothing to refuse). The binaries call this before anything else.
+pub fn check_environment() -> anyhow::Result<()> {
+    #[cfg(feature = "fault-injection")]
+    if let Err(e) = hooks::hooks() {
+        anyhow::bail!("{e}");
     }
+    Ok(())
+}
+
+/// Whether the process is in a `pause` (a stalled host): its other threads
+/// (the lease keeper) stall too.
+#[inline]
+pub fn paused() -> bool {
+    #[cfg(feature = "fault-injection")]
+    return hooks::paused();
+    #[cfg(not(feature = "fault-injection"))]
+    false
+}
+
+/// Aborts, pauses or holds if this is the configured point's N-th hit.
+#[inline]
+pub fn point(_name: &str) {
+    #[cfg(feature = "fault-injection")]
+    hooks::point(_name);
 }
 
 /// The batch size workers use: `MIXTAPE_BATCH`, or `default`.
+#[inline]
 pub fn batch_size(default: u64) -> u64 {
-    positive_number("MIXTAPE_BATCH").unwrap_or(default)
+    #[cfg(feature = "fault-injection")]
+    return hooks::configured().batch.unwrap_or(default);
+    #[cfg(not(feature = "fault-injection"))]
+    default
 }
 
 /// How many parts the export cuts each playlist stream into:
-/// `MIXTAPE_EXPORT_PARTS`, or `default` (a testing aid: the tests' inputs are
-/// far too small to be cut by size, `crate::stages::export`).
+/// `MIXTAPE_EXPORT_PARTS`, or `default` (the tests' inputs are far too small
+/// to be cut by size, `crate::stages::export`).
+#[inline]
 pub fn export_parts(default: u64) -> u64 {
-    positive_number("MIXTAPE_EXPORT_PARTS").unwrap_or(default)
-}
-
-/// The environment variable `name`, when it is a number above 0.
-fn positive_number(name: &str) -> Option<u64> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
+    #[cfg(feature = "fault-injection")]
+    return hooks::configured().export_parts.unwrap_or(default);
+    #[cfg(not(feature = "fault-injection"))]
+    default
 }
 
 /// Whether workers let simple changes wait for their lookups
-/// (`crate::stages::apply`): `MIXTAPE_LOOK_AHEAD` = `always` or `never`, else
-/// `default` (the tests' inputs are far too small to turn it on by size).
+/// (`crate::stages::apply`): `MIXTAPE_LOOK_AHEAD`, else `default` (the
+/// tests' inputs are far too small to turn it on by size).
+#[inline]
 pub fn look_ahead(default: bool) -> bool {
-    match std::env::var("MIXTAPE_LOOK_AHEAD").as_deref() {
-        Ok("always") => true,
-        Ok("never") => false,
-        _ => default,
-    }
+    #[cfg(feature = "fault-injection")]
+    return hooks::configured().look_ahead.unwrap_or(default);
+    #[cfg(not(feature = "fault-injection"))]
+    default
+}
+
+/// The free space a decompression must leave, when `MIXTAPE_MIN_FREE_BYTES`
+/// sets it.
+#[inline]
+pub fn min_free_bytes() -> Option<u64> {
+    #[cfg(feature = "fault-injection")]
+    return hooks::configured().min_free_bytes;
+    #[cfg(not(feature = "fault-injection"))]
+    None
+}
+
+/// The name a worker gives itself, when `MIXTAPE_WORKER_NAME` sets it.
+pub fn worker_name() -> Option<String> {
+    #[cfg(feature = "fault-injection")]
+    return hooks::configured().worker_name.clone();
+    #[cfg(not(feature = "fault-injection"))]
+    None
+}
+
+/// The lease when `--lease-secs` is not given, when `MIXTAPE_LEASE_SECS`
+/// sets it.
+pub fn lease_secs() -> Option<f64> {
+    #[cfg(feature = "fault-injection")]
+    return hooks::configured().lease_secs;
+    #[cfg(not(feature = "fault-injection"))]
+    None
 }

@@ -20,8 +20,10 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     REQUESTED.store(true, Ordering::SeqCst);
 }
 
-/// Installs the handler for SIGINT and SIGTERM (see module docs).
-pub fn install() {
+/// Installs the handler for SIGINT and SIGTERM (see module docs). Fails only
+/// if the system refuses the handler, and then nothing could stop the run
+/// safely: the binaries refuse to start.
+pub fn install() -> anyhow::Result<()> {
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
         SaFlags::SA_RESETHAND | SaFlags::SA_RESTART,
@@ -29,10 +31,10 @@ pub fn install() {
     );
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            let _ = sigaction(signal, &action);
-        }
+        unsafe { sigaction(signal, &action) }
+            .map_err(|e| anyhow::anyhow!("installing the {signal} handler: {e}"))?;
     }
+    Ok(())
 }
 
 /// Whether a stop was requested.

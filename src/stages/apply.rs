@@ -132,10 +132,10 @@ pub struct ChunkSummary {
 pub type ProgressFn<'a> = dyn FnMut(u64, u64, &ChunkSummary) + 'a;
 
 /// Who this worker is, in lease records and messages: `host:pid`.
-/// `MIXTAPE_WORKER_NAME` (a testing aid) replaces it, to play a worker on
+/// A testing aid replaces it ([`crate::run::fault::worker_name`]), to play a worker on
 /// another host.
 pub fn worker_name() -> String {
-    if let Ok(name) = std::env::var("MIXTAPE_WORKER_NAME") {
+    if let Some(name) = crate::run::fault::worker_name() {
         return name;
     }
     let host = nix::unistd::gethostname()

@@ -189,12 +189,9 @@ fn copy<'a>(
 
 /// The free space a decompression leaves on the file system of the kept text
 /// (README "Limits"): 5 % of the file system, at least 16 MiB, at most 1 GiB.
-/// `MIXTAPE_MIN_FREE_BYTES` (a testing aid) sets it.
+/// A testing aid sets it ([`crate::run::fault::min_free_bytes`]).
 pub fn free_space_margin(total_bytes: u64) -> u64 {
-    if let Some(bytes) = std::env::var("MIXTAPE_MIN_FREE_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(bytes) = crate::run::fault::min_free_bytes() {
         return bytes;
     }
     (total_bytes / 20).clamp(16 << 20, 1 << 30)

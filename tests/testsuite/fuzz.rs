@@ -5,7 +5,7 @@
 //! `MIXTAPE_FUZZ_ITERS` sets the number of inputs (default 3000, a few seconds);
 //! README "Fuzzing" says how long it was run and what it found.
 
-mod support;
+use crate::support;
 
 use mixtape::json::scan::{ScanError, Scanner};
 use mixtape::{changes::change, json};

@@ -4,7 +4,7 @@
 //! whole is not decompressed again; truncated, corrupt and pretend-compressed
 //! files are clear errors, and a syntax error is placed in the decompressed text.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::Write;

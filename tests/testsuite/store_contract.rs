@@ -1,5 +1,5 @@
 //! The work store's contract, one suite for both backends: every test runs on
-//! a SQLite file and, where a server is reachable (tests/support/pg.rs; CI runs
+//! a SQLite file and, where a server is reachable (tests/testsuite/support/pg.rs; CI runs
 //! this file under `pg_virtualenv`), on a PostgreSQL database. Only the
 //! store's public operations are used, as the stages use them.
 //!
@@ -15,7 +15,7 @@
 //! - a callback of a stream may query the store;
 //! - the document's array ranges round-trip.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! `--stop-after`, `-` puts it alone on stdout, and a failed run leaves an
 //! existing report as it was.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -18,7 +18,7 @@
 //! - the modes of work files; bounds on flags and inputs; directory syncs
 //!   after each rename that publishes a file.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -275,7 +275,7 @@ fn output_equal_to_changes_is_refused_however_it_is_named() {
 #[test]
 fn dash_is_a_usage_error_and_paths_like_flags_reach_the_workers() {
     let dir = fixture_dir();
-    // `-` is standard input or output for the inputs and OUTPUT (tests/stdio.rs);
+    // `-` is standard input or output for the inputs and OUTPUT (tests/testsuite/stdio.rs);
     // anywhere else it is refused, and never becomes a file named `-`.
     for args in [
         &["--db", "-", "mixtape.json", "changes.json", "out.json"][..],

@@ -6,7 +6,7 @@
 //! which aborts the process on the spot, as a crash would; `MIXTAPE_BATCH`
 //! makes workers commit often, so a crash lands between many commits.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -158,6 +158,25 @@ fn wait_until_gone(needle: &str) -> bool {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Waits until process `pid` no longer catches SIGINT (its one-shot handler
+/// ran and reset itself, `/proc/PID/status` `SigCgt`); false after 5 s.
+fn wait_until_sigint_handled(pid: u32) -> bool {
+    const SIGINT_BIT: u64 = 1 << (2 - 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+        if caught.is_some_and(|mask| mask & SIGINT_BIT == 0) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
     false
 }
@@ -327,7 +346,12 @@ fn a_second_sigint_kills_at_once() {
     }
     let started = Instant::now();
     kill(Pid::from_raw(harness as i32), Signal::SIGINT).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The first SIGINT has been handled once the handler reset itself: the
+    // second one then has its default effect.
+    assert!(
+        wait_until_sigint_handled(harness),
+        "the harness never handled the first SIGINT"
+    );
     kill(Pid::from_raw(harness as i32), Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.signal(), Some(Signal::SIGINT as i32), "{status:?}");

@@ -3,7 +3,7 @@
 //! cannot be written, a temporary file left by a killed run, and the
 //! permissions of the files the run writes.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,5 @@
 //! The PostgreSQL work store against a real server (README "Running on several
-//! hosts"; skipped, saying so, where there is none: see tests/support/pg.rs).
+//! hosts"; skipped, saying so, where there is none: see tests/testsuite/support/pg.rs).
 //!
 //! - differential: generated cases in every form, every reject reason, 1, 2, 3
 //!   and 5 workers: byte-identical to the reference and to the SQLite store;
@@ -13,7 +13,7 @@
 //!   schema, a run made by another version; the password never shown;
 //! - TLS (`sslmode=require`) to the throwaway cluster.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::process::{Output, Stdio};

@@ -1,7 +1,7 @@
 //! Bad inputs and bad command lines: the right exit code, a message that says
 //! where, and an existing OUTPUT never touched.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

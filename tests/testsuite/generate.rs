@@ -4,7 +4,7 @@
 //! with groff without a warning, and every long option `--help` lists is in
 //! each of them.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

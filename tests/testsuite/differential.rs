@@ -1,8 +1,8 @@
 //! Differential property tests: on generated cases, the harness with any number
 //! of workers gives exactly the bytes of the in-memory, one-change-at-a-time
-//! reference (tests/support/reference.rs), output and rejects report alike.
+//! reference (tests/testsuite/support/reference.rs), output and rejects report alike.
 
-mod support;
+use crate::support;
 
 use std::fs;
 

@@ -4,7 +4,7 @@
 //! same rejects report as the reference (and so as a full run), the work
 //! database removed; with `--strict`, exit 3 when a change would be rejected.
 
-mod support;
+use crate::support;
 
 use std::fs;
 

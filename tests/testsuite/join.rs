@@ -5,7 +5,7 @@
 //! finishes it; a worker that stalls past its lease is fenced off: its late
 //! commit is refused and the output is still exact.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! byte offset; exit 1; OUTPUT untouched) or, inside a well-formed change, a
 //! rejection. Nothing panics.
 
-mod support;
+use crate::support;
 
 use std::fs;
 
@@ -19,7 +19,7 @@ enum Expect {
     Works(&'static [&'static str], &'static [&'static str]),
     /// As `Works`, for an output nested deeper than serde_json's recursion
     /// limit (128): its validity is checked with the tool's own scanner, which
-    /// `tests/fuzz.rs` holds to agree with serde_json and has no depth limit.
+    /// `tests/testsuite/fuzz.rs` holds to agree with serde_json and has no depth limit.
     WorksDeep(&'static [&'static str], &'static [&'static str]),
 }
 use Expect::*;

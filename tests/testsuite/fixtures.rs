@@ -2,7 +2,7 @@
 //! reject reason on the classic 7-user mixtape; the expected output and rejects
 //! are checked in, and must also be what the independent reference gives.
 
-mod support;
+use crate::support;
 
 use std::fs;
 

@@ -2,7 +2,7 @@
 //! stage, run one worker with --trace, run it again, finish with the harness,
 //! and get exactly the output of a plain run.
 
-mod support;
+use crate::support;
 
 use std::fs;
 

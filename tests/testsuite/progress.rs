@@ -1,7 +1,7 @@
 //! Progress bars: drawn on a terminal, never an escape code on a pipe in `auto`
 //! mode, and the summary line in every mode.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -3,11 +3,11 @@
 //! every reject reason, all three forms, automatic ids), its output and
 //! rejects report equal the reference's, byte for byte.
 
-mod support;
+use crate::support;
 
 #[allow(dead_code)]
-#[path = "../examples/rival.rs"]
-mod rival;
+#[path = "../../examples/rival.rs"]
+mod rival_program;
 
 use support::{assert_same_text, gen, reference};
 
@@ -22,7 +22,7 @@ fn the_rival_agrees_with_the_reference_on_generated_cases() {
         let case = gen::case(seed, max_changes);
         let expected = reference::run(&case.mixtape, &case.changes).unwrap();
         let mut output = Vec::new();
-        let outcome = rival::run(
+        let outcome = rival_program::run(
             case.mixtape.as_bytes(),
             case.changes.as_bytes(),
             &mut output,

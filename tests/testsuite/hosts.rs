@@ -1,6 +1,6 @@
 //! Hosts that fail like real hosts (README "When a host dies"), against a
 //! real server: worker "hosts" in network namespaces of their own
-//! (tests/support/netns.rs), cut off by setting their link down; the server
+//! (tests/testsuite/support/netns.rs), cut off by setting their link down; the server
 //! restarted; sessions ended by the server. Each scenario ends with the same
 //! bytes as the reference, and prints its figure (`figure: ...`, seen with
 //! `--nocapture`) for the README's table.
@@ -10,7 +10,7 @@
 //! skipped, saying so, without a server or without root (CI requires both:
 //! `MIXTAPE_REQUIRE_PG`, `MIXTAPE_REQUIRE_NETNS`). Every wait is bounded.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::Read;

@@ -2,7 +2,7 @@
 //! whole, only once the run has succeeded; nothing else ever reaches stdout.
 //! On generated cases in every form, with one and several workers.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::Read;
