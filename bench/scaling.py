@@ -5,9 +5,9 @@ repetition, every output and rejects report compared byte for byte with the
 first run's. Made for a machine lent for minutes: it needs only release
 binaries (harness, worker and the generator), writes each run's figures to
 RESULTS as it goes, stops starting runs once --deadline seconds have passed,
-and ends with a Markdown table of medians and the ratios issue 17's target 5
-is about (-w 16 over -w 1 end to end, import and export; the workers' summed
-wait for the write lock over the apply stage).
+and ends with a Markdown table of medians and the scaling ratios (-w 16 over
+-w 1 end to end, import and export; the workers' summed wait for the write
+lock over the apply stage).
 
     python3 bench/scaling.py [--bin DIR] [--sizes L:3,XL:1] [--workers 1,2,4,8,16]
                              [--baseline DIR --baseline-workers 8,16]

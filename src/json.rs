@@ -245,8 +245,8 @@ pub fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
     }
     let inner = &raw[1..raw.len() - 1];
     // Nearly every id is short ASCII without an escape: one byte loop says
-    // so, where a call to memchr and one to from_utf8 cost more (a sixth of
-    // a worker's time on LU, BENCHMARKS.md).
+    // so, where a call to memchr and one to from_utf8 cost more on such
+    // short strings.
     if inner.len() <= SHORT_STRING && inner.iter().all(|&b| b.is_ascii() && b != b'\\') {
         return Some(Cow::Borrowed(ascii(inner)));
     }

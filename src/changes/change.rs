@@ -175,8 +175,7 @@ pub fn read_prefix(text: &[u8]) -> Option<(Parsed<'_>, usize)> {
 /// JSON, so the plan may take it as scanned ([`common_shape_len`]), and the
 /// worker reads it straight into the change ([`read_common_shape`]), by
 /// comparing fixed text: walking every byte of such changes was most of the
-/// plan's time and a sixth of a worker's on L (BENCHMARKS.md, the ninth
-/// session).
+/// plan's time (BENCHMARKS.md, "What was tried": the common change shape).
 struct CommonShape<'a> {
     op: Op,
     playlist: &'a [u8],
@@ -280,8 +279,7 @@ struct Fields<'a> {
     copied: Vec<Member<'a>>,
     /// The first `song_id` member (which an `add_playlist` copies) and how
     /// many copied members came before it: kept out of `copied` so that an
-    /// `add_song` or `remove_song` allocates nothing (a vector per change was
-    /// a twelfth of a worker's time, BENCHMARKS.md), and put in its place
+    /// `add_song` or `remove_song` allocates nothing, and put in its place
     /// when an `add_playlist` is built.
     first_song_id: Option<(usize, Member<'a>)>,
 }

@@ -9,8 +9,9 @@
 //!
 //! Apply and the merge's warning check are mostly lookups, one to three per
 //! change and one per song of every document playlist. A SQLite primary-key
-//! lookup costs 2–3 µs even with a large page cache in every process; an
-//! [`fst::Map`] lookup costs 0.2–0.6 µs, needs no cache of its own, and compresses
+//! lookup costs about ten times an [`fst::Map`] lookup even with a large page
+//! cache in every process (BENCHMARKS.md, "What was tried": id indexes); an
+//! fst needs no cache of its own, and compresses
 //! ids with common prefixes to almost nothing (a million decimal ids fit in a
 //! few hundred bytes; a million random 32-hex ids in about 31 MB).
 //!
@@ -23,7 +24,7 @@
 //! ## The dense table: integer ids in one probe
 //!
 //! Most documents number their elements: ids like `"1"` … `"1000000"`. An fst
-//! walk costs 0.2–0.3 µs for those (a node per digit), and apply and the
+//! walk costs a node per digit for those, and apply and the
 //! merge's warning check do millions of them. So beside the fst, every id whose
 //! text is a canonical decimal integer (`0` or `[1-9][0-9]*`) below
 //! [`dense_limit`] (about 1.5 × the number of ids) also has a slot in a table
@@ -243,7 +244,7 @@ impl IdIndex {
 
     /// Asks the processor to start loading the dense slot of the id written
     /// as `token` (a JSON token), if it has one, and returns at once. A
-    /// lookup in a table of megabytes (D's playlists: 12 MB) nearly always
+    /// lookup in a table of megabytes nearly always
     /// misses the cache; a change that looks up a playlist and a song, each
     /// prefetched before either is looked up, waits for one miss, not two.
     pub fn prefetch(&self, token: &[u8]) {

@@ -153,7 +153,8 @@ pub fn write_atomically_then(
 /// Why: a file is synced before it is renamed into place, and without this
 /// the kernel writes nothing of it until then (its dirty pages stay under
 /// the kernel's thresholds), so the whole file went to disk in that one sync
-/// while every core sat idle: 0.3–0.4 s of XL's 660 MB OUTPUT. Started
+/// while every core sat idle (BENCHMARKS.md, "What was tried": writing
+/// OUTPUT back early). Started
 /// early, the disk writes overlap the rendering, and the sync waits for the
 /// tail. It changes nothing about what is durable when: only the sync after
 /// the write makes a promise, and its errors are the ones reported.

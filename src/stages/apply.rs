@@ -78,9 +78,8 @@ use crate::store::{Batch, Claim, Claimed, InputKind, Key, LeaseLost, Location, S
 ///
 /// The size follows the run's number of changes, not the chunk's: sized by the
 /// chunk, 16 workers wrote 16 times as many batches as one (a chunk of 1/16 of
-/// the changes, cut into as many batches), and on a 16-core machine the write
-/// lock was held 19.5 s on XL instead of 3.6 s, the workers queueing for it
-/// (BENCHMARKS.md "Many cores").
+/// the changes, cut into as many batches), and on many cores the workers
+/// queued for the write lock (BENCHMARKS.md, "Many cores").
 pub const BATCH_CHANGES: u64 = 32_768;
 
 /// Changes per batch, at most: about 10 MB of encoded records.
@@ -444,8 +443,9 @@ struct Worker<'a> {
 const LOOKAHEAD: usize = 8;
 
 /// The size of the tables an `add_song` looks up past which changes wait for
-/// their lookups: L's (1.4 MB) mostly stay in the cache, and waiting cost
-/// it 5 % of the stage; D's (16 MB) do not, and waiting saved it 6 %.
+/// their lookups: tables that fit a core's cache gain nothing from waiting
+/// and pay for it, larger ones gain (BENCHMARKS.md, "What was tried":
+/// looking ahead in apply).
 const LOOK_AHEAD_PAST: usize = 4 << 20;
 
 /// A simple change read, waiting for its lookups, with copies of its ids.

@@ -102,8 +102,8 @@ const PARTS_PER_THREAD: u64 = 4;
 /// two, one renders the playlists straight into OUTPUT while the other
 /// renders the rejects report and the songs: parts rendered by a helper are
 /// written twice (its piece, then OUTPUT) and each part's start is searched
-/// for, which cost more than they saved (XL's export at `-w 2`, 4 rounds:
-/// medians 1.91 s whole against 2.11 s in 8 pieces; BENCHMARKS.md).
+/// for, which cost more than they saved at two threads (BENCHMARKS.md,
+/// "What was tried": cutting the export's playlists).
 const CUT_FROM_THREADS: u64 = 4;
 
 /// The fewest document playlists, and changes, a part of a stream covers:

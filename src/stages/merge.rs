@@ -70,11 +70,9 @@ use crate::store::{AlreadyMerged, Key, PartitionResults, Store};
 /// cache, so the threads share one budget however many run.
 ///
 /// Small, because the merge reads each block and each slice of the document
-/// once: a cache keeps little more than the b-trees' inner pages warm. On XL
-/// 32 MB filled, and showed in the harness's peak: XL's merge alone peaked at
-/// 57–64 MB with 2 threads against 45 MB with 8 MB, and at 159 MB against
-/// 131 MB with 16 threads, at the same speed (XL's merge alone at `-w 2`, 6
-/// runs each: medians 9.19 and 9.25 s).
+/// once: a cache keeps little more than the b-trees' inner pages warm, and a
+/// larger one filled and showed in the harness's peak memory at the same
+/// speed (BENCHMARKS.md, "What was tried": the merge's page cache).
 const MERGE_CACHE_KIB: i64 = 8 * 1024;
 
 /// The least page cache a merge thread gets, in KiB.

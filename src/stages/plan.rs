@@ -367,7 +367,7 @@ fn one_change(
 /// Scans the change at the scanner (after white space). Most changes have
 /// one shape, which is valid JSON when it matches
 /// ([`crate::changes::change::common_shape_len`]): it is passed over, not scanned byte
-/// by byte (on XL, the plan on one thread 5.6 s before, 3.6 s after).
+/// by byte (BENCHMARKS.md, "What was tried": the common change shape).
 fn scan_change(s: &mut Scanner<File>) -> ScanResult<()> {
     if !s.skip_known(crate::changes::change::common_shape_len) {
         s.value()?;

@@ -538,7 +538,7 @@ impl Tables for SqliteDb {
         // (one per partition, thousands on a large run) land in the few
         // neighbouring index pages of their chunk: indexed by partition first,
         // each of them dirtied a page of its own, and writing those pages was
-        // most of the write lock's time (BENCHMARKS.md "Many cores"). A
+        // most of the write lock's time (BENCHMARKS.md, "Many cores"). A
         // partition's blocks are read chunk by chunk, stepping through the
         // chunk numbers the index holds (a worker count of them).
         let mut after = -1i64;

@@ -210,9 +210,9 @@ impl<'b> Replays<'b> {
 /// position, and the slice's warnings counted into `out`: one range scan of
 /// the partition's slice ([`crate::changes::partition`]) keeps every playlist of it,
 /// up to [`SLICE_BYTES_KEPT`] of text. Most slices are far smaller (about a
-/// thousand playlists: M's hold 190 KB, D's 260 KB), and most of their
-/// playlists are named anyway; before, a first pass over the partition's
-/// records found which (5–10 % of M's merge). A larger slice still takes
+/// thousand playlists, a few hundred KB), and most of their playlists are
+/// named anyway, so keeping them all spares a first pass over the
+/// partition's records to find which. A larger slice still takes
 /// that pass, and a second scan keeps only the playlists it found. Memory: at
 /// most that much text, or the playlists the partition touches, which its
 /// replay holds anyway.

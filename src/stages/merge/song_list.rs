@@ -11,8 +11,8 @@ use crate::ids::key::{FxMap, IdKey};
 /// the merge touches), and compares keys only where a tag matches; a list
 /// that grows past [`SCAN_AT_MOST`] songs gets a map of how often each key
 /// occurs, kept from then on. Spans and tags are kept apart from the keys
-/// (a key is 32 bytes) because growing the lists was a tenth of L's merge
-/// when a song took 48 bytes (BENCHMARKS.md).
+/// (a key is 32 bytes), so that growing a list copies 16 bytes a song, not 48
+/// (BENCHMARKS.md, "What was tried": the merge's song lists).
 #[derive(Default)]
 pub(super) struct SongList {
     bytes: Vec<u8>,
@@ -181,9 +181,9 @@ impl SongList {
 
 /// The buffers of song lists that are done with (their playlist rendered,
 /// or removed), for the next lists of the same merge thread: a list took
-/// three allocations and three frees, and malloc and free were 15 % of the
-/// merge on MU and on XL (BENCHMARKS.md). It keeps at most [`KEPT_LISTS`]
-/// short lists' buffers (about 2 MB at most; MU's merge kept 0.4 MB).
+/// three allocations and three frees, a large share of the merge on many
+/// small playlists (BENCHMARKS.md, "What was tried": the merge's song lists).
+/// It keeps at most [`KEPT_LISTS`] short lists' buffers (about 2 MB at most).
 #[derive(Default)]
 pub(super) struct SongListBuffers {
     /// Emptied lists, their buffers' room kept ([`SongList::of`] takes them).

@@ -16,7 +16,8 @@ use crate::store::Store;
 ///
 /// A slice's playlists name songs in no order, so probing the songs index's
 /// dense table song by song lands all over a table of megabytes, and nearly
-/// every probe missed the cache (a third of D's merge, BENCHMARKS.md). So
+/// every probe missed the cache (BENCHMARKS.md, "What was tried": the
+/// warning count). So
 /// the probes of dense slots wait, up to [`PROBES_AT_ONCE`] of them, and are
 /// made in the order of the table's cache lines ([`by_table_line`]); any
 /// other id is looked up at once.
@@ -44,8 +45,8 @@ pub(super) fn probe_of(slot: u64, playlist: u32) -> Option<u64> {
 }
 
 /// How many probes ahead [`WarningCount::probe`] asks for a slot's line: in
-/// line order, even D's table (3.75 MB) was read a miss at a time, the
-/// processor waiting on each new line (`slot_holds` 12 % of D's merge).
+/// line order, a table of megabytes was still read a miss at a time, the
+/// processor waiting on each new line.
 pub(super) const PREFETCH_AHEAD: usize = 32;
 
 /// Slots of a users or songs table in one 64-byte cache line (two bits each).

@@ -1,17 +1,16 @@
 //! The document's playlists stored a row of several at a time, most of them
 //! as a place in MIXTAPE rather than a copy of their text.
 //!
-//! One SQLite row per playlist made inserting them a quarter of the import
-//! (BENCHMARKS.md, issue 17): 200k rows of a hundred bytes each cost more in
-//! row overhead than in bytes. So the import packs consecutive positions into
+//! One SQLite row per playlist costs more in row overhead than in bytes
+//! (BENCHMARKS.md, "What was tried": packed rows). So the import packs consecutive positions into
 //! one row of up to [`PLAYLISTS_PER_ROW`] playlists or [`ROW_BYTES`] of text:
 //! the row's `first` is its first playlist's position (its key), and its
 //! `data` holds each playlist, one position after the other. Readers ask for
 //! positions; a row is found by the largest `first` at or below the position.
 //!
-//! Copying the text into the database then cost D's import half its time (a
-//! 1 GB document writes 512 MB of playlists twice, to the WAL and then to the
-//! database: BENCHMARKS.md). But the text is in MIXTAPE already, and the
+//! Copying the text into the database would write every playlist twice, to
+//! the WAL and then to the database (BENCHMARKS.md, "What was tried":
+//! playlists as places in MIXTAPE). But the text is in MIXTAPE already, and the
 //! export reads MIXTAPE's users and songs again anyway. So a playlist is kept
 //! as where it is in MIXTAPE's text (the file the import read,
 //! [`crate::run::input`]), and read and minified there again when it is needed:

@@ -1,8 +1,8 @@
 //! Rejects stored a row of up to [`REJECTS_PER_ROW`] at a time.
 //!
 //! A run with a million rejected changes (most of them `unknown_playlist`)
-//! used to be a million SQLite rows, and inserting them was a seventh of the
-//! merge (BENCHMARKS.md, issue 17). So each batch's or partition's rejects,
+//! would be a million SQLite rows, whose overhead costs more than their bytes
+//! (BENCHMARKS.md, "What was tried": packed rows). So each batch's or partition's rejects,
 //! sorted by index, are encoded into rows of up to [`REJECTS_PER_ROW`]: the
 //! row's `idx` is its first reject's index (so that resetting a chunk can
 //! still delete its workers' rejects by index range: every row holds one

@@ -1,16 +1,13 @@
 //! The merge's results stored a row of several at a time.
 //!
-//! A playlist's result a row of its own made writing `results` a sixth of
-//! M's merge, and reading them back a large part of the export (BENCHMARKS.md,
-//! issue 17): hundreds of thousands of rows of a few hundred bytes each cost
-//! more in row overhead than in bytes. So a partition's results of one stream
+//! A playlist's result a row of its own made writing and reading `results`
+//! cost more in row overhead than in bytes (hundreds of thousands of rows of
+//! a few hundred bytes; BENCHMARKS.md, "What was tried": packed rows). So a partition's results of one stream
 //! ([`super::runs`]), in key order, are packed into rows of up to
 //! [`RESULTS_PER_ROW`] results or [`ROW_BYTES`] encoded; the runs are
 //! of rows, and each row yields its results in order. [`ROW_BYTES`] is what
-//! lets two rows share one 16 KiB page: rows of 64 results of M's playlists
-//! (about 8.8 KB) took a page each, so `results` was 65 MB of pages for 41 MB
-//! of data, written twice (WAL and database) into fresh pages of the page
-//! cache, which cost about a quarter of M's merge.
+//! lets two rows share one 16 KiB page: a row a little over half a page
+//! takes a page alone, and those pages are written twice (WAL and database).
 //!
 //! A row of document fates holds, for each, `doc_seq:varint state:u8` and,
 //! when the state byte's high bit says so, the playlist's text

@@ -12,7 +12,7 @@
 //!
 //! Why not `ORDER BY`: SQLite's sorter writes every row to temporary files and
 //! reads it back; with a million rejects and a million new playlists that was
-//! most of the export (BENCHMARKS.md, issue 17).
+//! most of the export (BENCHMARKS.md, "What was tried": sorted runs).
 //!
 //! A stream can be read for a range of keys only, so that export threads
 //! render its parts at once: each run starts at the first row that holds a
