@@ -1,15 +1,13 @@
-//! The harness command line (README "Command line"): what the user typed, checked by clap, then
+//! The harness command line (docs/GUIDE.md "Command line"): what the user typed, checked by clap, then
 //! turned into a [`Config`] in one place, where every default is decided.
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
-use mixtape::run::paths::with_suffix;
 use mixtape::stages::Stage;
-use mixtape::store::Location;
 
-use crate::report::ReportTarget;
+use crate::paths::{Given, PathPlan};
 
 /// Apply a batch of playlist changes to a mixtape document, with N worker
 /// processes over a work store (a SQLite file, or a PostgreSQL database for runs
@@ -63,7 +61,7 @@ pub struct Cli {
     pub rejects: Option<PathBuf>,
     /// Also write the applied report to PATH: JSON Lines, one object per
     /// applied change in index order (index, op, playlist_id, song_id), the
-    /// ids given to new playlists included (README "Pipelines").
+    /// ids given to new playlists included (docs/GUIDE.md "Pipelines").
     #[arg(long, value_name = "PATH")]
     pub applied: Option<PathBuf>,
     /// Any rejected change fails the run: exit 3 and no OUTPUT (the rejects
@@ -83,11 +81,11 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "STAGE")]
     pub stop_after: Option<Stage>,
     /// Write a JSON report of the run to PATH (`-`: stdout) when it ends, also
-    /// after `--strict` fails it or `--stop-after` (README "Run report").
+    /// after `--strict` fails it or `--stop-after` (docs/GUIDE.md "Run report").
     #[arg(long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
     /// Print a shell completion script or the man page on stdout, and exit
-    /// (README "Shell completions and man pages").
+    /// (docs/GUIDE.md "Shell completions and man pages").
     #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
     pub generate: Option<mixtape::run::generate::Generate>,
 }
@@ -102,34 +100,24 @@ pub enum ProgressWhen {
 /// The run's configuration, every default resolved.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub mixtape: PathBuf,
-    pub changes: PathBuf,
-    /// The file the export writes OUTPUT to: OUTPUT itself, or, when OUTPUT
-    /// is `-`, a private staging file that is copied to stdout once the run
-    /// has succeeded ([`STDOUT_STAGING`]).
-    pub output: PathBuf,
-    /// OUTPUT is `-`.
-    pub to_stdout: bool,
+    /// Every file the run reads or writes, resolved and checked.
+    pub paths: PathPlan,
     pub workers: usize,
     pub chunks: usize,
     pub lease: std::time::Duration,
-    pub db: Location,
-    pub rejects: PathBuf,
-    pub applied: Option<PathBuf>,
     pub keep_db: bool,
     pub fresh: bool,
     pub strict: bool,
     pub dry_run: bool,
     pub draw_progress: DrawProgress,
     pub stop_after: Option<Stage>,
-    pub summary_json: Option<ReportTarget>,
 }
 
 impl Config {
     /// Whether the export writes the document to the staging file that goes
     /// to stdout (OUTPUT `-`, and not a dry run).
     pub fn stages_to_stdout(&self) -> bool {
-        self.to_stdout && !self.dry_run
+        self.paths.to_stdout && !self.dry_run
     }
 }
 
@@ -144,11 +132,6 @@ fn lease_secs(flag: Option<f64>) -> f64 {
 
 const DEFAULT_LEASE_SECS: f64 = 30.0;
 
-/// With OUTPUT `-`, the run's files are named as if OUTPUT were this file of
-/// the current directory: `stdout.json.work.db`, `stdout.json.rejects.jsonl`.
-const STDOUT_BASE: &str = "stdout.json";
-/// ... and the document is staged here before it goes to stdout.
-pub const STDOUT_STAGING: &str = "stdout.json.work.staged";
 /// The leases a run accepts: long enough to renew, short enough to be a
 /// duration (a day).
 const LEASE_SECS: std::ops::RangeInclusive<f64> = 0.1..=86_400.0;
@@ -186,62 +169,39 @@ pub enum DrawProgress {
 impl Cli {
     pub fn into_config(self, stderr_is_terminal: bool) -> anyhow::Result<Config> {
         // clap requires the three unless `--generate` (handled before this).
-        let (Some(mixtape), Some(changes), Some(given_output)) =
+        let (Some(mixtape), Some(changes), Some(output)) =
             (self.mixtape, self.changes, self.output)
         else {
             anyhow::bail!("MIXTAPE, CHANGES and OUTPUT are required");
         };
-        let to_stdout = given_output.as_os_str() == "-";
-        // What the defaults of the other files derive from.
-        let output = if to_stdout {
-            PathBuf::from(STDOUT_BASE)
-        } else {
-            given_output
-        };
-        if to_stdout && self.summary_json.as_deref() == Some(std::path::Path::new("-")) {
-            return Err(mixtape::run::exit_codes::UsageError(
-                "OUTPUT `-` and --summary-json `-` would both write to standard output; give the run report a file".into(),
-            )
-            .into());
-        }
+        let paths = PathPlan::resolve(Given {
+            mixtape,
+            changes,
+            output,
+            db: self.db,
+            rejects: self.rejects,
+            applied: self.applied,
+            summary_json: self.summary_json,
+        })?;
         let workers = self.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             |n| n as usize,
         );
-        let db = match &self.db {
-            // A server store's files on this host (kept decompressed inputs,
-            // id indexes) go beside OUTPUT.
-            Some(argument) => Location::from_argument(argument, &with_suffix(&output, ".work"))?,
-            None => Location::File(with_suffix(&output, ".work.db")),
-        };
         Ok(Config {
-            db,
-            rejects: self
-                .rejects
-                .unwrap_or_else(|| with_suffix(&output, ".rejects.jsonl")),
+            paths,
             draw_progress: match self.progress {
                 ProgressWhen::Auto if stderr_is_terminal => DrawProgress::OnTerminal,
                 ProgressWhen::Auto | ProgressWhen::Never => DrawProgress::No,
                 ProgressWhen::Always => DrawProgress::Forced,
             },
-            mixtape,
-            changes,
-            output: if to_stdout {
-                PathBuf::from(STDOUT_STAGING)
-            } else {
-                output
-            },
-            to_stdout,
             workers,
             chunks: self.chunks.map_or(workers, |k| k as usize),
             lease: std::time::Duration::from_secs_f64(lease_secs(self.lease_secs)),
-            applied: self.applied,
             keep_db: self.keep_db,
             fresh: self.fresh,
             strict: self.strict,
             dry_run: self.dry_run,
             stop_after: self.stop_after,
-            summary_json: self.summary_json.map(ReportTarget::from_argument),
         })
     }
 }
@@ -250,6 +210,7 @@ impl Cli {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use mixtape::store::Location;
 
     #[test]
     fn cli_is_well_formed() {
@@ -260,8 +221,8 @@ mod tests {
     fn defaults_derive_from_output() {
         let cli = Cli::try_parse_from(["harness", "m.json", "c.json", "out/o.json"]).unwrap();
         let c = cli.into_config(false).unwrap();
-        assert_eq!(c.db, Location::File("out/o.json.work.db".into()));
-        assert_eq!(c.rejects, PathBuf::from("out/o.json.rejects.jsonl"));
+        assert_eq!(c.paths.db, Location::File("out/o.json.work.db".into()));
+        assert_eq!(c.paths.rejects, PathBuf::from("out/o.json.rejects.jsonl"));
         assert!(c.workers >= 1);
         assert_eq!(c.draw_progress, DrawProgress::No);
         assert!(Cli::try_parse_from(["harness", "-w", "0", "m", "c", "o"]).is_err());

@@ -1,10 +1,10 @@
-//! `harness`: runs the whole job (README "Command line"). `main` is a thin
+//! `harness`: runs the whole job (docs/GUIDE.md "Command line"). `main` is a thin
 //! wrapper: parse the command line, run the pipeline, turn the outcome into an
 //! exit code ([`Exit`], the one place codes are decided). Errors print with
 //! their whole context chain.
 
 mod cli;
-mod files;
+mod paths;
 mod pipeline;
 mod progress;
 mod report;
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             if exit == Exit::Interrupted {
                 eprintln!(
                     "harness: interrupted; the work database is kept at {} (run the same command to resume)",
-                    config.db.display()
+                    config.paths.db.display()
                 );
             } else {
                 let e = mixtape::store::explain_lost_connection(e);

@@ -31,21 +31,19 @@ pub fn run(config: &Config) -> Result<Exit> {
     let started = Instant::now();
     let ui = Ui::new(config.draw_progress);
     // Every connection to a server store is bounded in silence by this run's
-    // lease (README "When a host dies").
+    // lease (docs/GUIDE.md "When a host dies").
     mixtape::store::bound_silence_by_lease(config.lease);
-    // Before anything is opened: no two paths of the run may be one file.
-    crate::files::check(config)?;
     check_writable_before_work(config)?;
-    config.db.refuse_foreign_file()?;
-    let mut lock = RunLock::acquire(&config.db)?;
+    config.paths.db.refuse_foreign_file()?;
+    let mut lock = RunLock::acquire(&config.paths.db)?;
     // After the lock: an input read from standard input is kept beside the
     // work database, which this run alone may write.
     let inputs = Inputs {
-        mixtape: open_input(InputKind::Mixtape, &config.mixtape, config, &ui)?,
-        changes: open_input(InputKind::Changes, &config.changes, config, &ui)?,
+        mixtape: open_input(InputKind::Mixtape, &config.paths.mixtape, config, &ui)?,
+        changes: open_input(InputKind::Changes, &config.paths.changes, config, &ui)?,
     };
-    output_file::remove_stale_temporaries(&config.output)?;
-    for (_, path) in reports(config) {
+    output_file::remove_stale_temporaries(&config.paths.output)?;
+    for (_, path) in config.paths.reports() {
         output_file::remove_stale_temporaries(path)?;
     }
     let (store, opened) = open_or_create(config, &inputs, &ui)?;
@@ -62,8 +60,8 @@ pub fn run(config: &Config) -> Result<Exit> {
     if opened == Opened::Finished {
         run.ui.message(&format!(
             "harness: OUTPUT {} is already in place: the run that made the work database {} finished it; nothing is applied again",
-            config.output.display(),
-            config.db.display()
+            config.paths.output.display(),
+            config.paths.db.display()
         ));
         run.summarize()?;
         run.report(Exit::Success, None, true)?;
@@ -76,34 +74,20 @@ pub fn run(config: &Config) -> Result<Exit> {
     run.export_and_finish(lock)
 }
 
-/// The reports a run writes beside OUTPUT: the rejects report, and the
-/// applied report and the run report when asked for.
-fn reports(config: &Config) -> Vec<(&'static str, &std::path::Path)> {
-    let mut reports = vec![("rejects report", config.rejects.as_path())];
-    reports.extend(
-        config
-            .applied
-            .as_deref()
-            .map(|path| ("applied report", path)),
-    );
-    reports.extend(report::file_of(&config.summary_json).map(|path| ("run report", path)));
-    reports
-}
-
 /// Before any work: a run that cannot write its results must not spend an
 /// hour finding out, nor leave a work database behind.
 fn check_writable_before_work(config: &Config) -> Result<()> {
     if config.stages_to_stdout() {
         // The document is staged in a private file first (an existing file
         // keeps its mode when the export replaces it).
-        mixtape::run::private_file::open_or_create(&config.output)?;
+        mixtape::run::private_file::open_or_create(&config.paths.output)?;
     } else if !config.dry_run {
-        output_file::check_writable("OUTPUT", &config.output)?;
+        output_file::check_writable("OUTPUT", &config.paths.output)?;
     }
-    for (what, path) in reports(config) {
+    for (what, path) in config.paths.reports() {
         output_file::check_writable(what, path)?;
     }
-    if let Some(file) = config.db.file() {
+    if let Some(file) = config.paths.db.file() {
         output_file::check_writable("work database", file)?;
     }
     Ok(())
@@ -112,12 +96,12 @@ fn check_writable_before_work(config: &Config) -> Result<()> {
 /// Opens an input of the run: the file at `path`, or standard input (`-`),
 /// read once into a file kept beside the work database, with a bar.
 fn open_input(kind: InputKind, path: &std::path::Path, config: &Config, ui: &Ui) -> Result<Input> {
-    let db = config.db.local_base();
+    let files = &config.paths.work_files;
     if path.as_os_str() != "-" {
-        return Input::open(kind, path, &db);
+        return Input::open(kind, path, files);
     }
     let bar = ui.bytes_bar("stdin", 0);
-    let input = Input::from_stdin(kind, &db, &mut |read| {
+    let input = Input::from_stdin(kind, files, &mut |read| {
         bar.set_message(format!(
             "{}: {} read",
             kind.label(),
@@ -183,15 +167,15 @@ enum Opened {
 
 /// Opens the work database to resume from, or makes a new one.
 fn open_or_create(config: &Config, inputs: &Inputs, ui: &Ui) -> Result<(Store, Opened)> {
-    if config.db.exists()? && !config.fresh {
-        let store = match Store::open(&config.db) {
+    if config.paths.db.exists()? && !config.fresh {
+        let store = match Store::open(&config.paths.db) {
             Ok(store) => store,
             // --fresh would not help: say only what is wrong.
             Err(e) if e.is::<mixtape::store::NotOurs>() => return Err(e),
             Err(e) => {
                 return Err(e.context(format!(
                     "cannot resume; pass --fresh to discard {}",
-                    config.db.display()
+                    config.paths.db.display()
                 )))
             }
         };
@@ -210,7 +194,7 @@ fn open_or_create(config: &Config, inputs: &Inputs, ui: &Ui) -> Result<(Store, O
             Some(why) => ui.message(&format!("harness: starting fresh: {why}")),
         }
     }
-    let store = Store::create(&config.db)?;
+    let store = Store::create(&config.paths.db)?;
     for input in inputs.both() {
         input.record(&store)?;
     }
@@ -223,7 +207,7 @@ fn open_or_create(config: &Config, inputs: &Inputs, ui: &Ui) -> Result<(Store, O
 /// MIXTAPE, unless MIXTAPE is that very OUTPUT (an in-place run, whose
 /// MIXTAPE is now the result).
 fn published_by(store: &Store, config: &Config, inputs: &Inputs) -> Result<bool> {
-    if config.to_stdout {
+    if config.paths.to_stdout {
         // A document staged for stdout is not in place until it has gone
         // there whole, which no record can tell: export it again.
         return Ok(false);
@@ -231,8 +215,8 @@ fn published_by(store: &Store, config: &Config, inputs: &Inputs) -> Result<bool>
     let Some((path, print)) = store.published_output()? else {
         return Ok(false);
     };
-    if path != absolute(&config.output)?
-        || mixtape::run::fingerprint::of_file(&config.output)
+    if path != config.paths.output_absolute
+        || mixtape::run::fingerprint::of_file(&config.paths.output)
             .ok()
             .as_deref()
             != Some(print.as_str())
@@ -246,11 +230,6 @@ fn published_by(store: &Store, config: &Config, inputs: &Inputs) -> Result<bool>
         }
     }
     Ok(true)
-}
-
-/// `path` made absolute (symlinks not followed: the rename replaces the name).
-fn absolute(path: &std::path::Path) -> Result<std::path::PathBuf> {
-    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
 }
 
 /// One run in progress: what every stage needs.
@@ -310,10 +289,10 @@ impl Run<'_> {
         let (exit, output_written) = self.export()?;
         if config.stages_to_stdout() {
             if output_written {
-                to_stdout(&config.output)?;
+                to_stdout(&config.paths.output)?;
             } else {
                 // --strict failed the run: nothing goes to stdout.
-                let _ = std::fs::remove_file(&config.output);
+                let _ = std::fs::remove_file(&config.paths.output);
             }
         }
         if output_written {
@@ -331,7 +310,7 @@ impl Run<'_> {
     fn clean_up(self, lock: RunLock) -> Result<Exit> {
         drop(self.store);
         if !self.config.keep_db {
-            self.config.db.remove()?;
+            self.config.paths.db.remove()?;
         }
         lock.release_and_remove();
         Ok(Exit::Success)
@@ -354,7 +333,7 @@ impl Run<'_> {
         }
         self.ui.message(&format!(
             "harness: resuming from {}: {}",
-            self.config.db.display(),
+            self.config.paths.db.display(),
             done.join(", ")
         ));
         Ok(())
@@ -442,13 +421,11 @@ impl Run<'_> {
                 chunks.len(),
             ));
         }
-        let worker = std::env::current_exe()
-            .context("finding the harness executable")?
-            .with_file_name("worker");
+        let worker = crate::paths::PathPlan::worker()?;
         self.times.lock = workers::run(
             &worker,
             &self.store,
-            &self.config.db,
+            &self.config.paths.db,
             self.config.workers,
             &self.ui,
         )?;
@@ -485,15 +462,15 @@ impl Run<'_> {
         export::export(
             &self.store,
             &export::Export {
-                db: &config.db,
+                db: &config.paths.db,
                 mixtape: &self.inputs.mixtape.text,
-                output: no_output.is_none().then_some(config.output.as_path()),
-                output_absolute: &absolute(&config.output)?,
-                rejects: &config.rejects,
+                output: no_output.is_none().then_some(config.paths.output.as_path()),
+                output_absolute: &config.paths.output_absolute,
+                rejects: &config.paths.rejects,
                 threads: self.threads(),
             },
         )?;
-        if let Some(path) = &config.applied {
+        if let Some(path) = &config.paths.applied {
             let changes = &self.inputs.changes.text;
             output_file::write_atomically(path, |out| {
                 mixtape::stages::export::applied::write(&self.store, changes, out)
@@ -501,15 +478,18 @@ impl Run<'_> {
         }
         bar.set(1);
         bar.finish(&match no_output {
-            Some(why) => format!("rejects to {} (no output: {why})", config.rejects.display()),
-            None if config.to_stdout => format!(
+            Some(why) => format!(
+                "rejects to {} (no output: {why})",
+                config.paths.rejects.display()
+            ),
+            None if config.paths.to_stdout => format!(
                 "standard output (once the run is done) and {}",
-                config.rejects.display()
+                config.paths.rejects.display()
             ),
             None => format!(
                 "{} and {}",
-                config.output.display(),
-                config.rejects.display()
+                config.paths.output.display(),
+                config.paths.rejects.display()
             ),
         });
         self.times.record(Stage::Export, started);
@@ -517,15 +497,15 @@ impl Run<'_> {
         if strict_failure {
             self.ui.final_message(&format!(
                 "harness: --strict: {rejected} change(s) rejected, so no output was written; see {}",
-                config.rejects.display()
+                config.paths.rejects.display()
             ));
             return Ok((Exit::Rejected, false));
         }
         if config.dry_run {
             self.ui.final_message(&format!(
                 "harness: --dry-run: OUTPUT {} was not written; see {}",
-                config.output.display(),
-                config.rejects.display()
+                config.paths.output.display(),
+                config.paths.rejects.display()
             ));
             return Ok((Exit::Success, false));
         }
@@ -591,7 +571,7 @@ impl Run<'_> {
 
     /// Writes the run report, when `--summary-json` asks for one.
     fn report(&self, exit: Exit, stopped_after: Option<Stage>, output_written: bool) -> Result<()> {
-        let Some(target) = &self.config.summary_json else {
+        let Some(target) = &self.config.paths.summary_json else {
             return Ok(());
         };
         let planned = self.store.is_done(Stage::Plan)?;
@@ -608,9 +588,9 @@ impl Run<'_> {
                 changes: input_report(changes, form)?,
             },
             outputs: report::Outputs {
-                output: config.output.clone(),
-                rejects: config.rejects.clone(),
-                work_db: config.db.display(),
+                output: config.paths.output.clone(),
+                rejects: config.paths.rejects.clone(),
+                work_db: config.paths.db.display(),
                 work_db_kept: config.keep_db || exit != Exit::Success || stopped_after.is_some(),
             },
             counts: if self.store.is_done(Stage::Merge)? {
@@ -643,7 +623,7 @@ impl Run<'_> {
         self.ui.message(&format!(
             "harness: stopped after {}; the work database is kept at {} (run the same command without --stop-after to continue)",
             stage.name(),
-            self.config.db.display()
+            self.config.paths.db.display()
         ));
         self.bench_line();
         Exit::Success

@@ -1,4 +1,4 @@
-//! The run report (`--summary-json PATH`, README "Run report"): one JSON object
+//! The run report (`--summary-json PATH`, docs/GUIDE.md "Run report"): one JSON object
 //! a script reads instead of the summary line.
 //!
 //! It is written at the end of every run that gets there: after export (also
@@ -11,7 +11,7 @@
 //! Every figure comes from the store (counts, chunks, form) or from this run's
 //! own clocks and `getrusage`, the same sources as the summary line, so the two
 //! cannot disagree. The struct below is the format: its field order is the
-//! order in the file, and README "Run report" documents each field.
+//! order in the file, and docs/GUIDE.md "Run report" documents each field.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -309,7 +309,7 @@ pub fn is_id(raw: &[u8]) -> bool {
     }
 }
 
-/// The value of an id text that takes part in automatic playlist ids (README "The changes file":
+/// The value of an id text that takes part in automatic playlist ids (docs/GUIDE.md "The changes file":
 /// text matching `[1-9][0-9]{0,17}`).
 pub fn auto_id_value(text: &str) -> Option<u64> {
     let bytes = text.as_bytes();
@@ -329,7 +329,7 @@ pub fn key_name(raw_key: &[u8]) -> Option<Cow<'_, str>> {
 }
 
 /// The first member named `name`, raw. The tool reads the first occurrence of a
-/// repeated member everywhere (documented in the README).
+/// repeated member everywhere (documented in docs/GUIDE.md).
 pub fn member<'a>(members: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
     members
         .iter()

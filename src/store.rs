@@ -99,8 +99,7 @@ mod types;
 
 pub use contract::Tables;
 use contract::{Backend, DocumentSink};
-pub use files::remove_files;
-use files::*;
+pub use files::{remove_files, WorkFiles};
 pub use location::Location;
 pub use rules::explain_lost_connection;
 use rules::*;
@@ -360,10 +359,10 @@ impl Store {
                 self.index_tag.get_or_init(|| tag)
             }
         };
-        let base = self.location.local_base();
+        let files = self.location.work_files();
         Ok(match tag {
-            None => crate::run::paths::with_suffix(&base, which.suffix()),
-            Some(tag) => tagged_index_path(&base, tag, which),
+            None => files.id_index(which).to_path_buf(),
+            Some(tag) => files.tagged_index(tag, which),
         })
     }
 

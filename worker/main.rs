@@ -1,4 +1,4 @@
-//! `worker`: applies chunks of the plan stored in a work database (README
+//! `worker`: applies chunks of the plan stored in a work database (docs/GUIDE.md
 //! "Command line" and "Debugging a chunk by hand"). The harness runs N of
 //! them joined to the run (each claims chunks until none is left) and reads
 //! their progress reports ([`mixtape::run::protocol`]) on stdout; more may join by
@@ -64,7 +64,7 @@ struct Cli {
     #[arg(long, hide = true, requires = "join")]
     report_progress: bool,
     /// Print a shell completion script or the man page on stdout, and exit
-    /// (README "Shell completions and man pages").
+    /// (docs/GUIDE.md "Shell completions and man pages").
     #[arg(long, value_enum, value_name = "WHAT", exclusive = true)]
     generate: Option<mixtape::run::generate::Generate>,
 }

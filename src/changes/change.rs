@@ -1,6 +1,6 @@
 //! One change, read from its JSON text: its shape only.
 //!
-//! This is the first row of the reject table (README "Semantics and rejects"): a change that is not an
+//! This is the first row of the reject table (docs/GUIDE.md "Semantics and rejects"): a change that is not an
 //! object, has an unknown `op`, or lacks a member or has one of the wrong type is
 //! `invalid_change`. Everything that needs the database (does the user or song
 //! exist) is the worker's job ([`crate::stages::apply`]), and everything that depends on
@@ -97,7 +97,7 @@ pub fn op_json_of(json: String) -> Cow<'static, str> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change<'a> {
     AddPlaylist {
-        /// `None`: the id is given automatically (README "The changes file").
+        /// `None`: the id is given automatically (docs/GUIDE.md "The changes file").
         id: Option<&'a [u8]>,
         owner: &'a [u8],
         songs: Vec<&'a [u8]>,

@@ -258,7 +258,7 @@ pub enum NewId<'a> {
     /// As the change wrote it.
     Given(Token<'a>),
     /// The `ordinal`-th (1-based) `add_playlist` without `playlist_id` in chunk
-    /// `chunk`; the merge turns it into `M + k` (README "The changes file").
+    /// `chunk`; the merge turns it into `M + k` (docs/GUIDE.md "The changes file").
     Auto { chunk: u64, ordinal: u64 },
 }
 

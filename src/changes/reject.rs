@@ -1,4 +1,4 @@
-//! Why a change is rejected (README "Semantics and rejects").
+//! Why a change is rejected (docs/GUIDE.md "Semantics and rejects").
 //!
 //! [`Reason`] owns each reason's name, as the rejects report and the summary
 //! write it, and its precedence: when several reasons apply, the first in

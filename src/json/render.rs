@@ -1,5 +1,5 @@
-//! How a playlist that the changes made or changed is written (README "The
-//! changes file", new playlists, and "Output"): the one place that knows, used
+//! How a playlist that the changes made or changed is written (docs/GUIDE.md
+//! "The changes file", new playlists, and "Output"): the one place that knows, used
 //! by the merge and by the benchmark's rival.
 
 use crate::json;

@@ -1,5 +1,5 @@
-//! Exit codes of `harness` and `worker`, in one place (README "Errors and exit
-//! codes"), and the one conversion from an error to its exit code.
+//! Exit codes of `harness` and `worker`, in one place (docs/GUIDE.md
+//! "Errors and exit codes"), and the one conversion from an error to its exit code.
 
 /// How a process ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //! spread evenly over the file (the whole file when it is small). It costs a few
 //! milliseconds whatever the size, which is why it is not a hash of every byte:
 //! an edit that keeps size and modification time *and* misses every sampled block
-//! would go unnoticed, and the README says so.
+//! would go unnoticed, and docs/GUIDE.md says so.
 //!
 //! The hash function, [`fnv1a`], is also how playlist ids are spread over merge
 //! partitions: it must give the same value in every process, which std's hasher

@@ -1,5 +1,5 @@
 //! Shell completions and man pages for both binaries, generated from their
-//! clap definitions (README "Shell completions and man pages"), the way
+//! clap definitions (docs/GUIDE.md "Shell completions and man pages"), the way
 //! ripgrep does it: `harness --generate complete-bash` (or `complete-zsh`,
 //! `complete-fish`, `man`) prints the script or the page and exits. Generated
 //! from the same definitions that parse the command line, they cannot drift

@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::run::fingerprint;
-use crate::run::paths::with_suffix;
-use crate::store::{InputKind, Store};
+use crate::store::{InputKind, Store, WorkFiles};
 
 /// The run's two inputs.
 pub struct Inputs {
@@ -42,11 +41,14 @@ pub struct Input {
     pub compression: Option<Compression>,
     /// What the stages read: `path`, or the kept decompressed text.
     pub text: PathBuf,
+    /// For a compressed input, the file its kept text is written through
+    /// and renamed from once whole.
+    pub partial_text: Option<PathBuf>,
 }
 
 impl Input {
-    /// Looks at the input at `path` for a run on the work database `db`.
-    pub fn open(kind: InputKind, path: &Path, db: &Path) -> Result<Input> {
+    /// Looks at the input at `path` for a run whose work store has `files`.
+    pub fn open(kind: InputKind, path: &Path, files: &WorkFiles) -> Result<Input> {
         let cannot_read = || format!("cannot read {} {}", kind.label(), path.display());
         // Before any open: a FIFO would block the open, a device would never end.
         let meta = std::fs::metadata(path).with_context(cannot_read)?;
@@ -62,9 +64,12 @@ impl Input {
         let compression = Compression::of_file(path).with_context(cannot_read)?;
         let size = std::fs::metadata(path).with_context(cannot_read)?.len();
         let path = path.canonicalize().with_context(cannot_read)?;
-        let text = match compression {
-            Some(_) => with_suffix(db, kind.kept_text_suffix()),
-            None => path.clone(),
+        let (text, partial_text) = match compression {
+            Some(_) => (
+                files.kept_text(kind).to_path_buf(),
+                Some(files.partial_text(kind).to_path_buf()),
+            ),
+            None => (path.clone(), None),
         };
         Ok(Input {
             kind,
@@ -73,6 +78,7 @@ impl Input {
             fingerprint,
             compression,
             text,
+            partial_text,
         })
     }
 
@@ -84,8 +90,12 @@ impl Input {
     /// file already holds exactly these bytes (SHA-256), it is kept as it is,
     /// so that a rerun with the same stream on stdin resumes; other bytes
     /// replace it, and the run starts fresh. `progress` gets the bytes read.
-    pub fn from_stdin(kind: InputKind, db: &Path, progress: &mut dyn FnMut(u64)) -> Result<Input> {
-        let spooled = with_suffix(db, kind.stdin_suffix());
+    pub fn from_stdin(
+        kind: InputKind,
+        files: &WorkFiles,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Input> {
+        let spooled = files.stdin_copy(kind).to_path_buf();
         let dir = spooled.parent().filter(|d| !d.as_os_str().is_empty());
         let dir = dir.unwrap_or(Path::new("."));
         let reading = || format!("reading {} from standard input", kind.label());
@@ -110,7 +120,7 @@ impl Input {
                 .with_context(|| format!("keeping {} at {}", kind.label(), spooled.display()))?;
             crate::run::paths::sync_directory_of(&spooled)?;
         }
-        Input::open(kind, &spooled, db)
+        Input::open(kind, &spooled, files)
     }
 
     /// Why the store's record of this input differs from the file, if it does.

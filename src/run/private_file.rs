@@ -1,4 +1,4 @@
-//! Files a run makes for itself (README "What is never lost"): private, never
+//! Files a run makes for itself (docs/GUIDE.md "What is never lost"): private, never
 //! through a symlink, never under a name someone else made first.
 //!
 //! Work files hold the document's contents (the work database, the id

@@ -2,7 +2,7 @@
 //!
 //! A worker reads its chunk's byte range of CHANGES (streaming, a few MiB at a
 //! time), and for every change decides what can be decided without knowing the
-//! order of changes (README "Semantics and rejects", the first five reasons):
+//! order of changes (docs/GUIDE.md "Semantics and rejects", the first five reasons):
 //!
 //! 1. the shape ([`crate::changes::change`]): `invalid_change`;
 //! 2. lookups in the imported document: `unknown_user`, `unknown_song`;

@@ -1,4 +1,4 @@
-//! The decompress stage (README "Compressed inputs"): gzip and zstd inputs,
+//! The decompress stage (docs/GUIDE.md "Compressed inputs"): gzip and zstd inputs,
 //! recognised by their magic bytes (never their names), decompressed once into
 //! a file kept beside the work database; both at once when both inputs are
 //! compressed, and never again for a kept file the store says is whole.
@@ -26,7 +26,6 @@ use anyhow::{Context, Result};
 use flate2::read::MultiGzDecoder;
 
 use crate::run::input::{Compression, Input, Inputs};
-use crate::run::paths::with_suffix;
 use crate::store::Store;
 
 /// How much is decompressed between progress reports and interrupt checks.
@@ -67,11 +66,13 @@ pub fn stage(
             .compression
             .expect("only compressed inputs are pending");
         let label = input.kind.label();
+        let partial =
+            (input.partial_text.as_deref()).expect("a compressed input has a partial text");
         decompress(
             label,
             &input.path,
             format,
-            &input.text,
+            (&input.text, partial),
             &mut |read, written| progress(i, read, written),
         )
     };
@@ -101,12 +102,13 @@ pub fn stage(
 pub type ProgressFn<'a> = dyn FnMut(u64, u64) + 'a;
 
 /// Decompresses `source` (the input `label`, in `format`) into `kept`, through
-/// `kept.partial` and a rename. `progress` is called about once per MiB written.
+/// `partial` and a rename (both from the run's [`crate::store::WorkFiles`]).
+/// `progress` is called about once per MiB written.
 pub fn decompress(
     label: &str,
     source: &Path,
     format: Compression,
-    kept: &Path,
+    (kept, partial): (&Path, &Path),
     progress: &mut ProgressFn,
 ) -> Result<Decompressed> {
     let file =
@@ -124,9 +126,8 @@ pub fn decompress(
                 .with_context(|| format!("starting to decompress {label}"))?,
         ),
     };
-    let partial = with_suffix(kept, ".partial");
     let mut report = |written| progress(read_so_far.get(), written);
-    let copied = copy(&mut decoder, &partial, label, &mut report, |written| {
+    let copied = copy(&mut decoder, partial, label, &mut report, |written| {
         Failure {
             label,
             source,
@@ -140,11 +141,11 @@ pub fn decompress(
         Ok(written) => written,
         Err(e) => {
             // A partial text is of no use to anyone: a new run starts over.
-            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(partial);
             return Err(e);
         }
     };
-    std::fs::rename(&partial, kept)
+    std::fs::rename(partial, kept)
         .with_context(|| format!("renaming {} to {}", partial.display(), kept.display()))?;
     crate::run::paths::sync_directory_of(kept)?;
     Ok(Decompressed {
@@ -188,7 +189,7 @@ fn copy<'a>(
 }
 
 /// The free space a decompression leaves on the file system of the kept text
-/// (README "Limits"): 5 % of the file system, at least 16 MiB, at most 1 GiB.
+/// (docs/DESIGN.md "Limits"): 5 % of the file system, at least 16 MiB, at most 1 GiB.
 /// A testing aid sets it ([`crate::run::fault::min_free_bytes`]).
 pub fn free_space_margin(total_bytes: u64) -> u64 {
     if let Some(bytes) = crate::run::fault::min_free_bytes() {
@@ -230,7 +231,7 @@ impl Room {
         let (available, _) = Room::space(&self.dir)?;
         if available < self.margin.saturating_add(next) {
             anyhow::bail!(
-                "decompressing {label} stopped before the disk is full: {written} bytes of text were written to {} and only {available} bytes are left on that file system, which mixtape keeps at least {} bytes free on (README \"Limits\"); make room, or put the work database on a larger disk with --db",
+                "decompressing {label} stopped before the disk is full: {written} bytes of text were written to {} and only {available} bytes are left on that file system, which mixtape keeps at least {} bytes free on (docs/DESIGN.md \"Limits\"); make room, or put the work database on a larger disk with --db",
                 partial.display(),
                 self.margin
             );
@@ -300,9 +301,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("in");
         let kept = dir.path().join("kept");
+        let partial = dir.path().join("kept.partial");
         std::fs::write(&source, compressed).unwrap();
-        let got = decompress("CHANGES", &source, format, &kept, &mut |_, _| {})?;
-        assert!(!with_suffix(&kept, ".partial").exists());
+        let got = decompress(
+            "CHANGES",
+            &source,
+            format,
+            (&kept, &partial),
+            &mut |_, _| {},
+        )?;
+        assert!(!partial.exists());
         Ok((std::fs::read(&kept).unwrap(), got))
     }
 

@@ -23,7 +23,7 @@
 //! written twice; with more, the helpers' pieces cost temporary disk for the
 //! moment of the export.
 //!
-//! The document's layout (README "Output"): `users`, `playlists`, `songs`, then
+//! The document's layout (docs/GUIDE.md "Output"): `users`, `playlists`, `songs`, then
 //! any other top-level members, one array element per line, every element
 //! minified:
 //!

@@ -6,7 +6,7 @@
 //! of the document. Top-level members may come in any order; members other than
 //! the three arrays are kept in `extras` and written back after them.
 //!
-//! What makes the document invalid (and stops the run, README "The mixtape document"): not JSON, not an
+//! What makes the document invalid (and stops the run, docs/GUIDE.md "The mixtape document"): not JSON, not an
 //! object, one of the three members not an array, an element that is not an
 //! object or has no valid id, a duplicate id in one array, a playlist whose
 //! `song_ids` is not an array of ids. The message names the array, the element's
@@ -248,9 +248,9 @@ struct Processor<'a> {
     /// Reused buffer for the minified element.
     minified: Vec<u8>,
     figures: ImportFigures,
-    /// The owner member name of the first playlist (README "The changes file", new playlists).
+    /// The owner member name of the first playlist (docs/GUIDE.md "The changes file", new playlists).
     owner_key: Option<String>,
-    /// Largest playlist id of the form `[1-9][0-9]{0,17}` (README "The changes file", automatic ids).
+    /// Largest playlist id of the form `[1-9][0-9]{0,17}` (docs/GUIDE.md "The changes file", automatic ids).
     max_playlist_id: u64,
     extras: u64,
     /// The ids of users, songs and playlists, on their way to the id indexes

@@ -1,7 +1,7 @@
 //! Stage 4, merge: settle everything that depends on the order of changes.
 //!
 //! Workers ran in any order and at any speed, so they could not decide whether a
-//! playlist exists "at that moment" or already holds a song (README "Semantics and rejects",
+//! playlist exists "at that moment" or already holds a song (docs/GUIDE.md "Semantics and rejects",
 //! the last four reasons). Every change that passed the workers' checks is about exactly
 //! one playlist id, and changes about different playlists never affect each other.
 //! So the merge replays, for each playlist id on its own, the recorded changes

@@ -2,7 +2,7 @@
 //!
 //! One pass of the validating [`Scanner`] over CHANGES, so the whole file is known
 //! to be JSON before any worker starts, and a syntax error is reported once, with
-//! its line and column. The pass recognises the file's form (README "The changes file") from the
+//! its line and column. The pass recognises the file's form (docs/GUIDE.md "The changes file") from the
 //! first non-blank byte:
 //!
 //! - `[`: a bare array of changes;
@@ -28,7 +28,7 @@ use anyhow::{Context, Result};
 use crate::json::scan::{ScanResult, Scanner};
 use crate::run::errors;
 
-/// The form of a changes file (README "The changes file").
+/// The form of a changes file (docs/GUIDE.md "The changes file").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Form {
     /// `{"changes": [...], ...}`

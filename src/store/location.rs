@@ -1,11 +1,8 @@
 //! Where a work store is (a SQLite file or a PostgreSQL database), as the
 //! user named it, and which files go with it on this host.
 
-use super::files::kept_texts;
-use super::files::remove_files;
 use super::files::remove_paths;
-use super::files::stdin_copies;
-use super::files::tagged_index_path;
+use super::files::{remove_files, WorkFiles};
 use super::postgres;
 use super::postgres::PgTarget;
 use super::sqlite;
@@ -80,41 +77,9 @@ impl Location {
         }
     }
 
-    /// Every file on this host that goes with the store, with how messages
-    /// name it: for a SQLite file the file itself, its WAL, shared memory,
-    /// lock, the file being created, and the id indexes; for both kinds the
-    /// kept decompressed inputs and their partial files. A server store's id
-    /// index cache names carry the run's id and are not known before it opens.
-    pub fn companions(&self) -> Vec<(&'static str, PathBuf)> {
-        let base = self.local_base();
-        let with = |suffix: &str| crate::run::paths::with_suffix(&base, suffix);
-        let mut files = Vec::new();
-        if let Location::File(path) = self {
-            files.push(("work database", path.clone()));
-            files.push(("work database's WAL", with("-wal")));
-            files.push(("work database's shared memory", with("-shm")));
-            files.push(("work database's lock", with(".lock")));
-            files.push(("work database being created", with(".creating")));
-            files.push(("work database being created (WAL)", with(".creating-wal")));
-            files.push(("work database being created (shm)", with(".creating-shm")));
-            for kind in IdKind::ALL {
-                files.push(("id index", with(kind.suffix())));
-            }
-        }
-        let labels = [
-            "kept MIXTAPE text",
-            "kept CHANGES text",
-            "partial MIXTAPE text",
-            "partial CHANGES text",
-            "MIXTAPE as read from standard input",
-            "CHANGES as read from standard input",
-        ];
-        files.extend(
-            labels
-                .into_iter()
-                .zip(kept_texts(&base).into_iter().chain(stdin_copies(&base))),
-        );
-        files
+    /// The files on this host that go with the store ([`WorkFiles`]).
+    pub fn work_files(&self) -> WorkFiles {
+        WorkFiles::of(&self.local_base())
     }
 
     /// Fails ([`NotAWorkDatabase`]) when a file store's path holds a file
@@ -142,17 +107,16 @@ impl Location {
         match self {
             Location::File(path) => {
                 remove_files(path)?;
-                remove_paths(&stdin_copies(path))
+                remove_paths(self.work_files().stdin_copies())
             }
             Location::Postgres(target) => {
                 let tag = postgres::drop_store(target)?;
-                let base = &target.local_base;
-                let mut files = kept_texts(base).to_vec();
-                files.extend(stdin_copies(base));
+                let files = self.work_files();
+                remove_paths(files.kept_texts().chain(files.stdin_copies()))?;
                 if let Some(tag) = tag {
-                    files.extend(IdKind::ALL.map(|k| tagged_index_path(base, &tag, k)));
+                    remove_paths(IdKind::ALL.map(|k| files.tagged_index(&tag, k)))?;
                 }
-                remove_paths(&files)
+                Ok(())
             }
         }
     }

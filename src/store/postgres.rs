@@ -1,6 +1,6 @@
 //! The PostgreSQL work store: the same tables and operations as the SQLite
 //! file, in a schema `mixtape` of a database on a server, so that workers on
-//! other hosts can share a run (README "Running on several hosts").
+//! other hosts can share a run (docs/GUIDE.md "Running on several hosts").
 //!
 //! What differs from SQLite, and why:
 //!

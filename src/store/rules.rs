@@ -104,7 +104,7 @@ pub(super) fn check_merge_complete(merged: u64, partitions: Option<&str>) -> Res
 }
 
 /// `error`, explained when it is a broken connection to a server store
-/// (README "When a host dies"): what was committed stays, and the same
+/// (docs/GUIDE.md "When a host dies"): what was committed stays, and the same
 /// command resumes.
 pub fn explain_lost_connection(error: anyhow::Error) -> anyhow::Error {
     if postgres::is_lost_connection(&error) {

@@ -35,7 +35,7 @@ impl RunLock {
 
     /// Takes the lock beside the file `db`.
     fn acquire_file(db: &Path) -> Result<RunLock> {
-        let path = crate::run::paths::with_suffix(db, ".lock");
+        let path = super::WorkFiles::of(db).lock;
         let file = crate::run::private_file::open_or_create(&path)?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(RunLock(Held::File { _lock: lock, path })),
@@ -49,8 +49,8 @@ impl RunLock {
     }
 
     /// Checks that the run still holds its lock, before a stage commits
-    /// anything: on a server, a session of the lock that ended (README "When
-    /// a host dies") is taken again, and `say` tells the user; an error when
+    /// anything: on a server, a session of the lock that ended (docs/GUIDE.md
+    /// "When a host dies") is taken again, and `say` tells the user; an error when
     /// the run can no longer be sure of holding it. (A file lock cannot be
     /// lost while the process lives.)
     pub fn keep_held(&mut self, say: &mut dyn FnMut(&str)) -> Result<()> {

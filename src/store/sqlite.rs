@@ -12,8 +12,8 @@ use rusqlite::{Transaction, TransactionBehavior};
 use super::{
     remove_files, AlreadyMerged, Backend, Batch, ChunkRow, Claim, Claimed, DocumentSink, Each,
     EachMember, EachPlaylist, Fate, Key, LeaseLost, LockTiming, Param, PartitionResults,
-    PlaylistResult, Statement, Tables, FATE_CHANGED, FATE_REMOVED, SCHEMA_VERSION, SELECT_CHUNK,
-    SELECT_CHUNKS,
+    PlaylistResult, Statement, Tables, WorkFiles, FATE_CHANGED, FATE_REMOVED, SCHEMA_VERSION,
+    SELECT_CHUNK, SELECT_CHUNKS,
 };
 use crate::changes::reject::{Reason, Reject};
 use crate::stages::plan::Plan;
@@ -196,7 +196,7 @@ impl SqliteDb {
             refuse_unless_work_database(path)?;
         }
         remove_files(path)?;
-        let creating = crate::run::paths::with_suffix(path, ".creating");
+        let creating = WorkFiles::of(path).creating[0].clone();
         remove_files(&creating)?;
         {
             // Made here, so that it is private (0600) and not through a
@@ -768,7 +768,7 @@ impl Backend for SqliteDb {
         // WAL holds no lock of SQLite's, so this descriptor's close releases
         // none.
         let wal = match self.conn.path() {
-            Some(db) if !db.is_empty() => super::wal_of(Path::new(db)),
+            Some(db) if !db.is_empty() => WorkFiles::of(Path::new(db)).wal,
             _ => bail!("the work database has no file to sync"),
         };
         std::fs::File::open(&wal)

@@ -1,4 +1,4 @@
-//! Debugging a chunk by hand (README "Debugging a chunk by hand"): stop after a
+//! Debugging a chunk by hand (docs/GUIDE.md "Debugging a chunk by hand"): stop after a
 //! stage, run one worker with --trace, run it again, finish with the harness,
 //! and get exactly the output of a plain run.
 

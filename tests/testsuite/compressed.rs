@@ -1,4 +1,4 @@
-//! Compressed inputs (README "Compressed inputs"): the same case plain, gzip,
+//! Compressed inputs (docs/GUIDE.md "Compressed inputs"): the same case plain, gzip,
 //! multi-member gzip and zstd gives the same OUTPUT and rejects in every form
 //! of CHANGES; a run killed while decompressing resumes; a kept text that is
 //! whole is not decompressed again; truncated, corrupt and pretend-compressed

@@ -1,4 +1,4 @@
-//! `--dry-run` (README "Command line"): everything but OUTPUT. On generated
+//! `--dry-run` (docs/GUIDE.md "Command line"): everything but OUTPUT. On generated
 //! cases in every form of CHANGES, with one and several workers: exit 0, no
 //! OUTPUT (an existing one untouched, not even its modification time), the
 //! same rejects report as the reference (and so as a full run), the work

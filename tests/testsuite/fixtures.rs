@@ -56,7 +56,7 @@ fn fixture_changes_hit_every_reason() {
     assert_eq!(
         mixtape::changes::reject::Reason::ALL.len(),
         9,
-        "README \"Semantics and rejects\" has nine reasons"
+        "docs/GUIDE.md \"Semantics and rejects\" has nine reasons"
     );
     for reason in mixtape::changes::reject::Reason::ALL.map(|r| r.name()) {
         assert!(

@@ -3,7 +3,7 @@
 //! serde_json accepts, and what it cuts agrees with serde_json.
 //!
 //! `MIXTAPE_FUZZ_ITERS` sets the number of inputs (default 3000, a few seconds);
-//! README "Fuzzing" says how long it was run and what it found.
+//! CONTRIBUTING.md "Fuzzing" says how long it was run and what it found.
 
 use crate::support;
 

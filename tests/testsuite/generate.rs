@@ -1,4 +1,4 @@
-//! `--generate` (README "Shell completions and man pages"): for both binaries,
+//! `--generate` (docs/GUIDE.md "Shell completions and man pages"): for both binaries,
 //! the bash script parses (`bash -n`), the zsh and fish ones too where those
 //! shells are installed (skipped, saying so, where not), the man page renders
 //! with groff without a warning, and every long option `--help` lists is in

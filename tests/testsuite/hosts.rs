@@ -1,9 +1,9 @@
-//! Hosts that fail like real hosts (README "When a host dies"), against a
+//! Hosts that fail like real hosts (docs/GUIDE.md "When a host dies"), against a
 //! real server: worker "hosts" in network namespaces of their own
 //! (tests/testsuite/support/netns.rs), cut off by setting their link down; the server
 //! restarted; sessions ended by the server. Each scenario ends with the same
 //! bytes as the reference, and prints its figure (`figure: ...`, seen with
-//! `--nocapture`) for the README's table.
+//! `--nocapture`) for docs/GUIDE.md's table.
 //!
 //! The tests reconfigure and restart the server, so they run one at a time
 //! ([`lab`]) and only against `pg_virtualenv`'s throwaway cluster; they are
@@ -23,7 +23,7 @@ use support::pg::{self, assert_ok, case_from, Case, TestDb};
 use support::{gen, stderr};
 
 /// The lease of these tests: short, so that the scenarios take seconds; the
-/// bound on a silent connection is twice it (README "When a host dies").
+/// bound on a silent connection is twice it (docs/GUIDE.md "When a host dies").
 const LEASE: &str = "5";
 const LEASE_SECS: f64 = 5.0;
 

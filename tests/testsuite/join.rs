@@ -1,4 +1,4 @@
-//! Workers that join a run (README "Chunks, leases and joined workers"): the
+//! Workers that join a run (docs/GUIDE.md "Chunks, leases and joined workers"): the
 //! harness with one local worker and `--chunks 6`, plus `worker --join`
 //! processes started on their own, give the reference's bytes; a joined worker
 //! killed mid-chunk loses its chunk when its lease expires and another worker

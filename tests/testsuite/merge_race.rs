@@ -1,4 +1,4 @@
-//! A clear of the merge never interleaves with a partition's commit (README
+//! A clear of the merge never interleaves with a partition's commit (docs/GUIDE.md
 //! "Running on several hosts": the harness's merge and joined workers'
 //! partitions). On a server each statement of a transaction sees what
 //! committed before it, so a partition committed between the clear's

@@ -1,4 +1,4 @@
-//! What is never lost (README "What is never lost"): one test for each way a
+//! What is never lost (docs/GUIDE.md "What is never lost"): one test for each way a
 //! run used to destroy a file or leak one with exit 0, each seen to fail on
 //! the build before the fix (`MIXTAPE_TEST_BIN_DIR=old/release cargo test
 //! --test never_lost` runs them against another build).
@@ -890,7 +890,7 @@ fn each_rename_that_publishes_a_file_is_followed_by_a_directory_sync() {
 
 /// The store's record of OUTPUT being published is on disk before OUTPUT is
 /// renamed into place: after a power loss an in-place run must still know
-/// that its OUTPUT is the changed document (README "What is never lost"). The
+/// that its OUTPUT is the changed document (docs/GUIDE.md "What is never lost"). The
 /// work database's commits are otherwise not synced (`synchronous = NORMAL`
 /// syncs its WAL only at a checkpoint), so the WAL is synced after the
 /// record's last write and before the rename.

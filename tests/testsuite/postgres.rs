@@ -1,5 +1,5 @@
-//! The PostgreSQL work store against a real server (README "Running on several
-//! hosts"; skipped, saying so, where there is none: see tests/testsuite/support/pg.rs).
+//! The PostgreSQL work store against a real server (docs/GUIDE.md
+//! "Running on several hosts"; skipped, saying so, where there is none: see tests/testsuite/support/pg.rs).
 //!
 //! - differential: generated cases in every form, every reject reason, 1, 2, 3
 //!   and 5 workers: byte-identical to the reference and to the SQLite store;

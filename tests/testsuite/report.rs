@@ -1,6 +1,6 @@
-//! The run report (`--summary-json`, README "Run report"): it parses as JSON,
+//! The run report (`--summary-json`, docs/GUIDE.md "Run report"): it parses as JSON,
 //! its counts agree with the rejects report and the summary line, its reason
-//! names are exactly the README's, every field the README documents is there
+//! names are exactly the guide's, every field the guide documents is there
 //! (and no other), it is written after `--strict` fails and after
 //! `--stop-after`, `-` puts it alone on stdout, and a failed run leaves an
 //! existing report as it was.
@@ -15,17 +15,17 @@ use std::process::Output;
 use serde_json::Value;
 use support::{fixtures, gen, stderr, TestCommand};
 
-fn readme() -> String {
-    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+fn guide() -> String {
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/GUIDE.md")).unwrap()
 }
 
-/// The reject reasons the README's table lists, in its order.
+/// The reject reasons the guide's table lists, in its order.
 fn readme_reasons() -> Vec<String> {
-    let readme = readme();
+    let readme = guide();
     let section = readme
         .split("## Semantics and rejects")
         .nth(1)
-        .expect("README has Semantics and rejects");
+        .expect("the guide has Semantics and rejects");
     let table = section.split("\n## ").next().unwrap();
     table
         .lines()
@@ -104,7 +104,7 @@ fn in_written_order(text: &str, keys: &[String]) -> bool {
 }
 
 /// Checks the report's counts against the rejects report and the summary line,
-/// and its reason names against the README; `text` is the report as written.
+/// and its reason names against the guide; `text` is the report as written.
 fn assert_counts_agree(dir: &Path, text: &str, o: &Output) {
     let report: Value = serde_json::from_str(text).expect("the report is JSON");
     let counts = &report["counts"];
@@ -113,14 +113,14 @@ fn assert_counts_agree(dir: &Path, text: &str, o: &Output) {
     let mut readme = readme_reasons();
     assert!(
         in_written_order(text, &readme),
-        "reasons in the README's order"
+        "reasons in the guide's order"
     );
     names.sort();
     readme.sort();
     assert_eq!(
         names,
         readme.iter().collect::<Vec<_>>(),
-        "the report's reason names are the README's"
+        "the report's reason names are the guide's"
     );
     let from_rejects = rejects_by_reason(dir);
     for (reason, n) in by_reason {
@@ -169,7 +169,7 @@ fn the_report_agrees_with_the_rejects_report_and_the_summary() {
     }
 }
 
-/// Every field the README's example shows, with its path (`inputs.mixtape.path`).
+/// Every field the guide's example shows, with its path (`inputs.mixtape.path`).
 fn field_paths(value: &Value, prefix: &str, into: &mut Vec<String>) {
     if let Value::Object(map) = value {
         for (key, inner) in map {
@@ -188,7 +188,7 @@ fn field_paths(value: &Value, prefix: &str, into: &mut Vec<String>) {
 
 #[test]
 fn every_field_is_documented_and_the_readme_example_is_a_real_report() {
-    let readme = readme();
+    let readme = guide();
     let section = readme
         .split("## Run report")
         .nth(1)
@@ -214,13 +214,13 @@ fn every_field_is_documented_and_the_readme_example_is_a_real_report() {
     field_paths(&report, "", &mut real);
     assert_eq!(
         documented, real,
-        "the README's example has the report's fields"
+        "the guide's example has the report's fields"
     );
     for field in real {
         let last = field.rsplit('.').next().unwrap();
         assert!(
             section.contains(&format!("`{last}`")),
-            "README \"Run report\" does not explain `{last}`"
+            "docs/GUIDE.md \"Run report\" does not explain `{last}`"
         );
     }
     assert_counts_agree(dir.path(), &text, &o);

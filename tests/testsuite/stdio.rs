@@ -1,4 +1,4 @@
-//! Pipelines (README "Pipelines"): OUTPUT `-` writes the document to stdout,
+//! Pipelines (docs/GUIDE.md "Pipelines"): OUTPUT `-` writes the document to stdout,
 //! whole, only once the run has succeeded; nothing else ever reaches stdout.
 //! On generated cases in every form, with one and several workers.
 

@@ -1,4 +1,4 @@
-//! The applied report (`--applied PATH`, README "Pipelines"): every change
+//! The applied report (`--applied PATH`, docs/GUIDE.md "Pipelines"): every change
 //! that was applied, in index order, one JSON object per line: its `index`,
 //! `op`, the `playlist_id` it acted on (for an `add_playlist` without one,
 //! the id it was given) and, for a song change, its `song_id`. Ids are

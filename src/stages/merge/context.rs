@@ -8,7 +8,7 @@ use crate::store::{Key, Store};
 /// What every partition needs to know.
 pub(super) struct MergeContext {
     pub(super) owner_key: String,
-    /// `M` of the automatic ids (README "The changes file").
+    /// `M` of the automatic ids (docs/GUIDE.md "The changes file").
     pub(super) max_id: u64,
     /// For each chunk, the automatic ids of all earlier chunks: `k` of a
     /// chunk's first automatic id, less one.

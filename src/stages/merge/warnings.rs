@@ -1,6 +1,6 @@
 //! The warning count: the document's playlists that name an owner or a song
 //! that does not exist, counted while the merge reads each partition's slice
-//! of the document (README "The mixtape document": such playlists are kept,
+//! of the document (docs/GUIDE.md "The mixtape document": such playlists are kept,
 //! and counted as warnings).
 
 use std::borrow::Cow;
@@ -12,7 +12,7 @@ use crate::json;
 use crate::store::Store;
 
 /// Counts the document's playlists that name an owner or a song that does
-/// not exist: kept, but counted as warnings (README "The mixtape document").
+/// not exist: kept, but counted as warnings (docs/GUIDE.md "The mixtape document").
 ///
 /// A slice's playlists name songs in no order, so probing the songs index's
 /// dense table song by song lands all over a table of megabytes, and nearly

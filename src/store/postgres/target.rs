@@ -17,7 +17,7 @@
 //!
 //! A host cut off from the network does not get an error: its packets just
 //! stop arriving, on both ends. So every connection is opened with a bound on
-//! silence ([`silence_bound`], README "When a host dies"): twice the run's
+//! silence ([`silence_bound`], docs/GUIDE.md "When a host dies"): twice the run's
 //! lease, at least 4 s and at most 5 minutes. On this side, TCP keepalives
 //! (probes after a third of it) and `TCP_USER_TIMEOUT` make a read or write
 //! on a silent connection fail within the bound; on the server's side the

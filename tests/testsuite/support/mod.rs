@@ -64,7 +64,7 @@ impl TestCommand {
 }
 
 /// Removes from `cmd`'s environment every testing aid a test run might have
-/// inherited (README "Testing aids"): each test sets the ones it wants.
+/// inherited (CONTRIBUTING.md "Testing aids"): each test sets the ones it wants.
 pub fn without_testing_aids(cmd: &mut Command) {
     for aid in [
         "MIXTAPE_FAULT",

@@ -1,4 +1,4 @@
-//! Test hosts that are really apart (README "Testing"): each [`Host`] is a
+//! Test hosts that are really apart (CONTRIBUTING.md "Tests"): each [`Host`] is a
 //! network namespace of its own, joined to this one by a veth pair. A process
 //! run on it (`ip netns exec`) reaches the server only over that link, so
 //! setting the link down ([`Host::cut`]) makes its sockets go silent as on a

@@ -1,4 +1,4 @@
-//! A real PostgreSQL server for the tests (README "Testing"): the one that
+//! A real PostgreSQL server for the tests (CONTRIBUTING.md "Tests"): the one that
 //! `PGHOST`, `PGPORT`, `PGUSER` and `PGPASSWORD` point at, as `pg_virtualenv`
 //! sets them. Each test gets a database of its own, dropped afterwards, so
 //! tests run in parallel without sharing a run.

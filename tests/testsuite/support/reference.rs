@@ -1,4 +1,4 @@
-//! The reference: README "The mixtape document" to "Output" done the obvious way, in memory, one change at a time.
+//! The reference: docs/GUIDE.md "The mixtape document" to "Output" done the obvious way, in memory, one change at a time.
 //!
 //! It shares no code with the tool (it parses with serde_json and keeps plain
 //! hash maps), so the differential tests compare two independent readings of the
@@ -6,7 +6,7 @@
 //! benchmark: hash maps, no needless copies, nothing deliberately slow.
 //!
 //! Two conventions it shares with the tool by design (they are the output
-//! format, documented in the README): elements are written minified, and the
+//! format, documented in docs/GUIDE.md): elements are written minified, and the
 //! detail messages of rejects.
 
 use std::borrow::Cow;
@@ -175,7 +175,7 @@ struct Live {
     changed: bool,
 }
 
-/// The changes of a changes file, raw, in order (README "The changes file").
+/// The changes of a changes file, raw, in order (docs/GUIDE.md "The changes file").
 fn changes_of(text: &str) -> Result<Vec<&RawValue>, String> {
     let t = text.trim_start_matches('\u{feff}').trim_start();
     let stream = || -> Result<Vec<&RawValue>, String> {
@@ -570,7 +570,7 @@ fn apply_one(
     }
 }
 
-/// A line of the applied report (README "Pipelines"): ids as the change
+/// A line of the applied report (docs/GUIDE.md "Pipelines"): ids as the change
 /// wrote them, minified; a given id as a string.
 fn applied_line(index: usize, op: &str, playlist: &str, song: Option<&str>) -> String {
     match song {

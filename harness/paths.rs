@@ -1,5 +1,8 @@
-//! Every path a run reads or writes, resolved in one place before any work
-//! (README "What is never lost").
+//! The run's path plan: every path a run reads or writes, resolved from the
+//! command line in one place, compared and checked before any work
+//! (docs/GUIDE.md "What is never lost"), and handed to the stages as one
+//! value ([`PathPlan`]). No stage derives a path of its own: the store's
+//! companions come from its [`WorkFiles`], which the plan holds.
 //!
 //! A run reads MIXTAPE and CHANGES and writes OUTPUT, the rejects report, the
 //! run report and the work database with its companions (WAL, shared memory,
@@ -20,11 +23,118 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use mixtape::run::exit_codes::UsageError;
 
-use crate::cli::Config;
-use crate::report;
+use mixtape::run::paths::with_suffix;
+use mixtape::store::{Location, WorkFiles};
+
+use crate::report::{self, ReportTarget};
+
+/// With OUTPUT `-`, the run's files are named as if OUTPUT were this file of
+/// the current directory: `stdout.json.work.db`, `stdout.json.rejects.jsonl`.
+const STDOUT_BASE: &str = "stdout.json";
+/// ... and the document is staged here before it goes to stdout.
+pub const STDOUT_STAGING: &str = "stdout.json.work.staged";
+
+/// Every file of the run, resolved once.
+#[derive(Clone, Debug)]
+pub struct PathPlan {
+    /// MIXTAPE and CHANGES as given (`-`: standard input).
+    pub mixtape: PathBuf,
+    pub changes: PathBuf,
+    /// The file the export writes OUTPUT to: OUTPUT itself, or, when OUTPUT
+    /// is `-`, a private staging file that is copied to stdout once the run
+    /// has succeeded ([`STDOUT_STAGING`]).
+    pub output: PathBuf,
+    /// `output` made absolute (symlinks not followed: the rename replaces
+    /// the name), as the publication record names it.
+    pub output_absolute: PathBuf,
+    /// OUTPUT is `-`.
+    pub to_stdout: bool,
+    pub rejects: PathBuf,
+    pub applied: Option<PathBuf>,
+    pub summary_json: Option<ReportTarget>,
+    /// The work store, and its files on this host.
+    pub db: Location,
+    pub work_files: WorkFiles,
+}
+
+/// The paths as the user typed them, before defaults.
+pub struct Given {
+    pub mixtape: PathBuf,
+    pub changes: PathBuf,
+    pub output: PathBuf,
+    pub db: Option<std::ffi::OsString>,
+    pub rejects: Option<PathBuf>,
+    pub applied: Option<PathBuf>,
+    pub summary_json: Option<PathBuf>,
+}
+
+impl PathPlan {
+    /// Resolves what the user gave into the run's paths (the defaults derive
+    /// from OUTPUT) and checks them; see the module docs.
+    pub fn resolve(given: Given) -> Result<PathPlan> {
+        let to_stdout = given.output.as_os_str() == "-";
+        // What the defaults of the other files derive from.
+        let output = if to_stdout {
+            PathBuf::from(STDOUT_BASE)
+        } else {
+            given.output
+        };
+        if to_stdout && given.summary_json.as_deref() == Some(Path::new("-")) {
+            return Err(UsageError(
+                "OUTPUT `-` and --summary-json `-` would both write to standard output; give the run report a file".into(),
+            )
+            .into());
+        }
+        let db = match &given.db {
+            // A server store's files on this host (kept decompressed inputs,
+            // id indexes) go beside OUTPUT.
+            Some(argument) => Location::from_argument(argument, &with_suffix(&output, ".work"))?,
+            None => Location::File(with_suffix(&output, ".work.db")),
+        };
+        let plan = PathPlan {
+            work_files: db.work_files(),
+            db,
+            rejects: (given.rejects).unwrap_or_else(|| with_suffix(&output, ".rejects.jsonl")),
+            mixtape: given.mixtape,
+            changes: given.changes,
+            output_absolute: std::path::absolute(if to_stdout {
+                Path::new(STDOUT_STAGING)
+            } else {
+                &output
+            })
+            .with_context(|| format!("resolving {}", output.display()))?,
+            output: if to_stdout {
+                PathBuf::from(STDOUT_STAGING)
+            } else {
+                output
+            },
+            to_stdout,
+            applied: given.applied,
+            summary_json: given.summary_json.map(ReportTarget::from_argument),
+        };
+        check(&plan)?;
+        Ok(plan)
+    }
+
+    /// The reports a run writes beside OUTPUT: the rejects report, and the
+    /// applied report and the run report when asked for.
+    pub fn reports(&self) -> Vec<(&'static str, &Path)> {
+        let mut reports = vec![("rejects report", self.rejects.as_path())];
+        reports.extend(self.applied.as_deref().map(|path| ("applied report", path)));
+        reports.extend(report::file_of(&self.summary_json).map(|path| ("run report", path)));
+        reports
+    }
+
+    /// The `worker` executable: beside this `harness`.
+    pub fn worker() -> Result<PathBuf> {
+        Ok(std::env::current_exe()
+            .context("finding the harness executable")?
+            .with_file_name("worker"))
+    }
+}
 
 /// One path of the run, and which argument gave it.
 struct Named {
@@ -55,7 +165,7 @@ enum Identity {
 
 /// Refuses a command line whose paths collide, or that uses `-` for anything
 /// but one input and OUTPUT; see the module docs.
-pub fn check(config: &Config) -> Result<()> {
+fn check(config: &PathPlan) -> Result<()> {
     let given = [
         ("MIXTAPE", Role::Mixtape, &config.mixtape, ""),
         ("CHANGES", Role::Changes, &config.changes, ""),
@@ -91,7 +201,7 @@ pub fn check(config: &Config) -> Result<()> {
             hint: "",
         });
     }
-    for (what, path) in config.db.companions() {
+    for (what, path) in config.work_files.named(config.db.file().is_some()) {
         named.push(Named {
             what: format!("the {what} {}", path.display()),
             role: Role::Written,
