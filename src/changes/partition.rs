@@ -61,11 +61,11 @@ impl Partitions {
         (partition as u64).min(self.count - 1)
     }
 
-    /// The document positions partition `part` owns: `from..to`.
-    pub fn slice(&self, part: u64) -> (u64, u64) {
+    /// The document positions partition `partition` owns: `from..to`.
+    pub fn slice(&self, partition: u64) -> (u64, u64) {
         let (n, p) = (u128::from(self.playlists), u128::from(self.count));
         let start = |k: u64| (n * u128::from(k) / p) as u64;
-        (start(part), start(part + 1))
+        (start(partition), start(partition + 1))
     }
 }
 
@@ -79,18 +79,25 @@ mod tests {
     fn each_position_is_in_its_partitions_slice() {
         for playlists in [0u64, 1, 2, 3, 7, 100, 1000] {
             for count in [1u64, 2, 3, 5, 64, 1000, 4096] {
-                let parts = Partitions { count, playlists };
+                let partitions = Partitions { count, playlists };
                 let mut covered = 0;
-                for part in 0..count {
-                    let (from, to) = parts.slice(part);
-                    assert!(from <= to, "{parts:?} part {part}");
-                    assert_eq!(from, covered, "{parts:?}: slices leave no gap");
+                for partition in 0..count {
+                    let (from, to) = partitions.slice(partition);
+                    assert!(from <= to, "{partitions:?} partition {partition}");
+                    assert_eq!(from, covered, "{partitions:?}: slices leave no gap");
                     for position in from..to {
-                        assert_eq!(parts.of_position(position), part, "{parts:?} {position}");
+                        assert_eq!(
+                            partitions.of_position(position),
+                            partition,
+                            "{partitions:?} {position}"
+                        );
                     }
                     covered = to;
                 }
-                assert_eq!(covered, playlists, "{parts:?}: slices cover the document");
+                assert_eq!(
+                    covered, playlists,
+                    "{partitions:?}: slices cover the document"
+                );
             }
         }
     }

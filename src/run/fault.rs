@@ -32,7 +32,7 @@
 //! 32,768 to 262,144 changes), so small inputs cross many commits.
 //!
 //! `MIXTAPE_EXPORT_PARTS=N` (also a testing aid) makes the export cut each
-//! stream of playlists into N parts, whatever its size ([`export_parts`]).
+//! stream of playlists into N pieces, whatever its size ([`export_pieces`]).
 //!
 //! `MIXTAPE_MIN_FREE_BYTES=N` sets the free space a decompression leaves
 //! ([`crate::stages::decompress::free_space_margin`]), `MIXTAPE_WORKER_NAME`
@@ -75,7 +75,7 @@ mod hooks {
     pub(super) struct Hooks {
         pub fault: Option<(String, u64, Action)>,
         pub batch: Option<u64>,
-        pub export_parts: Option<u64>,
+        pub export_pieces: Option<u64>,
         pub look_ahead: Option<bool>,
         pub min_free_bytes: Option<u64>,
         pub worker_name: Option<String>,
@@ -153,7 +153,7 @@ mod hooks {
         Ok(Hooks {
             fault: fault()?,
             batch: positive("MIXTAPE_BATCH")?,
-            export_parts: positive("MIXTAPE_EXPORT_PARTS")?,
+            export_pieces: positive("MIXTAPE_EXPORT_PARTS")?,
             look_ahead,
             min_free_bytes,
             worker_name: var("MIXTAPE_WORKER_NAME")?,
@@ -176,7 +176,7 @@ mod hooks {
         static NONE: Hooks = Hooks {
             fault: None,
             batch: None,
-            export_parts: None,
+            export_pieces: None,
             look_ahead: None,
             min_free_bytes: None,
             worker_name: None,
@@ -302,13 +302,13 @@ pub fn batch_size(default: u64) -> u64 {
     default
 }
 
-/// How many parts the export cuts each playlist stream into:
+/// How many pieces the export cuts each playlist stream into:
 /// `MIXTAPE_EXPORT_PARTS`, or `default` (the tests' inputs are far too small
 /// to be cut by size, `crate::stages::export`).
 #[inline]
-pub fn export_parts(default: u64) -> u64 {
+pub fn export_pieces(default: u64) -> u64 {
     #[cfg(feature = "fault-injection")]
-    return hooks::configured().export_parts.unwrap_or(default);
+    return hooks::configured().export_pieces.unwrap_or(default);
     #[cfg(not(feature = "fault-injection"))]
     default
 }

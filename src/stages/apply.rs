@@ -307,7 +307,7 @@ fn apply_claimed(
         lease_lost: &lease_lost,
         partitions,
         options,
-        parts: vec![Vec::new(); partitions.count as usize],
+        blocks: vec![Vec::new(); partitions.count as usize],
         rejects: Vec::new(),
         in_batch: 0,
         next_index: state.next_index,
@@ -411,8 +411,8 @@ struct Worker<'a> {
     lease_lost: &'a AtomicBool,
     partitions: Partitions,
     options: &'a WorkerOptions,
-    /// Encoded records of the current batch, one buffer per merge partition.
-    parts: Vec<Vec<u8>>,
+    /// Encoded records of the current batch, one block per merge partition.
+    blocks: Vec<Vec<u8>>,
     rejects: Vec<Reject>,
     in_batch: u64,
     /// Index of the next change.
@@ -775,13 +775,13 @@ impl Worker<'_> {
 
     /// Encodes `rec` into its partition's buffer ([`crate::changes::partition`]).
     fn record(&mut self, rec: Recorded) -> Result<()> {
-        let part = match rec.body.playlist() {
+        let partition = match rec.body.playlist() {
             Some(p) => self
                 .partitions
                 .of_playlist(self.store, &json::id_text(&p).unwrap_or_default())?,
             None => self.partitions.of_automatic(rec.index),
         };
-        record::encode(&rec, &mut self.parts[part as usize]);
+        record::encode(&rec, &mut self.blocks[partition as usize]);
         Ok(())
     }
 
@@ -792,7 +792,7 @@ impl Worker<'_> {
         let timing = self.store.commit_batch(&Batch {
             claim: self.claim,
             lease: self.lease,
-            parts: &self.parts,
+            blocks: &self.blocks,
             rejects: &self.rejects,
             from_offset: self.committed_offset,
             next_offset,
@@ -804,8 +804,8 @@ impl Worker<'_> {
         self.summary.lock_wait += timing.waited;
         self.summary.lock_held += timing.held;
         self.committed_offset = next_offset;
-        for part in &mut self.parts {
-            part.clear();
+        for block in &mut self.blocks {
+            block.clear();
         }
         self.rejects.clear();
         self.in_batch = 0;

@@ -12,7 +12,7 @@
 //! of OUTPUT (the users and songs arrays cut at the element boundaries the
 //! import recorded every few MiB, and the playlists: from 4 threads on a
 //! SQLite store, when they are many, the document's by ranges of positions
-//! and the new ones by ranges of the changes that created them, a few parts
+//! and the new ones by ranges of the changes that created them, a few pieces
 //! per thread). The harness's own thread
 //! writes OUTPUT in order: a piece nobody has taken yet it renders straight
 //! into OUTPUT. Up to `threads - 1` helper threads take the rejects report,
@@ -94,34 +94,34 @@ enum Task {
     },
 }
 
-/// Parts an export thread's share of a playlist stream is cut into, so that
+/// Pieces an export thread's share of a playlist stream is cut into, so that
 /// threads that finish early take more ([`Board::help`]).
-const PARTS_PER_THREAD: u64 = 4;
+const PIECES_PER_THREAD: u64 = 4;
 
 /// The fewest export threads for which the playlist streams are cut. With
 /// two, one renders the playlists straight into OUTPUT while the other
-/// renders the rejects report and the songs: parts rendered by a helper are
-/// written twice (its piece, then OUTPUT) and each part's start is searched
+/// renders the rejects report and the songs: pieces rendered by a helper are
+/// written twice (to the helper's file, then into OUTPUT) and each piece's start is searched
 /// for, which cost more than they saved at two threads (BENCHMARKS.md,
 /// "What was tried": cutting the export's playlists).
 const CUT_FROM_THREADS: u64 = 4;
 
-/// The fewest document playlists, and changes, a part of a stream covers:
-/// each part after the first starts with a search of every sorted run of its
+/// The fewest document playlists, and changes, a piece of a stream covers:
+/// each piece after the first starts with a search of every sorted run of its
 /// stream (`runs`), which is worth it for this much only.
-const PLAYLISTS_PER_PART: u64 = 64 * 1024;
-const CHANGES_PER_PART: u64 = 1 << 20;
+const PLAYLISTS_PER_PIECE: u64 = 64 * 1024;
+const CHANGES_PER_PIECE: u64 = 1 << 20;
 
-/// `0..count` cut into `parts` ranges of about equal length, the last open
+/// `0..count` cut into `pieces` ranges of about equal length, the last open
 /// at the end (nothing is left out whatever the count said).
-fn cut(count: u64, parts: u64) -> impl Iterator<Item = (u64, u64)> {
-    let parts = parts.max(1);
-    (0..parts).map(move |i| {
-        let from = count / parts * i + (count % parts).min(i);
-        let to = if i + 1 == parts {
+fn cut(count: u64, pieces: u64) -> impl Iterator<Item = (u64, u64)> {
+    let pieces = pieces.max(1);
+    (0..pieces).map(move |i| {
+        let from = count / pieces * i + (count % pieces).min(i);
+        let to = if i + 1 == pieces {
             u64::MAX
         } else {
-            count / parts * (i + 1) + (count % parts).min(i + 1)
+            count / pieces * (i + 1) + (count % pieces).min(i + 1)
         };
         (from, to)
     })
@@ -183,22 +183,22 @@ fn tasks(store: &Store, job: &Export) -> Result<Vec<Placed>> {
         }
         tasks.extend(copies(&ranges.users, IdKind::Users));
         // Cut only for a SQLite store (a PostgreSQL one would scan its
-        // results once for each part), and only from CUT_FROM_THREADS.
+        // results once for each piece), and only from CUT_FROM_THREADS.
         let threads = job.threads.max(1) as u64;
-        let parts = |count: u64, per_part: u64| {
+        let pieces = |count: u64, per_piece: u64| {
             let by_size = match job.db {
                 Location::File(_) if threads >= CUT_FROM_THREADS => {
-                    (threads * PARTS_PER_THREAD).min(count / per_part)
+                    (threads * PIECES_PER_THREAD).min(count / per_piece)
                 }
                 _ => 1,
             };
-            crate::run::fault::export_parts(by_size.max(1))
+            crate::run::fault::export_pieces(by_size.max(1))
         };
         let playlists = store.meta_number(Key::Playlists)?;
         let changes = store.meta_number(Key::Changes)?;
-        let document = cut(playlists, parts(playlists, PLAYLISTS_PER_PART))
+        let document = cut(playlists, pieces(playlists, PLAYLISTS_PER_PIECE))
             .map(|(from, to)| Task::DocumentPlaylists { from, to });
-        let created = cut(changes, parts(changes, CHANGES_PER_PART))
+        let created = cut(changes, pieces(changes, CHANGES_PER_PIECE))
             .map(|(from, to)| Task::NewPlaylists { from, to });
         let places = document.chain(created).enumerate();
         tasks.extend(places.map(|(place, task)| (task, Some((IdKind::Playlists, place)))));
@@ -515,20 +515,20 @@ fn write_rejects(store: &Store, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The parts of a stream follow one another from 0, none empty when
-    /// there are at least as many items as parts, and the last is open.
+    /// The pieces of a stream follow one another from 0, none empty when
+    /// there are at least as many items as pieces, and the last is open.
     #[test]
     fn streams_are_cut_into_ranges_that_cover_them() {
         for count in [0u64, 1, 5, 64, 1000, 65_537] {
-            for parts in [1u64, 2, 3, 8, 64] {
-                let ranges: Vec<(u64, u64)> = cut(count, parts).collect();
-                assert_eq!(ranges.len() as u64, parts);
+            for pieces in [1u64, 2, 3, 8, 64] {
+                let ranges: Vec<(u64, u64)> = cut(count, pieces).collect();
+                assert_eq!(ranges.len() as u64, pieces);
                 assert_eq!(ranges[0].0, 0);
                 assert_eq!(ranges.last().unwrap().1, u64::MAX);
                 for pair in ranges.windows(2) {
-                    assert_eq!(pair[0].1, pair[1].0, "{count} in {parts}");
-                    if count >= parts {
-                        assert!(pair[0].0 < pair[0].1, "{count} in {parts}: {ranges:?}");
+                    assert_eq!(pair[0].1, pair[1].0, "{count} in {pieces}");
+                    if count >= pieces {
+                        assert!(pair[0].0 < pair[0].1, "{count} in {pieces}: {ranges:?}");
                     }
                 }
                 let widths: Vec<u64> = ranges[..ranges.len() - 1]
@@ -536,7 +536,7 @@ mod tests {
                     .map(|r| r.1 - r.0)
                     .collect();
                 if let (Some(least), Some(most)) = (widths.iter().min(), widths.iter().max()) {
-                    assert!(most - least <= 1, "{count} in {parts}: {ranges:?}");
+                    assert!(most - least <= 1, "{count} in {pieces}: {ranges:?}");
                 }
             }
         }

@@ -120,21 +120,21 @@ pub fn merge(store: &Store, threads: usize, progress: &mut dyn FnMut(u64, u64)) 
     store.checkpoint()
 }
 
-/// Merges partition `part` and commits its results, unless another worker
+/// Merges partition `partition` and commits its results, unless another worker
 /// has (or does meanwhile); says whether this call merged it.
 fn merge_one(
     store: &Store,
     cx: &MergeContext,
-    part: u64,
+    partition: u64,
     buffers: &mut SongListBuffers,
 ) -> Result<bool> {
     crate::run::interrupt::check()?;
-    if store.is_merged(part)? {
+    if store.is_merged(partition)? {
         return Ok(false);
     }
     let mut out = PartitionResults::default();
-    merge_partition(store, cx, part, &mut out, buffers)?;
-    match store.commit_partition(part, &out) {
+    merge_partition(store, cx, partition, &mut out, buffers)?;
+    match store.commit_partition(partition, &out) {
         Ok(()) => Ok(true),
         Err(e) if e.is::<AlreadyMerged>() => Ok(false),
         Err(e) => Err(e),
@@ -151,8 +151,8 @@ pub fn help(store: &Store) -> Result<u64> {
     let context = MergeContext::read(store)?;
     let mut buffers = SongListBuffers::default();
     let mut merged = 0;
-    for part in (0..context.partitions.count).rev() {
-        if merge_one(store, &context, part, &mut buffers)? {
+    for partition in (0..context.partitions.count).rev() {
+        if merge_one(store, &context, partition, &mut buffers)? {
             merged += 1;
         }
     }

@@ -102,15 +102,15 @@ pub trait Tables {
     // ---- merge ----
     /// The partitions in `merged` (their results are committed).
     fn merged_partitions(&self) -> Result<Vec<u64>>;
-    /// Whether partition `part` is in `merged`.
-    fn is_merged(&self, part: u64) -> Result<bool>;
-    /// Streams partition `part`'s blocks in index order: by chunk, then in the
+    /// Whether partition `partition` is in `merged`.
+    fn is_merged(&self, partition: u64) -> Result<bool>;
+    /// Streams partition `partition`'s blocks in index order: by chunk, then in the
     /// order the chunk's workers committed them.
-    fn each_block(&self, part: u64, each: &mut Each) -> Result<()>;
+    fn each_block(&self, partition: u64, each: &mut Each) -> Result<()>;
     /// Writes a partition's results and rejects with its row in `merged`, in
     /// one transaction; [`AlreadyMerged`] (nothing written) when another
     /// worker was first.
-    fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()>;
+    fn commit_partition(&self, partition: u64, out: &PartitionResults) -> Result<()>;
     /// Sets the merge's done-marker, in a transaction that checks
     /// [`check_merge_complete`] (an error, nothing written, otherwise).
     fn finish_merge(&self) -> Result<()>;

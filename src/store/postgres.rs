@@ -672,9 +672,9 @@ impl Tables for PgDb {
         {
             let sink = tx.copy_in("COPY mixtape.blocks(part, chunk, data) FROM STDIN BINARY")?;
             let mut writer = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::BYTEA]);
-            for (part, data) in batch.parts.iter().enumerate() {
+            for (partition, data) in batch.blocks.iter().enumerate() {
                 if !data.is_empty() {
-                    writer.write(&[&(part as i64), &chunk, data])?;
+                    writer.write(&[&(partition as i64), &chunk, data])?;
                 }
             }
             writer.finish()?;
@@ -713,36 +713,36 @@ impl Tables for PgDb {
         Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
     }
 
-    fn each_block(&self, part: u64, each: &mut Each) -> Result<()> {
+    fn each_block(&self, partition: u64, each: &mut Each) -> Result<()> {
         self.each_first_column(
             "SELECT data FROM mixtape.blocks WHERE part = $1 ORDER BY chunk, id",
-            &[&(part as i64)],
+            &[&(partition as i64)],
             each,
         )
     }
 
-    fn is_merged(&self, part: u64) -> Result<bool> {
+    fn is_merged(&self, partition: u64) -> Result<bool> {
         Ok(self
             .client
             .borrow_mut()
             .query_opt(
                 "SELECT 1 FROM mixtape.merged WHERE part = $1",
-                &[&(part as i64)],
+                &[&(partition as i64)],
             )?
             .is_some())
     }
 
-    fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()> {
+    fn commit_partition(&self, partition: u64, out: &PartitionResults) -> Result<()> {
         let mut client = self.client.borrow_mut();
         let mut tx = client.transaction()?;
         // First the partition's row: its key admits one, and a worker merging
         // the same partition at once waits here, then finds it taken.
         let inserted = tx.execute(
             "INSERT INTO mixtape.merged(part, warnings) VALUES ($1, $2) ON CONFLICT (part) DO NOTHING",
-            &[&(part as i64), &(out.warnings as i64)],
+            &[&(partition as i64), &(out.warnings as i64)],
         )?;
         if inserted != 1 {
-            return Err(AlreadyMerged { part }.into());
+            return Err(AlreadyMerged { partition }.into());
         }
         {
             let sink = tx.copy_in(

@@ -486,9 +486,9 @@ impl Tables for SqliteDb {
         {
             let mut insert_block =
                 tx.prepare_cached("INSERT INTO blocks(part, chunk, data) VALUES (?1, ?2, ?3)")?;
-            for (part, data) in batch.parts.iter().enumerate() {
+            for (partition, data) in batch.blocks.iter().enumerate() {
                 if !data.is_empty() {
-                    insert_block.execute(params![part as u64, batch.claim.chunk, data])?;
+                    insert_block.execute(params![partition as u64, batch.claim.chunk, data])?;
                 }
             }
         }
@@ -533,7 +533,7 @@ impl Tables for SqliteDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn each_block(&self, part: u64, each: &mut Each) -> Result<()> {
+    fn each_block(&self, partition: u64, each: &mut Each) -> Result<()> {
         // `blocks` is indexed by chunk first, so that the rows of one batch
         // (one per partition, thousands on a large run) land in the few
         // neighbouring index pages of their chunk: indexed by partition first,
@@ -552,32 +552,32 @@ impl Tables for SqliteDb {
             };
             self.each_first_column(
                 "SELECT data FROM blocks WHERE chunk = ?1 AND part = ?2 ORDER BY id",
-                params![chunk, part],
+                params![chunk, partition],
                 each,
             )?;
             after = chunk;
         }
     }
 
-    fn is_merged(&self, part: u64) -> Result<bool> {
+    fn is_merged(&self, partition: u64) -> Result<bool> {
         Ok(self
             .conn
             .prepare_cached("SELECT 1 FROM merged WHERE part = ?1")?
-            .query_row([part], |_| Ok(()))
+            .query_row([partition], |_| Ok(()))
             .optional()?
             .is_some())
     }
 
-    fn commit_partition(&self, part: u64, out: &PartitionResults) -> Result<()> {
+    fn commit_partition(&self, partition: u64, out: &PartitionResults) -> Result<()> {
         let tx = self.write()?;
         // The write lock is held from here: nobody can merge it meanwhile.
-        if self.is_merged(part)? {
-            return Err(AlreadyMerged { part }.into());
+        if self.is_merged(partition)? {
+            return Err(AlreadyMerged { partition }.into());
         }
         insert_results(&tx, &out.results)?;
         insert_rejects(&tx, &out.rejects, true)?;
         tx.prepare_cached("INSERT INTO merged(part, warnings) VALUES (?1, ?2)")?
-            .execute([part, out.warnings])?;
+            .execute([partition, out.warnings])?;
         crate::run::fault::point("merge-partition");
         Ok(tx.commit()?)
     }

@@ -267,9 +267,9 @@ pub struct NotAWorkDatabase {
 /// Another worker committed this merge partition first (each partition's
 /// results commit with its row in `merged`, whose key admits one).
 #[derive(Debug, thiserror::Error)]
-#[error("merge partition {part} was merged by another worker")]
+#[error("merge partition {partition} was merged by another worker")]
 pub struct AlreadyMerged {
-    pub part: u64,
+    pub partition: u64,
 }
 
 /// This worker's lease on the chunk was taken over (it expired: the worker was
@@ -286,7 +286,7 @@ pub struct Batch<'a> {
     /// How long the lease lasts from this commit (a commit renews it).
     pub lease: Duration,
     /// Encoded records, one buffer per merge partition (empty ones are skipped).
-    pub parts: &'a [Vec<u8>],
+    pub blocks: &'a [Vec<u8>],
     pub rejects: &'a [Reject],
     /// The position this worker last committed; the batch commits only if the
     /// chunk is still there (so two workers on one chunk cannot both record it).

@@ -21,7 +21,7 @@ fn check_seeds(seeds: std::ops::Range<u64>, max_changes: u64) {
 /// Runs `case` (of seed `seed`) at each of `worker_counts` against the
 /// reference; with `small_batches`, every other count has changes waiting
 /// for their lookups and batches of three; the other counts have the
-/// playlists exported in parts.
+/// playlists exported in pieces.
 fn check_case(seed: u64, case: &gen::Case, worker_counts: &[usize], small_batches: bool) {
     let dir = tempfile::tempdir().unwrap();
     let mixtape = dir.path().join("mixtape.json");
@@ -41,7 +41,7 @@ fn check_case(seed: u64, case: &gen::Case, worker_counts: &[usize], small_batche
             cmd.env("MIXTAPE_LOOK_AHEAD", "always")
                 .env("MIXTAPE_BATCH", "3");
         }
-        // The others with the playlist streams exported in parts, as large
+        // The others with the playlist streams exported in pieces, as large
         // inputs are on several threads.
         if nth % 2 == 1 {
             cmd.env("MIXTAPE_EXPORT_PARTS", (nth + 2).to_string());

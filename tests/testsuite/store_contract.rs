@@ -73,7 +73,7 @@ fn plan_chunks(store: &Store, chunks: &[(u64, u64, u64, u64)], partitions: u64) 
 /// A batch of `claim` moving its chunk from `from` to `to` (done at 20).
 fn batch<'a>(
     claim: Claim,
-    parts: &'a [Vec<u8>],
+    blocks: &'a [Vec<u8>],
     rejects: &'a [Reject],
     from: u64,
     to: u64,
@@ -81,7 +81,7 @@ fn batch<'a>(
     Batch {
         claim,
         lease: LEASE,
-        parts,
+        blocks,
         rejects,
         from_offset: from,
         next_offset: to,
@@ -143,7 +143,7 @@ fn a_batch_commits_once_and_moves_its_chunk() {
     on_each_backend(|store, _| {
         plan_two_chunks(store);
         assert!(!store.is_done(Stage::Apply).unwrap());
-        let parts = vec![Vec::new(), b"abc".to_vec()];
+        let blocks = vec![Vec::new(), b"abc".to_vec()];
         let rejects = [Reject {
             index: 2,
             op_json: "\"add_song\"".into(),
@@ -152,10 +152,10 @@ fn a_batch_commits_once_and_moves_its_chunk() {
         }];
         let claim = store.claim_chunk(1, "a", LEASE).unwrap();
         store
-            .commit_batch(&batch(claim, &parts, &rejects, 10, 15))
+            .commit_batch(&batch(claim, &blocks, &rejects, 10, 15))
             .unwrap();
         // The same batch again (a worker that lost track) must not commit.
-        let stale = store.commit_batch(&batch(claim, &parts, &rejects, 10, 15));
+        let stale = store.commit_batch(&batch(claim, &blocks, &rejects, 10, 15));
         assert!(stale.unwrap_err().is::<LeaseLost>());
         let row = store.chunk(1).unwrap().unwrap();
         assert_eq!(
@@ -189,11 +189,11 @@ fn a_batch_commits_once_and_moves_its_chunk() {
 fn a_partitions_blocks_come_back_by_chunk_then_commit() {
     on_each_backend(|store, _| {
         plan_chunks(store, &[(0, 10, 0, 2), (10, 20, 2, 3), (20, 30, 5, 1)], 8);
-        let commit = |chunk: u64, from: u64, to: u64, parts: &[&[u8]]| {
+        let commit = |chunk: u64, from: u64, to: u64, blocks: &[&[u8]]| {
             let claim = store.claim_chunk(chunk, "a", LEASE).unwrap();
-            let parts: Vec<Vec<u8>> = parts.iter().map(|p| p.to_vec()).collect();
+            let blocks: Vec<Vec<u8>> = blocks.iter().map(|p| p.to_vec()).collect();
             store
-                .commit_batch(&batch(claim, &parts, &[], from, to))
+                .commit_batch(&batch(claim, &blocks, &[], from, to))
                 .unwrap();
             store.release_lease(claim).unwrap();
         };
@@ -221,7 +221,7 @@ fn a_partitions_blocks_come_back_by_chunk_then_commit() {
 fn a_batch_that_fails_midway_leaves_nothing() {
     on_each_backend(|store, _| {
         plan_two_chunks(store);
-        let parts = vec![b"x".to_vec()];
+        let blocks = vec![b"x".to_vec()];
         let rejects = [Reject {
             index: 3,
             op_json: "null".into(),
@@ -232,7 +232,7 @@ fn a_batch_that_fails_midway_leaves_nothing() {
         // written, and the transaction must take them back.
         let claim = store.claim_chunk(1, "a", LEASE).unwrap();
         assert!(store
-            .commit_batch(&batch(claim, &parts, &rejects, 99, 15))
+            .commit_batch(&batch(claim, &blocks, &rejects, 99, 15))
             .is_err());
         assert_eq!(blocks_in(store, 0), 0);
         assert_eq!(store.rejects_by_reason().unwrap(), []);
@@ -240,7 +240,7 @@ fn a_batch_that_fails_midway_leaves_nothing() {
         assert_eq!(store.chunk(1).unwrap().unwrap().next_offset, 10);
         // And the store is usable afterwards (no transaction left open).
         store
-            .commit_batch(&batch(claim, &parts, &rejects, 10, 20))
+            .commit_batch(&batch(claim, &blocks, &rejects, 10, 20))
             .unwrap();
         assert!(store.chunk(1).unwrap().unwrap().done);
         assert_eq!(blocks_in(store, 0), 1);
@@ -301,8 +301,8 @@ fn an_expired_lease_is_taken_over_and_its_old_holder_fenced_off() {
         }
         let quick = quick.expect("the short lease never expired");
         assert_eq!(quick.token, slow.token + 1);
-        let parts = vec![b"late".to_vec()];
-        let late = store.commit_batch(&batch(slow, &parts, &[], 0, 5));
+        let blocks = vec![b"late".to_vec()];
+        let late = store.commit_batch(&batch(slow, &blocks, &[], 0, 5));
         assert!(late.unwrap_err().is::<LeaseLost>());
         assert!(store
             .renew_lease(slow, LEASE)
@@ -314,7 +314,7 @@ fn an_expired_lease_is_taken_over_and_its_old_holder_fenced_off() {
         assert_eq!(refused.downcast_ref::<Leased>().unwrap().owner, "quick");
         assert_eq!(blocks_in(store, 0), 0, "the fenced batch wrote nothing");
         store
-            .commit_batch(&batch(quick, &parts, &[], 0, 5))
+            .commit_batch(&batch(quick, &blocks, &[], 0, 5))
             .unwrap();
         assert_eq!(store.chunk(0).unwrap().unwrap().next_offset, 5);
     });
@@ -582,7 +582,7 @@ fn a_streams_callback_may_query_the_store() {
         import_playlists(store, &["p", "q", "r"]);
         plan_two_chunks(store);
         let claim = store.claim_chunk(0, "a", LEASE).unwrap();
-        let parts = vec![b"block".to_vec()];
+        let blocks = vec![b"block".to_vec()];
         let rejects = [Reject {
             index: 1,
             op_json: "null".into(),
@@ -590,7 +590,7 @@ fn a_streams_callback_may_query_the_store() {
             detail: "change is not an object".into(),
         }];
         store
-            .commit_batch(&batch(claim, &parts, &rejects, 0, 10))
+            .commit_batch(&batch(claim, &blocks, &rejects, 0, 10))
             .unwrap();
         let results = PartitionResults {
             results: vec![
@@ -684,8 +684,8 @@ fn array_ranges_round_trip() {
     });
 }
 
-/// The export reads the playlist streams in parts, by ranges of positions
-/// and of creating changes, on several threads at once: the parts put
+/// The export reads the playlist streams in blocks, by ranges of positions
+/// and of creating changes, on several threads at once: the blocks put
 /// together are the whole stream, whatever the cuts, with the partitions'
 /// results interleaved over many rows.
 #[test]

@@ -38,7 +38,7 @@ pub(super) fn text(raw: &[u8]) -> Cow<'_, str> {
     json::id_text(raw).unwrap_or_default()
 }
 
-/// Replays every change of partition `part`, in index order, in one streaming
+/// Replays every change of partition `partition`, in index order, in one streaming
 /// pass.
 ///
 /// Blocks read in (chunk, rowid) order hold the partition's changes in index
@@ -58,20 +58,20 @@ pub(super) fn text(raw: &[u8]) -> Cow<'_, str> {
 pub(super) fn merge_partition(
     store: &Store,
     cx: &MergeContext,
-    part: u64,
+    partition: u64,
     out: &mut PartitionResults,
     buffers: &mut SongListBuffers,
 ) -> Result<()> {
-    let documents = documents_of_partition(store, cx, part, out)?;
+    let documents = documents_of_partition(store, cx, partition, out)?;
     let mut replays = Replays::new(documents, buffers);
-    store.each_block(part, &mut |block| {
+    store.each_block(partition, &mut |block| {
         let mut records = Decoder::new(block);
         let mut batch: Vec<(u32, Recorded)> = Vec::with_capacity(RECORDS_AT_ONCE);
         loop {
             batch.clear();
             for rec in records.by_ref().take(RECORDS_AT_ONCE) {
                 let rec = rec?;
-                let at = replays.find(store, part, &rec)?;
+                let at = replays.find(store, partition, &rec)?;
                 batch.push((at, rec));
             }
             replays.replay(&batch, cx, out);
@@ -130,9 +130,9 @@ impl<'b> Replays<'b> {
     /// The place of `rec`'s replay in `replays`, loaded when it is the first
     /// record about its playlist; [`NO_REPLAY`] for a new playlist with an
     /// automatic id.
-    fn find(&mut self, store: &Store, part: u64, rec: &Recorded) -> Result<u32> {
+    fn find(&mut self, store: &Store, partition: u64, rec: &Recorded) -> Result<u32> {
         if self.last_index.is_some_and(|last| rec.index <= last) {
-            bail!("work database: partition {part} holds changes out of order; rerun with --fresh");
+            bail!("work database: partition {partition} holds changes out of order; rerun with --fresh");
         }
         self.last_index = Some(rec.index);
         let Some(playlist) = rec.body.playlist() else {
@@ -144,7 +144,7 @@ impl<'b> Replays<'b> {
         }
         let loaded = Replay::load(
             store,
-            part,
+            partition,
             &text(&playlist),
             &mut self.documents,
             self.buffers,
@@ -206,7 +206,7 @@ impl<'b> Replays<'b> {
     }
 }
 
-/// The document playlists that partition `part`'s records may name, by
+/// The document playlists that partition `partition`'s records may name, by
 /// position, and the slice's warnings counted into `out`: one range scan of
 /// the partition's slice ([`crate::changes::partition`]) keeps every playlist of it,
 /// up to [`SLICE_BYTES_KEPT`] of text. Most slices are far smaller (about a
@@ -219,10 +219,10 @@ impl<'b> Replays<'b> {
 pub(super) fn documents_of_partition(
     store: &Store,
     cx: &MergeContext,
-    part: u64,
+    partition: u64,
     out: &mut PartitionResults,
 ) -> Result<FxMap<u64, Document>> {
-    let (from, to) = cx.partitions.slice(part);
+    let (from, to) = cx.partitions.slice(partition);
     let mut documents = FxMap::with_capacity_and_hasher((to - from) as usize, Default::default());
     let mut warnings = WarningCount::new(store, PROBES_AT_ONCE);
     let mut kept = Some(0usize);
@@ -245,7 +245,7 @@ pub(super) fn documents_of_partition(
         return Ok(documents);
     }
     let mut touched = FxSet::default();
-    store.each_block(part, &mut |block| {
+    store.each_block(partition, &mut |block| {
         for rec in Decoder::new(block) {
             if let Some(playlist) = rec?.body.playlist() {
                 if let Some(position) = store.document_playlist_position(&text(&playlist))? {
@@ -314,7 +314,7 @@ impl Replay {
     /// taken from `documents` ([`documents_of_partition`]).
     fn load(
         store: &Store,
-        part: u64,
+        partition: u64,
         id: &str,
         documents: &mut FxMap<u64, Document>,
         buffers: &mut SongListBuffers,
@@ -323,7 +323,7 @@ impl Replay {
             Some(position) => match documents.remove(&position) {
                 Some(raw) => Some((position as i64, raw)),
                 None => bail!(
-                    "work database: partition {part} holds playlist {id} of another partition; rerun with --fresh"
+                    "work database: partition {partition} holds playlist {id} of another partition; rerun with --fresh"
                 ),
             },
             None => None,

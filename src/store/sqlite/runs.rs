@@ -15,7 +15,7 @@
 //! most of the export (BENCHMARKS.md, "What was tried": sorted runs).
 //!
 //! A stream can be read for a range of keys only, so that export threads
-//! render its parts at once: each run starts at the first row that holds a
+//! render its pieces at once: each run starts at the first row that holds a
 //! key of the range, found by a binary search over the run's rows (keys
 //! increase with `seq` within a run).
 
