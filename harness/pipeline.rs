@@ -13,7 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use mixtape::run::exit_codes::Exit;
-use mixtape::run::input::{Input, Inputs};
+use mixtape::stages::input::{Input, Inputs};
 use mixtape::stages::Stage;
 use mixtape::store::{InputKind, Key, RunLock, Store};
 use mixtape::{

@@ -8,14 +8,16 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | [`stages`] | the six stages in pipeline order: [`stages::decompress`] → [`stages::import`] → [`stages::plan`] → [`stages::apply`] (N worker processes) → [`stages::merge`] → [`stages::export`] |
-//! | [`changes`] | what passes between stages about a change: its shape, its recorded form, reject reasons, merge partitions |
+//! | [`stages`] | the six stages in pipeline order: [`stages::decompress`] → [`stages::import`] → [`stages::plan`] → [`stages::apply`] (N worker processes) → [`stages::merge`] → [`stages::export`]; and the inputs they read |
 //! | [`store`] | the work store every stage shares: its contract, and the SQLite and PostgreSQL backends that hold every table and statement of SQL |
-//! | [`json`] | reading and writing JSON text: the streaming validator, value readers, byte helpers, rendering |
+//! | [`changes`] | what passes between stages about changes: the plan's chunks, a change's shape, its recorded form, reject reasons, merge partitions |
 //! | [`ids`] | the read-only id indexes of users and songs |
-//! | [`run`] | the run's plumbing: paths, output and private files, fingerprints, interrupts, exit codes, the worker protocol, testing aids |
+//! | [`run`] | the run's plumbing: paths, output and private files, fingerprints, interrupts, exit codes, the stages' names, the worker protocol, testing aids |
+//! | [`json`] | reading and writing JSON text: the streaming validator, value readers, byte helpers, rendering |
 //!
-//! `docs/DESIGN.md` draws the same map with the data that moves between the
+//! Each folder uses only those listed below it (`stages` uses `store`, `store`
+//! uses `changes`, ...): no module reaches up, and no two files import each
+//! other. `docs/DESIGN.md` draws the same map with the data that moves between the
 //! stages, and its glossary fixes the words the code uses.
 
 pub mod changes;

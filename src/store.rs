@@ -84,8 +84,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::changes::partition::Partitions;
 use crate::ids::index::IdIndex;
-use crate::stages::Stage;
+use crate::run::stage::Stage;
 
 mod contract;
 mod files;
@@ -137,6 +138,14 @@ struct Indexes {
 }
 
 impl Store {
+    /// The run's partitioning, as the plan saved it.
+    pub fn partitions(&self) -> Result<Partitions> {
+        Ok(Partitions {
+            count: self.meta_number(Key::Partitions)?.max(1),
+            playlists: self.meta_number(Key::Playlists)?,
+        })
+    }
+
     /// Creates a new, empty work store at `location`, replacing any old one.
     pub fn create(location: &Location) -> Result<Store> {
         let db: Box<dyn Backend> = match location {

@@ -17,10 +17,6 @@
 //! stored (and does its share of the document check, the warnings, in the
 //! same pass), instead of one lookup by id for each playlist it touches.
 
-use anyhow::Result;
-
-use crate::store::{Key, Store};
-
 /// How records are spread over the merge partitions of one run.
 #[derive(Clone, Copy, Debug)]
 pub struct Partitions {
@@ -31,20 +27,14 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    /// The run's partitioning, as the plan saved it.
-    pub fn read(store: &Store) -> Result<Partitions> {
-        Ok(Partitions {
-            count: store.meta_number(Key::Partitions)?.max(1),
-            playlists: store.meta_number(Key::Playlists)?,
-        })
-    }
-
-    /// The partition of the changes about playlist id `id` (its text).
-    pub fn of_playlist(&self, store: &Store, id: &str) -> Result<u64> {
-        Ok(match store.document_playlist_position(id)? {
+    /// The partition of the changes about playlist id `id` (its text), whose
+    /// position among the document's playlists is `position` (`None`: not a
+    /// playlist of the document).
+    pub fn of_playlist(&self, position: Option<u64>, id: &str) -> u64 {
+        match position {
             Some(position) => self.of_position(position),
             None => crate::run::fingerprint::fnv1a(id.as_bytes()) % self.count,
-        })
+        }
     }
 
     /// The partition of the new playlist created by change `index` with an

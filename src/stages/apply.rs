@@ -297,7 +297,7 @@ fn apply_claimed(
         return Ok(summary);
     }
     let changes_path = checked_changes_path(store)?;
-    let partitions = Partitions::read(store)?;
+    let partitions = store.partitions()?;
     let lease_lost = AtomicBool::new(false);
     let mut worker = Worker {
         store,
@@ -776,9 +776,11 @@ impl Worker<'_> {
     /// Encodes `rec` into its partition's buffer ([`crate::changes::partition`]).
     fn record(&mut self, rec: Recorded) -> Result<()> {
         let partition = match rec.body.playlist() {
-            Some(p) => self
-                .partitions
-                .of_playlist(self.store, &json::id_text(&p).unwrap_or_default())?,
+            Some(p) => {
+                let id = json::id_text(&p).unwrap_or_default();
+                let position = self.store.document_playlist_position(&id)?;
+                self.partitions.of_playlist(position, &id)
+            }
             None => self.partitions.of_automatic(rec.index),
         };
         record::encode(&rec, &mut self.blocks[partition as usize]);

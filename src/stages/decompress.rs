@@ -25,7 +25,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use flate2::read::MultiGzDecoder;
 
-use crate::run::input::{Compression, Input, Inputs};
+use crate::stages::input::{Compression, Input, Inputs};
 use crate::store::Store;
 
 /// How much is decompressed between progress reports and interrupt checks.

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use crate::changes::chunk::Plan;
 use crate::changes::reject::{Reason, Reject};
-use crate::stages::plan::Plan;
 
 /// The store's tables as the stages use them: plan and chunks, claims and
 /// leases, the merge, the export's streams, and this connection's resources.

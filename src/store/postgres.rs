@@ -44,9 +44,9 @@ use super::{
     EachMember, EachPlaylist, IdKind, Key, LeaseLost, LockTiming, Param, PartitionResults,
     Statement, Tables, FATE_NEW, SCHEMA_VERSION, SELECT_CHUNK, SELECT_CHUNKS,
 };
+use crate::changes::chunk::Plan;
 use crate::changes::reject::{Reason, Reject};
-use crate::stages::plan::Plan;
-use crate::stages::Stage;
+use crate::run::stage::Stage;
 
 pub(super) mod target;
 mod tls;

@@ -15,9 +15,9 @@ use super::{
     PlaylistResult, Statement, Tables, WorkFiles, FATE_CHANGED, FATE_REMOVED, SCHEMA_VERSION,
     SELECT_CHUNK, SELECT_CHUNKS,
 };
+use crate::changes::chunk::Plan;
 use crate::changes::reject::{Reason, Reject};
-use crate::stages::plan::Plan;
-use crate::stages::Stage;
+use crate::run::stage::Stage;
 
 mod playlist_rows;
 mod reject_rows;

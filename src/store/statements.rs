@@ -1,7 +1,7 @@
 //! The statements of the rules written once for both backends, in the SQL
 //! both speak: the chunk queries, resetting a chunk, clearing the merge.
 
-use crate::stages::Stage;
+use crate::run::stage::Stage;
 
 /// One statement of a rule written once for both backends, in the SQL both
 /// speak: tables unqualified (a server connection's `search_path` is the

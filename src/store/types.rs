@@ -92,7 +92,7 @@ impl InputKind {
     }
 
     /// What names the file an input read from standard input is kept in
-    /// ([`crate::run::input::Input::from_stdin`]), beside the store.
+    /// ([`crate::stages::input::Input::from_stdin`]), beside the store.
     pub fn stdin_suffix(self) -> &'static str {
         match self {
             InputKind::Mixtape => ".stdin-mixtape",

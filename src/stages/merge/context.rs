@@ -30,7 +30,7 @@ impl MergeContext {
             owner_key: store.meta(Key::OwnerKey)?,
             max_id,
             auto_before,
-            partitions: Partitions::read(store)?,
+            partitions: store.partitions()?,
         })
     }
 }

@@ -13,7 +13,7 @@
 //! playlists as places in MIXTAPE). But the text is in MIXTAPE already, and the
 //! export reads MIXTAPE's users and songs again anyway. So a playlist is kept
 //! as where it is in MIXTAPE's text (the file the import read,
-//! [`crate::run::input`]), and read and minified there again when it is needed:
+//! [`crate::stages::input`]), and read and minified there again when it is needed:
 //! minifying is the same function on the same bytes, so it gives the same
 //! text. Each playlist is `tag:varint` with `tag = len << 2 | minify << 1 |
 //! in_mixtape`, then `offset:varint` (its `len` bytes at `offset` in MIXTAPE,
