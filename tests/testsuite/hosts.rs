@@ -15,7 +15,7 @@ use crate::support;
 use std::fs;
 use std::io::Read;
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::netns::{self, Host};
@@ -27,17 +27,13 @@ use support::{gen, stderr};
 const LEASE: &str = "5";
 const LEASE_SECS: f64 = 5.0;
 
-/// One test at a time: they restart the server every other test uses.
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// The server, made to accept the test hosts, with this test's turn; `None`
 /// (skipped, said) without a server, without root, or when the server is not
 /// a throwaway cluster.
-fn lab() -> Option<(MutexGuard<'static, ()>, pg::Server)> {
-    let turn = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let server = pg::server()?;
+fn lab() -> Option<pg::Server> {
+    // They restart and reconfigure the server: no other test may use it
+    // meanwhile, these included.
+    let server = pg::server_alone()?;
     if !netns::available() {
         return None;
     }
@@ -49,7 +45,7 @@ fn lab() -> Option<(MutexGuard<'static, ()>, pg::Server)> {
         eprintln!("skipped: the server is not a throwaway cluster (run under pg_virtualenv)");
         return None;
     }
-    Some((turn, server))
+    Some(server)
 }
 
 /// A child that is killed if the test ends (or fails) before it does.
@@ -201,7 +197,7 @@ fn figure(scenario: &str, what: &str, took: Duration) {
 
 #[test]
 fn a_host_cut_off_mid_chunk_loses_it_and_is_fenced_off_when_it_returns() {
-    let Some((_turn, server)) = lab() else { return };
+    let Some(server) = lab() else { return };
     let db = server.database("cut");
     let case = case_from(gen::case_of(31, 3000));
     plan(&case, &db, "4");
@@ -281,7 +277,7 @@ fn a_host_cut_off_mid_chunk_loses_it_and_is_fenced_off_when_it_returns() {
 
 #[test]
 fn the_server_restarting_during_apply_and_merge_stops_the_run_and_the_same_command_resumes() {
-    let Some((_turn, server)) = lab() else { return };
+    let Some(server) = lab() else { return };
     for (stage, fault) in [
         ("apply", "worker-change@200:hold=120"),
         ("merge", "merge-partition@2:hold=120"),
@@ -345,7 +341,7 @@ fn the_server_restarting_during_apply_and_merge_stops_the_run_and_the_same_comma
 
 #[test]
 fn the_harness_host_cut_off_stops_within_the_bound_and_resumes_once_back() {
-    let Some((_turn, server)) = lab() else { return };
+    let Some(server) = lab() else { return };
     let db = server.database("harnesscut");
     let case = case_from(gen::case_of(33, 3000));
     let host = Host::new(2);
@@ -425,7 +421,7 @@ fn the_harness_host_cut_off_stops_within_the_bound_and_resumes_once_back() {
 
 #[test]
 fn a_session_terminated_in_the_middle_of_a_commit_leaves_the_batch_in_or_out() {
-    let Some((_turn, server)) = lab() else { return };
+    let Some(server) = lab() else { return };
     let db = server.database("terminated");
     let case = case_from(gen::case_of(34, 3000));
     let release = case.dir.path().join("release");
@@ -510,7 +506,7 @@ fn a_session_terminated_in_the_middle_of_a_commit_leaves_the_batch_in_or_out() {
 
 #[test]
 fn a_lost_run_lock_session_keeps_a_second_harness_out_and_is_taken_again() {
-    let Some((_turn, server)) = lab() else { return };
+    let Some(server) = lab() else { return };
     let db = server.database("lock");
     let case = case_from(gen::case_of(35, 3000));
     let release = case.dir.path().join("release");

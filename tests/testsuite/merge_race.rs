@@ -20,9 +20,8 @@ const HOLD: &str = "clear-statement@1:hold=3";
 
 #[test]
 fn a_clear_of_the_merge_and_a_partitions_commit_never_interleave() {
-    if pg::server().is_none() {
-        return;
-    }
+    // Held while the race runs: the server is not restarted under it.
+    let Some(_server) = pg::server() else { return };
     let race = "merge_race::race_in_a_process_of_its_own";
     let o = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -51,6 +50,7 @@ fn race_in_a_process_of_its_own() {
         Ok(HOLD),
         "run only by a_clear_of_the_merge_and_a_partitions_commit_never_interleave"
     );
+    // In its own process, which shares the server with no other test.
     let Some(server) = pg::server() else { return };
     let db = server.database("race");
     let local = tempfile::tempdir().unwrap();

@@ -10,6 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use super::netns::Host;
@@ -17,9 +18,30 @@ use super::{gen, reference, stderr, TestCommand};
 
 /// The server, or `None` (skip) when there is none and none is required.
 pub fn server() -> Option<Server> {
+    server_with(|| Turn::Shared(USERS.read().unwrap_or_else(|e| e.into_inner())))
+}
+
+/// The server, for this test alone: the host tests restart and reconfigure
+/// it, so no other test may use it meanwhile. All the suite's tests run in
+/// one process, so a lock of the process is enough.
+pub fn server_alone() -> Option<Server> {
+    server_with(|| Turn::Alone(USERS.write().unwrap_or_else(|e| e.into_inner())))
+}
+
+/// Who is using the test server: any number of tests, or one alone.
+static USERS: RwLock<()> = RwLock::new(());
+
+/// A test's turn on the server, held as long as its [`Server`].
+pub enum Turn {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
+}
+
+fn server_with(turn: impl FnOnce() -> Turn) -> Option<Server> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     match (var("PGHOST"), var("PGUSER")) {
         (Some(host), Some(user)) => Some(Server {
+            _turn: Some(turn()),
             host,
             port: var("PGPORT").unwrap_or_else(|| "5432".into()),
             user,
@@ -42,6 +64,8 @@ pub fn server() -> Option<Server> {
 }
 
 pub struct Server {
+    /// `None` in a [`TestDb`]'s copy: the test's own `Server` holds the turn.
+    _turn: Option<Turn>,
     pub host: String,
     pub port: String,
     pub user: String,
@@ -74,6 +98,7 @@ impl Server {
         TestDb {
             name,
             server: Server {
+                _turn: None,
                 host: self.host.clone(),
                 port: self.port.clone(),
                 user: self.user.clone(),
