@@ -248,7 +248,8 @@ pub fn decode_string(raw: &[u8]) -> Option<Cow<'_, str>> {
     // so, where a call to memchr and one to from_utf8 cost more on such
     // short strings.
     if inner.len() <= SHORT_STRING && inner.iter().all(|&b| b.is_ascii() && b != b'\\') {
-        return Some(Cow::Borrowed(ascii(inner)));
+        // SAFETY: every byte of `inner` was just checked to be ASCII.
+        return Some(Cow::Borrowed(unsafe { ascii(inner) }));
     }
     if memchr::memchr(b'\\', inner).is_none() {
         return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
@@ -271,14 +272,19 @@ pub fn plain_digits(token: &[u8]) -> Option<&str> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    Some(ascii(digits))
+    // SAFETY: every byte of `digits` was just checked to be an ASCII digit.
+    Some(unsafe { ascii(digits) })
 }
 
-/// `bytes`, all ASCII, as text.
-fn ascii(bytes: &[u8]) -> &str {
+/// `bytes`, all ASCII, as text, without checking them again.
+///
+/// # Safety
+///
+/// Every byte of `bytes` must be ASCII (below 0x80): a sequence of ASCII
+/// bytes is valid UTF-8. The callers have just checked each byte.
+unsafe fn ascii(bytes: &[u8]) -> &str {
     debug_assert!(bytes.is_ascii());
-    // SAFETY: every caller checks that each byte is ASCII (below 0x80)
-    // before the call, and a sequence of ASCII bytes is valid UTF-8.
+    // SAFETY: the caller's promise above.
     unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
@@ -291,7 +297,8 @@ pub fn id_text(raw: &[u8]) -> Option<Cow<'_, str>> {
         b'-' | b'0'..=b'9' => {
             let digits = raw.strip_prefix(b"-").unwrap_or(raw);
             if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) {
-                Some(Cow::Borrowed(ascii(raw)))
+                // SAFETY: `raw` is an optional `-` and ASCII digits, just checked.
+                Some(Cow::Borrowed(unsafe { ascii(raw) }))
             } else {
                 None
             }
