@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use mixtape::run::exit_codes::UsageError;
 
+use mixtape::run::output_file;
 use mixtape::run::paths::with_suffix;
 use mixtape::store::{Location, WorkFiles};
 
@@ -126,6 +127,37 @@ impl PathPlan {
         reports.extend(self.applied.as_deref().map(|path| ("applied report", path)));
         reports.extend(report::file_of(&self.summary_json).map(|path| ("run report", path)));
         reports
+    }
+
+    /// Before any work: a run that cannot write its results must not spend
+    /// an hour finding out, nor leave a work database behind. `to_stdout`:
+    /// the document is staged for standard output; `dry_run`: OUTPUT is not
+    /// written at all.
+    pub fn check_writable(&self, to_stdout: bool, dry_run: bool) -> Result<()> {
+        if to_stdout {
+            // The document is staged in a private file first (an existing
+            // file keeps its mode when the export replaces it).
+            mixtape::run::private_file::open_or_create(&self.output)?;
+        } else if !dry_run {
+            output_file::check_writable("OUTPUT", &self.output)?;
+        }
+        for (what, path) in self.reports() {
+            output_file::check_writable(what, path)?;
+        }
+        if let Some(file) = self.db.file() {
+            output_file::check_writable("work database", file)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what a killed run left of OUTPUT's and the reports'
+    /// temporary files (only this run, holding the lock, may).
+    pub fn remove_stale_temporaries(&self) -> Result<()> {
+        output_file::remove_stale_temporaries(&self.output)?;
+        for (_, path) in self.reports() {
+            output_file::remove_stale_temporaries(path)?;
+        }
+        Ok(())
     }
 
     /// The `worker` executable: beside this `harness`.

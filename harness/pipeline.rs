@@ -33,7 +33,9 @@ pub fn run(config: &Config) -> Result<Exit> {
     // Every connection to a server store is bounded in silence by this run's
     // lease (docs/GUIDE.md "When a host dies").
     mixtape::store::bound_silence_by_lease(config.lease);
-    check_writable_before_work(config)?;
+    config
+        .paths
+        .check_writable(config.stages_to_stdout(), config.dry_run)?;
     config.paths.db.refuse_foreign_file()?;
     let mut lock = RunLock::acquire(&config.paths.db)?;
     // After the lock: an input read from standard input is kept beside the
@@ -42,10 +44,7 @@ pub fn run(config: &Config) -> Result<Exit> {
         mixtape: open_input(InputKind::Mixtape, &config.paths.mixtape, config, &ui)?,
         changes: open_input(InputKind::Changes, &config.paths.changes, config, &ui)?,
     };
-    output_file::remove_stale_temporaries(&config.paths.output)?;
-    for (_, path) in config.paths.reports() {
-        output_file::remove_stale_temporaries(path)?;
-    }
+    config.paths.remove_stale_temporaries()?;
     let (store, opened) = open_or_create(config, &inputs, &ui)?;
     store.set_lease(config.lease)?;
     let mut run = Run {
@@ -72,25 +71,6 @@ pub fn run(config: &Config) -> Result<Exit> {
         return Ok(exit);
     }
     run.export_and_finish(lock)
-}
-
-/// Before any work: a run that cannot write its results must not spend an
-/// hour finding out, nor leave a work database behind.
-fn check_writable_before_work(config: &Config) -> Result<()> {
-    if config.stages_to_stdout() {
-        // The document is staged in a private file first (an existing file
-        // keeps its mode when the export replaces it).
-        mixtape::run::private_file::open_or_create(&config.paths.output)?;
-    } else if !config.dry_run {
-        output_file::check_writable("OUTPUT", &config.paths.output)?;
-    }
-    for (what, path) in config.paths.reports() {
-        output_file::check_writable(what, path)?;
-    }
-    if let Some(file) = config.paths.db.file() {
-        output_file::check_writable("work database", file)?;
-    }
-    Ok(())
 }
 
 /// Opens an input of the run: the file at `path`, or standard input (`-`),
