@@ -328,7 +328,7 @@ impl Store {
     }
 
     /// The id indexes, opened on first use. Asked once per lookup (tens of
-    /// millions of times in D's merge), so the answer once they are open is
+    /// millions of times on a large document), so the answer once they are open is
     /// inlined, and opening them is a call of its own.
     #[inline]
     fn indexes(&self) -> Result<&Indexes> {

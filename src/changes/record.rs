@@ -113,8 +113,8 @@ impl<'a> Token<'a> {
 
     /// The token of integer `n` of at most [`FAST_DIGITS`] digits: its
     /// characters made eight at a time in a register ([`eight_digits`]) and
-    /// stored at once. A digit at a time, last first, this was 8 % of XL's
-    /// merge, which makes two tokens a record.
+    /// stored at once, not a digit at a time: the merge makes two tokens for
+    /// every record.
     fn of_short_integer(n: u64, quoted: bool) -> Token<'a> {
         const ASCII_ZEROS: u64 = 0x3030_3030_3030_3030;
         let (high, low) = (n / 100_000_000, n % 100_000_000);

@@ -17,8 +17,8 @@ pub fn song_list<'a>(out: &mut Vec<u8>, songs: impl IntoIterator<Item = &'a [u8]
 }
 
 /// The bytes [`song_list`] writes for `songs`: a playlist is rendered into a
-/// buffer of its size, where growing it by doubling copied the text of a
-/// long list several times (a tenth of XL's merge was such copies).
+/// buffer of its size, where growing it by doubling would copy the text of
+/// a long list several times.
 fn song_list_len<'a>(songs: impl Iterator<Item = &'a [u8]>) -> usize {
     songs.map(|s| s.len() + 1).sum::<usize>() + 2
 }

@@ -54,7 +54,7 @@ pub(super) fn text(raw: &[u8]) -> Cow<'_, str> {
 /// a probe of the map of replays and a read of the replay, both missing the
 /// cache on a large partition; found one after the other, the misses overlap
 /// (no lookup waits for the one before), where between two replays each
-/// waited on its own (a fifth of the replay loop's time on XL).
+/// would wait on its own.
 pub(super) fn merge_partition(
     store: &Store,
     cx: &MergeContext,
@@ -106,7 +106,7 @@ pub(super) struct Replays<'b> {
     /// Each replay's place in `replays`, by its playlist id's key. The map
     /// holds only keys and places (48-byte entries), not the replays (300
     /// bytes each): its probes compare keys, and with the replays in the map
-    /// those compares missed the cache (3 % of XL's merge).
+    /// those compares would miss the cache.
     replay_of: FxMap<IdKey<'static>, u32>,
     /// In the order first named.
     replays: Vec<Replay>,

@@ -71,8 +71,8 @@ impl SongList {
 
     /// Appends `song`, whose key and tag are known, unless the list holds
     /// it; says whether it did. A list with a map of counts looks the key up
-    /// once for both (an `add_song`, most of XL's records, looked it up
-    /// twice: to check, then to count).
+    /// once for both, where checking and then counting would look it up
+    /// twice for every `add_song`, the most common record.
     pub(super) fn push_unless_held(&mut self, song: &[u8], key: IdKey, tag: u64) -> bool {
         use std::collections::hash_map::Entry;
         let Some(counts) = &mut self.counts else {
@@ -210,7 +210,8 @@ impl SongListBuffers {
 }
 
 /// How many song lists' buffers a merge thread keeps at most: about a
-/// partition's worth of document playlists (MU's slices hold 780).
+/// partition's worth of document playlists (the generated cases' slices
+/// hold under a thousand).
 pub(super) const KEPT_LISTS: usize = 1024;
 
 /// The longest song list whose buffers are kept: its room in songs, and in

@@ -56,7 +56,7 @@ pub(super) const SLOTS_PER_LINE_SHIFT: u32 = 8;
 /// is in, using `scratch` (sized here, left with any content): a least-significant-digit
 /// radix sort on the line number, a byte per pass. Only the line matters to
 /// the cache, and a count and a scatter per byte of it cost a fraction of a
-/// full comparison sort of the probes (which was 9 % of D's merge).
+/// full comparison sort of the probes.
 pub(super) fn by_table_line(probes: &mut Vec<u64>, scratch: &mut Vec<u64>) {
     let line = |probe: u64| (probe >> 32) >> SLOTS_PER_LINE_SHIFT;
     let last_line = probes.iter().map(|&p| line(p)).max().unwrap_or(0);
