@@ -25,9 +25,9 @@ use crate::changes::reject::{Reason, Reject};
 /// The store's tables as the stages use them: plan and chunks, claims and
 /// leases, the merge, the export's streams, and this connection's resources.
 /// This is the contract each backend implements and the stages call directly
-/// (through [`Store`], which dereferences to it). Each operation that writes is
+/// (through [`Store`](super::Store), which dereferences to it). Each operation that writes is
 /// one transaction: what it writes commits together or not at all, and a typed
-/// error ([`LeaseLost`], [`Leased`], [`AlreadyMerged`]) means it wrote nothing.
+/// error ([`LeaseLost`](super::LeaseLost), [`Leased`](super::Leased), [`AlreadyMerged`](super::AlreadyMerged)) means it wrote nothing.
 /// Streams (`each_*`) hand rows to a callback that may query the store.
 pub trait Tables {
     // ---- this connection's resources: SQLite's; a server keeps its own, so
@@ -67,9 +67,9 @@ pub trait Tables {
     /// and of merge partitions, and the plan's done-marker, in one
     /// transaction.
     fn save_plan(&self, plan: &Plan, partitions: u64) -> Result<()>;
-    /// Every chunk's row, by chunk number ([`SELECT_CHUNKS`]).
+    /// Every chunk's row, by chunk number ([`SELECT_CHUNKS`](super::statements::SELECT_CHUNKS)).
     fn chunks(&self) -> Result<Vec<ChunkRow>>;
-    /// One chunk's row, if the plan has it ([`SELECT_CHUNK`]).
+    /// One chunk's row, if the plan has it ([`SELECT_CHUNK`](super::statements::SELECT_CHUNK)).
     fn chunk(&self, chunk: u64) -> Result<Option<ChunkRow>>;
     /// How many batches have been committed, over all chunks.
     fn batches_committed(&self) -> Result<u64>;
@@ -78,15 +78,15 @@ pub trait Tables {
     /// Takes the first chunk that is not done and not leased by a live lease,
     /// for `lease`, for `owner` (who it is, for messages), raising its token,
     /// in one transaction; two claimers at once never get one chunk. When none
-    /// is free: [`when_none_is_free`].
+    /// is free: [`when_none_is_free`](super::rules::when_none_is_free).
     fn claim_next(&self, owner: &str, lease: Duration) -> Result<Claimed>;
     /// Takes chunk `chunk` (done or not: a worker run by hand may redo it),
-    /// raising its token, unless [`refuse_if_leased`] refuses ([`Leased`]);
+    /// raising its token, unless [`refuse_if_leased`](super::rules::refuse_if_leased) refuses ([`Leased`](super::Leased));
     /// in one transaction.
     fn claim_chunk(&self, chunk: u64, owner: &str, lease: Duration) -> Result<Claim>;
     /// The chunks with a lease owner, with that owner (expired or not).
     fn leases(&self) -> Result<Vec<(Claim, String)>>;
-    /// Extends the claim's lease to `lease` from now; [`LeaseLost`] when the
+    /// Extends the claim's lease to `lease` from now; [`LeaseLost`](super::LeaseLost) when the
     /// token is no longer the chunk's (taken over).
     fn renew_lease(&self, claim: Claim, lease: Duration) -> Result<()>;
     /// Frees the chunk at once (a worker that stops) if the claim's token is
@@ -95,7 +95,7 @@ pub trait Tables {
     fn release_lease(&self, claim: Claim) -> Result<()>;
     /// Writes a batch (blocks, rejects) with the chunk's new position and
     /// figures, renewing its lease, in one transaction that first checks the
-    /// claim's token and the chunk's position ([`LeaseLost`] otherwise:
+    /// claim's token and the chunk's position ([`LeaseLost`](super::LeaseLost) otherwise:
     /// nothing written). See [`Batch`].
     fn commit_batch(&self, batch: &Batch) -> Result<LockTiming>;
 
@@ -108,11 +108,11 @@ pub trait Tables {
     /// order the chunk's workers committed them.
     fn each_block(&self, partition: u64, each: &mut Each) -> Result<()>;
     /// Writes a partition's results and rejects with its row in `merged`, in
-    /// one transaction; [`AlreadyMerged`] (nothing written) when another
+    /// one transaction; [`AlreadyMerged`](super::AlreadyMerged) (nothing written) when another
     /// worker was first.
     fn commit_partition(&self, partition: u64, out: &PartitionResults) -> Result<()>;
     /// Sets the merge's done-marker, in a transaction that checks
-    /// [`check_merge_complete`] (an error, nothing written, otherwise).
+    /// [`check_merge_complete`](super::rules::check_merge_complete) (an error, nothing written, otherwise).
     fn finish_merge(&self) -> Result<()>;
     /// Document playlists that name a missing owner or song, as counted by
     /// the merged partitions.
@@ -121,7 +121,7 @@ pub trait Tables {
     // ---- export (the rule: join_final_document_playlists) ----
     /// Streams the document's playlists at `positions` as they end: those
     /// that survive, in document order, as the merge left them (see
-    /// [`join_final_document_playlists`]). Export threads stream parts of
+    /// [`join_final_document_playlists`](super::rules::join_final_document_playlists)). Export threads stream pieces of
     /// the range at once.
     fn each_final_document_playlist(&self, positions: Range<u64>, each: &mut Each) -> Result<()>;
     /// Streams the text of the new playlists created by changes of index in
@@ -133,11 +133,11 @@ pub trait Tables {
     /// Streams every reject in index order.
     fn each_reject(&self, each: &mut dyn FnMut(Reject) -> Result<()>) -> Result<()>;
     /// How many changes were rejected for each reason, in [`Reason::ALL`]
-    /// order, only the reasons present ([`counted_by_reason`]).
+    /// order, only the reasons present ([`counted_by_reason`](super::rules::counted_by_reason)).
     fn rejects_by_reason(&self) -> Result<Vec<(Reason, u64)>>;
 }
 
-/// What a backend supplies below the rules of [`Store`]: `meta` values, the
+/// What a backend supplies below the rules of [`Store`](super::Store): `meta` values, the
 /// import's sink, lookups by position, id indexes kept for other hosts, and
 /// the shared statements ([`Statement`]) run in one transaction.
 pub(super) trait Backend: Tables {
@@ -192,7 +192,7 @@ pub(super) trait Backend: Tables {
     }
 }
 
-/// Takes the document's elements during the import (see [`DocumentWriter`]).
+/// Takes the document's elements during the import (see [`DocumentWriter`](super::DocumentWriter)).
 pub(super) trait DocumentSink {
     fn playlist(
         &mut self,

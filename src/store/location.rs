@@ -82,7 +82,7 @@ impl Location {
         WorkFiles::of(&self.local_base())
     }
 
-    /// Fails ([`NotAWorkDatabase`]) when a file store's path holds a file
+    /// Fails ([`NotAWorkDatabase`](super::NotAWorkDatabase)) when a file store's path holds a file
     /// that is not a mixtape work database: checked before the run lock is
     /// taken, so that nothing is made beside someone else's file.
     pub fn refuse_foreign_file(&self) -> Result<()> {

@@ -23,7 +23,7 @@ pub(super) fn signed_bound(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The merge-join both backends feed, for [`Tables::each_final_document_playlist`]:
+/// The merge-join both backends feed, for [`Tables::each_final_document_playlist`](super::Tables::each_final_document_playlist):
 /// `docs` are the document's playlists in position order, `fates` the merge's
 /// results about document playlists in `doc_seq` order (at most one each).
 /// Each document playlist is handed to `each` as it ends: as it was when no

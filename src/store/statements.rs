@@ -18,13 +18,13 @@ pub(super) enum Param {
     Text(&'static str),
 }
 
-/// Every chunk's row, in the columns [`ChunkRow::from_columns`] reads.
+/// Every chunk's row, in the columns [`ChunkRow::from_columns`](super::ChunkRow::from_columns) reads.
 pub(super) const SELECT_CHUNKS: &str =
     "SELECT chunk, start_offset, end_offset, first_index, changes,
      next_offset, next_index, auto_count, max_playlist_id, done
      FROM chunks ORDER BY chunk";
 
-/// One chunk's row (`$1`), in the columns [`ChunkRow::from_columns`] reads.
+/// One chunk's row (`$1`), in the columns [`ChunkRow::from_columns`](super::ChunkRow::from_columns) reads.
 pub(super) const SELECT_CHUNK: &str =
     "SELECT chunk, start_offset, end_offset, first_index, changes,
      next_offset, next_index, auto_count, max_playlist_id, done

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::changes::reject::Reject;
 
-/// A value kept in `meta`. Stage markers are not keys: see [`Store::is_done`].
+/// A value kept in `meta`. Stage markers are not keys: see [`Store::is_done`](super::Store::is_done).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Key {
     /// The owner member name new playlists use (`owner_id` or `user_id`).
@@ -126,7 +126,7 @@ pub struct ChunkRow {
 }
 
 impl ChunkRow {
-    /// A chunk's row from the columns of [`SELECT_CHUNKS`] as either backend
+    /// A chunk's row from the columns of [`SELECT_CHUNKS`](super::statements::SELECT_CHUNKS) as either backend
     /// reads them: `number(i)` is column `i` as a number, `done` the last.
     pub(super) fn from_columns(
         number: impl Fn(usize) -> Result<u64>,
