@@ -95,23 +95,22 @@ impl PathPlan {
             Some(argument) => Location::from_argument(argument, &with_suffix(&output, ".work"))?,
             None => Location::File(with_suffix(&output, ".work.db")),
         };
+        let rejects = (given.rejects).unwrap_or_else(|| with_suffix(&output, ".rejects.jsonl"));
+        // The file the export writes: OUTPUT, or the staging file for stdout.
+        let output = if to_stdout {
+            PathBuf::from(STDOUT_STAGING)
+        } else {
+            output
+        };
         let plan = PathPlan {
             work_files: db.work_files(),
             db,
-            rejects: (given.rejects).unwrap_or_else(|| with_suffix(&output, ".rejects.jsonl")),
+            rejects,
             mixtape: given.mixtape,
             changes: given.changes,
-            output_absolute: std::path::absolute(if to_stdout {
-                Path::new(STDOUT_STAGING)
-            } else {
-                &output
-            })
-            .with_context(|| format!("resolving {}", output.display()))?,
-            output: if to_stdout {
-                PathBuf::from(STDOUT_STAGING)
-            } else {
-                output
-            },
+            output_absolute: std::path::absolute(&output)
+                .with_context(|| format!("resolving {}", output.display()))?,
+            output,
             to_stdout,
             applied: given.applied,
             summary_json: given.summary_json.map(ReportTarget::from_argument),
@@ -197,15 +196,15 @@ enum Identity {
 
 /// Refuses a command line whose paths collide, or that uses `-` for anything
 /// but one input and OUTPUT; see the module docs.
-fn check(config: &PathPlan) -> Result<()> {
+fn check(plan: &PathPlan) -> Result<()> {
     let given = [
-        ("MIXTAPE", Role::Mixtape, &config.mixtape, ""),
-        ("CHANGES", Role::Changes, &config.changes, ""),
-        ("OUTPUT", Role::Output, &config.output, ""),
+        ("MIXTAPE", Role::Mixtape, &plan.mixtape, ""),
+        ("CHANGES", Role::Changes, &plan.changes, ""),
+        ("OUTPUT", Role::Output, &plan.output, ""),
         (
             "the rejects report",
             Role::Written,
-            &config.rejects,
+            &plan.rejects,
             " (--rejects; by default OUTPUT with .rejects.jsonl appended)",
         ),
     ];
@@ -217,7 +216,7 @@ fn check(config: &PathPlan) -> Result<()> {
             hint,
         })
         .collect();
-    if let Some(path) = &config.applied {
+    if let Some(path) = &plan.applied {
         named.push(Named {
             what: format!("the applied report (--applied {})", path.display()),
             role: Role::Written,
@@ -225,7 +224,7 @@ fn check(config: &PathPlan) -> Result<()> {
             hint: "",
         });
     }
-    if let Some(path) = report::file_of(&config.summary_json) {
+    if let Some(path) = report::file_of(&plan.summary_json) {
         named.push(Named {
             what: format!("the run report (--summary-json {})", path.display()),
             role: Role::Written,
@@ -233,7 +232,7 @@ fn check(config: &PathPlan) -> Result<()> {
             hint: "",
         });
     }
-    for (what, path) in config.work_files.named(config.db.file().is_some()) {
+    for (what, path) in plan.work_files.named(plan.db.file().is_some()) {
         named.push(Named {
             what: format!("the {what} {}", path.display()),
             role: Role::Written,

@@ -71,7 +71,7 @@ mod hooks {
     }
 
     /// Every hook's value, parsed once.
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     pub(super) struct Hooks {
         pub fault: Option<(String, u64, Action)>,
         pub batch: Option<u64>,
@@ -97,15 +97,18 @@ mod hooks {
             .ok_or_else(|| anyhow!("{name}: {text:?} is not a number of seconds"))
     }
 
-    fn positive(name: &str) -> Result<Option<u64>> {
+    /// The variable `name` read by `parse`, when set; a value `parse`
+    /// refuses is an error saying it is not `what`.
+    fn parsed<T>(name: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>> {
         var(name)?
-            .map(|v| {
-                v.parse::<u64>()
-                    .ok()
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| anyhow!("{name}: {v:?} is not a number above 0"))
-            })
+            .map(|v| parse(&v).ok_or_else(|| anyhow!("{name}: {v:?} is not {what}")))
             .transpose()
+    }
+
+    fn positive(name: &str) -> Result<Option<u64>> {
+        parsed(name, "a number above 0", |v| {
+            v.parse().ok().filter(|&n| n > 0)
+        })
     }
 
     fn fault() -> Result<Option<(String, u64, Action)>> {
@@ -135,21 +138,17 @@ mod hooks {
     }
 
     fn read() -> Result<Hooks> {
-        let look_ahead = match var("MIXTAPE_LOOK_AHEAD")?.as_deref() {
-            None => None,
-            Some("always") => Some(true),
-            Some("never") => Some(false),
-            Some(other) => bail!("MIXTAPE_LOOK_AHEAD: {other:?} is neither always nor never"),
-        };
-        let min_free_bytes = var("MIXTAPE_MIN_FREE_BYTES")?
-            .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| anyhow!("MIXTAPE_MIN_FREE_BYTES: {v:?} is not a number of bytes"))
-            })
-            .transpose()?;
-        let lease_secs = var("MIXTAPE_LEASE_SECS")?
-            .map(|v| seconds("MIXTAPE_LEASE_SECS", &v))
-            .transpose()?;
+        let look_ahead = parsed("MIXTAPE_LOOK_AHEAD", "always or never", |v| match v {
+            "always" => Some(true),
+            "never" => Some(false),
+            _ => None,
+        })?;
+        let min_free_bytes = parsed("MIXTAPE_MIN_FREE_BYTES", "a number of bytes", |v| {
+            v.parse().ok()
+        })?;
+        let lease_secs = parsed("MIXTAPE_LEASE_SECS", "a number of seconds", |v| {
+            seconds("MIXTAPE_LEASE_SECS", v).ok()
+        })?;
         Ok(Hooks {
             fault: fault()?,
             batch: positive("MIXTAPE_BATCH")?,
@@ -172,17 +171,8 @@ mod hooks {
 
     /// The hooks; a malformed environment was refused at start-up
     /// ([`super::check_environment`]), so here it only means "no hooks".
-    pub(super) fn configured() -> &'static Hooks {
-        static NONE: Hooks = Hooks {
-            fault: None,
-            batch: None,
-            export_pieces: None,
-            look_ahead: None,
-            min_free_bytes: None,
-            worker_name: None,
-            lease_secs: None,
-        };
-        hooks().unwrap_or(&NONE)
+    pub(super) fn configured() -> Option<&'static Hooks> {
+        hooks().ok()
     }
 
     static HITS: AtomicU64 = AtomicU64::new(0);
@@ -193,7 +183,7 @@ mod hooks {
     }
 
     pub(super) fn point(name: &str) {
-        let Some((point, n, action)) = &configured().fault else {
+        let Some((point, n, action)) = configured().and_then(|h| h.fault.as_ref()) else {
             return;
         };
         if point != name || HITS.fetch_add(1, Ordering::Relaxed) + 1 != *n {
@@ -297,7 +287,7 @@ pub fn point(_name: &str) {
 #[inline]
 pub fn batch_size(default: u64) -> u64 {
     #[cfg(feature = "fault-injection")]
-    return hooks::configured().batch.unwrap_or(default);
+    return hooks::configured().and_then(|h| h.batch).unwrap_or(default);
     #[cfg(not(feature = "fault-injection"))]
     default
 }
@@ -308,7 +298,9 @@ pub fn batch_size(default: u64) -> u64 {
 #[inline]
 pub fn export_pieces(default: u64) -> u64 {
     #[cfg(feature = "fault-injection")]
-    return hooks::configured().export_pieces.unwrap_or(default);
+    return hooks::configured()
+        .and_then(|h| h.export_pieces)
+        .unwrap_or(default);
     #[cfg(not(feature = "fault-injection"))]
     default
 }
@@ -319,7 +311,9 @@ pub fn export_pieces(default: u64) -> u64 {
 #[inline]
 pub fn look_ahead(default: bool) -> bool {
     #[cfg(feature = "fault-injection")]
-    return hooks::configured().look_ahead.unwrap_or(default);
+    return hooks::configured()
+        .and_then(|h| h.look_ahead)
+        .unwrap_or(default);
     #[cfg(not(feature = "fault-injection"))]
     default
 }
@@ -329,7 +323,7 @@ pub fn look_ahead(default: bool) -> bool {
 #[inline]
 pub fn min_free_bytes() -> Option<u64> {
     #[cfg(feature = "fault-injection")]
-    return hooks::configured().min_free_bytes;
+    return hooks::configured().and_then(|h| h.min_free_bytes);
     #[cfg(not(feature = "fault-injection"))]
     None
 }
@@ -337,7 +331,7 @@ pub fn min_free_bytes() -> Option<u64> {
 /// The name a worker gives itself, when `MIXTAPE_WORKER_NAME` sets it.
 pub fn worker_name() -> Option<String> {
     #[cfg(feature = "fault-injection")]
-    return hooks::configured().worker_name.clone();
+    return hooks::configured().and_then(|h| h.worker_name.clone());
     #[cfg(not(feature = "fault-injection"))]
     None
 }
@@ -346,7 +340,7 @@ pub fn worker_name() -> Option<String> {
 /// sets it.
 pub fn lease_secs() -> Option<f64> {
     #[cfg(feature = "fault-injection")]
-    return hooks::configured().lease_secs;
+    return hooks::configured().and_then(|h| h.lease_secs);
     #[cfg(not(feature = "fault-injection"))]
     None
 }
