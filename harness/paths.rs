@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use mixtape::run::exit_codes::UsageError;
 
-use mixtape::run::output_file;
+use mixtape::place;
 use mixtape::run::paths::with_suffix;
 use mixtape::store::{Location, WorkFiles};
 
@@ -89,11 +89,26 @@ impl PathPlan {
             )
             .into());
         }
+        // OUTPUT in a bucket: this host's own files are named as if OUTPUT
+        // were the file of that name in the current directory.
+        let local_output = if place::is_object(&output) {
+            PathBuf::from(output.file_name().unwrap_or(output.as_os_str()))
+        } else {
+            output.clone()
+        };
         let db = match &given.db {
-            // A server store's files on this host (kept decompressed inputs,
-            // id indexes) go beside OUTPUT.
+            Some(argument) if place::is_object(Path::new(argument)) => {
+                return Err(UsageError(format!(
+                    "--db {}: the work store is a file or a postgresql:// URL, not an object",
+                    Path::new(argument).display()
+                ))
+                .into())
+            }
+            // A server store's files (kept decompressed inputs, id indexes)
+            // go beside OUTPUT; those of them that only this host uses, in
+            // the current directory when OUTPUT is an object (WorkFiles::of).
             Some(argument) => Location::from_argument(argument, &with_suffix(&output, ".work"))?,
-            None => Location::File(with_suffix(&output, ".work.db")),
+            None => Location::File(with_suffix(&local_output, ".work.db")),
         };
         let rejects = (given.rejects).unwrap_or_else(|| with_suffix(&output, ".rejects.jsonl"));
         // The file the export writes: OUTPUT, or the staging file for stdout.
@@ -108,8 +123,12 @@ impl PathPlan {
             rejects,
             mixtape: given.mixtape,
             changes: given.changes,
-            output_absolute: std::path::absolute(&output)
-                .with_context(|| format!("resolving {}", output.display()))?,
+            output_absolute: if place::is_object(&output) {
+                output.clone()
+            } else {
+                std::path::absolute(&output)
+                    .with_context(|| format!("resolving {}", output.display()))?
+            },
             output,
             to_stdout,
             applied: given.applied,
@@ -138,23 +157,24 @@ impl PathPlan {
             // file keeps its mode when the export replaces it).
             mixtape::run::private_file::open_or_create(&self.output)?;
         } else if !dry_run {
-            output_file::check_writable("OUTPUT", &self.output)?;
+            place::check_writable("OUTPUT", &self.output)?;
         }
         for (what, path) in self.reports() {
-            output_file::check_writable(what, path)?;
+            place::check_writable(what, path)?;
         }
         if let Some(file) = self.db.file() {
-            output_file::check_writable("work database", file)?;
+            place::check_writable("work database", file)?;
         }
         Ok(())
     }
 
     /// Removes what a killed run left of OUTPUT's and the reports'
-    /// temporary files (only this run, holding the lock, may).
+    /// temporary files, or aborts the uploads it left of those in a bucket
+    /// (only this run, holding the lock, may).
     pub fn remove_stale_temporaries(&self) -> Result<()> {
-        output_file::remove_stale_temporaries(&self.output)?;
+        place::remove_stale_temporaries(&self.output)?;
         for (_, path) in self.reports() {
-            output_file::remove_stale_temporaries(path)?;
+            place::remove_stale_temporaries(path)?;
         }
         Ok(())
     }
@@ -192,6 +212,8 @@ enum Identity {
     Inode { dev: u64, ino: u64 },
     /// A file that does not exist yet, where it would be created.
     New(PathBuf),
+    /// An object: its URL.
+    Object(PathBuf),
 }
 
 /// Refuses a command line whose paths collide, or that uses `-` for anything
@@ -262,7 +284,11 @@ fn check(plan: &PathPlan) -> Result<()> {
     let identities: Vec<Identity> = named.iter().map(|n| identity(&n.path)).collect();
     for (i, a) in named.iter().enumerate() {
         for (j, b) in named.iter().enumerate().skip(i + 1) {
-            if identities[i] != identities[j] || may_share(a.role, b.role) {
+            // An object is never rewritten in place: the run reads its
+            // inputs by range until the end, and pins them.
+            let in_place_object = matches!(identities[i], Identity::Object(_))
+                && (a.role == Role::Output || b.role == Role::Output);
+            if identities[i] != identities[j] || (may_share(a.role, b.role) && !in_place_object) {
                 continue;
             }
             return Err(UsageError(format!(
@@ -288,6 +314,9 @@ fn may_share(a: Role, b: Role) -> bool {
 
 /// Where opening `path` would land (see the module docs).
 fn identity(path: &Path) -> Identity {
+    if place::is_object(path) {
+        return Identity::Object(path.to_path_buf());
+    }
     if let Ok(meta) = std::fs::metadata(path) {
         return Identity::Inode {
             dev: meta.dev(),

@@ -16,10 +16,7 @@ use mixtape::run::exit_codes::Exit;
 use mixtape::stages::input::{Input, Inputs};
 use mixtape::stages::Stage;
 use mixtape::store::{InputKind, Key, RunLock, Store};
-use mixtape::{
-    run::output_file, stages::decompress, stages::export, stages::import, stages::merge,
-    stages::plan,
-};
+use mixtape::{stages::decompress, stages::export, stages::import, stages::merge, stages::plan};
 
 use crate::cli::Config;
 use crate::progress::Ui;
@@ -165,12 +162,19 @@ fn open_or_create(config: &Config, inputs: &Inputs, ui: &Ui) -> Result<(Store, O
         let mut why_fresh = None;
         for input in inputs.both() {
             why_fresh = input.changed_since(&store)?;
+            // A file edited since is read afresh; an object replaced since
+            // is refused, as every read of it during the run would be.
+            if let (Some(why), true) = (&why_fresh, mixtape::place::is_object(&input.path)) {
+                bail!("{why}; the run does not mix two versions of an input: pass --fresh to start over from the new one");
+            }
             if why_fresh.is_some() {
                 break;
             }
         }
         match why_fresh {
             None => return Ok((store, Opened::Resumed)),
+            // A file edited since is read afresh; an object replaced since
+            // is refused, as every read of it during the run would be.
             Some(why) => ui.message(&format!("harness: starting fresh: {why}")),
         }
     }
@@ -196,7 +200,7 @@ fn published_by(store: &Store, config: &Config, inputs: &Inputs) -> Result<bool>
         return Ok(false);
     };
     if path != config.paths.output_absolute
-        || mixtape::run::fingerprint::of_file(&config.paths.output)
+        || mixtape::place::fingerprint(&config.paths.output)
             .ok()
             .as_deref()
             != Some(print.as_str())
@@ -452,7 +456,7 @@ impl Run<'_> {
         )?;
         if let Some(path) = &config.paths.applied {
             let changes = &self.inputs.changes.text;
-            output_file::write_atomically(path, |out| {
+            mixtape::place::write_atomically(path, |out| {
                 mixtape::stages::export::applied::write(&self.store, changes, out)
             })?;
         }

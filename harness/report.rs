@@ -163,7 +163,7 @@ pub fn write(report: &Report, target: &ReportTarget) -> Result<()> {
             write_to(&mut out).context("writing the run report to stdout")?;
             out.flush().context("writing the run report to stdout")
         }
-        ReportTarget::File(path) => mixtape::run::output_file::write_atomically(path, write_to),
+        ReportTarget::File(path) => mixtape::place::write_atomically(path, write_to),
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod changes;
 pub mod ids;
 pub mod json;
+pub mod place;
 pub mod run;
 pub mod stages;
 pub mod store;

@@ -6,13 +6,11 @@
 //!   makes for itself), [`fingerprint`] (recognising an input again).
 //! - Processes: [`interrupt`] (Ctrl-C and SIGTERM), [`exit_codes`], [`protocol`]
 //!   (what a worker tells the harness), [`parallel`] (the harness's thread pool).
-//! - Errors a user sees about their inputs: [`errors`].
 //! - Testing aids: [`fault`] (fault injection, only under the
 //!   `fault-injection` feature).
 //! - [`stage`]: the names of the stages, and their done-markers' keys.
 //! - [`generate`]: shell completions and man pages.
 
-pub mod errors;
 pub mod exit_codes;
 pub mod fault;
 pub mod fingerprint;

@@ -210,8 +210,8 @@ impl Store {
                 for kind in InputKind::ALL {
                     match self.input_text(kind)? {
                         Some((path, print))
-                            if crate::run::fingerprint::of_file(&path).ok().as_deref()
-                                == Some(&print) => {}
+                            if crate::place::fingerprint(&path).ok().as_deref() == Some(&print) => {
+                        }
                         _ => return Ok(false),
                     }
                 }

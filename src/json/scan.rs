@@ -25,9 +25,7 @@
 //! Nesting depth is limited only by memory (one byte per open container), so a
 //! value nested 100,000 deep is scanned, not a stack overflow.
 
-use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
 
 /// How many bytes one read asks for.
 const READ_SIZE: usize = 1 << 20;
@@ -560,9 +558,9 @@ pub fn describe_byte(b: u8) -> String {
     }
 }
 
-/// Line and column (1-based; the column counts bytes) of `offset` in the file.
-pub fn locate(path: &Path, offset: u64) -> io::Result<(u64, u64)> {
-    let mut file = File::open(path)?;
+/// Line and column (1-based; the column counts bytes) of `offset` in the
+/// text `file` reads from its start.
+pub fn locate(mut file: impl Read, offset: u64) -> io::Result<(u64, u64)> {
     let mut buf = vec![0u8; READ_SIZE];
     let mut line = 1u64;
     let mut line_start = 0u64;
@@ -734,7 +732,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.json");
         std::fs::write(&path, b"{\n  \"a\": 1,\n  x\n}").unwrap();
-        assert_eq!(locate(&path, 14).unwrap(), (3, 3));
-        assert_eq!(locate(&path, 0).unwrap(), (1, 1));
+        assert_eq!(locate(File::open(&path).unwrap(), 14).unwrap(), (3, 3));
+        assert_eq!(locate(File::open(&path).unwrap(), 0).unwrap(), (1, 1));
     }
 }

@@ -1,12 +1,11 @@
-//! Reading the JSON values in a byte range of a file that the scanner already
+//! Reading the JSON values in a byte range of an input that the scanner already
 //! validated: a worker's chunk of CHANGES, or the inside of the document's
 //! `users` or `songs` array. Between two values there is only white space and
 //! commas, so the non-validating [`crate::json::value_end`] finds each value's
 //! end, and the range is streamed a few MiB at a time: memory holds the largest
 //! single value, not the range.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -16,17 +15,18 @@ use crate::json;
 /// Bytes read at a time.
 const READ_SIZE: usize = 1 << 20;
 
-/// Calls `each` with every value in bytes `from..end` of the file at `path`, and
-/// the file offset just past it. `what` names the range in the error for a
+/// Calls `each` with every value in bytes `from..end` of the input `path`,
+/// which `source` reads from `from` on, and the offset just past it. `what` names the range in the error for a
 /// range that ends inside a value (the file changed since it was validated).
 pub fn each_value(
+    source: &mut dyn Read,
     path: &Path,
     from: u64,
     end: u64,
     what: &str,
     each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
-    each_value_read(path, from, end, what, None, &mut whole_values(each))
+    each_value_read(source, path, from, end, what, None, &mut whole_values(each))
 }
 
 /// A reader for [`each_value_read`] that takes whole values only, and hands
@@ -45,6 +45,7 @@ fn whole_values<'a>(
 /// [`each_value`], with every value minified (in the same pass that finds
 /// its end).
 pub fn each_minified_value(
+    source: &mut dyn Read,
     path: &Path,
     from: u64,
     end: u64,
@@ -52,6 +53,7 @@ pub fn each_minified_value(
     each: &mut dyn FnMut(&[u8], u64) -> Result<()>,
 ) -> Result<()> {
     each_value_read(
+        source,
         path,
         from,
         end,
@@ -72,19 +74,21 @@ pub type ValueReader<'a> = dyn FnMut(&[u8], bool, u64) -> Result<Option<usize>> 
 /// [`each_value`] gives them. This spares the scan for each value's end where
 /// the reader finds it anyway (a worker's changes).
 pub fn each_value_read_by(
+    source: &mut dyn Read,
     path: &Path,
     from: u64,
     end: u64,
     what: &str,
     each: &mut ValueReader,
 ) -> Result<()> {
-    each_value_read(path, from, end, what, None, each)
+    each_value_read(source, path, from, end, what, None, each)
 }
 
 /// The one loop of this module: [`each_value_read_by`], each whole value
 /// minified into `minified` when that is given (and then never offered
 /// unfinished: its reader would see white space).
 fn each_value_read(
+    source: &mut dyn Read,
     path: &Path,
     from: u64,
     end: u64,
@@ -92,9 +96,7 @@ fn each_value_read(
     mut minified: Option<Vec<u8>>,
     each: &mut ValueReader,
 ) -> Result<()> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    file.seek(SeekFrom::Start(from))?;
-    let mut source = file.take(end.saturating_sub(from));
+    let mut source = source.take(end.saturating_sub(from));
     let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
     let mut buf_offset = from; // file offset of buf[0]
     let mut at_end = false;
@@ -151,7 +153,7 @@ fn each_value_read(
 }
 
 /// Reads until `buf` is full or the source ends.
-fn read_full(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+pub fn read_full(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match source.read(&mut buf[n..]) {
@@ -168,6 +170,13 @@ fn read_full(source: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 mod tests {
     use super::*;
 
+    fn at(path: &Path, offset: u64) -> std::fs::File {
+        use std::io::{Seek, SeekFrom};
+        let mut file = std::fs::File::open(path).unwrap();
+        file.seek(SeekFrom::Start(offset)).unwrap();
+        file
+    }
+
     #[test]
     fn values_between_commas_and_white_space() {
         let dir = tempfile::tempdir().unwrap();
@@ -175,15 +184,22 @@ mod tests {
         let text = "[ {\"a\": \"],\"}, 2 ,\n[3, {}], \"x\" ]";
         std::fs::write(&p, text).unwrap();
         let mut seen = Vec::new();
-        each_value(&p, 1, text.len() as u64 - 1, "array", &mut |v, end| {
-            seen.push((String::from_utf8(v.to_vec()).unwrap(), end));
-            Ok(())
-        })
+        each_value(
+            &mut at(&p, 1),
+            &p,
+            1,
+            text.len() as u64 - 1,
+            "array",
+            &mut |v, end| {
+                seen.push((String::from_utf8(v.to_vec()).unwrap(), end));
+                Ok(())
+            },
+        )
         .unwrap();
         let values: Vec<&str> = seen.iter().map(|(v, _)| v.as_str()).collect();
         assert_eq!(values, ["{\"a\": \"],\"}", "2", "[3, {}]", "\"x\""]);
         assert_eq!(&text[..seen[1].1 as usize], "[ {\"a\": \"],\"}, 2");
-        let cut = each_value(&p, 1, 5, "array", &mut |_, _| Ok(()));
+        let cut = each_value(&mut at(&p, 1), &p, 1, 5, "array", &mut |_, _| Ok(()));
         assert!(cut.unwrap_err().to_string().contains("ends inside a value"));
     }
 }

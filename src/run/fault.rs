@@ -39,6 +39,9 @@
 //! replaces a worker's `host:pid` (to play a worker on another host),
 //! `MIXTAPE_LEASE_SECS` is the lease when `--lease-secs` is not given, and
 //! `MIXTAPE_LOOK_AHEAD=always|never` forces the workers' look-ahead.
+//! `MIXTAPE_S3_TIMEOUT_MS=N` shortens the bounds of every request to a
+//! bucket ([`crate::place::s3::Bounds`]), so that a stalled server fails a
+//! test in seconds.
 //!
 //! ## Compiled only for tests
 //!
@@ -80,6 +83,7 @@ mod hooks {
         pub min_free_bytes: Option<u64>,
         pub worker_name: Option<String>,
         pub lease_secs: Option<f64>,
+        pub s3_timeout_ms: Option<u64>,
     }
 
     fn var(name: &str) -> Result<Option<String>> {
@@ -157,6 +161,7 @@ mod hooks {
             min_free_bytes,
             worker_name: var("MIXTAPE_WORKER_NAME")?,
             lease_secs,
+            s3_timeout_ms: positive("MIXTAPE_S3_TIMEOUT_MS")?,
         })
     }
 
@@ -332,6 +337,16 @@ pub fn min_free_bytes() -> Option<u64> {
 pub fn worker_name() -> Option<String> {
     #[cfg(feature = "fault-injection")]
     return hooks::configured().and_then(|h| h.worker_name.clone());
+    #[cfg(not(feature = "fault-injection"))]
+    None
+}
+
+/// The bound of a request to a bucket, when `MIXTAPE_S3_TIMEOUT_MS` sets it.
+pub fn s3_timeout() -> Option<std::time::Duration> {
+    #[cfg(feature = "fault-injection")]
+    return hooks::configured()
+        .and_then(|h| h.s3_timeout_ms)
+        .map(std::time::Duration::from_millis);
     #[cfg(not(feature = "fault-injection"))]
     None
 }

@@ -390,6 +390,12 @@ fn checked_changes_path(store: &Store) -> Result<PathBuf> {
     let Some((path, expected)) = store.input_text(InputKind::Changes)? else {
         bail!("work database has no CHANGES: was it made by an unfinished run?");
     };
+    if crate::place::is_object(&path) {
+        // Not asked of the bucket here: every read is conditional on the
+        // pin, and an object replaced since is refused there.
+        crate::place::pin(&path, &expected)?;
+        return Ok(path);
+    }
     let actual = fingerprint::of_file(&path)
         .with_context(|| format!("reading CHANGES {}", path.display()))?;
     if actual != expected {
@@ -502,27 +508,36 @@ impl ShortToken {
 impl Worker<'_> {
     fn run(&mut self, path: &Path, from: u64, end: u64) -> Result<()> {
         let what = format!("CHANGES chunk {}", self.chunk);
-        crate::json::values::each_value_read_by(path, from, end, &what, &mut |text, whole, at| {
-            let Some(len) = self.change(text, whole)? else {
-                return Ok(None);
-            };
-            // `at`: where the text starts, or (whole) where it ends.
-            let after = if whole { at } else { at + len as u64 };
-            crate::run::fault::point("worker-change");
-            if self.lease_lost.load(Ordering::Relaxed) {
-                // keep_lease learnt that the chunk is another worker's now.
-                return Err(LeaseLost { chunk: self.chunk }.into());
-            }
-            if crate::run::interrupt::requested() {
-                // Commit what is done, so the next run continues from here.
-                self.flush(after, false)?;
-                return Err(crate::run::interrupt::Interrupted.into());
-            }
-            if self.in_batch >= self.batch_size {
-                self.flush(after, false)?;
-            }
-            Ok(Some(len))
-        })?;
+        let mut source = crate::place::open_range(path, from, end)
+            .with_context(|| format!("reading CHANGES {}", path.display()))?;
+        crate::json::values::each_value_read_by(
+            &mut source,
+            path,
+            from,
+            end,
+            &what,
+            &mut |text, whole, at| {
+                let Some(len) = self.change(text, whole)? else {
+                    return Ok(None);
+                };
+                // `at`: where the text starts, or (whole) where it ends.
+                let after = if whole { at } else { at + len as u64 };
+                crate::run::fault::point("worker-change");
+                if self.lease_lost.load(Ordering::Relaxed) {
+                    // keep_lease learnt that the chunk is another worker's now.
+                    return Err(LeaseLost { chunk: self.chunk }.into());
+                }
+                if crate::run::interrupt::requested() {
+                    // Commit what is done, so the next run continues from here.
+                    self.flush(after, false)?;
+                    return Err(crate::run::interrupt::Interrupted.into());
+                }
+                if self.in_batch >= self.batch_size {
+                    self.flush(after, false)?;
+                }
+                Ok(Some(len))
+            },
+        )?;
         self.flush(end, true)
     }
 

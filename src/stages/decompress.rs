@@ -18,7 +18,7 @@
 //! decode, is an error naming the input, the format and how far it got.
 
 use std::cell::Cell;
-use std::fs::File;
+
 use std::io::{self, Read, Write};
 use std::path::Path;
 
@@ -91,8 +91,7 @@ pub fn stage(
     let mut figures = Vec::new();
     for (input, result) in to_do.iter().zip(results) {
         figures.push(result?);
-        let print = crate::run::fingerprint::of_file(&input.text)
-            .with_context(|| format!("reading {}", input.text.display()))?;
+        let print = crate::place::fingerprint(&input.text)?;
         store.record_input_text(input.kind, &input.text, &print)?;
     }
     Ok(figures)
@@ -111,9 +110,9 @@ pub fn decompress(
     (kept, partial): (&Path, &Path),
     progress: &mut ProgressFn,
 ) -> Result<Decompressed> {
-    let file =
-        File::open(source).with_context(|| format!("opening {label} {}", source.display()))?;
-    let size = file.metadata()?.len();
+    let size = crate::place::size(source)?;
+    let file = crate::place::open_at(source, 0)
+        .with_context(|| format!("opening {label} {}", source.display()))?;
     let read_so_far = Cell::new(0u64);
     let counted = Counting {
         inner: file,
@@ -127,46 +126,71 @@ pub fn decompress(
         ),
     };
     let mut report = |written| progress(read_so_far.get(), written);
-    let copied = copy(&mut decoder, partial, label, &mut report, |written| {
-        Failure {
-            label,
-            source,
-            format,
-            size,
-            read: read_so_far.get(),
-            written,
-        }
-    });
-    let written = match copied {
-        Ok(written) => written,
-        Err(e) => {
-            // A partial text is of no use to anyone: a new run starts over.
-            let _ = std::fs::remove_file(partial);
-            return Err(e);
-        }
+    let failure = |written| Failure {
+        label,
+        source,
+        format,
+        size,
+        read: read_so_far.get(),
+        written,
     };
-    std::fs::rename(partial, kept)
-        .with_context(|| format!("renaming {} to {}", partial.display(), kept.display()))?;
-    crate::run::paths::sync_directory_of(kept)?;
+    let written = if crate::place::is_object(kept) {
+        // Kept in the bucket for the workers of every host: an upload,
+        // whole once complete, as a renamed file is.
+        let mut written = 0;
+        crate::place::write_atomically(kept, |out| {
+            written = copy(&mut decoder, out, None, label, &mut report, failure)?;
+            Ok(())
+        })?;
+        written
+    } else {
+        let mut out = crate::run::private_file::create_new(partial)?;
+        let room = Room::of(partial)?;
+        let copied = copy(
+            &mut decoder,
+            &mut out,
+            Some((&room, partial)),
+            label,
+            &mut report,
+            failure,
+        )
+        .and_then(|written| {
+            out.sync_all()
+                .with_context(|| format!("writing {}", partial.display()))?;
+            Ok(written)
+        });
+        let written = match copied {
+            Ok(written) => written,
+            Err(e) => {
+                // A partial text is of no use to anyone: a new run starts over.
+                let _ = std::fs::remove_file(partial);
+                return Err(e);
+            }
+        };
+        std::fs::rename(partial, kept)
+            .with_context(|| format!("renaming {} to {}", partial.display(), kept.display()))?;
+        crate::run::paths::sync_directory_of(kept)?;
+        written
+    };
     Ok(Decompressed {
         compressed_bytes: size,
         decompressed_bytes: written,
     })
 }
 
-/// Copies what `decoder` gives into a new file at `partial`, synced; returns
-/// the bytes written. `failure` describes a decoding error after `written` bytes.
+/// Copies what `decoder` gives to `out`, keeping `room` free on the file
+/// system of the file it names; returns the bytes written. `failure`
+/// describes a decoding error after `written` bytes.
 fn copy<'a>(
     decoder: &mut dyn Read,
-    partial: &Path,
+    out: &mut dyn Write,
+    room: Option<(&Room, &Path)>,
     label: &str,
     progress: &mut dyn FnMut(u64),
     failure: impl Fn(u64) -> Failure<'a>,
 ) -> Result<u64> {
-    let mut out = crate::run::private_file::create_new(partial)?;
     let mut buffer = vec![0u8; BUFFER];
     let mut written = 0u64;
-    let room = Room::of(partial)?;
     loop {
         let n = match decoder.read(&mut buffer) {
             Ok(0) => break,
@@ -174,17 +198,16 @@ fn copy<'a>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(failure(written).explain(e)),
         };
-        room.check(n as u64, written, label, partial)?;
-        out.write_all(&buffer[..n]).with_context(|| {
-            format!("writing the decompressed {label} to {}", partial.display())
-        })?;
+        if let Some((room, file)) = room {
+            room.check(n as u64, written, label, file)?;
+        }
+        out.write_all(&buffer[..n])
+            .with_context(|| format!("writing the decompressed {label}"))?;
         written += n as u64;
         crate::run::fault::point("decompress-block");
         progress(written);
         crate::run::interrupt::check()?;
     }
-    out.sync_all()
-        .with_context(|| format!("writing {}", partial.display()))?;
     Ok(written)
 }
 

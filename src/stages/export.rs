@@ -55,7 +55,7 @@ use std::sync::{Condvar, Mutex};
 use anyhow::{Context, Result};
 
 use crate::json::values;
-use crate::run::output_file::{write_atomically, write_atomically_then, Temporary};
+use crate::place::{self, write_atomically, write_whole, Sink};
 use crate::store::{ArrayRange, Each, IdKind, Key, Location, Store};
 
 /// What the export writes, and with how many threads.
@@ -346,11 +346,10 @@ fn assemble(
     // Just before the rename, the store learns what is being published: a
     // crash after the rename leaves a store that says its run is finished.
     let record = |temp: &Path| {
-        let print = crate::run::fingerprint::of_file(temp)
-            .with_context(|| format!("reading {}", temp.display()))?;
+        let print = place::fingerprint(temp)?;
         store.record_publishing(job.output_absolute, &print)
     };
-    write_atomically_then(
+    write_whole(
         output,
         |out| {
             out.write_all(b"{\n")?;
@@ -411,9 +410,16 @@ fn render_task(job: &Export, task: Task, each: &mut Each) -> Result<()> {
     match task {
         Task::Rejects => unreachable!("the rejects report is not a piece of OUTPUT"),
         Task::Copy { from, to } => {
-            values::each_minified_value(job.mixtape, from, to, "an array", &mut |minified, _| {
-                each(minified)
-            })
+            let mut text = place::open_range(job.mixtape, from, to)
+                .with_context(|| format!("reading {}", job.mixtape.display()))?;
+            values::each_minified_value(
+                &mut text,
+                job.mixtape,
+                from,
+                to,
+                "an array",
+                &mut |minified, _| each(minified),
+            )
         }
         Task::DocumentPlaylists { from, to } => {
             open_for_export(job.db)?.each_final_document_playlist(from..to, each)
@@ -477,7 +483,7 @@ fn render_elements(
 
 /// Appends a rendered piece to `out`; the first element of an array (no
 /// element `any_before`) loses its leading comma. Returns whether the piece held any element.
-fn append_piece(out: &mut Temporary, mut piece: File, any_before: bool) -> Result<bool> {
+fn append_piece(out: &mut Sink, mut piece: File, any_before: bool) -> Result<bool> {
     if piece.metadata()?.len() == 0 {
         return Ok(false);
     }
@@ -486,7 +492,7 @@ fn append_piece(out: &mut Temporary, mut piece: File, any_before: bool) -> Resul
         let mut comma = [0u8; 1];
         piece.read_exact(&mut comma)?;
     }
-    std::io::copy(&mut piece, out)?;
+    out.append_file(&mut piece)?;
     Ok(true)
 }
 

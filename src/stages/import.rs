@@ -23,7 +23,6 @@
 //! resumed half-way: a rerun clears the tables and starts over. It is one
 //! sequential read, so redoing it is cheap next to keeping track of it.
 
-use std::fs::File;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -32,7 +31,7 @@ use crate::ids::index as id_index;
 use crate::ids::sort::IdSorter;
 use crate::json;
 use crate::json::scan::{ScanError, Scanner};
-use crate::run::errors;
+use crate::place::{self, errors, Reader};
 use crate::store::{ArrayRange, ArrayRanges, DocumentFacts, DocumentWriter, IdKind, Store};
 
 /// How much of the users or songs array the export copies as one piece (the
@@ -55,7 +54,8 @@ pub fn import(
     threads: usize,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ImportFigures> {
-    let file = File::open(path).with_context(|| format!("opening MIXTAPE {}", path.display()))?;
+    let file =
+        place::open_at(path, 0).with_context(|| format!("opening MIXTAPE {}", path.display()))?;
     let mut processor = Processor {
         writer: store.document_writer()?,
         path,
@@ -127,7 +127,7 @@ pub fn import(
 /// one, where `processor` takes them in document order. The first error in
 /// document order wins, as in one thread: the scanner's error comes after
 /// every element it sent.
-fn pipelined(file: File, path: &Path, processor: &mut Processor) -> Result<ArrayRanges> {
+fn pipelined(file: Reader, path: &Path, processor: &mut Processor) -> Result<ArrayRanges> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_IN_FLIGHT);
     std::thread::scope(|scope| {
         let scanner = scope.spawn(move || {
@@ -382,7 +382,7 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
             top_level_keys: Vec::new(),
         }
     }
-    fn document(&mut self, s: &mut Scanner<File>) -> Result<(), Failure> {
+    fn document(&mut self, s: &mut Scanner<Reader>) -> Result<(), Failure> {
         s.skip_bom()?;
         match s.peek()? {
             Some(b'{') => s.expect(b'{', "'{'")?,
@@ -448,7 +448,7 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
         self.sink.progress(s.offset())
     }
 
-    fn array(&mut self, s: &mut Scanner<File>, array: IdKind) -> Result<(), Failure> {
+    fn array(&mut self, s: &mut Scanner<Reader>, array: IdKind) -> Result<(), Failure> {
         if s.peek()? != Some(b'[') {
             let at = s.offset();
             return Err(located(
@@ -500,7 +500,7 @@ impl<'a, S: Sink + ?Sized> DocumentScan<'a, S> {
         }
     }
 
-    fn extra(&mut self, s: &mut Scanner<File>, key_raw: &[u8]) -> Result<(), Failure> {
+    fn extra(&mut self, s: &mut Scanner<Reader>, key_raw: &[u8]) -> Result<(), Failure> {
         s.peek()?;
         s.begin_capture();
         s.value()?;
@@ -645,7 +645,10 @@ impl Processor<'_> {
             self.max_playlist_id = self.max_playlist_id.max(v);
         }
         self.playlists.push(&id, "", position, offset)?;
-        self.writer.playlist(position, raw_text, Some(in_mixtape))?;
+        // A playlist is kept as a place in MIXTAPE only when MIXTAPE is a
+        // file: read back one at a time, an object would cost a request each.
+        let place_in_mixtape = (!place::is_object(self.path)).then_some(in_mixtape);
+        self.writer.playlist(position, raw_text, place_in_mixtape)?;
         self.figures.playlists += 1;
         Ok(())
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::place;
 use crate::run::fingerprint;
 use crate::store::{InputKind, Store, WorkFiles};
 
@@ -50,6 +51,9 @@ impl Input {
     /// Looks at the input at `path` for a run whose work store has `files`.
     pub fn open(kind: InputKind, path: &Path, files: &WorkFiles) -> Result<Input> {
         let cannot_read = || format!("cannot read {} {}", kind.label(), path.display());
+        if place::is_object(path) {
+            return Input::open_object(kind, path, files).with_context(cannot_read);
+        }
         // Before any open: a FIFO would block the open, a device would never end.
         let meta = std::fs::metadata(path).with_context(cannot_read)?;
         if !meta.is_file() {
@@ -79,6 +83,25 @@ impl Input {
             compression,
             text,
             partial_text,
+        })
+    }
+
+    /// An input in a bucket: pinned now (its size, ETag and version id are
+    /// its fingerprint), never canonicalised (its URL is its name).
+    fn open_object(kind: InputKind, path: &Path, files: &WorkFiles) -> Result<Input> {
+        let fingerprint = place::fingerprint(path)?;
+        let compression = Compression::of_magic(&place::s3::read::head_bytes(path, 4)?);
+        Ok(Input {
+            kind,
+            path: path.to_path_buf(),
+            size: place::size(path)?,
+            fingerprint,
+            compression,
+            text: match compression {
+                Some(_) => files.kept_text(kind).to_path_buf(),
+                None => path.to_path_buf(),
+            },
+            partial_text: compression.map(|_| files.partial_text(kind).to_path_buf()),
         })
     }
 
@@ -131,6 +154,11 @@ impl Input {
             Some(format!(
                 "{label} is another file than the work database was made from"
             ))
+        } else if print.as_deref() != Some(&self.fingerprint) && place::is_object(&self.path) {
+            Some(format!(
+                "{label} {} was replaced since the work database was made",
+                self.path.display()
+            ))
         } else if print.as_deref() != Some(&self.fingerprint) {
             Some(format!("{label} changed since the work database was made"))
         } else {
@@ -155,9 +183,7 @@ impl Input {
 
     /// The size of the text the stages read.
     pub fn text_size(&self) -> Result<u64> {
-        Ok(std::fs::metadata(&self.text)
-            .with_context(|| format!("reading {}", self.text.display()))?
-            .len())
+        place::size(&self.text)
     }
 
     /// Whether the text the stages read is there and whole: always for a plain
@@ -169,7 +195,7 @@ impl Input {
         }
         Ok(match store.input_text(self.kind)? {
             Some((path, print)) if path == self.text => {
-                fingerprint::of_file(&path).ok().as_deref() == Some(&print)
+                place::fingerprint(&path).ok().as_deref() == Some(&print)
             }
             _ => false,
         })

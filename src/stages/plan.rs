@@ -20,13 +20,13 @@
 //!
 //! Memory: constant (the scanner's buffer and the list of chunks).
 
-use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::json::scan::{ScanResult, Scanner};
-use crate::run::errors;
+use crate::place::errors;
+use crate::place::{self, Reader};
 
 pub use crate::changes::chunk::{Chunk, Form, Plan};
 
@@ -114,11 +114,12 @@ fn plan_with(
     min_segment: u64,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Plan> {
-    let file = File::open(path).with_context(|| format!("opening CHANGES {}", path.display()))?;
-    let size = file.metadata()?.len();
+    let file =
+        place::open_at(path, 0).with_context(|| format!("opening CHANGES {}", path.display()))?;
+    let size = place::size(path)?;
     if threads >= 2 {
         // Its own handle: a clone would share (and move) the file position.
-        let head = body_of(Scanner::new(File::open(path)?, 0))
+        let head = body_of(Scanner::new(place::open_range(path, 0, size)?, 0))
             .map_err(|e| errors::scan_error("CHANGES", path, e))?;
         if let Some((form, body_start)) = head {
             let threads = threads.min(((size - body_start) / min_segment.max(1)) as usize);
@@ -173,7 +174,7 @@ enum Head {
     Lines,
 }
 
-fn head(s: &mut Scanner<File>) -> ScanResult<Head> {
+fn head(s: &mut Scanner<Reader>) -> ScanResult<Head> {
     s.skip_bom()?;
     match s.peek()? {
         Some(b'[') => {
@@ -207,7 +208,7 @@ fn head(s: &mut Scanner<File>) -> ScanResult<Head> {
 /// changes sit at the top level (a bare array: after its `[`; JSON Lines: at
 /// the first value); `None` for the object form, or a beginning that does
 /// not even scan (the one-thread plan reports it).
-fn body_of(mut s: Scanner<File>) -> ScanResult<Option<(Form, u64)>> {
+fn body_of(mut s: Scanner<Reader>) -> ScanResult<Option<(Form, u64)>> {
     Ok(match head(&mut s) {
         Ok(Head::Array) => Some((Form::Array, s.offset())),
         Ok(Head::FirstLineRead { first }) => Some((Form::Lines, first)),
@@ -217,7 +218,7 @@ fn body_of(mut s: Scanner<File>) -> ScanResult<Option<(Form, u64)>> {
 }
 
 fn scan(
-    s: &mut Scanner<File>,
+    s: &mut Scanner<Reader>,
     cutter: &mut Cutter,
     progress: &mut dyn FnMut(u64),
 ) -> ScanResult<Form> {
@@ -253,7 +254,7 @@ fn scan(
 /// array, then the members after it (none of them `changes` again), up to and
 /// including the closing `}`.
 fn object_form(
-    s: &mut Scanner<File>,
+    s: &mut Scanner<Reader>,
     cutter: &mut Cutter,
     progress: &mut dyn FnMut(u64),
 ) -> ScanResult<()> {
@@ -276,7 +277,7 @@ fn object_form(
 
 /// The elements of a changes array, after its `[`, up to and including its `]`.
 fn changes_array(
-    s: &mut Scanner<File>,
+    s: &mut Scanner<Reader>,
     cutter: &mut Cutter,
     progress: &mut dyn FnMut(u64),
 ) -> ScanResult<()> {
@@ -294,7 +295,7 @@ fn changes_array(
 
 /// JSON Lines: values until the end of input.
 fn lines(
-    s: &mut Scanner<File>,
+    s: &mut Scanner<Reader>,
     cutter: &mut Cutter,
     progress: &mut dyn FnMut(u64),
 ) -> ScanResult<()> {
@@ -305,7 +306,7 @@ fn lines(
 }
 
 fn one_change(
-    s: &mut Scanner<File>,
+    s: &mut Scanner<Reader>,
     cutter: &mut Cutter,
     progress: &mut dyn FnMut(u64),
 ) -> ScanResult<()> {
@@ -327,7 +328,7 @@ fn one_change(
 /// one shape, which is valid JSON when it matches
 /// ([`crate::changes::change::common_shape_len`]): it is passed over, not scanned byte
 /// by byte (BENCHMARKS.md, "What was tried": the common change shape).
-fn scan_change(s: &mut Scanner<File>) -> ScanResult<()> {
+fn scan_change(s: &mut Scanner<Reader>) -> ScanResult<()> {
     if !s.skip_known(crate::changes::change::common_shape_len) {
         s.value()?;
     }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::types::{IdKind, InputKind};
 use crate::run::paths::with_suffix;
@@ -37,10 +37,22 @@ pub struct WorkFiles {
 }
 
 impl WorkFiles {
-    /// The files of the store at `base`.
+    /// The files of the store at `base`. A server store's `base` may be an
+    /// object (OUTPUT in a bucket, with `.work` appended): then the kept
+    /// decompressed inputs, which the workers of every host read, are
+    /// objects beside it, and this host's own files (id indexes, copies of
+    /// standard input) go in the current directory under its name.
     pub fn of(base: &Path) -> WorkFiles {
+        let shared = base;
+        let own;
+        let base = if crate::place::is_object(base) {
+            own = PathBuf::from(base.file_name().unwrap_or(base.as_os_str()));
+            own.as_path()
+        } else {
+            base
+        };
         let creating = with_suffix(base, ".creating");
-        let kept = InputKind::ALL.map(|kind| with_suffix(base, kind.kept_text_suffix()));
+        let kept = InputKind::ALL.map(|kind| with_suffix(shared, kind.kept_text_suffix()));
         WorkFiles {
             base: base.to_path_buf(),
             wal: with_suffix(base, "-wal"),
@@ -130,12 +142,7 @@ impl WorkFiles {
 /// Removes files, those already gone included.
 pub(super) fn remove_paths<P: AsRef<Path>>(files: impl IntoIterator<Item = P>) -> Result<()> {
     for file in files {
-        let file = file.as_ref();
-        match std::fs::remove_file(file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", file.display())),
-        }
+        crate::place::remove(file.as_ref())?;
     }
     Ok(())
 }

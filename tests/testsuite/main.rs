@@ -27,5 +27,6 @@ mod postgres;
 mod progress;
 mod report;
 mod rival;
+mod s3;
 mod stdio;
 mod store_contract;

@@ -42,21 +42,30 @@ pub fn write(store: &Store, changes: &Path, out: &mut dyn Write) -> Result<()> {
     let mut line = Vec::new();
     for chunk in &chunks {
         let what = format!("CHANGES chunk {}", chunk.chunk);
-        crate::json::values::each_value(changes, chunk.start, chunk.end, &what, &mut |raw, _| {
-            let parsed = change::read(raw, &mut scratch);
-            if parsed.counts_as_auto {
-                automatic += 1;
-            }
-            let was_rejected = next_rejected.next_if_eq(&index).is_some();
-            if let (false, Ok(applied)) = (was_rejected, &parsed.change) {
-                let given = (max_id + automatic).to_string();
-                line.clear();
-                applied_line(index, applied, &given, &mut line);
-                out.write_all(&line)?;
-            }
-            index += 1;
-            Ok(())
-        })?;
+        let mut text = crate::place::open_range(changes, chunk.start, chunk.end)
+            .with_context(|| format!("reading {}", changes.display()))?;
+        crate::json::values::each_value(
+            &mut text,
+            changes,
+            chunk.start,
+            chunk.end,
+            &what,
+            &mut |raw, _| {
+                let parsed = change::read(raw, &mut scratch);
+                if parsed.counts_as_auto {
+                    automatic += 1;
+                }
+                let was_rejected = next_rejected.next_if_eq(&index).is_some();
+                if let (false, Ok(applied)) = (was_rejected, &parsed.change) {
+                    let given = (max_id + automatic).to_string();
+                    line.clear();
+                    applied_line(index, applied, &given, &mut line);
+                    out.write_all(&line)?;
+                }
+                index += 1;
+                Ok(())
+            },
+        )?;
     }
     out.flush().context("writing the applied report")
 }

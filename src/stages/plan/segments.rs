@@ -17,13 +17,12 @@
 //! state), errors included; one that did not is scanned again from the right
 //! place. The result, errors and all, is the one-thread scan's.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Chunk, Form, Plan};
 use crate::json::scan::{ScanError, ScanResult, Scanner};
+use crate::place::{self, Reader};
 
 /// Where and how the body of CHANGES is split.
 pub(super) struct Split<'a> {
@@ -85,7 +84,6 @@ impl Split<'_> {
     /// Segment starts: the body's start, then just after the first newline
     /// at or after each equal share of the body (fewer when shares have none).
     fn segment_starts(&self, threads: usize) -> ScanResult<Vec<u64>> {
-        let mut file = File::open(self.path)?;
         let body = self.size - self.body_start;
         let mut starts = vec![self.body_start];
         let mut window = vec![0u8; 64 << 10];
@@ -94,10 +92,12 @@ impl Split<'_> {
             if at <= *starts.last().expect("one start") {
                 continue;
             }
-            file.seek(SeekFrom::Start(at))?;
-            // The newline may be far (one huge change): look until the end.
+            // The newline may be far (one huge change): look until the end,
+            // a window at a time (one ranged read each, for an object).
             let newline = loop {
-                let n = file.read(&mut window)?;
+                let window_end = at + window.len() as u64;
+                let mut reader = place::open_range(self.path, at, window_end)?;
+                let n = crate::json::values::read_full(&mut reader, &mut window)?;
                 if n == 0 {
                     break None;
                 }
@@ -131,9 +131,7 @@ impl Split<'_> {
     }
 
     fn scan_into(&self, seg: &mut Segment, bound: u64, done: &AtomicU64) -> ScanResult<()> {
-        let mut file = File::open(self.path)?;
-        file.seek(SeekFrom::Start(seg.start))?;
-        let mut s = Scanner::new(file, seg.start);
+        let mut s = Scanner::new(place::open_at(self.path, seg.start)?, seg.start);
         let mut reported = seg.start;
         let mut next_target = 0;
         loop {
@@ -185,7 +183,7 @@ impl Split<'_> {
     }
 
     /// After the array's `]`: nothing but white space may follow.
-    fn finish_array(&self, s: &mut Scanner<File>, seg: &mut Segment) -> ScanResult<()> {
+    fn finish_array(&self, s: &mut Scanner<Reader>, seg: &mut Segment) -> ScanResult<()> {
         seg.finished = true;
         if s.peek()?.is_some() {
             return Err(s.unexpected(

@@ -8,6 +8,7 @@ pub mod gen;
 pub mod netns;
 pub mod pg;
 pub mod reference;
+pub mod s3_server;
 
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};

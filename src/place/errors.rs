@@ -11,7 +11,7 @@ use crate::json::scan::{self, ScanError};
 /// The message for a problem at `offset` in an input file: `MIXTAPE path: line L,
 /// column C (byte B): message`.
 pub fn at_offset(label: &str, path: &Path, offset: u64, message: &str) -> anyhow::Error {
-    match scan::locate(path, offset) {
+    match super::open_at(path, 0).and_then(|text| scan::locate(text, offset)) {
         Ok((line, column)) => anyhow::anyhow!(
             "{label} {}: line {line}, column {column} (byte {offset}): {message}",
             path.display()

@@ -1,0 +1,388 @@
+//! An S3 server for the tests, on an address they choose (127.0.0.1, or a
+//! test host's veth address): s3s-fs (an S3 server over a directory, made for
+//! integration tests) behind a thin layer that adds what the tests need of a
+//! real S3 and s3s-fs lacks or makes slow:
+//!
+//! - ETags on HEAD and GET, taken from the file's size, modification time and
+//!   inode (s3s-fs hashes the whole file on every GET and sends no ETag on
+//!   HEAD; S3's ETags are opaque, so any value that changes with the content
+//!   will do);
+//! - `If-Match` on GET: 412 when the object is not that version any more;
+//! - faults on demand ([`Faults`]): 5xx answers, and bodies cut (a reset) or
+//!   stalled after some bytes, for the GETs of keys that contain a given text.
+//!
+//! The rest (PUT, multipart uploads, listings, deletes) is s3s-fs's own.
+//! `examples/s3_server.rs` serves the same layer for the benchmark.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use s3s::dto::*;
+use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
+use s3s_fs::FileSystem;
+
+/// The credentials the server accepts.
+pub const ACCESS_KEY: &str = "mixtape-test";
+pub const SECRET_KEY: &str = "test-secret-7Hq2pX9vLm4R";
+
+/// Faults the next GETs of matching keys meet (each counter is used up one
+/// GET at a time).
+#[derive(Default)]
+pub struct Faults {
+    /// GETs of keys containing this text are the ones faulted.
+    pub key_contains: Mutex<String>,
+    /// Answered 500 InternalError.
+    pub fail: AtomicU32,
+    /// Their body is cut (the connection reset) after `after_bytes`.
+    pub cut: AtomicU32,
+    /// Their body stops sending after `after_bytes` (for an hour).
+    pub stall: AtomicU32,
+    pub after_bytes: AtomicU64,
+    /// Ranged GETs served, of any key.
+    pub gets: AtomicU64,
+}
+
+impl Faults {
+    pub fn on_keys_containing(&self, text: &str) {
+        *self.key_contains.lock().unwrap() = text.to_string();
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+struct Layer {
+    fs: FileSystem,
+    root: PathBuf,
+    faults: Arc<Faults>,
+}
+
+impl Layer {
+    fn object_path(&self, bucket: &str, key: &str) -> S3Result<PathBuf> {
+        if bucket.contains("..") || key.split('/').any(|part| part == "..") {
+            return Err(s3_error!(InvalidArgument));
+        }
+        Ok(self.root.join(bucket).join(key))
+    }
+
+    /// The object's size and ETag (see the module docs).
+    async fn version(&self, path: &Path) -> S3Result<(u64, String, Timestamp)> {
+        let meta = match tokio::fs::metadata(path).await {
+            Ok(meta) if meta.is_file() => meta,
+            _ => return Err(s3_error!(NoSuchKey)),
+        };
+        let modified = meta.modified().map_err(|_| s3_error!(InternalError))?;
+        let nanos = modified
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let etag = format!("{:x}-{nanos:x}-{:x}", meta.len(), meta.ino());
+        Ok((meta.len(), etag, Timestamp::from(modified)))
+    }
+}
+
+fn matches(condition: &ETagCondition, etag: &str) -> bool {
+    match condition {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(ETag::Strong(value) | ETag::Weak(value)) => value == etag,
+    }
+}
+
+/// The body of a GET: `len` bytes of `file`, cut or stalled after `fault_after`.
+fn body(
+    file: tokio::fs::File,
+    len: u64,
+    fault: Option<(bool, u64)>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static {
+    use tokio::io::AsyncReadExt;
+    futures_util::stream::unfold((file, 0u64), move |(mut file, sent)| async move {
+        if sent >= len {
+            return None;
+        }
+        if let Some((cut, after)) = fault {
+            if sent >= after {
+                if cut {
+                    let reset =
+                        std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut by the test");
+                    return Some((Err(reset), (file, len)));
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }
+        let mut want = (len - sent).min(256 << 10) as usize;
+        if let Some((_, after)) = fault {
+            if after > sent {
+                want = want.min((after - sent) as usize);
+            }
+        }
+        let mut buf = vec![0u8; want];
+        match file.read_exact(&mut buf).await {
+            Ok(_) => Some((Ok(Bytes::from(buf)), (file, sent + want as u64))),
+            Err(e) => Some((Err(e), (file, len))),
+        }
+    })
+}
+
+#[async_trait::async_trait]
+impl S3 for Layer {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let path = self.object_path(&input.bucket, &input.key)?;
+        let (size, etag, modified) = self.version(&path).await?;
+        if let Some(condition) = &input.if_match {
+            if !matches(condition, &etag) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        let range = match &input.range {
+            Some(range) => range.check(size).map_err(|_| s3_error!(InvalidRange))?,
+            None => 0..size,
+        };
+        self.faults.gets.fetch_add(1, Ordering::SeqCst);
+        let faulted = {
+            let wanted = self.faults.key_contains.lock().unwrap();
+            !wanted.is_empty() && input.key.contains(wanted.as_str())
+        };
+        let after = self.faults.after_bytes.load(Ordering::SeqCst);
+        let fault = if !faulted {
+            None
+        } else if Faults::take(&self.faults.fail) {
+            return Err(s3_error!(InternalError, "failed by the test"));
+        } else if Faults::take(&self.faults.cut) {
+            Some((true, after))
+        } else if Faults::take(&self.faults.stall) {
+            Some((false, after))
+        } else {
+            None
+        };
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| s3_error!(NoSuchKey))?;
+        use tokio::io::AsyncSeekExt;
+        file.seek(std::io::SeekFrom::Start(range.start))
+            .await
+            .map_err(|_| s3_error!(InternalError))?;
+        let len = range.end - range.start;
+        let output = GetObjectOutput {
+            body: Some(StreamingBlob::wrap(body(file, len, fault))),
+            content_length: Some(len as i64),
+            content_range: input.range.is_some().then(|| {
+                format!(
+                    "bytes {}-{}/{size}",
+                    range.start,
+                    range.end.saturating_sub(1).max(range.start)
+                )
+            }),
+            e_tag: Some(ETag::Strong(etag)),
+            last_modified: Some(modified),
+            ..Default::default()
+        };
+        Ok(S3Response::new(output))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let path = self.object_path(&req.input.bucket, &req.input.key)?;
+        let (size, etag, modified) = self.version(&path).await?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(size as i64),
+            e_tag: Some(ETag::Strong(etag)),
+            last_modified: Some(modified),
+            ..Default::default()
+        }))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.fs.put_object(req).await
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.fs.delete_object(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.fs.delete_objects(req).await
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.fs.create_bucket(req).await
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.fs.head_bucket(req).await
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.fs.get_bucket_location(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.fs.list_objects_v2(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.fs.create_multipart_upload(req).await
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        self.fs.upload_part(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.fs.complete_multipart_upload(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.fs.abort_multipart_upload(req).await
+    }
+}
+
+/// A running server; stopped when dropped.
+pub struct S3Server {
+    /// `http://ADDRESS:PORT`.
+    pub endpoint: String,
+    /// The directory it serves: `root/BUCKET/KEY`.
+    pub root: PathBuf,
+    pub faults: Arc<Faults>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl S3Server {
+    /// Serves `root` on `address` (port 0: any free one).
+    pub fn start(root: &Path, address: SocketAddr) -> S3Server {
+        let faults = Arc::new(Faults::default());
+        let layer = Layer {
+            fs: FileSystem::new(root).expect("s3s-fs opens its directory"),
+            root: root.to_path_buf(),
+            faults: faults.clone(),
+        };
+        let service = {
+            let mut builder = s3s::service::S3ServiceBuilder::new(layer);
+            builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            builder.build()
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(address))
+            .unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        runtime.spawn(async move {
+            use hyper_util::rt::{TokioExecutor, TokioIo};
+            use hyper_util::server::conn::auto::Builder;
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let connection = Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(connection);
+            }
+        });
+        S3Server {
+            endpoint,
+            root: root.to_path_buf(),
+            faults,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Makes `bucket` (a directory of the root).
+    pub fn bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.root.join(bucket)).unwrap();
+    }
+
+    /// Puts `bytes` at `bucket/key` (a file of the root), returning its URL.
+    pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) -> String {
+        let path = self.root.join(bucket).join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        format!("s3://{bucket}/{key}")
+    }
+
+    /// The bytes at `bucket/key`, if there is an object.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.root.join(bucket).join(key)).ok()
+    }
+
+    /// The environment a client needs for this server, as every AWS tool reads it.
+    pub fn env(&self) -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_string()),
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".to_string()),
+        ])
+    }
+
+    /// Multipart uploads begun and neither completed nor aborted (s3s-fs
+    /// keeps one `.upload-ID.json` in its root for each).
+    pub fn unfinished_uploads(&self) -> Vec<String> {
+        std::fs::read_dir(&self.root)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".upload-") || name.starts_with(".upload_id-"))
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
