@@ -8,6 +8,8 @@
 //!   HEAD; S3's ETags are opaque, so any value that changes with the content
 //!   will do);
 //! - `If-Match` on GET: 412 when the object is not that version any more;
+//! - DeleteObjects answered as S3 does for keys that are not there;
+//! - DeleteObjects answered as S3 does for keys that are not there;
 //! - faults on demand ([`Faults`]): 5xx answers, and bodies cut (a reset) or
 //!   stalled after some bytes, for the GETs of keys that contain a given text.
 //!
@@ -220,11 +222,27 @@ impl S3 for Layer {
         self.fs.delete_object(req).await
     }
 
-    async fn delete_objects(
-        &self,
-        req: S3Request<DeleteObjectsInput>,
-    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
-        self.fs.delete_objects(req).await
+    /// As S3 answers it: every key is reported deleted, those that were
+    /// not there too (s3s-fs leaves them out, an answer clients cannot read).
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        let mut deleted = Vec::new();
+        for object in input.delete.objects {
+            let path = self.object_path(&input.bucket, &object.key)?;
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => return Err(s3_error!(InternalError)),
+            }
+            deleted.push(DeletedObject {
+                key: Some(object.key),
+                ..Default::default()
+            });
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            ..Default::default()
+        }))
     }
 
     async fn create_bucket(
