@@ -12,6 +12,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
+use std::sync::atomic::Ordering;
 
 use support::s3_server::{S3Server, SECRET_KEY};
 use support::{gen, reference, stderr, TestCommand};
@@ -119,7 +120,7 @@ fn check_in_bucket(
         &String::from_utf8(rejects).unwrap(),
     );
     // Nothing of the run is left: no upload, no marker, no kept text.
-    assert_eq!(server.unfinished_uploads(), Vec::<String>::new(), "{what}");
+    assert_eq!(server.unfinished_uploads(), (vec![], vec![]), "{what}");
     let out_dir = server.root.join(BUCKET).join(prefix).join("out");
     let mut left: Vec<String> = std::fs::read_dir(&out_dir)
         .unwrap()
@@ -215,4 +216,319 @@ fn a_wrong_secret_fails_before_any_work_and_is_never_shown() {
         assert!(!all.contains(secret), "a secret in the output: {all}");
     }
     assert!(server.get(BUCKET, "out/o.json").is_none());
+}
+
+/// A case in the bucket under `prefix`: (MIXTAPE's URL, CHANGES's URL,
+/// OUTPUT's URL, the reference's outcome).
+fn staged(
+    server: &S3Server,
+    seed: u64,
+    changes: u64,
+    prefix: &str,
+) -> (String, String, String, reference::Outcome) {
+    let case = gen::case_of(seed, changes);
+    let expected = reference::run(&case.mixtape, &case.changes).unwrap();
+    let mixtape = server.put(BUCKET, &format!("{prefix}/m.json"), case.mixtape.as_bytes());
+    let changes = server.put(BUCKET, &format!("{prefix}/c.json"), case.changes.as_bytes());
+    (
+        mixtape,
+        changes,
+        format!("s3://{BUCKET}/{prefix}/o.json"),
+        expected,
+    )
+}
+
+fn output_of(server: &S3Server, prefix: &str) -> Option<String> {
+    server
+        .get(BUCKET, &format!("{prefix}/o.json"))
+        .map(|b| String::from_utf8(b).unwrap())
+}
+
+#[test]
+fn a_missing_key_or_bucket_is_a_clear_error() {
+    let (_root, server) = server();
+    let (mixtape, changes, output, _) = staged(&server, 4, 50, "k");
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("s3://{BUCKET}/k/absent.json");
+    let o = harness(&server, dir.path(), 2, &[])
+        .arg(&missing)
+        .arg(&changes)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&missing), "{}", stderr(&o));
+    let elsewhere = "s3://no-such-bucket/o.json";
+    let o = harness(&server, dir.path(), 2, &[])
+        .arg(&mixtape)
+        .arg(&changes)
+        .arg(elsewhere)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(elsewhere), "{}", stderr(&o));
+    assert!(
+        !dir.path().join("o.json.work.db").exists(),
+        "no work was begun"
+    );
+}
+
+#[test]
+fn a_server_that_refuses_connections_fails_in_bounded_time() {
+    let (_root, server) = server();
+    let (mixtape, changes, output, _) = staged(&server, 5, 50, "r");
+    // A port that was free a moment ago: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let o = harness(&server, dir.path(), 2, &[])
+        .env("AWS_ENDPOINT_URL", format!("http://{closed}"))
+        .env("MIXTAPE_S3_TIMEOUT_MS", "500")
+        .arg(&mixtape)
+        .arg(&changes)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("s3://runs/r/"), "{}", stderr(&o));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_object_is_never_rewritten_in_place() {
+    let (_root, server) = server();
+    let (mixtape, changes, _, _) = staged(&server, 6, 30, "p");
+    let dir = tempfile::tempdir().unwrap();
+    let o = harness(&server, dir.path(), 1, &[])
+        .arg(&mixtape)
+        .arg(&changes)
+        .arg(&mixtape)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("same file"), "{}", stderr(&o));
+}
+
+/// Plans the case under `prefix` and stops, so that the test can act
+/// before the workers read; returns the run's directory.
+fn planned(server: &S3Server, urls: (&str, &str, &str), workers: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let o = harness(server, dir.path(), workers, &["--stop-after", "plan"])
+        .arg(urls.0)
+        .arg(urls.1)
+        .arg(urls.2)
+        .output()
+        .unwrap();
+    assert!(o.status.code().is_some_and(|c| c != 1), "{}", stderr(&o));
+    dir
+}
+
+fn resume(server: &S3Server, dir: &Path, urls: (&str, &str, &str), workers: usize) -> Output {
+    harness(server, dir, workers, &[])
+        .arg(urls.0)
+        .arg(urls.1)
+        .arg(urls.2)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_5xx_or_a_reset_during_a_workers_read_is_retried_and_the_run_is_exact() {
+    let (_root, server) = server();
+    let (mixtape, changes, output, expected) = staged(&server, 8, 4000, "x");
+    let urls = (mixtape.as_str(), changes.as_str(), output.as_str());
+    let dir = planned(&server, urls, 2);
+    server.faults.on_keys_containing("x/c.json");
+    server.faults.after_bytes.store(3000, Ordering::SeqCst);
+    server.faults.fail.store(2, Ordering::SeqCst);
+    server.faults.cut.store(2, Ordering::SeqCst);
+    let before = server.faults.gets.load(Ordering::SeqCst);
+    let o = resume(&server, dir.path(), urls, 2);
+    assert_ok(&o, "with faults");
+    assert_eq!(
+        server.faults.fail.load(Ordering::SeqCst),
+        0,
+        "every 5xx was met"
+    );
+    assert_eq!(
+        server.faults.cut.load(Ordering::SeqCst),
+        0,
+        "every reset was met"
+    );
+    assert!(
+        server.faults.gets.load(Ordering::SeqCst) > before + 2,
+        "reads were asked again"
+    );
+    support::assert_same_text(
+        "output",
+        &expected.output,
+        &output_of(&server, "x").unwrap(),
+    );
+}
+
+#[test]
+fn a_server_that_stops_answering_mid_range_fails_in_bounded_time_and_resumes_exact() {
+    let (_root, server) = server();
+    let (mixtape, changes, output, expected) = staged(&server, 9, 4000, "st");
+    let urls = (mixtape.as_str(), changes.as_str(), output.as_str());
+    let dir = planned(&server, urls, 2);
+    server.faults.on_keys_containing("st/c.json");
+    server.faults.after_bytes.store(5000, Ordering::SeqCst);
+    server.faults.stall.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let o = harness(&server, dir.path(), 2, &[])
+        .env("MIXTAPE_S3_TIMEOUT_MS", "400")
+        .arg(urls.0)
+        .arg(urls.1)
+        .arg(urls.2)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let said = stderr(&o);
+    assert!(
+        said.contains("s3://runs/st/c.json") && said.contains("within 0.4 s"),
+        "{said}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(output_of(&server, "st").is_none());
+    server.faults.stall.store(false, Ordering::SeqCst);
+    let o = resume(&server, dir.path(), urls, 2);
+    assert_ok(&o, "the resume");
+    support::assert_same_text(
+        "output",
+        &expected.output,
+        &output_of(&server, "st").unwrap(),
+    );
+}
+
+#[test]
+fn changes_replaced_between_plan_and_apply_are_refused() {
+    let (_root, server) = server();
+    let (mixtape, changes, output, _) = staged(&server, 10, 500, "rp");
+    let urls = (mixtape.as_str(), changes.as_str(), output.as_str());
+    let dir = planned(&server, urls, 2);
+    // The same bytes with one more blank line: another version.
+    let mut replaced = server.get(BUCKET, "rp/c.json").unwrap();
+    replaced.push(b'\n');
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    server.put(BUCKET, "rp/c.json", &replaced);
+    // A worker run by hand reads under the plan's pin, and is refused.
+    let db = dir.path().join("o.json.work.db");
+    let o = TestCommand::worker()
+        .current_dir(dir.path())
+        .envs(server.env())
+        .arg("--db")
+        .arg(&db)
+        .args(["--chunk", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("was replaced since the run began"),
+        "{}",
+        stderr(&o)
+    );
+    // So is the resume.
+    let o = resume(&server, dir.path(), urls, 2);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("was replaced"), "{}", stderr(&o));
+    assert!(output_of(&server, "rp").is_none());
+}
+
+#[test]
+fn a_harness_killed_during_the_output_upload_leaves_the_old_object_and_no_upload() {
+    let (_root, server) = server();
+    let (mixtape, changes, output, expected) = staged(&server, 11, 2000, "kill");
+    server.put(BUCKET, "kill/o.json", b"the previous OUTPUT\n");
+    let dir = tempfile::tempdir().unwrap();
+    let rejects = dir.path().join("rejects.jsonl");
+    let rejects = rejects.to_str().unwrap();
+    let o = harness(&server, dir.path(), 2, &["--rejects", rejects])
+        .env("MIXTAPE_FAULT", "object-upload-complete@1")
+        .arg(&mixtape)
+        .arg(&changes)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        output_of(&server, "kill").as_deref(),
+        Some("the previous OUTPUT\n")
+    );
+    assert_eq!(
+        server.unfinished_uploads().0.len(),
+        1,
+        "the killed run's upload is left"
+    );
+    let o = harness(&server, dir.path(), 2, &["--rejects", rejects])
+        .arg(&mixtape)
+        .arg(&changes)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_ok(&o, "the rerun");
+    support::assert_same_text(
+        "output",
+        &expected.output,
+        &output_of(&server, "kill").unwrap(),
+    );
+    assert_eq!(
+        server.unfinished_uploads(),
+        (vec![], vec![]),
+        "the rerun aborted it"
+    );
+    assert!(
+        server.get(BUCKET, "kill/.o.json.upload").is_none(),
+        "no marker is left"
+    );
+}
+
+#[test]
+fn the_secret_is_in_no_file_the_run_keeps() {
+    let (_root, server) = server();
+    let (mixtape, changes, output, _) = staged(&server, 12, 300, "sec");
+    let dir = tempfile::tempdir().unwrap();
+    let o = harness(
+        &server,
+        dir.path(),
+        2,
+        &[
+            "--keep-db",
+            "--summary-json",
+            "report.json",
+            "--rejects",
+            "r.jsonl",
+        ],
+    )
+    .arg(&mixtape)
+    .arg(&changes)
+    .arg(&output)
+    .output()
+    .unwrap();
+    assert_ok(&o, "the run");
+    let mut looked = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        looked += 1;
+        assert!(!bytes
+            .windows(SECRET_KEY.len())
+            .any(|w| w == SECRET_KEY.as_bytes()));
+    }
+    assert!(
+        looked >= 3,
+        "the work database, the run report and the rejects were read"
+    );
+    let said = format!("{}{}", stderr(&o), String::from_utf8_lossy(&o.stdout));
+    assert!(!said.contains(SECRET_KEY), "{said}");
 }

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -43,9 +43,11 @@ pub struct Faults {
     pub fail: AtomicU32,
     /// Their body is cut (the connection reset) after `after_bytes`.
     pub cut: AtomicU32,
-    /// Their body stops sending after `after_bytes` (for an hour).
-    pub stall: AtomicU32,
+    /// The server stops answering mid-range: the next GET's body stops
+    /// after `after_bytes`, and no later GET gets an answer, while this is set.
+    pub stall: AtomicBool,
     pub after_bytes: AtomicU64,
+    stalled_once: AtomicBool,
     /// Ranged GETs served, of any key.
     pub gets: AtomicU64,
 }
@@ -164,7 +166,10 @@ impl S3 for Layer {
             return Err(s3_error!(InternalError, "failed by the test"));
         } else if Faults::take(&self.faults.cut) {
             Some((true, after))
-        } else if Faults::take(&self.faults.stall) {
+        } else if self.faults.stall.load(Ordering::SeqCst) {
+            if self.faults.stalled_once.swap(true, Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
             Some((false, after))
         } else {
             None
@@ -224,7 +229,10 @@ impl S3 for Layer {
 
     /// As S3 answers it: every key is reported deleted, those that were
     /// not there too (s3s-fs leaves them out, an answer clients cannot read).
-    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let input = req.input;
         let mut deleted = Vec::new();
         for object in input.delete.objects {
@@ -385,15 +393,23 @@ impl S3Server {
         ])
     }
 
-    /// Multipart uploads begun and neither completed nor aborted (s3s-fs
-    /// keeps one `.upload-ID.json` in its root for each).
-    pub fn unfinished_uploads(&self) -> Vec<String> {
-        std::fs::read_dir(&self.root)
+    /// Multipart uploads begun and neither completed nor aborted, and their
+    /// parts (s3s-fs keeps `.upload-ID.json` in its root for each, and
+    /// `.upload_id-ID.part-N` for each part).
+    pub fn unfinished_uploads(&self) -> (Vec<String>, Vec<String>) {
+        let names: Vec<String> = std::fs::read_dir(&self.root)
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(".upload-") || name.starts_with(".upload_id-"))
-            .collect()
+            .collect();
+        let of = |prefix: &str| {
+            names
+                .iter()
+                .filter(|n| n.starts_with(prefix))
+                .cloned()
+                .collect()
+        };
+        (of(".upload-"), of(".upload_id-"))
     }
 }
 
