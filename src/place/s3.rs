@@ -119,13 +119,14 @@ impl Bounds {
     }
 }
 
-/// The runtime the calls run on: two threads for the connections; the
+/// The runtime the calls run on: one thread for the connections (the
+/// stages' own threads are busy enough on a small machine); the
 /// calling thread itself drives each call it waits for.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("mixtape-s3")
             .enable_all()
             .build()
