@@ -136,7 +136,7 @@ impl Sink<'_, '_> {
     pub fn append_file(&mut self, file: &mut File) -> std::io::Result<u64> {
         match self {
             Sink::File(out) => std::io::copy(file, *out),
-            Sink::Object(out) => std::io::copy(file, *out),
+            Sink::Object(out) => out.append_file(file),
         }
     }
 }

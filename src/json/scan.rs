@@ -732,7 +732,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.json");
         std::fs::write(&path, b"{\n  \"a\": 1,\n  x\n}").unwrap();
-        assert_eq!(locate(std::fs::File::open(&path).unwrap(), 14).unwrap(), (3, 3));
-        assert_eq!(locate(std::fs::File::open(&path).unwrap(), 0).unwrap(), (1, 1));
+        assert_eq!(
+            locate(std::fs::File::open(&path).unwrap(), 14).unwrap(),
+            (3, 3)
+        );
+        assert_eq!(
+            locate(std::fs::File::open(&path).unwrap(), 0).unwrap(),
+            (1, 1)
+        );
     }
 }

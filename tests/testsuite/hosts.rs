@@ -30,7 +30,7 @@ const LEASE_SECS: f64 = 5.0;
 /// The server, made to accept the test hosts, with this test's turn; `None`
 /// (skipped, said) without a server, without root, or when the server is not
 /// a throwaway cluster.
-fn lab() -> Option<pg::Server> {
+pub(crate) fn lab() -> Option<pg::Server> {
     // They restart and reconfigure the server: no other test may use it
     // meanwhile, these included.
     let server = pg::server_alone()?;

@@ -19,12 +19,29 @@ use support::{gen, reference, stderr, TestCommand};
 
 const BUCKET: &str = "runs";
 
-/// A server over a new directory, with the bucket made.
+/// A server over a new directory, with the bucket made; or, when
+/// `MIXTAPE_TEST_S3_ENDPOINT` names one, another implementation already
+/// running there with the bucket made (CI runs these tests against moto's
+/// server too: servers differ in the corners).
 fn server() -> (tempfile::TempDir, S3Server) {
     let root = tempfile::tempdir().unwrap();
+    if let Some(endpoint) = std::env::var_os("MIXTAPE_TEST_S3_ENDPOINT") {
+        return (root, S3Server::external(&endpoint.to_string_lossy()));
+    }
     let server = S3Server::start(root.path(), SocketAddr::from(([127, 0, 0, 1], 0)));
     server.bucket(BUCKET);
     (root, server)
+}
+
+/// [`server`], when it is the tests' own: the tests of faults that only it
+/// can inject, and of its checks of credentials, skip on another.
+fn our_server() -> Option<(tempfile::TempDir, S3Server)> {
+    let (root, server) = server();
+    if server.root.is_none() {
+        eprintln!("skipped: needs the tests' own S3 server (faults, credentials)");
+        return None;
+    }
+    Some((root, server))
 }
 
 /// The harness in `dir`, with `server`'s credentials and short request bounds.
@@ -121,12 +138,7 @@ fn check_in_bucket(
     );
     // Nothing of the run is left: no upload, no marker, no kept text.
     assert_eq!(server.unfinished_uploads(), (vec![], vec![]), "{what}");
-    let out_dir = server.root.join(BUCKET).join(prefix).join("out");
-    let mut left: Vec<String> = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
+    let left = server.list(BUCKET, &format!("{prefix}/out"));
     assert_eq!(left, ["output.json", "output.json.rejects.jsonl"], "{what}");
     let local: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(
@@ -196,7 +208,9 @@ fn a_postgresql_store_with_inputs_and_outputs_in_a_bucket() {
 
 #[test]
 fn a_wrong_secret_fails_before_any_work_and_is_never_shown() {
-    let (_root, server) = server();
+    let Some((_root, server)) = our_server() else {
+        return;
+    };
     let case = gen::case(3, 40);
     let mixtape = server.put(BUCKET, "in/m.json", case.mixtape.as_bytes());
     let changes = server.put(BUCKET, "in/c.json", case.changes.as_bytes());
@@ -341,7 +355,9 @@ fn resume(server: &S3Server, dir: &Path, urls: (&str, &str, &str), workers: usiz
 
 #[test]
 fn a_5xx_or_a_reset_during_a_workers_read_is_retried_and_the_run_is_exact() {
-    let (_root, server) = server();
+    let Some((_root, server)) = our_server() else {
+        return;
+    };
     let (mixtape, changes, output, expected) = staged(&server, 8, 4000, "x");
     let urls = (mixtape.as_str(), changes.as_str(), output.as_str());
     let dir = planned(&server, urls, 2);
@@ -375,7 +391,9 @@ fn a_5xx_or_a_reset_during_a_workers_read_is_retried_and_the_run_is_exact() {
 
 #[test]
 fn a_server_that_stops_answering_mid_range_fails_in_bounded_time_and_resumes_exact() {
-    let (_root, server) = server();
+    let Some((_root, server)) = our_server() else {
+        return;
+    };
     let (mixtape, changes, output, expected) = staged(&server, 9, 4000, "st");
     let urls = (mixtape.as_str(), changes.as_str(), output.as_str());
     let dir = planned(&server, urls, 2);
@@ -448,7 +466,9 @@ fn changes_replaced_between_plan_and_apply_are_refused() {
 
 #[test]
 fn a_harness_killed_during_the_output_upload_leaves_the_old_object_and_no_upload() {
-    let (_root, server) = server();
+    let Some((_root, server)) = our_server() else {
+        return;
+    };
     let (mixtape, changes, output, expected) = staged(&server, 11, 2000, "kill");
     server.put(BUCKET, "kill/o.json", b"the previous OUTPUT\n");
     let dir = tempfile::tempdir().unwrap();
@@ -531,4 +551,140 @@ fn the_secret_is_in_no_file_the_run_keeps() {
     );
     let said = format!("{}{}", stderr(&o), String::from_utf8_lossy(&o.stdout));
     assert!(!said.contains(SECRET_KEY), "{said}");
+}
+
+/// Chunks a worker's stderr says it applied.
+fn chunks_applied(said: &str) -> usize {
+    said.lines()
+        .filter(|l| l.starts_with("worker: chunk ") && l.contains(" changes, "))
+        .count()
+}
+
+#[test]
+fn hosts_that_share_only_the_database_url_and_the_bucket() {
+    let Some(pg) = crate::hosts::lab() else {
+        return;
+    };
+    let db = pg.database("s3_hosts");
+    let hosts = [support::netns::Host::new(1), support::netns::Host::new(2)];
+    // One bucket, reached by each host at its own end of its link (and by
+    // this host at the first).
+    let root = tempfile::tempdir().unwrap();
+    let servers: Vec<S3Server> = hosts
+        .iter()
+        .map(|host| {
+            S3Server::start(
+                root.path(),
+                format!("{}:0", host.server_address).parse().unwrap(),
+            )
+        })
+        .collect();
+    servers[0].bucket(BUCKET);
+    let case = gen::case_of(41, 3000);
+    let expected = reference::run(&case.mixtape, &case.changes).unwrap();
+    let mixtape = servers[0].put(
+        BUCKET,
+        "in/mixtape.json.zst",
+        &encode(&case.mixtape, Encoding::Zstd),
+    );
+    let changes = servers[0].put(
+        BUCKET,
+        "in/changes.json.gz",
+        &encode(&case.changes, Encoding::Gzip),
+    );
+    let output = format!("s3://{BUCKET}/out/output.json");
+    let here = tempfile::tempdir().unwrap();
+    let plan = harness(
+        &servers[0],
+        here.path(),
+        1,
+        &["--db", &db.url(), "--chunks", "8", "--stop-after", "plan"],
+    )
+    .arg(&mixtape)
+    .arg(&changes)
+    .arg(&output)
+    .output()
+    .unwrap();
+    assert!(
+        plan.status.code().is_some_and(|c| c != 1),
+        "{}",
+        stderr(&plan)
+    );
+    // Each worker starts in an empty directory with another HOME, and has
+    // nothing but the two URLs: the database's and the bucket's.
+    let homes: Vec<tempfile::TempDir> =
+        hosts.iter().map(|_| tempfile::tempdir().unwrap()).collect();
+    let workers: Vec<std::process::Child> = hosts
+        .iter()
+        .zip(&servers)
+        .zip(&homes)
+        .map(|((host, server), home)| {
+            let mut cmd = TestCommand::worker_on(Some(host));
+            cmd.env_clear()
+                .envs(server.env())
+                .env("HOME", home.path())
+                .env("PGPASSWORD", db.password())
+                .env("MIXTAPE_BATCH", "20")
+                .current_dir(home.path())
+                .args(["--db", &db.url_at(&host.server_address), "--join"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let rest = harness(&servers[0], here.path(), 1, &["--db", &db.url()])
+        .env("MIXTAPE_BATCH", "20")
+        .arg(&mixtape)
+        .arg(&changes)
+        .arg(&output)
+        .output()
+        .unwrap();
+    let mut applied = 0;
+    for worker in workers {
+        // Bounded: the run is over, so each joined worker leaves.
+        let o = worker.wait_with_output().unwrap();
+        let said = stderr(&o);
+        assert!(o.status.success(), "a joined worker: {said}");
+        applied += chunks_applied(&said);
+    }
+    assert_ok(&rest, "the rest of the run");
+    assert!(applied >= 1, "the joined workers applied no chunk");
+    let got = servers[0]
+        .get(BUCKET, "out/output.json")
+        .expect("OUTPUT is in the bucket");
+    support::assert_same_text("hosts", &expected.output, &String::from_utf8(got).unwrap());
+    let rejects = servers[0]
+        .get(BUCKET, "out/output.json.rejects.jsonl")
+        .unwrap();
+    support::assert_same_text(
+        "hosts",
+        &expected.rejects,
+        &String::from_utf8(rejects).unwrap(),
+    );
+    // The kept decompressed texts were objects, and are gone.
+    let out_dir = root.path().join(BUCKET).join("out");
+    assert_eq!(std::fs::read_dir(out_dir).unwrap().count(), 2);
+    for home in &homes {
+        let files: Vec<_> = walk(home.path());
+        assert!(
+            files
+                .iter()
+                .all(|f| !f.ends_with(".json") && !f.ends_with(".gz")),
+            "{files:?}"
+        );
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            files.extend(walk(&entry.path()));
+        } else {
+            files.push(entry.path().to_string_lossy().into_owned());
+        }
+    }
+    files
 }

@@ -167,6 +167,26 @@ impl ObjectWriter {
     }
 }
 
+impl ObjectWriter {
+    /// Appends the rest of `file`, read straight into the part being filled.
+    pub fn append_file(&mut self, file: &mut std::fs::File) -> io::Result<u64> {
+        use std::io::Read;
+        let mut appended = 0;
+        loop {
+            let room = (self.part_size() - self.part.len()) as u64;
+            let n = (&mut *file).take(room).read_to_end(&mut self.part)?;
+            appended += n as u64;
+            if self.part.len() >= self.part_size() {
+                self.send_part()
+                    .map_err(|e| io::Error::other(format!("{e:#}")))?;
+            }
+            if n == 0 {
+                return Ok(appended);
+            }
+        }
+    }
+}
+
 impl Write for ObjectWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let room = self.part_size() - self.part.len();

@@ -420,12 +420,14 @@ impl S3 for Layer {
     }
 }
 
-/// A running server; stopped when dropped.
+/// A running server; stopped when dropped. Or another implementation that
+/// runs on its own ([`S3Server::external`]), reached through the S3 API only.
 pub struct S3Server {
     /// `http://ADDRESS:PORT`.
     pub endpoint: String,
-    /// The directory it serves: `root/BUCKET/KEY`.
-    pub root: PathBuf,
+    /// The directory it serves: `root/BUCKET/KEY` (`None` for another
+    /// implementation).
+    pub root: Option<PathBuf>,
     pub faults: Arc<Faults>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -468,28 +470,106 @@ impl S3Server {
         });
         S3Server {
             endpoint,
-            root: root.to_path_buf(),
+            root: Some(root.to_path_buf()),
             faults,
             runtime: Some(runtime),
         }
     }
 
-    /// Makes `bucket` (a directory of the root).
-    pub fn bucket(&self, bucket: &str) {
-        std::fs::create_dir_all(self.root.join(bucket)).unwrap();
+    /// Another implementation (moto's server, in CI), already running at
+    /// `endpoint`, with its buckets made, accepting these credentials.
+    pub fn external(endpoint: &str) -> S3Server {
+        S3Server {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            root: None,
+            faults: Arc::default(),
+            runtime: None,
+        }
     }
 
-    /// Puts `bytes` at `bucket/key` (a file of the root), returning its URL.
+    /// A client of `bucket`, for another implementation's objects.
+    fn client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_bucket_name(bucket)
+            .build()
+            .unwrap()
+    }
+
+    fn block_on<T>(call: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(call)
+    }
+
+    /// Makes `bucket` (a directory of the root; another implementation's
+    /// buckets are made before the tests).
+    pub fn bucket(&self, bucket: &str) {
+        if let Some(root) = &self.root {
+            std::fs::create_dir_all(root.join(bucket)).unwrap();
+        }
+    }
+
+    /// Puts `bytes` at `bucket/key`, returning its URL.
     pub fn put(&self, bucket: &str, key: &str, bytes: &[u8]) -> String {
-        let path = self.root.join(bucket).join(key);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
+        match &self.root {
+            Some(root) => {
+                let path = root.join(bucket).join(key);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
+            None => {
+                use object_store::ObjectStoreExt;
+                let client = self.client(bucket);
+                let payload = object_store::PutPayload::from(bytes.to_vec());
+                S3Server::block_on(client.put(&key.into(), payload)).unwrap();
+            }
+        }
         format!("s3://{bucket}/{key}")
     }
 
     /// The bytes at `bucket/key`, if there is an object.
     pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.root.join(bucket).join(key)).ok()
+        match &self.root {
+            Some(root) => std::fs::read(root.join(bucket).join(key)).ok(),
+            None => {
+                use object_store::ObjectStoreExt;
+                let client = self.client(bucket);
+                S3Server::block_on(async {
+                    let answer = client.get(&key.into()).await.ok()?;
+                    answer.bytes().await.ok().map(|b| b.to_vec())
+                })
+            }
+        }
+    }
+
+    /// The names of the objects directly under `bucket/prefix/`.
+    pub fn list(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = match &self.root {
+            Some(root) => std::fs::read_dir(root.join(bucket).join(prefix))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            None => {
+                use object_store::ObjectStore;
+                let client = self.client(bucket);
+                let listed =
+                    S3Server::block_on(client.list_with_delimiter(Some(&prefix.into()))).unwrap();
+                listed
+                    .objects
+                    .iter()
+                    .map(|o| o.location.filename().unwrap().to_string())
+                    .collect()
+            }
+        };
+        names.sort();
+        names
     }
 
     /// The environment a client needs for this server, as every AWS tool reads it.
@@ -506,8 +586,12 @@ impl S3Server {
     /// Multipart uploads begun and neither completed nor aborted, and their
     /// parts (s3s-fs keeps `.upload-ID.json` in its root for each, and
     /// `.upload_id-ID.part-N` for each part).
+    /// (Another implementation's are not seen: both lists are empty.)
     pub fn unfinished_uploads(&self) -> (Vec<String>, Vec<String>) {
-        let names: Vec<String> = std::fs::read_dir(&self.root)
+        let Some(root) = &self.root else {
+            return (vec![], vec![]);
+        };
+        let names: Vec<String> = std::fs::read_dir(root)
             .unwrap()
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
