@@ -19,6 +19,13 @@
 //! followed. The one pair allowed to be the same file is OUTPUT = MIXTAPE (an
 //! in-place run; see the pipeline's publication record). MIXTAPE = CHANGES is
 //! allowed too: both are only read.
+//!
+//! An object (`s3://BUCKET/KEY`, [`mixtape::place`]) is the same as another
+//! when their URLs are, and OUTPUT = MIXTAPE is refused for objects: the run
+//! reads a pinned input to the end, so it never replaces one. With OUTPUT in
+//! a bucket, the files this host keeps for itself (the default SQLite work
+//! database, id indexes) are named after OUTPUT's key in the current
+//! directory.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -281,6 +288,11 @@ fn check(plan: &PathPlan) -> Result<()> {
         .into());
     }
     named.retain(|n| !is_dash(n));
+    refuse_collisions(&named)
+}
+
+/// Refuses two of `named` that are one file, but for the pairs that may be.
+fn refuse_collisions(named: &[Named]) -> Result<()> {
     let identities: Vec<Identity> = named.iter().map(|n| identity(&n.path)).collect();
     for (i, a) in named.iter().enumerate() {
         for (j, b) in named.iter().enumerate().skip(i + 1) {

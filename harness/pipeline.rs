@@ -75,7 +75,11 @@ pub fn run(config: &Config) -> Result<Exit> {
 fn open_input(kind: InputKind, path: &std::path::Path, config: &Config, ui: &Ui) -> Result<Input> {
     let files = &config.paths.work_files;
     if path.as_os_str() != "-" {
-        return Input::open(kind, path, files);
+        let input = Input::open(kind, path, files)?;
+        return Ok(match config.paths.db.file() {
+            Some(_) => input.copied_while_imported(files),
+            None => input,
+        });
     }
     let bar = ui.bytes_bar("stdin", 0);
     let input = Input::from_stdin(kind, files, &mut |read| {
@@ -358,9 +362,20 @@ impl Run<'_> {
         let bar = self
             .ui
             .bytes_bar(Stage::Import.name(), mixtape.text_size()?);
-        let figures = import::import(&self.store, &mixtape.text, self.threads(), &mut |b| {
-            bar.set(b)
-        })
+        let copy = mixtape.copied.then(|| import::LocalCopy {
+            partial: mixtape
+                .partial_text
+                .as_deref()
+                .expect("a copy has a partial file"),
+            kept: &mixtape.text,
+        });
+        let figures = import::import(
+            &self.store,
+            mixtape.source(),
+            self.threads(),
+            copy,
+            &mut |b| bar.set(b),
+        )
         .map_err(|e| mixtape.explain_positions(e))?;
         // The ids' sort buffers are gone: give their memory back before the
         // workers start (a child's peak RSS counts what it inherits at fork).

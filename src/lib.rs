@@ -12,6 +12,7 @@
 //! | [`store`] | the work store every stage shares: its contract, and the SQLite and PostgreSQL backends that hold every table and statement of SQL |
 //! | [`changes`] | what passes between stages about changes: the plan's chunks, a change's shape, its recorded form, reject reasons, merge partitions |
 //! | [`ids`] | the read-only id indexes of users and songs |
+//! | [`place`] | where a run's files live: a file on this host or an object in a bucket, read and written through one interface |
 //! | [`run`] | the run's plumbing: paths, output and private files, fingerprints, interrupts, exit codes, the stages' names, the worker protocol, testing aids |
 //! | [`json`] | reading and writing JSON text: the streaming validator, value readers, byte helpers, rendering |
 //!

@@ -527,7 +527,7 @@ impl DocumentWriter<'_> {
     /// elements. The id indexes must be built by then ([`Store::index_path`]):
     /// a crash before the marker redoes the import, indexes included.
     pub fn finish(self, facts: &DocumentFacts) -> Result<()> {
-        let meta = [
+        let mut meta = vec![
             (
                 Key::UsersRange.name(),
                 ArrayRange::to_meta(&facts.ranges.users),
@@ -549,6 +549,11 @@ impl DocumentWriter<'_> {
                 "1".to_string(),
             ),
         ];
+        if let Some((path, print)) = &facts.text {
+            let (path_key, print_key) = InputKind::Mixtape.text_keys();
+            meta.push((path_key, path.to_string_lossy().into_owned()));
+            meta.push((print_key, print.clone()));
+        }
         self.store.publish_indexes()?;
         self.sink.finish(&meta)
     }

@@ -46,19 +46,37 @@ pub struct ImportFigures {
     pub songs: u64,
 }
 
+/// Where the import keeps a copy of MIXTAPE as it reads it: MIXTAPE in a
+/// bucket, with a SQLite store ([`crate::stages::input::Input::copied_while_imported`]).
+/// The copy is written through `partial`, renamed to `kept` once whole, and
+/// recorded as MIXTAPE's text in the same transaction as the import.
+pub struct LocalCopy<'a> {
+    pub partial: &'a Path,
+    pub kept: &'a Path,
+}
+
 /// Imports MIXTAPE at `path`; `progress` gets the number of bytes read so far.
-/// With `threads` ≥ 2, scanning and processing run on two threads.
+/// With `threads` ≥ 2, scanning and processing run on two threads. With
+/// `copy`, the bytes read are kept in a local file too, and the document's
+/// playlists are kept as places in it (as they are in a MIXTAPE that is a
+/// file); without, an object's playlists are copied into the store.
 pub fn import(
     store: &Store,
     path: &Path,
     threads: usize,
+    copy: Option<LocalCopy>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<ImportFigures> {
-    let file =
+    let mut file =
         place::open_at(path, 0).with_context(|| format!("opening MIXTAPE {}", path.display()))?;
+    if let Some(copy) = &copy {
+        let into = crate::run::private_file::create_new(copy.partial)?;
+        file = Box::new(Tee { from: file, into });
+    }
     let mut processor = Processor {
         writer: store.document_writer()?,
         path,
+        places: copy.is_some() || !place::is_object(path),
         minified: Vec::new(),
         figures: ImportFigures::default(),
         owner_key: None,
@@ -112,7 +130,9 @@ pub fn import(
         build_index(&songs_at, path, IdKind::Songs, songs)?;
         build_index(&playlists_at, path, IdKind::Playlists, playlists)?;
     }
+    let text = copy.map(|copy| keep_copy(path, copy)).transpose()?;
     writer.finish(&DocumentFacts {
+        text,
         owner_key: owner_key.unwrap_or_else(|| "owner_id".into()),
         max_playlist_id,
         users: figures.users,
@@ -121,6 +141,47 @@ pub fn import(
         ranges,
     })?;
     Ok(figures)
+}
+
+/// A reader that writes what it reads to a file too.
+struct Tee {
+    from: Reader,
+    into: std::fs::File,
+}
+
+impl std::io::Read for Tee {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.from.read(buf)?;
+        std::io::Write::write_all(&mut self.into, &buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// The copy [`Tee`] wrote, once MIXTAPE was read to its end: checked whole,
+/// synced and renamed into place; its path and fingerprint, for the store to
+/// record as MIXTAPE's text with the import's done-marker.
+fn keep_copy(path: &Path, copy: LocalCopy) -> Result<(std::path::PathBuf, String)> {
+    let written = std::fs::File::open(copy.partial)
+        .and_then(|file| file.sync_all().and_then(|()| file.metadata()))
+        .with_context(|| format!("writing {}", copy.partial.display()))?
+        .len();
+    let size = place::size(path)?;
+    if written != size {
+        anyhow::bail!(
+            "the copy of MIXTAPE {} at {} holds {written} of its {size} bytes",
+            path.display(),
+            copy.partial.display()
+        );
+    }
+    std::fs::rename(copy.partial, copy.kept).with_context(|| {
+        format!(
+            "renaming {} to {}",
+            copy.partial.display(),
+            copy.kept.display()
+        )
+    })?;
+    crate::run::paths::sync_directory_of(copy.kept)?;
+    Ok((copy.kept.to_path_buf(), place::fingerprint(copy.kept)?))
 }
 
 /// Scans on a thread of its own, which sends the elements in batches to this
@@ -245,6 +306,9 @@ struct DocumentScan<'a, S: Sink + ?Sized> {
 struct Processor<'a> {
     writer: DocumentWriter<'a>,
     path: &'a Path,
+    /// Whether playlists are kept as places in MIXTAPE's text (a file, or
+    /// the local copy), or copied into the store (an object read once).
+    places: bool,
     /// Reused buffer for the minified element.
     minified: Vec<u8>,
     figures: ImportFigures,
@@ -645,9 +709,10 @@ impl Processor<'_> {
             self.max_playlist_id = self.max_playlist_id.max(v);
         }
         self.playlists.push(&id, "", position, offset)?;
-        // A playlist is kept as a place in MIXTAPE only when MIXTAPE is a
-        // file: read back one at a time, an object would cost a request each.
-        let place_in_mixtape = (!place::is_object(self.path)).then_some(in_mixtape);
+        // A playlist is kept as a place in MIXTAPE only where MIXTAPE's text
+        // is a file: read back one at a time, an object would cost a request
+        // each.
+        let place_in_mixtape = self.places.then_some(in_mixtape);
         self.writer.playlist(position, raw_text, place_in_mixtape)?;
         self.figures.playlists += 1;
         Ok(())

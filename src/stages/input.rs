@@ -45,6 +45,9 @@ pub struct Input {
     /// For a compressed input, the file its kept text is written through
     /// and renamed from once whole.
     pub partial_text: Option<PathBuf>,
+    /// The text is a local copy of the object, which the import writes as
+    /// it reads the object ([`Input::copied_while_imported`]).
+    pub copied: bool,
 }
 
 impl Input {
@@ -83,6 +86,7 @@ impl Input {
             compression,
             text,
             partial_text,
+            copied: false,
         })
     }
 
@@ -102,7 +106,40 @@ impl Input {
                 None => path.to_path_buf(),
             },
             partial_text: compression.map(|_| files.partial_text(kind).to_path_buf()),
+            copied: false,
         })
+    }
+
+    /// MIXTAPE in a bucket, plain, for a SQLite store: its text becomes a
+    /// local copy beside the store, which the import writes as it streams
+    /// the object ([`crate::stages::import::LocalCopy`]). Later stages read
+    /// the document's playlists back one at a time, which costs a request
+    /// each from an object and nothing from a file; without the copy they
+    /// are copied into the store, which takes the import longer
+    /// (BENCHMARKS.md, "A bucket"). A server store keeps them itself.
+    pub fn copied_while_imported(self, files: &WorkFiles) -> Input {
+        if self.kind != InputKind::Mixtape
+            || self.compression.is_some()
+            || !place::is_object(&self.path)
+        {
+            return self;
+        }
+        Input {
+            text: files.kept_text(self.kind).to_path_buf(),
+            partial_text: Some(files.partial_text(self.kind).to_path_buf()),
+            copied: true,
+            ..self
+        }
+    }
+
+    /// What the stage that reads this input first reads: the text, or the
+    /// object a local copy is made from.
+    pub fn source(&self) -> &Path {
+        if self.copied {
+            &self.path
+        } else {
+            &self.text
+        }
     }
 
     /// Reads standard input (MIXTAPE or CHANGES given as `-`) once into a
@@ -169,10 +206,8 @@ impl Input {
     /// Records the input in a new store; a plain input is also the text the
     /// stages read (a compressed one's text is recorded once it is whole).
     pub fn record(&self, store: &Store) -> Result<()> {
-        let text = self
-            .compression
-            .is_none()
-            .then_some((self.text.as_path(), self.fingerprint.as_str()));
+        let text =
+            (self.text == self.path).then_some((self.text.as_path(), self.fingerprint.as_str()));
         store.record_input(
             self.kind,
             &self.path.to_string_lossy(),
@@ -183,14 +218,14 @@ impl Input {
 
     /// The size of the text the stages read.
     pub fn text_size(&self) -> Result<u64> {
-        place::size(&self.text)
+        place::size(self.source())
     }
 
     /// Whether the text the stages read is there and whole: always for a plain
     /// input; for a compressed one, when the kept file is the one the store
     /// recorded after its decompression finished.
     pub fn text_is_whole(&self, store: &Store) -> Result<bool> {
-        if self.compression.is_none() {
+        if self.text == self.path {
             return Ok(true);
         }
         Ok(match store.input_text(self.kind)? {

@@ -156,6 +156,9 @@ pub struct DocumentFacts {
     pub playlists: u64,
     pub songs: u64,
     pub ranges: ArrayRanges,
+    /// MIXTAPE's text when the import made it (a local copy of an object):
+    /// its path and fingerprint, recorded with the import.
+    pub text: Option<(std::path::PathBuf, String)>,
 }
 
 /// The bytes between an array's brackets in MIXTAPE: its elements, commas and

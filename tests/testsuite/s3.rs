@@ -688,3 +688,44 @@ fn walk(dir: &Path) -> Vec<String> {
     }
     files
 }
+
+#[test]
+fn a_crash_while_mixtape_is_copied_resumes_exact_and_the_copy_goes_with_the_store() {
+    let (_root, server) = server();
+    let (mixtape, changes, output, expected) = staged(&server, 13, 800, "cp");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |fault: Option<&str>| {
+        let mut cmd = harness(&server, dir.path(), 2, &[]);
+        if let Some(fault) = fault {
+            cmd.env("MIXTAPE_FAULT", fault);
+        }
+        cmd.arg(&mixtape)
+            .arg(&changes)
+            .arg(&output)
+            .output()
+            .unwrap()
+    };
+    let o = run(Some("import-element@2"));
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(
+        dir.path().join("o.json.work.db.mixtape.partial").exists(),
+        "the copy was begun"
+    );
+    // Killed after the import: the copy is whole and recorded.
+    let o = run(Some("plan-change@5"));
+    assert!(!o.status.success(), "{}", stderr(&o));
+    let copy = std::fs::read(dir.path().join("o.json.work.db.mixtape")).expect("the copy is kept");
+    assert_eq!(copy, server.get(BUCKET, "cp/m.json").unwrap());
+    let o = run(None);
+    assert_ok(&o, "the resume");
+    support::assert_same_text(
+        "output",
+        &expected.output,
+        &output_of(&server, "cp").unwrap(),
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -114,6 +114,7 @@ fn import_playlists(store: &Store, ids: &[&str]) {
     }
     build_indexes(store, ids);
     w.finish(&DocumentFacts {
+        text: None,
         playlists: ids.len() as u64,
         ..DocumentFacts::default()
     })
@@ -475,6 +476,7 @@ fn document_playlists_read_back_by_any_range_and_position() {
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
         build_indexes(store, &id_refs);
         w.finish(&DocumentFacts {
+            text: None,
             playlists: ids.len() as u64,
             ..DocumentFacts::default()
         })
@@ -543,6 +545,7 @@ fn an_imports_marker_commits_with_its_last_rows_never_before() {
         assert!(!other.is_done(Stage::Import).unwrap());
         assert_eq!(rows_seen(&other), 0, "rows committed before the marker");
         w.finish(&DocumentFacts {
+            text: None,
             playlists: 2,
             ..DocumentFacts::default()
         })
@@ -674,6 +677,7 @@ fn array_ranges_round_trip() {
         let w = store.document_writer().unwrap();
         build_indexes(store, &[]);
         w.finish(&DocumentFacts {
+            text: None,
             ranges: ranges.clone(),
             ..DocumentFacts::default()
         })

@@ -339,23 +339,21 @@ impl S3 for Layer {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         use futures_util::StreamExt;
-        use tokio::io::AsyncWriteExt;
         let input = req.input;
         self.upload_info(&input.upload_id)?;
         let mut body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let path = self.part_path(&input.upload_id, input.part_number)?;
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|_| s3_error!(InternalError))?;
-        let mut size = 0u64;
+        // Gathered, then written at once on a blocking thread: tokio's file
+        // writes hop threads for every piece of the body.
+        let mut data = Vec::new();
         while let Some(bytes) = body.next().await {
-            let bytes = bytes.map_err(|_| s3_error!(IncompleteBody))?;
-            size += bytes.len() as u64;
-            file.write_all(&bytes)
-                .await
-                .map_err(|_| s3_error!(InternalError))?;
+            data.extend_from_slice(&bytes.map_err(|_| s3_error!(IncompleteBody))?);
         }
-        file.flush().await.map_err(|_| s3_error!(InternalError))?;
+        let size = data.len();
+        let written = tokio::task::spawn_blocking(move || std::fs::write(path, data)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            return Err(s3_error!(InternalError));
+        }
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(format!("{}-{size:x}", input.part_number))),
             ..Default::default()
@@ -462,6 +460,9 @@ impl S3Server {
                 let Ok((socket, _)) = listener.accept().await else {
                     continue;
                 };
+                // As S3's own front ends do: a small answer is not held back
+                // waiting for the client's delayed acknowledgement (40 ms).
+                let _ = socket.set_nodelay(true);
                 let connection = Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(socket), service.clone())
                     .into_owned();
