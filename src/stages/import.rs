@@ -106,6 +106,28 @@ pub fn import(
         playlists,
         ..
     } = processor;
+    build_indexes(store, path, threads, [users, songs, playlists])?;
+    let text = copy.map(|copy| keep_copy(path, copy)).transpose()?;
+    writer.finish(&DocumentFacts {
+        text,
+        owner_key: owner_key.unwrap_or_else(|| "owner_id".into()),
+        max_playlist_id,
+        users: figures.users,
+        playlists: figures.playlists,
+        songs: figures.songs,
+        ranges,
+    })?;
+    Ok(figures)
+}
+
+/// Builds the id indexes from the import's sorters, the songs' on a thread
+/// of its own when `threads` allows.
+fn build_indexes(
+    store: &Store,
+    path: &Path,
+    threads: usize,
+    [users, songs, playlists]: [IdSorter; 3],
+) -> Result<()> {
     let index_path = |kind| store.index_path(kind);
     let (users_at, songs_at) = (index_path(IdKind::Users)?, index_path(IdKind::Songs)?);
     let playlists_at = index_path(IdKind::Playlists)?;
@@ -130,17 +152,7 @@ pub fn import(
         build_index(&songs_at, path, IdKind::Songs, songs)?;
         build_index(&playlists_at, path, IdKind::Playlists, playlists)?;
     }
-    let text = copy.map(|copy| keep_copy(path, copy)).transpose()?;
-    writer.finish(&DocumentFacts {
-        text,
-        owner_key: owner_key.unwrap_or_else(|| "owner_id".into()),
-        max_playlist_id,
-        users: figures.users,
-        playlists: figures.playlists,
-        songs: figures.songs,
-        ranges,
-    })?;
-    Ok(figures)
+    Ok(())
 }
 
 /// A reader that writes what it reads to a file too.
