@@ -91,12 +91,15 @@ def main():
         server.wait()
         print(f"case {args.size}, -w {args.workers}, medians of {args.reps}, taking turns")
         print()
-        print("| inputs and output | wall | " + " | ".join(bench.STAGES) + " |")
-        print("|---|---|" + "---|" * len(bench.STAGES))
+        print("| inputs and output | wall | " + " | ".join(bench.STAGES) + " | peak RSS harness, worker |")
+        print("|---|---|" + "---|" * len(bench.STAGES) + "---|")
         for name in runs:
             med = statistics.median(walls[name])
-            cells = [f"{statistics.median(float(s.get(k, 0)) for s in stages[name]):.2f}" for k in bench.STAGES]
-            print(f"| {name} | {med:.2f} s | " + " | ".join(cells) + " |")
+            def median_of(key):
+                return statistics.median(float(s.get(key, 0)) for s in stages[name])
+            cells = [f"{median_of(k):.2f}" for k in bench.STAGES]
+            rss = f"{median_of('harness_rss_kb') / 1024:.0f}, {median_of('worker_rss_kb') / 1024:.0f} MB"
+            print(f"| {name} | {med:.2f} s | " + " | ".join(cells) + f" | {rss} |")
         ratio = statistics.median(walls["bucket"]) / statistics.median(walls["local files"])
         print()
         print(f"bucket / local files: {ratio:.2f}")

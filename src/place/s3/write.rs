@@ -35,8 +35,10 @@ pub const UPLOAD_MARKER: &str = ".upload";
 /// The first parts' size; every [`PARTS_PER_SIZE`] parts, the size doubles.
 pub const PART_BYTES: usize = 8 << 20;
 const PARTS_PER_SIZE: usize = 2500;
-/// Parts uploading at once.
-pub const PARTS_IN_FLIGHT: usize = 3;
+/// Parts uploading at once. Two keep the upload of L's OUTPUT as fast as
+/// three did, and the harness under 100 MB with the rejects report
+/// uploading beside it (BENCHMARKS.md, "A bucket").
+pub const PARTS_IN_FLIGHT: usize = 2;
 
 /// How long a call may take, retries included.
 fn call_limit() -> std::time::Duration {
