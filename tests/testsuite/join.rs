@@ -97,13 +97,6 @@ fn finish(child: Child) -> (Option<i32>, String) {
     )
 }
 
-/// Chunks a worker's stderr says it applied.
-fn chunks_applied(said: &str) -> usize {
-    said.lines()
-        .filter(|l| l.starts_with("worker: chunk ") && l.contains(" changes, "))
-        .count()
-}
-
 #[test]
 fn joined_workers_share_the_chunks_and_the_output_is_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,7 +118,7 @@ fn joined_workers_share_the_chunks_and_the_output_is_exact() {
     assert_eq!(code_a, Some(0), "{said_a}");
     assert_eq!(code_b, Some(0), "{said_b}");
     case.assert_exact();
-    let by_joined = chunks_applied(&said_a) + chunks_applied(&said_b);
+    let by_joined = support::chunks_applied(&said_a) + support::chunks_applied(&said_b);
     assert!(
         (1..=6).contains(&by_joined),
         "joined workers applied {by_joined} chunk(s):\n{said_a}\n{said_b}"
@@ -206,7 +199,7 @@ fn a_stalled_worker_is_fenced_off_and_its_late_commit_refused() {
     let taker_status = taker.wait().unwrap();
     let taker_said = rest_of(taker_err, taker_said);
     assert!(taker_status.success(), "{taker_said}");
-    assert_eq!(chunks_applied(&taker_said), 1, "{taker_said}");
+    assert_eq!(support::chunks_applied(&taker_said), 1, "{taker_said}");
     assert!(!taker_said.contains("taken over"), "{taker_said}");
     let o = case.harness(1, &[]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));

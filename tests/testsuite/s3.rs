@@ -553,13 +553,6 @@ fn the_secret_is_in_no_file_the_run_keeps() {
     assert!(!said.contains(SECRET_KEY), "{said}");
 }
 
-/// Chunks a worker's stderr says it applied.
-fn chunks_applied(said: &str) -> usize {
-    said.lines()
-        .filter(|l| l.starts_with("worker: chunk ") && l.contains(" changes, "))
-        .count()
-}
-
 #[test]
 fn hosts_that_share_only_the_database_url_and_the_bucket() {
     let Some(pg) = crate::hosts::lab() else {
@@ -645,7 +638,7 @@ fn hosts_that_share_only_the_database_url_and_the_bucket() {
         let o = worker.wait_with_output().unwrap();
         let said = stderr(&o);
         assert!(o.status.success(), "a joined worker: {said}");
-        applied += chunks_applied(&said);
+        applied += support::chunks_applied(&said);
     }
     assert_ok(&rest, "the rest of the run");
     assert!(applied >= 1, "the joined workers applied no chunk");

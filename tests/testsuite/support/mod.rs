@@ -237,3 +237,10 @@ pub fn wait_until_lease_expired(location: &mixtape::store::Location, chunk: u64)
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Chunks a worker's stderr says it applied.
+pub fn chunks_applied(said: &str) -> usize {
+    said.lines()
+        .filter(|l| l.starts_with("worker: chunk ") && l.contains(" changes, "))
+        .count()
+}
