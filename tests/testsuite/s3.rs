@@ -722,3 +722,50 @@ fn a_crash_while_mixtape_is_copied_resumes_exact_and_the_copy_goes_with_the_stor
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn the_applied_report_and_the_run_report_go_to_the_bucket_too() {
+    let (_root, server) = server();
+    let (mixtape, changes, output, expected) = staged(&server, 14, 600, "rep");
+    let dir = tempfile::tempdir().unwrap();
+    let applied = format!("s3://{BUCKET}/rep/applied.jsonl");
+    let report = format!("s3://{BUCKET}/rep/report.json");
+    let o = harness(
+        &server,
+        dir.path(),
+        2,
+        &["--applied", &applied, "--summary-json", &report],
+    )
+    .arg(&mixtape)
+    .arg(&changes)
+    .arg(&output)
+    .output()
+    .unwrap();
+    assert_ok(&o, "the run");
+    let got = server
+        .get(BUCKET, "rep/applied.jsonl")
+        .expect("the applied report");
+    support::assert_same_text(
+        "applied",
+        &expected.applied,
+        &String::from_utf8(got).unwrap(),
+    );
+    let report = server
+        .get(BUCKET, "rep/report.json")
+        .expect("the run report");
+    let report: serde_json::Value = serde_json::from_slice(&report).unwrap();
+    assert_eq!(report["exit_code"], 0, "{report}");
+    assert_eq!(
+        report["counts"]["changes_read"],
+        serde_json::json!(expected.changes),
+        "{report}"
+    );
+    // A report beside OUTPUT by the same name is refused, as for files.
+    let o = harness(&server, dir.path(), 1, &["--rejects", &output])
+        .arg(&mixtape)
+        .arg(&changes)
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
