@@ -15,7 +15,10 @@ use crate::paths::{Given, PathPlan};
 /// exactly what applying the changes one by one, in file order, gives.
 ///
 /// The arguments come in this order: the document first, then the changes, then
-/// where to write the result.
+/// where to write the result. Each of them, and each report, may be an object
+/// in a bucket, s3://BUCKET/KEY (credentials and endpoint from the AWS_*
+/// variables: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+/// AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP).
 #[derive(Parser, Debug)]
 #[command(name = "harness", version, max_term_width = 100)]
 pub struct Cli {
@@ -46,7 +49,8 @@ pub struct Cli {
     pub lease_secs: Option<f64>,
     /// Work store: a SQLite file, or a PostgreSQL database
     /// (postgresql://USER@HOST:PORT/DBNAME; password from PGPASSWORD or
-    /// ~/.pgpass) [default: OUTPUT with .work.db appended].
+    /// ~/.pgpass) [default: OUTPUT with .work.db appended; for OUTPUT in a
+    /// bucket, its name with .work.db appended, in the current directory].
     #[arg(long, value_name = "PATH|URL")]
     pub db: Option<std::ffi::OsString>,
     /// Keep the work database after a successful run.
