@@ -362,7 +362,7 @@ impl Run<'_> {
         let bar = self
             .ui
             .bytes_bar(Stage::Import.name(), mixtape.text_size()?);
-        let copy = mixtape.copied.then(|| import::LocalCopy {
+        let copy = mixtape.is_copied().then(|| import::LocalCopy {
             partial: mixtape
                 .partial_text
                 .as_deref()

@@ -16,7 +16,7 @@
 //! mode, so running with OUTPUT = MIXTAPE does not change who may read it.
 
 use std::fs::Permissions;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -95,20 +95,13 @@ pub fn remove_stale_temporaries(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes `path` through a temporary file beside it and a rename (see module docs).
-pub fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> Result<()>,
-) -> Result<()> {
-    write_atomically_then(path, |out| write(out), |_| Ok(()))
-}
-
 /// The temporary file [`write_atomically_then`] writes through: a buffer over
 /// the file itself, so that `std::io::copy` from another file goes through the
 /// kernel (`copy_file_range`) without passing through this process.
 pub type Temporary<'a> = BufWriter<&'a std::fs::File>;
 
-/// [`write_atomically`], calling `before_rename` with the temporary file once
+/// Writes `path` through a temporary file beside it and a rename (see module
+/// docs), calling `before_rename` with the temporary file once
 /// it is whole and on disk, just before it is renamed over `path` (the
 /// pipeline records there what it is about to publish). The directory is
 /// synced after the rename, so the new name survives a power cut.
@@ -213,6 +206,7 @@ fn start_writeback(file: &std::fs::File, from: u64, len: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn stale_temporaries_of_this_file_only_are_removed() {
@@ -265,10 +259,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("o.json");
         std::fs::write(&out, "old").unwrap();
-        let failed = write_atomically(&out, |w| {
-            w.write_all(b"new")?;
-            bail!("disk on fire")
-        });
+        let failed = write_atomically_then(
+            &out,
+            |w| {
+                w.write_all(b"new")?;
+                bail!("disk on fire")
+            },
+            |_| Ok(()),
+        );
         assert!(failed.is_err());
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -45,9 +45,6 @@ pub struct Input {
     /// For a compressed input, the file its kept text is written through
     /// and renamed from once whole.
     pub partial_text: Option<PathBuf>,
-    /// The text is a local copy of the object, which the import writes as
-    /// it reads the object ([`Input::copied_while_imported`]).
-    pub copied: bool,
 }
 
 impl Input {
@@ -86,7 +83,6 @@ impl Input {
             compression,
             text,
             partial_text,
-            copied: false,
         })
     }
 
@@ -106,7 +102,6 @@ impl Input {
                 None => path.to_path_buf(),
             },
             partial_text: compression.map(|_| files.partial_text(kind).to_path_buf()),
-            copied: false,
         })
     }
 
@@ -127,15 +122,21 @@ impl Input {
         Input {
             text: files.kept_text(self.kind).to_path_buf(),
             partial_text: Some(files.partial_text(self.kind).to_path_buf()),
-            copied: true,
             ..self
         }
+    }
+
+    /// Whether the text is a local copy of the input that the import writes
+    /// as it reads the input ([`Input::copied_while_imported`]): a plain
+    /// input whose text is another file.
+    pub fn is_copied(&self) -> bool {
+        self.compression.is_none() && self.text != self.path
     }
 
     /// What the stage that reads this input first reads: the text, or the
     /// object a local copy is made from.
     pub fn source(&self) -> &Path {
-        if self.copied {
+        if self.is_copied() {
             &self.path
         } else {
             &self.text

@@ -134,11 +134,6 @@ pub struct ObjectReader {
 }
 
 impl ObjectReader {
-    /// A reader of the object `path` from `offset`, under its pin.
-    pub fn open(path: &Path, offset: u64) -> Result<ObjectReader> {
-        ObjectReader::open_range(path, offset, u64::MAX)
-    }
-
     /// A reader of the object `path` from `offset` to `end` (or its end).
     pub fn open_range(path: &Path, offset: u64, end: u64) -> Result<ObjectReader> {
         let pin = pin_of(path)?;
