@@ -11,9 +11,10 @@
 //! | D | 1,000,000 | 1,000,000 | 10,000,000 | 2,000,000 |
 //! | MU | 1,000,000 | 100,000 | 1,000,000 | 200,000 |
 //! | LU | 5,000,000 | 100,000 | 1,000,000 | 200,000 |
+//! | U | 2,000,000 | 100,000 | 1,000,000 | 200,000 |
 //!
-//! M, L, XL and D are JSON Lines (`changes.jsonl`). MU and LU are the *uniform*
-//! shape of the speed issue (17), written in the object form (`changes.json`,
+//! M, L, XL and D are JSON Lines (`changes.jsonl`). MU, U and LU are the *uniform*
+//! shape, written in the object form (`changes.json`,
 //! `{"changes": [...]}`): every change names a playlist drawn uniformly from
 //! every playlist id that exists so far (the document's and those added since,
 //! removed ones included), so about a fifth are rejected, mostly
@@ -67,6 +68,13 @@ fn size(name: &str) -> Option<Size> {
             songs: 1_000_000,
             playlists: 200_000,
         },
+        "U" => Size {
+            uniform: true,
+            changes: 2_000_000,
+            users: 100_000,
+            songs: 1_000_000,
+            playlists: 200_000,
+        },
         "L" | "LU" => Size {
             uniform: name == "LU",
             changes: 5_000_000,
@@ -108,7 +116,7 @@ const ARTISTS: [&str; 8] = [
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: gen S|M|L|XL|D|MU|LU DIR [SEED]");
+        eprintln!("usage: gen S|M|L|XL|D|MU|U|LU DIR [SEED]");
         std::process::exit(2);
     }
     let dir = PathBuf::from(&args[2]);
@@ -121,7 +129,7 @@ fn main() -> std::io::Result<()> {
         return Ok(());
     }
     let Some(size) = size(&args[1]) else {
-        eprintln!("unknown size {} (S, M, L, XL, D, MU or LU)", args[1]);
+        eprintln!("unknown size {} (S, M, L, XL, D, MU, U or LU)", args[1]);
         std::process::exit(2);
     };
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);

@@ -1,5 +1,6 @@
-//! The second rival: the *minimal* in-memory applier the speed issue (17)
-//! describes, `minimal MIXTAPE CHANGES OUTPUT`.
+//! The second rival: the *minimal* in-memory applier, `minimal MIXTAPE
+//! CHANGES OUTPUT`; and the floor the benchmark measures the harness against,
+//! `minimal --floor MIXTAPE CHANGES OUTPUT BYTES,BYTES` (see [`floor`]).
 //!
 //! What a hurried engineer would write: both files in memory, parsed once by
 //! serde_json into borrowed structs; a `HashSet` of user ids and one of song
@@ -83,8 +84,11 @@ struct Change<'a> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 6 && args[1] == "--floor" {
+        return floor(&args[2], &args[3], &args[4], &args[5]);
+    }
     if args.len() != 4 {
-        eprintln!("usage: minimal MIXTAPE CHANGES OUTPUT");
+        eprintln!("usage: minimal MIXTAPE CHANGES OUTPUT\n       minimal --floor MIXTAPE CHANGES OUTPUT BYTES,BYTES");
         std::process::exit(2);
     }
     let started = Instant::now();
@@ -103,6 +107,54 @@ fn main() {
     eprintln!(
         "minimal: {} changes, {rejected} rejected; wall={:.2}s rss_kb={rss_kb}",
         changes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    std::process::exit(0); // no teardown
+}
+
+/// The floor (`--floor`): what any program that reads both inputs with
+/// serde_json and writes the result must spend, on two threads. Each input is
+/// read and parsed, into the same borrowed structs as above, on a thread of
+/// its own; then OUTPUT and `OUTPUT.rejects.jsonl` are written with as many
+/// bytes as `sizes` says (the real output's and report's sizes, which
+/// `bench/run.py` takes from the rival's run): bytes of a pattern, since
+/// writing costs by the byte, not by what the bytes say. Nothing is applied.
+fn floor(mixtape: &str, changes: &str, output: &str, sizes: &str) {
+    let started = Instant::now();
+    let (documents, changes) = std::thread::scope(|scope| {
+        let changes = scope.spawn(|| {
+            let text = std::fs::read(changes).expect("reading CHANGES");
+            let count = parse_changes(&text).len();
+            (count, text.len())
+        });
+        let text = std::fs::read(mixtape).expect("reading MIXTAPE");
+        let doc: Document = serde_json::from_slice(&text).expect("parsing MIXTAPE");
+        let playlists = doc.playlists.len();
+        (playlists, changes.join().expect("the CHANGES thread"))
+    });
+    let sizes: Vec<usize> = sizes
+        .split(',')
+        .map(|n| n.parse().expect("a size"))
+        .collect();
+    let pattern = b"{\"id\":\"12345\",\"name\":\"A name\"},\n".repeat(1 << 14);
+    for (path, size) in [output.to_string(), format!("{output}.rejects.jsonl")]
+        .iter()
+        .zip(sizes)
+    {
+        let mut out = std::fs::File::create(path).expect("creating OUTPUT");
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(pattern.len());
+            out.write_all(&pattern[..n]).expect("writing OUTPUT");
+            left -= n;
+        }
+    }
+    let rss_kb = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map(|u| u.max_rss())
+        .unwrap_or(0);
+    eprintln!(
+        "floor: {} changes, {documents} playlists; wall={:.2}s rss_kb={rss_kb}",
+        changes.0,
         started.elapsed().as_secs_f64()
     );
     std::process::exit(0); // no teardown

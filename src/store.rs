@@ -196,6 +196,25 @@ impl Store {
             .with_context(|| format!("work database: {} is not a number: {text}", key.name()))
     }
 
+    /// The document's warning count, when the import knew it.
+    pub fn document_warnings(&self) -> Result<Option<u64>> {
+        let key = Key::DocumentWarnings;
+        let text = self.db.meta_text(key.name())?.unwrap_or_default();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let count = text
+            .parse()
+            .with_context(|| format!("work database: {} is not a number: {text}", key.name()))?;
+        Ok(Some(count))
+    }
+
+    /// The warning count: the import's, or what the merge's partitions
+    /// counted.
+    pub fn warnings(&self) -> Result<u64> {
+        Ok(self.document_warnings()?.unwrap_or(0) + self.db.warnings()?)
+    }
+
     /// Whether `stage` is complete in this database.
     pub fn is_done(&self, stage: Stage) -> Result<bool> {
         match (stage, stage.done_marker()) {
@@ -549,6 +568,10 @@ impl DocumentWriter<'_> {
                 "1".to_string(),
             ),
         ];
+        // Always written, empty when the merge counts: an import's facts
+        // replace the last one's whole.
+        let warnings = facts.warnings.map(|w| w.to_string()).unwrap_or_default();
+        meta.push((Key::DocumentWarnings.name(), warnings));
         if let Some((path, print)) = &facts.text {
             let (path_key, print_key) = InputKind::Mixtape.text_keys();
             meta.push((path_key, path.to_string_lossy().into_owned()));

@@ -92,7 +92,7 @@ pub fn dense_limit(count: u64) -> u64 {
 
 /// The value of `id` when it is a canonical decimal integer (`0`, or a
 /// nonzero digit then digits, at most 18 of them).
-fn canonical_integer(id: &str) -> Option<u64> {
+pub(crate) fn canonical_integer(id: &str) -> Option<u64> {
     let bytes = id.as_bytes();
     match bytes {
         [] => None,
@@ -264,6 +264,17 @@ impl IdIndex {
     /// Whether `id` is in the index.
     pub fn contains(&self, id: &str) -> bool {
         self.value(id).is_some()
+    }
+
+    /// Whether the id whose text is the canonical integer `n` is in the
+    /// index: one slot when `n` is below the dense limit, as
+    /// [`IdIndex::contains`] would answer.
+    pub fn holds_integer(&self, n: u64) -> bool {
+        if n < self.dense_limit {
+            self.slot_holds(n)
+        } else {
+            self.contains(&n.to_string())
+        }
     }
 
     /// Whether `id` is in the index, or which dense slot says: the same

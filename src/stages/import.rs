@@ -13,9 +13,10 @@
 //! position (0-based) and the id, with the element's line and column.
 //!
 //! Playlists whose owner or songs do not exist are a warning, not an error: they
-//! are kept as they are. Counting them takes a lookup per song, and the songs may
-//! come after the playlists in the document, so the merge counts them later, in
-//! parallel, one slice of playlists per partition.
+//! are kept as they are. The songs may come after the playlists in the
+//! document, so the import notes the ids the playlists name and asks the
+//! indexes about them at the end ([`references`]): when all exist, the count is
+//! known here; else the merge counts, one slice of playlists per partition.
 //!
 //! ## Restarting
 //!
@@ -23,11 +24,13 @@
 //! resumed half-way: a rerun clears the tables and starts over. It is one
 //! sequential read, so redoing it is cheap next to keeping track of it.
 
+mod references;
+
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::ids::index as id_index;
+use crate::ids::index::{self as id_index, IdIndex};
 use crate::ids::sort::IdSorter;
 use crate::json;
 use crate::json::scan::{ScanError, Scanner};
@@ -85,6 +88,7 @@ pub fn import(
         users: IdSorter::default(),
         songs: IdSorter::default(),
         playlists: IdSorter::default(),
+        references: references::References::default(),
         progress,
     };
     // Dropping the processor on an error rolls its transaction back.
@@ -104,12 +108,18 @@ pub fn import(
         users,
         songs,
         playlists,
+        references,
         ..
     } = processor;
     build_indexes(store, path, threads, [users, songs, playlists])?;
+    let warnings = references.warnings(
+        &IdIndex::open(&store.index_path(IdKind::Users)?)?,
+        &IdIndex::open(&store.index_path(IdKind::Songs)?)?,
+    );
     let text = copy.map(|copy| keep_copy(path, copy)).transpose()?;
     writer.finish(&DocumentFacts {
         text,
+        warnings,
         owner_key: owner_key.unwrap_or_else(|| "owner_id".into()),
         max_playlist_id,
         users: figures.users,
@@ -334,6 +344,8 @@ struct Processor<'a> {
     users: IdSorter,
     songs: IdSorter,
     playlists: IdSorter,
+    /// The ids the playlists name, for the warning count.
+    references: references::References,
     progress: &'a mut dyn FnMut(u64),
 }
 
@@ -701,17 +713,26 @@ impl Processor<'_> {
         let members = members.expect("id_of checked it is an object");
         let name = IdKind::Playlists.array_name();
         let raw_text = std::str::from_utf8(minified).map_err(|e| anyhow!(e))?;
-        if let Some(songs) = json::member(&members, "song_ids") {
-            let valid = json::array_elements(songs)
-                .is_some_and(|list| list.iter().all(|s| json::id_text(s).is_some()));
-            if !valid {
-                return Err(located(
-                    self.path,
-                    offset,
-                    &format!("{name}[{position}] (id {id}): song_ids must be an array of song ids"),
-                ));
-            }
-        }
+        let songs = match json::member(&members, "song_ids") {
+            None => Vec::new(),
+            Some(songs) => json::array_elements(songs)
+                .filter(|list| list.iter().all(|s| json::id_text(s).is_some()))
+                .ok_or_else(|| {
+                    located(
+                        self.path,
+                        offset,
+                        &format!(
+                            "{name}[{position}] (id {id}): song_ids must be an array of song ids"
+                        ),
+                    )
+                })?,
+        };
+        // The owner as the warning count reads it (the merge's, too).
+        let owner = json::member(&members, "owner_id")
+            .or_else(|| json::member(&members, "user_id"))
+            .and_then(json::id_text);
+        let song_ids = songs.iter().filter_map(|s| json::id_text(s));
+        self.references.playlist(owner.as_deref(), song_ids);
         if self.owner_key.is_none() {
             let uses_user_id = json::member(&members, "owner_id").is_none()
                 && json::member(&members, "user_id").is_some();

@@ -61,6 +61,20 @@ pub trait Tables {
         to: u64,
         each: &mut EachPlaylist,
     ) -> Result<()>;
+    /// [`Tables::each_document_playlist_between`], only the positions
+    /// `wanted` says yes to: a store that can leaves the others unread.
+    fn each_document_playlist_among(
+        &self,
+        from: u64,
+        to: u64,
+        wanted: &dyn Fn(u64) -> bool,
+        each: &mut EachPlaylist,
+    ) -> Result<()> {
+        self.each_document_playlist_between(from, to, &mut |position, raw| match wanted(position) {
+            true => each(position, raw),
+            false => Ok(()),
+        })
+    }
 
     // ---- plan and chunks ----
     /// Replaces the plan: every chunk's row, the form, the number of changes

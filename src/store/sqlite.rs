@@ -341,19 +341,25 @@ impl Tables for SqliteDb {
         to: u64,
         each: &mut EachPlaylist,
     ) -> Result<()> {
+        self.each_document_playlist_among(from, to, &|_| true, each)
+    }
+
+    fn each_document_playlist_among(
+        &self,
+        from: u64,
+        to: u64,
+        wanted: &dyn Fn(u64) -> bool,
+        each: &mut EachPlaylist,
+    ) -> Result<()> {
         // From the row that holds position `from` (playlist_rows).
         let mut stmt = self.conn.prepare_cached(PLAYLIST_ROWS_BETWEEN)?;
         let mut rows = stmt.query([from, to])?;
         let open = || self.mixtape();
         let mut reader = playlist_rows::RowReader::new(&open);
+        let wanted = |position| (from..to).contains(&position) && wanted(position);
         while let Some(row) = rows.next()? {
             let data = row.get_ref(1)?.as_blob()?;
-            reader.each_in_row(row.get(0)?, data, &mut |position, raw| {
-                if (from..to).contains(&position) {
-                    each(position, raw)?;
-                }
-                Ok(())
-            })?;
+            reader.each_in_row(row.get(0)?, data, &wanted, each)?;
         }
         Ok(())
     }
@@ -643,10 +649,9 @@ impl Tables for SqliteDb {
                         return Ok(false);
                     };
                     let data = row.get_ref(1)?.as_blob()?;
-                    reader.each_in_row(row.get(0)?, data, &mut |position, raw| {
-                        if positions.contains(&position) {
-                            row_playlists.push_back((position as i64, raw.to_vec()));
-                        }
+                    let wanted = |position| positions.contains(&position);
+                    reader.each_in_row(row.get(0)?, data, &wanted, &mut |position, raw| {
+                        row_playlists.push_back((position as i64, raw.to_vec()));
                         Ok(())
                     })?;
                     Ok(true)
@@ -788,12 +793,15 @@ impl Backend for SqliteDb {
         if let Some((first, data)) = row {
             let open = || self.mixtape();
             let mut reader = playlist_rows::RowReader::new(&open);
-            reader.each_in_row(first, &data, &mut |position, raw| {
-                if position == seq {
+            reader.each_in_row(
+                first,
+                &data,
+                &|position| position == seq,
+                &mut |position, raw| {
                     found = Some((position as i64, String::from_utf8_lossy(raw).into_owned()));
-                }
-                Ok(())
-            })?;
+                    Ok(())
+                },
+            )?;
         }
         Ok(found)
     }

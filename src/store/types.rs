@@ -30,6 +30,9 @@ pub enum Key {
     Partitions,
     /// How long a worker's claim on a chunk lasts unless renewed, in seconds.
     LeaseSecs,
+    /// The document's warning count, when the import knew it (absent: the
+    /// merge counts).
+    DocumentWarnings,
 }
 
 impl Key {
@@ -46,6 +49,7 @@ impl Key {
             Key::Changes => "changes",
             Key::Partitions => "partitions",
             Key::LeaseSecs => "lease_secs",
+            Key::DocumentWarnings => "document_warnings",
         }
     }
 }
@@ -159,6 +163,9 @@ pub struct DocumentFacts {
     /// MIXTAPE's text when the import made it (a local copy of an object):
     /// its path and fingerprint, recorded with the import.
     pub text: Option<(std::path::PathBuf, String)>,
+    /// The warning count, when the import could tell it
+    /// ([`crate::stages::import`]); `None` leaves it to the merge.
+    pub warnings: Option<u64>,
 }
 
 /// The bytes between an array's brackets in MIXTAPE: its elements, commas and

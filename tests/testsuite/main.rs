@@ -30,3 +30,4 @@ mod rival;
 mod s3;
 mod stdio;
 mod store_contract;
+mod warnings;

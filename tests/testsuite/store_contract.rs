@@ -115,6 +115,7 @@ fn import_playlists(store: &Store, ids: &[&str]) {
     build_indexes(store, ids);
     w.finish(&DocumentFacts {
         text: None,
+        warnings: None,
         playlists: ids.len() as u64,
         ..DocumentFacts::default()
     })
@@ -477,6 +478,7 @@ fn document_playlists_read_back_by_any_range_and_position() {
         build_indexes(store, &id_refs);
         w.finish(&DocumentFacts {
             text: None,
+            warnings: None,
             playlists: ids.len() as u64,
             ..DocumentFacts::default()
         })
@@ -546,6 +548,7 @@ fn an_imports_marker_commits_with_its_last_rows_never_before() {
         assert_eq!(rows_seen(&other), 0, "rows committed before the marker");
         w.finish(&DocumentFacts {
             text: None,
+            warnings: None,
             playlists: 2,
             ..DocumentFacts::default()
         })
@@ -678,6 +681,7 @@ fn array_ranges_round_trip() {
         build_indexes(store, &[]);
         w.finish(&DocumentFacts {
             text: None,
+            warnings: None,
             ranges: ranges.clone(),
             ..DocumentFacts::default()
         })

@@ -14,6 +14,9 @@ pub(super) struct MergeContext {
     /// chunk's first automatic id, less one.
     pub(super) auto_before: Vec<u64>,
     pub(super) partitions: Partitions,
+    /// The import counted the warnings ([`crate::stages::import`]): the
+    /// merge reads only the document playlists that changes name.
+    pub(super) warnings_counted: bool,
 }
 
 impl MergeContext {
@@ -31,6 +34,7 @@ impl MergeContext {
             max_id,
             auto_before,
             partitions: store.partitions()?,
+            warnings_counted: store.document_warnings()?.is_some(),
         })
     }
 }

@@ -207,15 +207,17 @@ impl<'b> Replays<'b> {
 }
 
 /// The document playlists that partition `partition`'s records may name, by
-/// position, and the slice's warnings counted into `out`: one range scan of
-/// the partition's slice ([`crate::changes::partition`]) keeps every playlist of it,
-/// up to [`SLICE_BYTES_KEPT`] of text. Most slices are far smaller (about a
+/// position, and (unless the import counted them) the slice's warnings
+/// counted into `out`: one range scan of the partition's slice
+/// ([`crate::changes::partition`]) keeps every playlist of it, up to
+/// [`SLICE_BYTES_KEPT`] of text. Most slices are far smaller (about a
 /// thousand playlists, a few hundred KB), and most of their playlists are
 /// named anyway, so keeping them all spares a first pass over the
-/// partition's records to find which. A larger slice still takes
-/// that pass, and a second scan keeps only the playlists it found. Memory: at
-/// most that much text, or the playlists the partition touches, which its
-/// replay holds anyway.
+/// partition's records to find which. A larger slice still takes that pass,
+/// and a second scan reads only the playlists it found; where the warnings
+/// are counted already, the first scan stops as soon as the slice is found
+/// larger. Memory: at most that much text, or the playlists the partition
+/// touches, which its replay holds anyway.
 pub(super) fn documents_of_partition(
     store: &Store,
     cx: &MergeContext,
@@ -224,11 +226,13 @@ pub(super) fn documents_of_partition(
 ) -> Result<FxMap<u64, Document>> {
     let (from, to) = cx.partitions.slice(partition);
     let mut documents = FxMap::with_capacity_and_hasher((to - from) as usize, Default::default());
-    let mut warnings = WarningCount::new(store, PROBES_AT_ONCE);
+    let mut warnings = (!cx.warnings_counted).then(|| WarningCount::new(store, PROBES_AT_ONCE));
     let mut kept = Some(0usize);
-    store.each_document_playlist_between(from, to, &mut |position, raw| {
+    let scanned = store.each_document_playlist_between(from, to, &mut |position, raw| {
         let members = json::object_members(raw).unwrap_or_default();
-        warnings.playlist(&members)?;
+        if let Some(warnings) = warnings.as_mut() {
+            warnings.playlist(&members)?;
+        }
         if let Some(bytes) = kept.as_mut() {
             *bytes += raw.len();
             if *bytes <= SLICE_BYTES_KEPT {
@@ -236,11 +240,20 @@ pub(super) fn documents_of_partition(
             } else {
                 kept = None;
                 documents = FxMap::default();
+                if warnings.is_none() {
+                    return Err(SliceTooLarge.into());
+                }
             }
         }
         Ok(())
-    })?;
-    out.warnings += warnings.finish()?;
+    });
+    match scanned {
+        Err(e) if e.is::<SliceTooLarge>() => {}
+        other => other?,
+    }
+    if let Some(warnings) = warnings {
+        out.warnings += warnings.finish()?;
+    }
     if kept.is_some() {
         return Ok(documents);
     }
@@ -256,15 +269,27 @@ pub(super) fn documents_of_partition(
         Ok(())
     })?;
     let mut documents = FxMap::with_capacity_and_hasher(touched.len(), Default::default());
-    store.each_document_playlist_between(from, to, &mut |position, raw| {
-        if touched.contains(&position) {
-            let members = json::object_members(raw).unwrap_or_default();
-            documents.insert(position, Document::of(raw, &members));
-        }
+    let wanted = |position| touched.contains(&position);
+    store.each_document_playlist_among(from, to, &wanted, &mut |position, raw| {
+        let members = json::object_members(raw).unwrap_or_default();
+        documents.insert(position, Document::of(raw, &members));
         Ok(())
     })?;
     Ok(documents)
 }
+
+/// Stops the first scan of a slice once it holds more than
+/// [`SLICE_BYTES_KEPT`] and nothing else is to be read from it.
+#[derive(Debug)]
+struct SliceTooLarge;
+
+impl std::fmt::Display for SliceTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a slice of the document's playlists larger than the merge keeps")
+    }
+}
+
+impl std::error::Error for SliceTooLarge {}
 
 /// The most text of a slice's document playlists that the merge keeps
 /// without first finding which of them the partition's records name.

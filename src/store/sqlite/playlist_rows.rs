@@ -117,6 +117,8 @@ enum Place {
     },
     /// `minified[from..from + len]`.
     Minified { from: usize, len: usize },
+    /// Not asked for: not read.
+    Unwanted,
 }
 
 /// Reads rows back; holds the buffers of MIXTAPE's text the rows point into
@@ -142,22 +144,31 @@ impl<'f> RowReader<'f> {
     }
 
     /// Calls `each(position, raw)` for the playlists of the row whose first
-    /// position is `first` and whose data is `data`, in order.
+    /// position is `first` and whose data is `data`, in order, those
+    /// `wanted` says yes to; the others are not read from MIXTAPE.
     pub(super) fn each_in_row(
         &mut self,
         first: u64,
         data: &[u8],
+        wanted: &dyn Fn(u64) -> bool,
         each: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
         self.places.clear();
         let mut input = Decoder::new(data);
         let mut in_mixtape = (u64::MAX, 0u64); // the span of the row's text in MIXTAPE
+        let mut position = first;
         while !input.is_done() {
             let tag = input.varint()?;
             let len = usize::try_from(tag >> 2)?;
+            let wanted = wanted(position);
+            position += 1;
             if tag & 1 == 1 {
                 let offset = input.varint()?;
                 let end = offset.checked_add(len as u64).context(CORRUPT)?;
+                if !wanted {
+                    self.places.push(Place::Unwanted);
+                    continue;
+                }
                 in_mixtape = (in_mixtape.0.min(offset), in_mixtape.1.max(end));
                 self.places.push(Place::Mixtape {
                     offset,
@@ -167,7 +178,10 @@ impl<'f> RowReader<'f> {
                 });
             } else {
                 let from = input.skip_bytes(len).context(CORRUPT)?;
-                self.places.push(Place::Row { from, len });
+                self.places.push(match wanted {
+                    true => Place::Row { from, len },
+                    false => Place::Unwanted,
+                });
             }
         }
         if in_mixtape.0 < in_mixtape.1 {
@@ -175,6 +189,7 @@ impl<'f> RowReader<'f> {
         }
         for (position, place) in (first..).zip(&self.places) {
             let raw = match *place {
+                Place::Unwanted => continue,
                 Place::Row { from, len } => &data[from..from + len],
                 Place::Mixtape { len, span, .. } => &self.span[span..span + len],
                 Place::Minified { from, len } => &self.minified[from..from + len],
@@ -317,7 +332,7 @@ mod tests {
         let mut back = Vec::new();
         for (first, data) in &rows {
             reader
-                .each_in_row(*first, data, &mut |position, raw| {
+                .each_in_row(*first, data, &|_| true, &mut |position, raw| {
                     back.push((position, String::from_utf8(raw.to_vec()).unwrap()));
                     Ok(())
                 })
@@ -326,7 +341,9 @@ mod tests {
         assert_eq!(back, playlists);
         let (first, data) = &rows[0];
         let cut = &data[..data.len() - 1];
-        assert!(reader.each_in_row(*first, cut, &mut |_, _| Ok(())).is_err());
+        assert!(reader
+            .each_in_row(*first, cut, &|_| true, &mut |_, _| Ok(()))
+            .is_err());
     }
 
     #[test]
@@ -364,7 +381,7 @@ mod tests {
             let opened = file.reopen().unwrap();
             let open = || Ok(&opened);
             let error = RowReader::new(&open)
-                .each_in_row(0, &data, &mut |_, _| Ok(()))
+                .each_in_row(0, &data, &|_| true, &mut |_, _| Ok(()))
                 .unwrap_err();
             assert!(format!("{error}").contains("no longer the file"), "{error}");
         }
