@@ -372,21 +372,72 @@ pub enum Values {
     Positions,
 }
 
+/// The slots of a users or songs index's dense table, filled as the import
+/// reads the document ([`crate::ids::sort::IdSorter::with_dense_table`]):
+/// an id whose slot answers for it on its own needs no place in the sorted
+/// ids at all, and a repeated one is found as it comes.
+#[derive(Default)]
+pub struct DenseSlots {
+    /// Two bits per integer, as in the index.
+    bytes: Vec<u8>,
+}
+
+impl DenseSlots {
+    /// Integers from here on are not given a slot here: the table stays
+    /// under 16 MiB whatever the ids.
+    pub const LIMIT: u64 = 1 << 26;
+
+    /// Gives the id `n` (its text a canonical integer below
+    /// [`DenseSlots::LIMIT`]), written as `written`, its slot. Returns
+    /// `None` when the slot is taken (the id repeats), else whether the slot
+    /// answers for it on its own (else the id goes to the map too).
+    pub fn take(&mut self, n: u64, id: &str, written: &str) -> Option<bool> {
+        let slot = match written {
+            _ if written.len() == id.len() + 2
+                && written.starts_with('"')
+                && written.ends_with('"')
+                && &written[1..written.len() - 1] == id =>
+            {
+                SLOT_QUOTED
+            }
+            _ if written == id => SLOT_BARE,
+            _ => SLOT_OTHER,
+        };
+        let byte = (n / 4) as usize;
+        if byte >= self.bytes.len() {
+            self.bytes.resize((byte + 1).next_power_of_two(), 0);
+        }
+        let shift = 2 * (n % 4);
+        if (self.bytes[byte] >> shift) & 3 != SLOT_ABSENT {
+            return None;
+        }
+        self.bytes[byte] |= slot << shift;
+        Some(slot != SLOT_OTHER)
+    }
+}
+
 /// Writes the index of `ids` (id text, written form), which must come in
 /// strictly increasing byte order of the text, to `path` (through a temporary
 /// file and a rename). `count` is about how many ids there are (at least the
-/// number of distinct ones): it sizes the dense table.
+/// number of distinct ones): it sizes the dense table. `slots` are those
+/// the ids of a users or songs index took as they were read: `ids` gives
+/// only those whose slot does not answer for them.
 pub fn build(
     path: &Path,
     values: Values,
     count: u64,
+    slots: Option<DenseSlots>,
     ids: &mut dyn FnMut(&mut AddId) -> Result<()>,
 ) -> Result<()> {
-    let dense_limit = dense_limit(count);
+    let slots = slots.map(|s| s.bytes).unwrap_or_default();
+    let dense_limit = dense_limit(count).max(4 * slots.len() as u64);
     let mut dense = match values {
         Values::Written => vec![0u8; dense_limit.div_ceil(4) as usize],
         Values::Positions => vec![0u8; 4 * dense_limit as usize],
     };
+    if values == Values::Written {
+        dense[..slots.len()].copy_from_slice(&slots);
+    }
     let dir = crate::run::paths::directory_of(path);
     let temp = tempfile::Builder::new()
         .prefix(".index.")
@@ -522,12 +573,18 @@ mod tests {
             ("a\"b".to_string(), "\"a\\\"b\"".to_string()),
         ];
         ids.sort();
-        build(&path, Values::Written, ids.len() as u64, &mut |each| {
-            for (id, written) in &ids {
-                each(id, written, 0)?;
-            }
-            Ok(())
-        })
+        build(
+            &path,
+            Values::Written,
+            ids.len() as u64,
+            None,
+            &mut |each| {
+                for (id, written) in &ids {
+                    each(id, written, 0)?;
+                }
+                Ok(())
+            },
+        )
         .unwrap();
         let index = IdIndex::open(&path).unwrap();
         for (id, written) in &ids {
@@ -554,7 +611,7 @@ mod tests {
             for values in [Values::Written, Values::Positions] {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join(format!("{values:?}"));
-                build(&path, values, truth.len() as u64, &mut |each| {
+                build(&path, values, truth.len() as u64, None, &mut |each| {
                     for (position, (id, written)) in truth.iter().enumerate() {
                         each(id, written, position as u64 * 3)?;
                     }
@@ -640,7 +697,7 @@ mod tests {
     fn keys_out_of_order_are_an_error_and_damage_is_noticed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids");
-        let out_of_order = build(&path, Values::Positions, 2, &mut |each| {
+        let out_of_order = build(&path, Values::Positions, 2, None, &mut |each| {
             each("2", "2", 0)?;
             each("1", "1", 1)
         });

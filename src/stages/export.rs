@@ -499,19 +499,22 @@ fn append_piece(out: &mut Sink, mut piece: File, any_before: bool) -> Result<boo
 /// Writes the rejects report (JSON Lines, in index order) to `path`.
 fn write_rejects(store: &Store, path: &Path) -> Result<()> {
     write_atomically(path, |out| {
-        let mut detail = Vec::new();
+        // Each line is put together here and written at once: formatting
+        // it piece by piece through `write!` was a third of the report's
+        // time.
+        let mut line = Vec::new();
         store.each_reject(&mut |reject| {
-            detail.clear();
-            crate::json::write_string(&reject.detail, &mut detail);
-            write!(
-                out,
-                "{{\"index\": {}, \"op\": {}, \"reason\": \"{}\", \"detail\": ",
-                reject.index,
-                reject.op_json,
-                reject.reason.name(),
-            )?;
-            out.write_all(&detail)?;
-            out.write_all(b"}\n")?;
+            line.clear();
+            line.extend_from_slice(b"{\"index\": ");
+            crate::json::write_u64(reject.index, &mut line);
+            line.extend_from_slice(b", \"op\": ");
+            line.extend_from_slice(reject.op_json.as_bytes());
+            line.extend_from_slice(b", \"reason\": \"");
+            line.extend_from_slice(reject.reason.name().as_bytes());
+            line.extend_from_slice(b"\", \"detail\": ");
+            crate::json::write_string(&reject.detail, &mut line);
+            line.extend_from_slice(b"}\n");
+            out.write_all(&line)?;
             Ok(())
         })
     })

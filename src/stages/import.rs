@@ -85,8 +85,8 @@ pub fn import(
         owner_key: None,
         max_playlist_id: 0,
         extras: 0,
-        users: IdSorter::default(),
-        songs: IdSorter::default(),
+        users: IdSorter::with_dense_table(),
+        songs: IdSorter::with_dense_table(),
         playlists: IdSorter::default(),
         references: references::References::default(),
         progress,
@@ -246,10 +246,11 @@ fn pipelined(file: Reader, path: &Path, processor: &mut Processor) -> Result<Arr
 
 /// Builds the id index of `kind` at `index` from its sorted ids; a duplicate id is the
 /// document's error, located at the element that repeats it.
-fn build_index(index: &Path, path: &Path, kind: IdKind, ids: IdSorter) -> Result<()> {
+fn build_index(index: &Path, path: &Path, kind: IdKind, mut ids: IdSorter) -> Result<()> {
     let count = ids.len();
+    let slots = ids.take_dense_slots();
     let mut ids = Some(ids);
-    id_index::build(index, kind.values(), count, &mut |add| {
+    id_index::build(index, kind.values(), count, slots, &mut |add| {
         let sorted = ids.take().expect("the index asks for its ids once");
         let Some(dup) = sorted.merge(add)? else {
             return Ok(());
@@ -713,26 +714,20 @@ impl Processor<'_> {
         let members = members.expect("id_of checked it is an object");
         let name = IdKind::Playlists.array_name();
         let raw_text = std::str::from_utf8(minified).map_err(|e| anyhow!(e))?;
-        let songs = match json::member(&members, "song_ids") {
-            None => Vec::new(),
-            Some(songs) => json::array_elements(songs)
-                .filter(|list| list.iter().all(|s| json::id_text(s).is_some()))
-                .ok_or_else(|| {
-                    located(
-                        self.path,
-                        offset,
-                        &format!(
-                            "{name}[{position}] (id {id}): song_ids must be an array of song ids"
-                        ),
-                    )
-                })?,
-        };
         // The owner as the warning count reads it (the merge's, too).
         let owner = json::member(&members, "owner_id")
             .or_else(|| json::member(&members, "user_id"))
             .and_then(json::id_text);
-        let song_ids = songs.iter().filter_map(|s| json::id_text(s));
-        self.references.playlist(owner.as_deref(), song_ids);
+        let songs = json::member(&members, "song_ids").map(json::array_elements);
+        let songs = songs.unwrap_or(Some(Vec::new()));
+        let noted = songs.is_some_and(|songs| self.references.playlist(owner.as_deref(), &songs));
+        if !noted {
+            return Err(located(
+                self.path,
+                offset,
+                &format!("{name}[{position}] (id {id}): song_ids must be an array of song ids"),
+            ));
+        }
         if self.owner_key.is_none() {
             let uses_user_id = json::member(&members, "owner_id").is_none()
                 && json::member(&members, "user_id").is_some();

@@ -128,14 +128,20 @@ fn build_indexes(store: &Store, ids: &[&str]) {
     for kind in IdKind::ALL {
         let path = store.index_path(kind).unwrap();
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).unwrap();
-        mixtape::ids::index::build(&path, kind.values(), sorted.len() as u64, &mut |add| {
-            if kind == IdKind::Playlists {
-                for &(id, position) in &sorted {
-                    add(id, "", position)?;
+        mixtape::ids::index::build(
+            &path,
+            kind.values(),
+            sorted.len() as u64,
+            None,
+            &mut |add| {
+                if kind == IdKind::Playlists {
+                    for &(id, position) in &sorted {
+                        add(id, "", position)?;
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .unwrap();
     }
 }

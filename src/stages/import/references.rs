@@ -15,6 +15,7 @@
 
 use crate::ids::index::{canonical_integer, IdIndex};
 use crate::ids::key::FxSet;
+use crate::json;
 
 /// Integer ids from here on are noted as text: a bit set of every integer
 /// below it is at most 8 MiB.
@@ -89,21 +90,23 @@ pub(super) struct References {
 
 impl References {
     /// Notes a playlist: its owner's id text (`None`: it has no owner that is
-    /// an id), and its songs' id texts.
-    pub(super) fn playlist<'a>(
-        &mut self,
-        owner: Option<&str>,
-        songs: impl Iterator<Item = std::borrow::Cow<'a, str>>,
-    ) {
-        let Some(owner) = owner else {
-            // A warning already; its songs change nothing.
-            self.ownerless += 1;
-            return;
-        };
-        self.owners.note(owner);
-        for song in songs {
-            self.songs.note(&song);
+    /// an id), and its songs, the elements of its `song_ids`. Returns
+    /// whether every song is an id (else the document is invalid).
+    pub(super) fn playlist(&mut self, owner: Option<&str>, songs: &[&[u8]]) -> bool {
+        match owner {
+            Some(owner) => self.owners.note(owner),
+            // A warning already, whatever its songs.
+            None => self.ownerless += 1,
         }
+        for song in songs {
+            let Some(id) = json::id_text(song) else {
+                return false;
+            };
+            if owner.is_some() {
+                self.songs.note(&id);
+            }
+        }
+        true
     }
 
     /// The warning count, when every id noted exists (`users` and `songs`:
