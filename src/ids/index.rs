@@ -384,8 +384,8 @@ pub struct DenseSlots {
 
 impl DenseSlots {
     /// Integers from here on are not given a slot here: the table stays
-    /// under 16 MiB whatever the ids.
-    pub const LIMIT: u64 = 1 << 26;
+    /// under 8 MiB whatever the ids.
+    pub const LIMIT: u64 = 1 << 25;
 
     /// Gives the id `n` (its text a canonical integer below
     /// [`DenseSlots::LIMIT`]), written as `written`, its slot. Returns

@@ -20,7 +20,8 @@
 //! chose the number of partitions so that one holds a few MiB of records
 //! whatever the input size. A merge thread reads its slice of the document's
 //! playlists in one range scan (keeping them, up to 1 MiB of text, else those
-//! its records name, and counting the slice's warnings), then streams the
+//! its records name; and counting the slice's warnings, unless the import
+//! could count them: [`crate::stages::import`]), then streams the
 //! partition's records in index order (`merge_partition`) and holds the state
 //! of the playlists they touch (their song lists), never the records
 //! themselves.

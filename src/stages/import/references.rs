@@ -18,8 +18,8 @@ use crate::ids::key::FxSet;
 use crate::json;
 
 /// Integer ids from here on are noted as text: a bit set of every integer
-/// below it is at most 8 MiB.
-const BITS_AT_MOST: u64 = 1 << 26;
+/// below it is at most 4 MiB.
+const BITS_AT_MOST: u64 = 1 << 25;
 
 /// Ids noted as text at most, per kind; past that the count is left to the
 /// merge (a document whose ids are not small integers).

@@ -1,7 +1,8 @@
 //! The warning count: the document's playlists that name an owner or a song
 //! that does not exist, counted while the merge reads each partition's slice
 //! of the document (docs/GUIDE.md "The mixtape document": such playlists are kept,
-//! and counted as warnings).
+//! and counted as warnings), when the import could not count them (some id
+//! a playlist names is missing: [`crate::stages::import`]).
 
 use std::borrow::Cow;
 
