@@ -17,10 +17,15 @@ pub(super) struct MergeContext {
     /// The import counted the warnings ([`crate::stages::import`]): the
     /// merge reads only the document playlists that changes name.
     pub(super) warnings_counted: bool,
+    /// The warnings are counted and there are fewer changes than document
+    /// playlists: most of a slice's playlists are named by no change, so a
+    /// partition finds which are before it reads any.
+    pub(super) sparse: bool,
 }
 
 impl MergeContext {
     pub(super) fn read(store: &Store) -> Result<MergeContext> {
+        let warnings_counted = store.document_warnings()?.is_some();
         let mut max_id = store.meta_number(Key::DocumentMaxPlaylistId)?;
         let mut auto_before = Vec::new();
         let mut total = 0u64;
@@ -34,7 +39,9 @@ impl MergeContext {
             max_id,
             auto_before,
             partitions: store.partitions()?,
-            warnings_counted: store.document_warnings()?.is_some(),
+            warnings_counted,
+            sparse: warnings_counted
+                && store.meta_number(Key::Changes)? < store.meta_number(Key::Playlists)?,
         })
     }
 }

@@ -225,10 +225,15 @@ pub(super) fn documents_of_partition(
     out: &mut PartitionResults,
 ) -> Result<FxMap<u64, Document>> {
     let (from, to) = cx.partitions.slice(partition);
-    let mut documents = FxMap::with_capacity_and_hasher((to - from) as usize, Default::default());
+    let slice_playlists = if cx.sparse { 0 } else { (to - from) as usize };
+    let mut documents = FxMap::with_capacity_and_hasher(slice_playlists, Default::default());
     let mut warnings = (!cx.warnings_counted).then(|| WarningCount::new(store, PROBES_AT_ONCE));
-    let mut kept = Some(0usize);
-    let scanned = store.each_document_playlist_between(from, to, &mut |position, raw| {
+    // Fewer changes than playlists: the first scan would find the slice
+    // mostly unnamed (with no changes at all, D's merge read every
+    // playlist for nothing).
+    let mut kept = (!cx.sparse).then_some(0usize);
+    let to_scan = if cx.sparse { from } else { to };
+    let scanned = store.each_document_playlist_between(from, to_scan, &mut |position, raw| {
         let members = json::object_members(raw).unwrap_or_default();
         if let Some(warnings) = warnings.as_mut() {
             warnings.playlist(&members)?;
