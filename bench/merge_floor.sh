@@ -1,7 +1,7 @@
 #!/bin/bash
 # D's merge with no changes at all beside D's merge with its 1M changes, at
 # -w 1, each stage run alone from a work database kept after the apply, taking
-# turns, 5 runs each (BENCHMARKS.md, "D's merge: the floor, measured").
+# turns, 5 runs each (BENCHMARKS.md, "D's merge: its floor").
 # Run from the repository root after `python3 bench/run.py --sizes D` (which
 # builds the release binaries and generates bench/cases/D).
 set -euo pipefail
