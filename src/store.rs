@@ -191,9 +191,7 @@ impl Store {
 
     /// A number from `meta` that must be there.
     pub fn meta_number(&self, key: Key) -> Result<u64> {
-        let text = self.meta(key)?;
-        text.parse()
-            .with_context(|| format!("work database: {} is not a number: {text}", key.name()))
+        number_in_meta(key, &self.meta(key)?)
     }
 
     /// The document's warning count, when the import knew it.
@@ -203,10 +201,7 @@ impl Store {
         if text.is_empty() {
             return Ok(None);
         }
-        let count = text
-            .parse()
-            .with_context(|| format!("work database: {} is not a number: {text}", key.name()))?;
-        Ok(Some(count))
+        number_in_meta(key, &text).map(Some)
     }
 
     /// The warning count: the import's, or what the merge's partitions
@@ -507,6 +502,12 @@ impl Store {
 }
 
 /// The stages call the tables' operations on the store itself.
+/// The number `text`, the value of `key` in `meta`.
+fn number_in_meta(key: Key, text: &str) -> Result<u64> {
+    text.parse()
+        .with_context(|| format!("work database: {} is not a number: {text}", key.name()))
+}
+
 impl std::ops::Deref for Store {
     type Target = dyn Tables;
 

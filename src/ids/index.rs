@@ -392,16 +392,10 @@ impl DenseSlots {
     /// `None` when the slot is taken (the id repeats), else whether the slot
     /// answers for it on its own (else the id goes to the map too).
     pub fn take(&mut self, n: u64, id: &str, written: &str) -> Option<bool> {
-        let slot = match written {
-            _ if written.len() == id.len() + 2
-                && written.starts_with('"')
-                && written.ends_with('"')
-                && &written[1..written.len() - 1] == id =>
-            {
-                SLOT_QUOTED
-            }
-            _ if written == id => SLOT_BARE,
-            _ => SLOT_OTHER,
+        let slot = match plain_form(id, written) {
+            Some(QUOTED) => SLOT_QUOTED,
+            Some(_) => SLOT_BARE,
+            None => SLOT_OTHER,
         };
         let byte = (n / 4) as usize;
         if byte >= self.bytes.len() {
@@ -454,14 +448,8 @@ pub fn build(
     ids(&mut |id: &str, written: &str, position: u64| {
         let value = if values == Values::Positions {
             position
-        } else if written.len() == id.len() + 2
-            && written.starts_with('"')
-            && written.ends_with('"')
-            && &written[1..written.len() - 1] == id
-        {
-            QUOTED
-        } else if written == id {
-            BARE
+        } else if let Some(plain) = plain_form(id, written) {
+            plain
         } else {
             let at = side.len() as u64;
             write_varint(written.len() as u64, &mut side);
@@ -501,6 +489,20 @@ pub fn build(
         .map_err(|e| e.error)
         .with_context(|| format!("writing id index {}", path.display()))?;
     crate::run::paths::sync_directory_of(path)
+}
+
+/// [`QUOTED`] when `written` is `"` `id` `"`, [`BARE`] when it is `id`
+/// itself; `None` for any other form (escapes, say).
+fn plain_form(id: &str, written: &str) -> Option<u64> {
+    if written.len() == id.len() + 2
+        && written.starts_with('"')
+        && written.ends_with('"')
+        && &written[1..written.len() - 1] == id
+    {
+        Some(QUOTED)
+    } else {
+        (written == id).then_some(BARE)
+    }
 }
 
 /// Sets slot `n` of a dense table for an id whose map value is `value`;

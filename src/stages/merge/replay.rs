@@ -232,8 +232,7 @@ pub(super) fn documents_of_partition(
     // mostly unnamed (with no changes at all, D's merge read every
     // playlist for nothing).
     let mut kept = (!cx.sparse).then_some(0usize);
-    let to_scan = if cx.sparse { from } else { to };
-    let scanned = store.each_document_playlist_between(from, to_scan, &mut |position, raw| {
+    let mut keep_or_count = |position, raw: &[u8]| -> Result<()> {
         let members = json::object_members(raw).unwrap_or_default();
         if let Some(warnings) = warnings.as_mut() {
             warnings.playlist(&members)?;
@@ -251,10 +250,12 @@ pub(super) fn documents_of_partition(
             }
         }
         Ok(())
-    });
-    match scanned {
-        Err(e) if e.is::<SliceTooLarge>() => {}
-        other => other?,
+    };
+    if !cx.sparse {
+        match store.each_document_playlist_between(from, to, &mut keep_or_count) {
+            Err(e) if e.is::<SliceTooLarge>() => {}
+            other => other?,
+        }
     }
     if let Some(warnings) = warnings {
         out.warnings += warnings.finish()?;
